@@ -1,0 +1,147 @@
+"""PyTorch HollowNet and MLP, built from :func:`impls.spec.init_params`.
+
+Both are ``nn.Module``s called as ``net(x)`` or ``net(t, x)``; x is (batch, dim), t a scalar
+or (batch,). A HollowNet also exposes its two halves, which the hollow operators use:
+``conditioner(x, t) -> h`` (batch, dim, d_h) and ``transformer(x, h, t) -> f`` (batch, dim).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from impls.spec import HollowSpec, MLPSpec, ModelSpec, init_params, made_masks
+
+ACTIVATIONS = {
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "softplus": nn.functional.softplus,
+    "sin": torch.sin,
+}
+
+
+class _Model(nn.Module):
+    def __init__(self, spec: ModelSpec, seed: int, device: torch.device):
+        super().__init__()
+        self.spec = spec
+        dtype = getattr(torch, spec.dtype)
+        self.params = nn.ParameterDict(
+            {
+                name: nn.Parameter(torch.as_tensor(value, dtype=dtype, device=device))
+                for name, value in init_params(spec, seed).items()
+            }
+        )
+        self.act = ACTIVATIONS[spec.activation]
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    @property
+    def time_dependent(self) -> bool:
+        return self.spec.time_dependent
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        t, x = _split_args(args, self.time_dependent)
+        return self.evaluate(x, t)
+
+    def _dense(self, prefix: str, z: torch.Tensor, n_layers: int, masks=None) -> torch.Tensor:
+        """Linear layers ``prefix{j}`` with the activation between them (not after the last)."""
+        for j in range(n_layers):
+            w = self.params[f"{prefix}{j}_w"]
+            if masks is not None:
+                w = w * masks[j]
+            z = z @ w + self.params[f"{prefix}{j}_b"]
+            if j < n_layers - 1:
+                z = self.act(z)
+        return z
+
+
+class MLP(_Model):
+    """Plain MLP R^d -> R^d; the dense baseline."""
+
+    def __init__(self, spec: MLPSpec, seed: int = 0, device="cpu"):
+        super().__init__(spec, seed, torch.device(device))
+
+    def evaluate(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        return self._dense("mlp", _with_time(x, t), len(self.spec.hidden) + 1)
+
+
+class HollowNet(_Model):
+    """f_i(x) = tau([x_i, h_i, t]) with h_i = c_i(x_{-i}, t); see :class:`impls.spec.HollowSpec`."""
+
+    def __init__(self, spec: HollowSpec, seed: int = 0, device="cpu"):
+        super().__init__(spec, seed, torch.device(device))
+        if spec.conditioner == "made":
+            for direction in ("fwd", "rev"):
+                for j, mask in enumerate(made_masks(spec, direction)):
+                    self.register_buffer(
+                        f"mask_{direction}{j}", torch.as_tensor(mask, device=device)
+                    )
+
+    def evaluate(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        return self.transformer(x, self.conditioner(x, t), t)
+
+    def conditioner(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """h, shape (batch, dim, d_h); h[:, i] never depends on x[:, i]."""
+        spec, batch = self.spec, x.shape[0]
+        if spec.conditioner == "made":
+            n = len(spec.cond_hidden) + 1
+            z = sum(
+                self._dense(f"made_{dn}", _with_time(x, t), n, self._made_masks(dn, n))
+                for dn in ("fwd", "rev")
+            )
+            return self.act(z).reshape(batch, spec.dim, spec.d_h)
+        w0 = self.params["cond0_w"]
+        # Take x_i's own contribution back out instead of masking the (d_in, d, w) weight on
+        # every call: O(batch*d*w) rather than O(d^2*w), and d h_i / d x_i is exactly zero.
+        own = w0[torch.arange(spec.dim), torch.arange(spec.dim)]  # (d, w)
+        z = (_with_time(x, t) @ w0.flatten(1)).view(batch, spec.dim, -1) - x[..., None] * own
+        z = self.act(z + self.params["cond0_b"])
+        for j in range(1, len(spec.cond_hidden) + 1):
+            z = torch.einsum("bdi,dio->bdo", z, self.params[f"cond{j}_w"])
+            z = self.act(z + self.params[f"cond{j}_b"])
+        return z
+
+    def transformer(
+        self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """f, shape (batch, dim): one MLP shared by all dimensions, over rows [x_i, h_i, t]."""
+        parts = [x[..., None], h]
+        if t is not None:
+            parts.append(t.reshape(-1, 1, 1).expand(x.shape[0], x.shape[1], 1))
+        z = self._dense("tau", torch.cat(parts, dim=-1), len(self.spec.trans_hidden) + 1)
+        return z[..., 0]
+
+    def _made_masks(self, direction: str, n: int) -> list[torch.Tensor]:
+        return [getattr(self, f"mask_{direction}{j}") for j in range(n)]
+
+
+def _with_time(x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+    if t is None:
+        return x
+    return torch.cat([x, t.reshape(-1, 1).expand(x.shape[0], 1)], dim=-1)
+
+
+def _split_args(args: tuple, time_dependent: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    if time_dependent:
+        if len(args) != 2:
+            raise TypeError("a time-dependent model is called as net(t, x)")
+        t, x = args
+        return torch.as_tensor(t, dtype=x.dtype, device=x.device), x
+    if len(args) != 1:
+        raise TypeError("this model is called as net(x); it is not time-dependent")
+    return None, args[0]
+
+
+def build(spec: ModelSpec, seed: int, device: str) -> _Model:
+    if isinstance(spec, HollowSpec):
+        return HollowNet(spec, seed, device)
+    if isinstance(spec, MLPSpec):
+        return MLP(spec, seed, device)
+    raise TypeError(f"expected a HollowSpec or MLPSpec, got {type(spec).__name__}")
+
+
+def as_numpy_params(net: _Model) -> dict[str, np.ndarray]:
+    return {name: p.detach().cpu().numpy() for name, p in net.params.items()}

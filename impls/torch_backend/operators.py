@@ -1,0 +1,175 @@
+"""D_dim^k and the divergence in PyTorch, one function per method.
+
+Every method returns a tensor that back-propagates to x and to *all* parameters whenever grad
+mode is on when it is called; under ``torch.no_grad()`` it returns a plain tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.func import jvp, vmap
+
+from impls import _checks
+from impls.torch_backend.models import HollowNet
+
+Fn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def ddim(net, x: torch.Tensor, k: int = 1, method: str = "hollow", **opts) -> torch.Tensor:
+    """D_dim^k f(x), shape (batch, dim)."""
+    fun, t = _prepare(net, x, k, method, opts)
+    if method == "hollow":
+        return _hollow(net, x, t, k)
+    if method == "hollow_forward":
+        return _hollow_forward(net, x, t, k)
+    if method == "dense_loop":
+        return _dense_loop(fun, x, k)
+    if method == "dense_vectorized":
+        return _dense_vectorized(fun, x, k, opts.get("chunk_size"))
+    return _hutchinson(fun, x, opts, trace=False)
+
+
+def divergence(net, x: torch.Tensor, method: str = "hollow", **opts) -> torch.Tensor:
+    """sum_i df_i/dx_i, shape (batch,)."""
+    if method == "hutchinson":
+        fun, _ = _prepare(net, x, 1, method, opts)
+        return _hutchinson(fun, x, opts, trace=True)
+    return ddim(net, x, 1, method, **opts).sum(-1)
+
+
+def _prepare(net, x, k, method, opts) -> tuple[Fn, torch.Tensor | None]:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not hasattr(net, "spec"):
+        raise TypeError(f"net must be a model built by this backend, got {type(net).__name__}")
+    spec = net.spec
+    _checks.check_call(
+        method=method, k=k, opts=opts, is_hollow=isinstance(net, HollowNet),
+        model_name=type(spec).__name__,
+    )
+    _checks.check_input(
+        shape=tuple(x.shape), dtype=str(x.dtype).removeprefix("torch."),
+        dim=spec.dim, model_dtype=spec.dtype,
+    )
+    param = next(iter(net.parameters()))
+    if x.device != param.device:
+        raise ValueError(f"x is on {x.device} but the model is on {param.device}")
+    _check_finite(x, "x")
+    t = opts.get("t")
+    _checks.check_time(time_dependent=spec.time_dependent, t_given=t is not None)
+    if t is not None:
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        _checks.check_t_shape(tuple(t.shape), x.shape[0])
+        _check_finite(t, "t")
+    return (lambda y: net.evaluate(y, t)), t
+
+
+def _check_finite(a: torch.Tensor, name: str) -> None:
+    # Reading the flag syncs the device; a CUDA graph capture or torch.compile trace can't.
+    if torch.compiler.is_compiling() or (a.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    if not bool(torch.isfinite(a).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def _leaf_for_tau(x: torch.Tensor) -> torch.Tensor:
+    """A node that feeds the transformer only.
+
+    Differentiating with respect to it holds h = c(x) fixed, while the result stays in the
+    graph of x and the parameters: the conditioner keeps its share of every parameter gradient
+    (a plain ``h.detach()`` would silently drop it).
+    """
+    return x.clone() if x.requires_grad else x.detach().requires_grad_()
+
+
+def _hollow(net: HollowNet, x: torch.Tensor, t, k: int) -> torch.Tensor:
+    """The paper's way: k reverse passes through the transformer alone."""
+    keep_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        h = net.conditioner(x, t)
+        x_tau = _leaf_for_tau(x)
+        out = net.transformer(x_tau, h, t)
+        for j in range(k):
+            # tau is separable in x_tau, so the gradient of the sum is the diagonal.
+            (out,) = torch.autograd.grad(
+                out.sum(), x_tau, create_graph=keep_graph or j < k - 1
+            )
+    return out
+
+
+def _hollow_forward(net: HollowNet, x: torch.Tensor, t, k: int) -> torch.Tensor:
+    """k nested JVPs with tangent 1 through the transformer: exact since tau is separable."""
+    h = net.conditioner(x, t)
+    return _nested_jvp(lambda y: net.transformer(y, h, t), x, torch.ones_like(x), k)
+
+
+def _nested_jvp(fun: Fn, x: torch.Tensor, tangent: torch.Tensor, k: int) -> torch.Tensor:
+    """d^k/ds^k fun(x + s*tangent) at s=0."""
+    for _ in range(k):
+        fun = (lambda g: lambda y: jvp(g, (y,), (tangent,))[1])(fun)
+    return fun(x)
+
+
+def _dense_loop(fun: Fn, x: torch.Tensor, k: int) -> torch.Tensor:
+    """FFJORD's divergence_bf: one forward, then k reverse passes per output dimension."""
+    keep_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        x_in = x if x.requires_grad else x.detach().requires_grad_()
+        f = fun(x_in)
+        columns = []
+        for i in range(x.shape[1]):
+            g = f[:, i]
+            for j in range(k):
+                (grad,) = torch.autograd.grad(
+                    g.sum(), x_in, create_graph=keep_graph or j < k - 1, retain_graph=True
+                )
+                g = grad[:, i]
+            columns.append(g)
+    return torch.stack(columns, dim=1)
+
+
+def _dense_vectorized(fun: Fn, x: torch.Tensor, k: int, chunk_size: int | None) -> torch.Tensor:
+    """vmap over the d basis directions e_i of k nested JVPs along e_i, keeping component i.
+
+    For k=1 this is jacfwd's computation (the whole Jacobian) followed by its diagonal; for k>1
+    it is the diagonal of each output's k-th derivative tensor without materialising it.
+    """
+    basis = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+
+    def along(e: torch.Tensor) -> torch.Tensor:
+        return (_nested_jvp(fun, x, e.expand_as(x), k) * e).sum(-1)
+
+    return vmap(along, chunk_size=chunk_size)(basis).T
+
+
+def _hutchinson(fun: Fn, x: torch.Tensor, opts: dict, trace: bool) -> torch.Tensor:
+    """Unbiased estimates with m probes e: the trace e^T J e (one VJP each, as FFJORD) or the
+    diagonal e * (J e) (one JVP each). Probes come from ``seed``, else the global generator."""
+    n_probes, noise = opts.get("n_probes", 1), opts.get("noise", "rademacher")
+    probes = _probes((n_probes, *x.shape), noise, opts.get("seed"), x)
+    if not trace:
+        return vmap(lambda e: e * jvp(fun, (x,), (e,))[1])(probes).mean(0)
+    keep_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        x_in = x if x.requires_grad else x.detach().requires_grad_()
+        f = fun(x_in)
+        if n_probes == 1:
+            (e_j,) = torch.autograd.grad(f, x_in, probes[0], create_graph=keep_graph)
+        else:  # one vectorised VJP over all probes
+            (e_j,) = torch.autograd.grad(
+                f, x_in, probes, create_graph=keep_graph, is_grads_batched=True
+            )
+    return (e_j * probes).sum(-1).mean(0)
+
+
+def _probes(shape: tuple, noise: str, seed: int | None, like: torch.Tensor) -> torch.Tensor:
+    """Rademacher or Gaussian probes; a given seed makes them reproducible on any device."""
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=like.device).manual_seed(int(seed))
+    if noise == "gaussian":
+        return torch.randn(shape, generator=gen, dtype=like.dtype, device=like.device)
+    bits = torch.randint(0, 2, shape, generator=gen, device=like.device)
+    return (2 * bits - 1).to(like.dtype)

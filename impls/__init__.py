@@ -75,13 +75,17 @@ class Backend(Protocol):
 
 
 def load_backend(name: str, device: str | None = None) -> Backend:
-    """The backend ``name`` ("torch" or "jax") on ``device`` (default "cpu")."""
-    if name == "torch":
-        from impls.torch_backend import TorchBackend
-
-        return TorchBackend(device)
-    if name == "jax":
-        from impls.jax_backend import JaxBackend
-
-        return JaxBackend(device)
-    raise ValueError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    """The backend ``name`` ("torch" or "jax") on ``device``: "cpu", "cuda" or "cuda:N";
+    None picks the first GPU, else the CPU."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    try:
+        if name == "torch":
+            from impls.torch_backend import TorchBackend as cls
+        else:
+            from impls.jax_backend import JaxBackend as cls
+    except ModuleNotFoundError as err:
+        raise ImportError(
+            f"backend {name!r} needs the package {err.name!r}: pip install 'hollowbench[{name}]'"
+        ) from err
+    return cls(device)

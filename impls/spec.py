@@ -6,7 +6,7 @@ bit-identical float64 weights in PyTorch and JAX. Weights use the ``y = x @ W + 
 Parameter names (shapes per sample; ``d = dim``, ``d_in = dim + time_dependent``):
 
 - masked conditioner: ``cond0_w`` (d_in, d, w0) with its ``x_i -> h_i`` entries zeroed, then
-  per-dimension block-diagonal layers ``cond{j}_w`` (d, w_{j-1}, w_j); biases ``cond{j}_b`` (d, w_j).
+  per-dimension block-diagonal layers ``cond{j}_w`` (d, w_{j-1}, w_j); biases ``cond{j}_b``.
 - MADE conditioner: two masked MLPs ``made_fwd{j}_w`` / ``made_rev{j}_w`` (in, out), whose strict
   masks (:func:`made_masks`) make the forward net see ``x_{<i}`` and the reverse one ``x_{>i}``.
 - transformer, shared by all dimensions: ``tau{j}_w`` (in, out) over ``[x_i, h_i, (t)]``.
@@ -15,6 +15,7 @@ Parameter names (shapes per sample; ``d = dim``, ``d_in = dim + time_dependent``
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -61,7 +62,11 @@ class HollowSpec:
             self.dim,
             self.activation,
             self.dtype,
-            {"d_h": (self.d_h,), "cond_hidden": self.cond_hidden, "trans_hidden": self.trans_hidden},
+            {
+                "d_h": (self.d_h,),
+                "cond_hidden": self.cond_hidden,
+                "trans_hidden": self.trans_hidden,
+            },
         )
         if self.conditioner not in CONDITIONERS:
             raise ValueError(
@@ -128,7 +133,7 @@ def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
 
 
 def _dense_stack(shapes: dict, prefix: str, sizes: list[int]) -> None:
-    for j, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for j, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         shapes[f"{prefix}{j}_w"], shapes[f"{prefix}{j}_b"] = (n_in, n_out), (n_out,)
 
 
@@ -154,7 +159,9 @@ def made_masks(spec: HollowSpec, direction: Literal["fwd", "rev"]) -> list[np.nd
     hidden = [np.arange(d * w) % max(d - 1, 1) + 1 for w in spec.cond_hidden]
     deg_out = np.repeat(order, spec.d_h)
     degrees = [deg_in, *hidden]
-    masks = [deg_next[None, :] >= deg[:, None] for deg, deg_next in zip(degrees, hidden, strict=False)]
+    masks = [
+        deg_next[None, :] >= deg[:, None] for deg, deg_next in zip(degrees, hidden, strict=False)
+    ]
     masks.append(deg_out[None, :] > degrees[-1][:, None])
     return masks
 

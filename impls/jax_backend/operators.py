@@ -7,6 +7,7 @@ exact, the conditioner's share included.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -22,35 +23,63 @@ _EXTRA_OPTS = {"hutchinson": ("key",)}
 
 def ddim(net, x: jax.Array, k: int = 1, method: str = "hollow", **opts) -> jax.Array:
     """D_dim^k f(x), shape (batch, dim)."""
-    fun, t = _prepare(net, x, k, method, opts)
-    if method == "hollow":
-        return _hollow(net, x, t, k)
-    if method == "hollow_forward":
-        return _hollow_forward(net, x, t, k)
-    if method == "dense_loop":
-        return _dense_loop(fun, x, k)
-    if method == "dense_vectorized":
-        return _dense_vectorized(fun, x, k, opts.get("chunk_size"))
-    return _hutchinson(fun, x, opts, trace=False)
+    t = _prepare(net, x, k, method, opts)
+    return _compute(net, x, t, _key(method, opts), method=method, k=k, **_static(opts))
 
 
 def divergence(net, x: jax.Array, method: str = "hollow", **opts) -> jax.Array:
     """sum_i df_i/dx_i, shape (batch,)."""
+    t = _prepare(net, x, 1, method, opts)
+    return _compute(net, x, t, _key(method, opts), method=method, k=1, trace=True, **_static(opts))
+
+
+def _static(opts: dict) -> dict:
+    return {name: opts[name] for name in ("n_probes", "noise", "chunk_size") if name in opts}
+
+
+def _key(method: str, opts: dict) -> jax.Array | None:
+    """The probes' PRNG key: ``key``, else one from ``seed`` (default 0)."""
+    if method != "hutchinson":
+        return None
+    key = opts.get("key")
+    return jax.random.key(opts.get("seed") or 0) if key is None else key
+
+
+@functools.partial(
+    jax.jit, static_argnames=("method", "k", "trace", "n_probes", "noise", "chunk_size")
+)
+def _compute(
+    net, x, t, key, *, method, k, trace=False, n_probes=1, noise="rademacher", chunk_size=None
+) -> jax.Array:
+    """The checked call, compiled once per model structure and static option set, so eager
+    calls run compiled code too (under an outer ``jit`` this simply inlines)."""
     if method == "hutchinson":
-        fun, _ = _prepare(net, x, 1, method, opts)
-        return _hutchinson(fun, x, opts, trace=True)
-    return ddim(net, x, 1, method, **opts).sum(-1)
+        return _hutchinson(lambda y: net.evaluate(y, t), x, key, n_probes, noise, trace)
+    if method == "hollow":
+        out = _hollow(net, x, t, k)
+    elif method == "hollow_forward":
+        out = _hollow_forward(net, x, t, k)
+    elif method == "dense_loop":
+        out = _dense_loop(lambda y: net.evaluate(y, t), x, k)
+    else:
+        out = _dense_vectorized(lambda y: net.evaluate(y, t), x, k, chunk_size)
+    return out.sum(-1) if trace else out
 
 
-def _prepare(net, x, k, method, opts) -> tuple[Fn, jax.Array | None]:
+def _prepare(net, x, k, method, opts) -> jax.Array | None:
+    """Check the call; return t as an array (or None)."""
     if not isinstance(x, jax.Array):
         raise TypeError(f"x must be a jax.Array, got {type(x).__name__}")
     if not hasattr(net, "spec"):
         raise TypeError(f"net must be a model built by this backend, got {type(net).__name__}")
     spec = net.spec
     _checks.check_call(
-        method=method, k=k, opts=opts, is_hollow=isinstance(net, HollowNet),
-        model_name=type(spec).__name__, extra_opts=_EXTRA_OPTS,
+        method=method,
+        k=k,
+        opts=opts,
+        is_hollow=isinstance(net, HollowNet),
+        model_name=type(spec).__name__,
+        extra_opts=_EXTRA_OPTS,
     )
     _checks.check_input(shape=x.shape, dtype=x.dtype.name, dim=spec.dim, model_dtype=spec.dtype)
     _check_device(net, x)
@@ -61,7 +90,7 @@ def _prepare(net, x, k, method, opts) -> tuple[Fn, jax.Array | None]:
         t = jnp.asarray(t, dtype=x.dtype)
         _checks.check_t_shape(t.shape, x.shape[0])
         _check_finite(t, "t")
-    return (lambda y: net.evaluate(y, t)), t
+    return t
 
 
 def _concrete(a: jax.Array) -> bool:
@@ -69,8 +98,13 @@ def _concrete(a: jax.Array) -> bool:
 
 
 def _check_finite(a: jax.Array, name: str) -> None:
-    # Under jit the values are unknown at trace time, so only concrete inputs are checked.
-    if _concrete(a) and not bool(jnp.isfinite(a).all()):
+    # A traced input has no value yet, so only concrete ones are checked; eagerly, also when
+    # a concrete input is closed over by a function being traced.
+    if not _concrete(a):
+        return
+    with jax.ensure_compile_time_eval():
+        finite = bool(jnp.isfinite(a).all())
+    if not finite:
         raise ValueError(f"{name} contains NaN or inf")
 
 
@@ -91,8 +125,12 @@ def _hollow(net: HollowNet, x: jax.Array, t, k: int) -> jax.Array:
     fun = lambda y: net.transformer(y, h, t)  # noqa: E731
     for _ in range(k):
         # tau is separable in its x input, so the gradient of the sum is the diagonal.
-        fun = (lambda g: jax.grad(lambda y: g(y).sum()))(fun)
+        fun = _grad_of_sum(fun)
     return fun(x)
+
+
+def _grad_of_sum(g: Fn) -> Fn:
+    return jax.grad(lambda y: g(y).sum())
 
 
 def _hollow_forward(net: HollowNet, x: jax.Array, t, k: int) -> jax.Array:
@@ -110,8 +148,12 @@ def _hollow_forward(net: HollowNet, x: jax.Array, t, k: int) -> jax.Array:
 def _nested_jvp(fun: Fn, x: jax.Array, tangent: jax.Array, k: int) -> jax.Array:
     """d^k/ds^k fun(x + s*tangent) at s=0."""
     for _ in range(k):
-        fun = (lambda g: lambda y: jax.jvp(g, (y,), (tangent,))[1])(fun)
+        fun = _jvp_along(fun, tangent)
     return fun(x)
+
+
+def _jvp_along(g: Fn, tangent: jax.Array) -> Fn:
+    return lambda y: jax.jvp(g, (y,), (tangent,))[1]
 
 
 def _dense_loop(fun: Fn, x: jax.Array, k: int) -> jax.Array:
@@ -127,12 +169,16 @@ def _dense_loop(fun: Fn, x: jax.Array, k: int) -> jax.Array:
     else:
 
         def column(i):
-            g = lambda y: fun(y)[:, i]  # noqa: E731
+            g = _component(fun, i)
             for _ in range(k):
-                g = (lambda g: lambda y: jax.grad(lambda z: g(z).sum())(y)[:, i])(g)
+                g = _component(_grad_of_sum(g), i)
             return g(x)
 
     return jax.lax.map(column, jnp.arange(d)).T
+
+
+def _component(g: Fn, i: jax.Array) -> Fn:
+    return lambda y: g(y)[:, i]
 
 
 def _dense_vectorized(fun: Fn, x: jax.Array, k: int, chunk_size: int | None) -> jax.Array:
@@ -152,13 +198,12 @@ def _dense_vectorized(fun: Fn, x: jax.Array, k: int, chunk_size: int | None) -> 
     return jax.lax.map(along, basis, batch_size=chunk_size).T
 
 
-def _hutchinson(fun: Fn, x: jax.Array, opts: dict, trace: bool) -> jax.Array:
+def _hutchinson(
+    fun: Fn, x: jax.Array, key: jax.Array, n_probes: int, noise: str, trace: bool
+) -> jax.Array:
     """Unbiased estimates with m probes e: the trace e^T J e (one VJP each, as FFJORD) or the
-    diagonal e * (J e) (one JVP each). Probes come from ``key``, else from ``seed`` (default 0)."""
-    key = opts.get("key")
-    if key is None:
-        key = jax.random.key(opts.get("seed") or 0)
-    probes = _probes(key, (opts.get("n_probes", 1), *x.shape), opts.get("noise", "rademacher"), x)
+    diagonal e * (J e) (one JVP each)."""
+    probes = _probes(key, (n_probes, *x.shape), noise, x)
     if trace:
         _, pullback = jax.vjp(fun, x)
         estimates = jax.vmap(lambda e: (pullback(e)[0] * e).sum(-1))(probes)

@@ -13,10 +13,16 @@ from torch import nn
 
 from impls.spec import HollowSpec, MLPSpec, ModelSpec, init_params, made_masks
 
+
+def _softplus(z: torch.Tensor) -> torch.Tensor:
+    # The JAX backend's formula; torch's own softplus turns linear above 20, a 2e-9 difference.
+    return z.clamp_min(0) + torch.log1p(torch.exp(-z.abs()))
+
+
 ACTIVATIONS = {
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
-    "softplus": nn.functional.softplus,
+    "softplus": _softplus,
     "sin": torch.sin,
 }
 

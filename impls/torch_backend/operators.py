@@ -46,12 +46,17 @@ def _prepare(net, x, k, method, opts) -> tuple[Fn, torch.Tensor | None]:
         raise TypeError(f"net must be a model built by this backend, got {type(net).__name__}")
     spec = net.spec
     _checks.check_call(
-        method=method, k=k, opts=opts, is_hollow=isinstance(net, HollowNet),
+        method=method,
+        k=k,
+        opts=opts,
+        is_hollow=isinstance(net, HollowNet),
         model_name=type(spec).__name__,
     )
     _checks.check_input(
-        shape=tuple(x.shape), dtype=str(x.dtype).removeprefix("torch."),
-        dim=spec.dim, model_dtype=spec.dtype,
+        shape=tuple(x.shape),
+        dtype=str(x.dtype).removeprefix("torch."),
+        dim=spec.dim,
+        model_dtype=spec.dtype,
     )
     param = next(iter(net.parameters()))
     if x.device != param.device:
@@ -93,9 +98,7 @@ def _hollow(net: HollowNet, x: torch.Tensor, t, k: int) -> torch.Tensor:
         out = net.transformer(x_tau, h, t)
         for j in range(k):
             # tau is separable in x_tau, so the gradient of the sum is the diagonal.
-            (out,) = torch.autograd.grad(
-                out.sum(), x_tau, create_graph=keep_graph or j < k - 1
-            )
+            (out,) = torch.autograd.grad(out.sum(), x_tau, create_graph=keep_graph or j < k - 1)
     return out
 
 
@@ -108,8 +111,12 @@ def _hollow_forward(net: HollowNet, x: torch.Tensor, t, k: int) -> torch.Tensor:
 def _nested_jvp(fun: Fn, x: torch.Tensor, tangent: torch.Tensor, k: int) -> torch.Tensor:
     """d^k/ds^k fun(x + s*tangent) at s=0."""
     for _ in range(k):
-        fun = (lambda g: lambda y: jvp(g, (y,), (tangent,))[1])(fun)
+        fun = _jvp_along(fun, tangent)
     return fun(x)
+
+
+def _jvp_along(g: Fn, tangent: torch.Tensor) -> Fn:
+    return lambda y: jvp(g, (y,), (tangent,))[1]
 
 
 def _dense_loop(fun: Fn, x: torch.Tensor, k: int) -> torch.Tensor:

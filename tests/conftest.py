@@ -1,0 +1,43 @@
+"""Shared fixtures: both backends on the CPU, float64 specs and independent references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from impls import HollowSpec, load_backend
+
+BACKEND_NAMES = ("torch", "jax")
+
+# Small float64 models that exercise both conditioners, time dependence and k-th derivatives.
+SPECS = {
+    "masked": HollowSpec(dim=5, d_h=3, cond_hidden=(4,), trans_hidden=(8, 8), dtype="float64"),
+    "made": HollowSpec(
+        dim=5, d_h=3, conditioner="made", cond_hidden=(3,), trans_hidden=(8,), dtype="float64"
+    ),
+    "masked_t": HollowSpec(
+        dim=4, d_h=2, cond_hidden=(), trans_hidden=(6,), time_dependent=True, dtype="float64"
+    ),
+}
+
+
+def backend_or_skip(name: str):
+    pytest.importorskip(name)
+    if name == "jax":
+        pytest.importorskip("equinox")
+    return load_backend(name, "cpu")
+
+
+@pytest.fixture(params=BACKEND_NAMES)
+def backend(request):
+    return backend_or_skip(request.param)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def call_opts(spec) -> dict:
+    """The ``t`` option a time-dependent spec needs."""
+    return {"t": 0.7} if spec.time_dependent else {}

@@ -7,7 +7,6 @@ or (batch,). A HollowNet also exposes its two halves, which the hollow operators
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -148,6 +147,3 @@ def build(spec: ModelSpec, seed: int, device: str) -> _Model:
         return MLP(spec, seed, device)
     raise TypeError(f"expected a HollowSpec or MLPSpec, got {type(spec).__name__}")
 
-
-def as_numpy_params(net: _Model) -> dict[str, np.ndarray]:
-    return {name: p.detach().cpu().numpy() for name, p in net.params.items()}

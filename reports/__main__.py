@@ -1,0 +1,72 @@
+"""Command line: ``python -m reports build RESULTS... --out DIR`` and
+``python -m reports compare BASE NEW [--fail-above 1.10]``.
+
+Bad input (a missing, empty, truncated, non-JSON or foreign file, or a glob that matches
+nothing) prints one line naming the file and the problem on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m reports", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="write the HTML/Markdown report of result files")
+    build.add_argument(
+        "results",
+        nargs="+",
+        help="pytest-benchmark JSON files and/or journals (*.journal.jsonl); globs are expanded",
+    )
+    build.add_argument("--out", default="reports/out", help="output folder (default %(default)s)")
+    compare = sub.add_parser("compare", help="per-benchmark time ratios NEW / BASE")
+    compare.add_argument("base", help="the reference run (a JSON file or journal)")
+    compare.add_argument("new", help="the run to judge")
+    compare.add_argument(
+        "--fail-above",
+        type=float,
+        default=1.10,
+        metavar="RATIO",
+        help="exit 1 when a benchmark slowed by more than this ratio beyond "
+        "the IQR noise (default %(default)s)",
+    )
+    compare.add_argument("--csv", help="also write the comparison table to this CSV file")
+    return parser
+
+
+def _build(results: Sequence[str], out: str) -> int:
+    from reports.build import build
+
+    start = time.perf_counter()
+    built = build(results, out)
+    for note in built.skipped:
+        print(f"  no data: {note}")
+    print(
+        f"wrote {built.out / 'index.html'} and report.md: {built.points} points, "
+        f"{built.figures} figures, {built.tables} tables in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit status."""
+    args = _parser().parse_args(argv)
+    from reports.load import InputError
+
+    try:
+        if args.command == "build":
+            return _build(args.results, args.out)
+        from reports.compare import run_compare
+
+        return run_compare(args.base, args.new, args.fail_above, args.csv)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

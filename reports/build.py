@@ -1,0 +1,144 @@
+"""``python -m reports build``: load the results, draw every figure, make every table, write
+``index.html``, ``report.md``, ``figures/*.png|svg`` and ``tables/*.csv`` into one folder."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from multiprocessing.pool import AsyncResult
+from pathlib import Path
+
+import pandas as pd
+
+from reports.load import analysis_columns, load_results, warn
+from reports.render import Section, html_report, markdown_report
+from reports.tables import TABLES, NoData, Table
+
+TITLE = "hollowbench report"
+PAPER = ("c1_ddim_k_passes", "c2_dense_diagonal", "c3_exact_vs_stochastic")
+WORKLOADS = ("ode_jacobi_newton", "cnf_exact_vs_stochastic", "sde_fp_residual")
+
+
+@dataclass(frozen=True)
+class Built:
+    """What a build wrote: the folder, and how many figures and tables hold data."""
+
+    out: Path
+    points: int
+    figures: int
+    tables: int
+    skipped: list[str]
+
+
+def build(inputs: Sequence[str], out: str | Path) -> Built:
+    """Write the report of the result files ``inputs`` (paths or globs) into ``out``."""
+    frame = load_results(inputs)
+    out = Path(out)
+    for sub in ("figures", "tables"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "tables" / "points.csv", index=False)
+    slim = analysis_columns(frame)
+    with _figure_pool(slim, out) as figures:  # drawn in the background while tables are made
+        tables = {spec.key: _table(spec, frame if spec.details else slim, out) for spec in TABLES}
+    figures = figures.get()
+    parts = [
+        ("Paper claims", [tables[k] for k in PAPER]),
+        ("Workloads", [tables[k] for k in WORKLOADS]),
+        ("Figures", figures),
+        ("Details", [t for k, t in tables.items() if k not in PAPER + WORKLOADS]),
+    ]
+    intro = _intro(frame, inputs)
+    (out / "report.md").write_text(markdown_report(TITLE, intro, parts), encoding="utf-8")
+    (out / "index.html").write_text(html_report(TITLE, intro, parts), encoding="utf-8")
+    sections = [*tables.values(), *figures]
+    return Built(
+        out=out,
+        points=len(frame),
+        figures=sum(s.png is not None for s in figures),
+        tables=sum(s.table is not None for s in tables.values()),
+        skipped=[f"{s.title}: {s.note}" for s in sections if s.note is not None],
+    )
+
+
+def _intro(frame: pd.DataFrame, inputs: Sequence[str]) -> list[str]:
+    missed = int(frame["status"].ne("ok").sum())
+    machines = ", ".join(sorted(frame["machine"].astype(str).unique()))
+    devices = ", ".join(sorted(frame["device_id"].astype(str).unique()))
+    return [
+        f"Built {datetime.now(UTC):%Y-%m-%d %H:%M} UTC from {', '.join(inputs)}.",
+        f"{len(frame)} measurement points ({missed} did not run) from machine(s) {machines}; "
+        f"devices: {devices}.",
+    ]
+
+
+def _table(spec: Table, frame: pd.DataFrame, out: Path) -> Section:
+    text = [spec.claim, f"Compared: {spec.compared}"]
+    try:
+        table = spec.build(frame)
+    except NoData as exc:
+        return Section(spec.key, spec.title, text, note=str(exc))
+    except Exception as exc:  # one table's bug must not cost the whole report
+        warn(f"table '{spec.key}' failed: {type(exc).__name__}: {exc}")
+        return Section(spec.key, spec.title, text, note=f"could not be built ({exc})")
+    table.to_csv(out / "tables" / f"{spec.key}.csv", index=False)
+    return Section(spec.key, spec.title, text, table=table)
+
+
+class _Done:
+    """The result of work already done, with the interface of an AsyncResult."""
+
+    def __init__(self, value: list[Section]):
+        self.value = value
+
+    def get(self) -> list[Section]:
+        return self.value
+
+
+@contextlib.contextmanager
+def _figure_pool(frame: pd.DataFrame, out: Path) -> Iterator[_Done | AsyncResult]:
+    """Every registered figure, drawn by forked workers while the caller goes on (most of a
+    build's time is matplotlib drawing, and figures are independent); drawn in this process
+    where the OS cannot fork or has one core."""
+    # Imported here so that `compare` never pays for matplotlib and seaborn, and before the
+    # fork so that the workers inherit them.
+    from reports.figures import FIGURES, setup_style
+
+    setup_style()
+    jobs = [(spec.key, frame, out) for spec in FIGURES]
+    workers = min(os.cpu_count() or 1, len(jobs))
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        yield _Done([_figure(*job) for job in jobs])
+        return
+    # Forked workers share the frame with this process instead of unpickling a copy.
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        result = pool.starmap_async(_figure, jobs, chunksize=1)
+        yield result
+        result.wait()
+
+
+def _figure(key: str, frame: pd.DataFrame, out: Path) -> Section:
+    """Draw one figure, write its PNG and SVG, and return its section of the report."""
+    import matplotlib.pyplot as plt
+
+    from reports.figures import FIGURES
+
+    spec = next(f for f in FIGURES if f.key == key)
+    try:
+        fig = spec.draw(frame)
+    except NoData as exc:
+        return Section(spec.key, spec.title, [spec.caption], note=str(exc))
+    except Exception as exc:  # one figure's bug must not cost the whole report
+        plt.close("all")
+        warn(f"figure '{spec.key}' failed: {type(exc).__name__}: {exc}")
+        return Section(spec.key, spec.title, [spec.caption], note=f"could not be drawn ({exc})")
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    fig.savefig(out / "figures" / f"{spec.key}.svg", format="svg")
+    plt.close(fig)
+    (out / "figures" / f"{spec.key}.png").write_bytes(png.getvalue())
+    return Section(spec.key, spec.title, [spec.caption], png=png.getvalue())

@@ -1,0 +1,122 @@
+"""``python -m reports compare BASE NEW``: per-benchmark time ratios between two runs.
+
+Benchmarks are matched by pytest's fullname, which does not name the machine, so runs from two
+machines or two commits compare directly. The noise rule: a change is *beyond the noise* when
+the two runs' interquartile ranges [q1, q3] do not overlap. A benchmark fails the comparison
+when it is beyond the noise *and* NEW median / BASE median exceeds ``--fail-above``; a point
+that ran in BASE but ran out of memory, timed out or errored in NEW fails too. Exit status: 0
+when nothing failed, 1 when something did, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from reports.load import InputError, load_results
+from reports.render import markdown_table
+
+FAILING_STATUS = ("oom", "timeout", "error")
+COLUMNS = ("status", "median_s", "q1_s", "q3_s", "iqr_s", "machine", "commit.id", "source")
+
+
+def load_side(arg: str) -> pd.DataFrame:
+    """One side of the comparison: the points of one machine, one row per fullname."""
+    frame = load_results([arg])
+    machines = sorted(frame["machine"].astype(str).unique())
+    if len(machines) > 1:
+        raise InputError(
+            f"{arg}: holds results from {len(machines)} machines ({', '.join(machines)}); "
+            "compare one machine's results at a time"
+        )
+    for column in COLUMNS:
+        if column not in frame:
+            frame[column] = None
+    return frame.set_index("fullname")[list(COLUMNS)]
+
+
+def compare(base: pd.DataFrame, new: pd.DataFrame, fail_above: float) -> pd.DataFrame:
+    """One row per fullname in either run: medians, IQRs, ratio, verdict and whether it fails."""
+    both = base.merge(
+        new, how="outer", left_index=True, right_index=True, suffixes=("_base", "_new")
+    )
+    common = both.index.isin(base.index) & both.index.isin(new.index)
+    if not common.any():
+        raise InputError("BASE and NEW have no benchmark (fullname) in common")
+    ratio = both["median_s_new"] / both["median_s_base"]
+    low_new, high_new = _quartiles(both, "new")
+    low_base, high_base = _quartiles(both, "base")
+    slower = low_new > high_base
+    faster = high_new < low_base
+    out = pd.DataFrame(
+        {
+            "benchmark": both.index,
+            "base ms": both["median_s_base"] * 1e3,
+            "new ms": both["median_s_new"] * 1e3,
+            "new / base": ratio,
+            "base IQR ms": both["iqr_s_base"] * 1e3,
+            "new IQR ms": both["iqr_s_new"] * 1e3,
+        }
+    ).reset_index(drop=True)
+    verdicts = [
+        _verdict(row, r, s, f, fail_above)
+        for row, r, s, f in zip(
+            both.itertuples(), ratio.to_numpy(), slower.to_numpy(), faster.to_numpy(), strict=True
+        )
+    ]
+    out["verdict"] = [v for v, _ in verdicts]
+    out["fails"] = [f for _, f in verdicts]
+    return out.sort_values(["fails", "new / base"], ascending=False, na_position="last")
+
+
+def _quartiles(both: pd.DataFrame, side: str) -> tuple[pd.Series, pd.Series]:
+    """[q1, q3] of one side; the median alone where the file lacks quartiles."""
+    median = both[f"median_s_{side}"]
+    return both[f"q1_s_{side}"].fillna(median), both[f"q3_s_{side}"].fillna(median)
+
+
+def _verdict(row, ratio: float, slower: bool, faster: bool, fail_above: float):
+    """(verdict text, fails) for one benchmark."""
+    base, new = row.status_base, row.status_new
+    if pd.isna(base):
+        return "only in NEW", False
+    if pd.isna(new):
+        return "only in BASE", False
+    if base != "ok" or new != "ok":
+        if base == "ok":
+            return f"now {new}", new in FAILING_STATUS
+        return ("now runs", False) if new == "ok" else (f"{base} -> {new}", False)
+    if slower and ratio > fail_above:
+        return f"SLOWER beyond noise and {fail_above:g}x", True
+    if slower:
+        return "slower beyond noise (within threshold)", False
+    if faster:
+        return "faster beyond noise", False
+    return "within noise", False
+
+
+def run_compare(base_arg: str, new_arg: str, fail_above: float, csv: str | None) -> int:
+    """Print the comparison; return the exit status (0 fine, 1 something failed)."""
+    if not np.isfinite(fail_above) or fail_above <= 0:
+        raise InputError(f"--fail-above must be a positive ratio, got {fail_above}")
+    base, new = load_side(base_arg), load_side(new_arg)
+    table = compare(base, new, fail_above)
+    for label, side, arg in (("BASE", base, base_arg), ("NEW", new, new_arg)):
+        commit = side["commit.id"].dropna()
+        print(
+            f"{label}: {arg} (machine {side['machine'].iloc[0]}"
+            f"{f', commit {str(commit.iloc[0])[:10]}' if len(commit) else ''})"
+        )
+    print()
+    print(markdown_table(table.drop(columns="fails")))
+    if csv:
+        table.to_csv(csv, index=False)
+    failed = int(table["fails"].sum())
+    print()
+    print(
+        f"{failed} of {len(table)} benchmarks failed (slower than {fail_above:g}x beyond the "
+        "IQR noise, or newly out of memory / timed out / errored)"
+        if failed
+        else f"OK: nothing slowed beyond the IQR noise by more than {fail_above:g}x"
+    )
+    return 1 if failed else 0

@@ -1,0 +1,475 @@
+"""The report's figures, drawn with seaborn on matplotlib's Agg backend.
+
+Each figure is registered in :data:`FIGURES`; its ``draw(frame)`` returns a matplotlib figure
+or raises :class:`~reports.tables.NoData` with the reason, which the report prints instead.
+Points that did not run are drawn as an 'x' at the bottom edge of the axes, labelled with their
+status (oom, timeout, ...), so they are never confused with a measured value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure as MplFigure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+
+from reports.fit import loglog_fits
+from reports.tables import NoData, cells, ratio
+
+HOLLOW = ("hollow", "hollow_forward")
+NOT_RUN_NOTE = "x at the bottom edge: the point did not run (status beside it)"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A registered figure: ``draw(frame)`` makes it; ``caption`` says how to read it."""
+
+    key: str
+    title: str
+    caption: str
+    draw: Callable[[pd.DataFrame], MplFigure]
+
+
+def setup_style() -> None:
+    """One look for every figure; SVG text stays text (smaller files, faster to write)."""
+    sns.set_theme(style="whitegrid", context="paper", font_scale=0.9)
+    plt.rcParams.update({"svg.fonttype": "none", "figure.dpi": 100, "legend.fontsize": 6})
+
+
+def _workload(frame: pd.DataFrame, workload: str) -> pd.DataFrame:
+    rows = frame[frame["workload"].eq(workload)]
+    if rows.empty:
+        raise NoData(f"no '{workload}' workload points in the inputs")
+    return rows
+
+
+def _measured(rows: pd.DataFrame, y: str) -> pd.DataFrame:
+    """Rows that ran and have ``y``, with d and k as floats for plotting."""
+    ok = rows[rows["status"].eq("ok") & rows[y].notna()].copy()
+    for column in ("d", "k", "n_probes"):
+        ok[column] = ok[column].astype(float)
+    return ok
+
+
+def _palette(values: Iterable) -> dict[str, tuple]:
+    """A fixed colour per name, so a method keeps its colour in every panel."""
+    names = sorted(set(map(str, values)))
+    colors = sns.color_palette("tab10" if len(names) <= 10 else "husl", max(len(names), 1))
+    return dict(zip(names, colors, strict=False))
+
+
+# Fixed margins in inches around each panel: tight_layout would cost one more full draw.
+MARGINS = {"left": 0.75, "right": 0.15, "bottom": 0.5, "top": 0.35, "wspace": 0.75, "hspace": 0.8}
+
+
+def _grid(n: int, ncols: int, size: tuple[float, float], legend_in: float, own: bool):
+    """A figure with ``n`` panels of ``size`` inches in rows of ``ncols``, and its axes.
+
+    ``legend_in`` inches on the right hold the figure legend, or with ``own`` each panel's."""
+    ncols = max(1, min(n, ncols))
+    nrows = math.ceil(n / ncols)
+    m = MARGINS
+    wspace = m["wspace"] + (legend_in if own else 0.0)
+    width = ncols * size[0] + (ncols - 1) * wspace + m["left"] + m["right"] + legend_in
+    height = nrows * size[1] + (nrows - 1) * m["hspace"] + m["bottom"] + m["top"]
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(
+        left=m["left"] / width,
+        right=1 - (m["right"] + legend_in) / width,
+        bottom=m["bottom"] / height,
+        top=1 - m["top"] / height,
+        wspace=wspace / size[0],
+        hspace=m["hspace"] / size[1],
+    )
+    for ax in axes.flat[n:]:
+        ax.remove()
+    return fig, list(axes.flat[:n])
+
+
+def _panels(
+    rows: pd.DataFrame,
+    draw: Callable[[Axes, pd.DataFrame], bool],
+    labels: tuple[str, str],
+    *,
+    by: str = "facet",
+    ncols: int = 3,
+    size: tuple[float, float] = (4.0, 3.1),
+    own_legends: bool = False,
+) -> MplFigure:
+    """A panel per value of ``by``; ``draw(ax, rows)`` plots one and says if it marked a point
+    that did not run. One legend for the figure, unless each panel keeps its own."""
+    keys = sorted(rows[by].unique())
+    legend_in = 3.3 if own_legends else 2.6
+    fig, axes = _grid(len(keys), 2 if own_legends else ncols, size, legend_in, own_legends)
+    marked = False
+    for ax, key in zip(axes, keys, strict=True):
+        marked |= draw(ax, rows[rows[by].eq(key)])
+        ax.set(title=key, xlabel=labels[0], ylabel=labels[1])
+        ax.title.set_fontsize(8)
+        if not own_legends and ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if not own_legends:
+        handles = _figure_legend_entries(axes, marked)
+        fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=7, frameon=False)
+    return fig
+
+
+def _figure_legend_entries(axes: list[Axes], marked: bool) -> dict[str, object]:
+    """Every panel's legend entries once each, plus the 'did not run' marker where used."""
+    entries: dict[str, object] = {}
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        for handle, label in zip(handles, labels, strict=True):
+            entries.setdefault(label, handle)
+    if marked:
+        entries["did not run"] = _NOT_RUN_HANDLE()
+    return entries
+
+
+def _NOT_RUN_HANDLE() -> Line2D:
+    return Line2D([], [], marker="x", ls="", mew=2, color="0.3")
+
+
+def _mark_not_run(ax: Axes, rows: pd.DataFrame, x: str, color) -> bool:
+    """An 'x' at the bottom edge, with the status, for each row that did not run."""
+    missed = rows[rows["status"].ne("ok") & rows[x].notna()]
+    edge = ax.get_xaxis_transform()  # x in data, y in axes fraction
+    for xv, status in sorted(set(zip(missed[x].astype(float), missed["status"], strict=True))):
+        ax.plot([xv], [0.03], marker="x", ms=7, mew=2, color=color, transform=edge, clip_on=False)
+        ax.annotate(
+            status,
+            (xv, 0.03),
+            xycoords=edge,
+            xytext=(4, 3),
+            textcoords="offset points",
+            fontsize=6,
+            color=color,
+        )
+    return not missed.empty
+
+
+def _mark_each(ax: Axes, rows: pd.DataFrame, x: str, hue: str, palette: dict) -> bool:
+    marked = False
+    for name, lines in rows.groupby(hue):
+        marked |= _mark_not_run(ax, lines, x, palette[str(name)])
+    return marked
+
+
+def _lines_by_facet(
+    rows: pd.DataFrame, y: str, ylabel: str, *, fit: bool = False, scale: float = 1.0
+) -> MplFigure:
+    """y against d on log-log axes: a panel per facet, a line per series (only series with y).
+
+    With ``fit``, each panel keeps its own legend, whose labels carry the fitted exponents."""
+    rows = rows[rows.groupby(["facet", "series"])[y].transform("count") > 0]
+    if rows.empty:
+        raise NoData(f"no point in the inputs records {y}")
+    palette = _palette(rows["series"])
+
+    def draw(ax: Axes, sub: pd.DataFrame) -> bool:
+        ok = _measured(sub, y).assign(**{y: lambda f: f[y] * scale})
+        sns.lineplot(
+            data=ok,
+            x="d",
+            y=y,
+            hue="series",
+            ax=ax,
+            palette=palette,
+            marker="o",
+            estimator="median",
+            errorbar=None,
+        )
+        marked = _mark_each(ax, sub, "d", "series", palette)
+        _log_axes(ax, base_x=2)
+        if fit:
+            _fit_legend(ax, sub, y, marked)
+        return marked
+
+    return _panels(rows, draw, ("d", ylabel), own_legends=fit)
+
+
+def _fit_legend(ax: Axes, rows: pd.DataFrame, y: str, marked: bool) -> None:
+    """The panel's legend with 'series: d^b [low, high]' for each fitted line."""
+    fits = loglog_fits(rows, ["series"], y=y)
+    names = {series: f"{series}: {fit.label()}" for (series,), fit in fits.items()}
+    handles, labels = ax.get_legend_handles_labels()
+    labels = [names.get(label, label) for label in labels]
+    if marked:
+        handles, labels = [*handles, _NOT_RUN_HANDLE()], [*labels, "did not run"]
+    ax.legend(
+        handles,
+        labels,
+        fontsize=6,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0,
+        frameon=False,
+    )
+
+
+def _log_axes(ax: Axes, base_x: float | None = 10) -> None:
+    """Log axes with labelled ticks at 1, 2 and 5 times powers of ten, so that a range narrower
+    than a decade still has labels, and no minor ticks (they cost much of the drawing time)."""
+    if base_x is not None:
+        ax.set_xscale("log", base=base_x)
+    ax.set_yscale("log")
+    ax.minorticks_off()
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+
+
+def time_vs_d(frame: pd.DataFrame) -> MplFigure:
+    """Divergence time against d, with each line's fitted exponent in the legend."""
+    return _lines_by_facet(_workload(frame, "divergence"), "time_ms", "median time (ms)", fit=True)
+
+
+def speedup_vs_d(frame: pd.DataFrame) -> MplFigure:
+    """Baseline time over hollow time at each d: above 1 means hollow is faster."""
+    speed = _speedups(_workload(frame, "divergence"))
+    palette = _palette(speed["baseline"])
+
+    def draw(ax: Axes, sub: pd.DataFrame) -> bool:
+        sns.lineplot(
+            data=sub[sub["status"].eq("ok")],
+            x="d",
+            y="speedup",
+            hue="baseline",
+            style="exact",
+            ax=ax,
+            palette=palette,
+            markers=True,
+            errorbar=None,
+        )
+        ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
+        _log_axes(ax, base_x=2)
+        return _mark_each(ax, sub, "d", "baseline", palette)
+
+    return _panels(speed, draw, ("d", "speedup of exact hollow (x)"))
+
+
+def _speedups(div: pd.DataFrame) -> pd.DataFrame:
+    """One row per facet, d, hollow method and baseline series: the speedup (baseline time over
+    hollow time) with status 'ok', or the status of the side that did not run."""
+    exact = div[div["method"].isin(HOLLOW) & div["model"].eq("hollownet")]
+    if exact.empty:
+        raise NoData("no hollow divergence points on a HollowNet in the inputs")
+    keys = ["facet", "d", "series"]
+    refs = cells(exact, keys).rename("ref").reset_index().rename(columns={"series": "exact"})
+    bases = cells(div[~div["method"].isin(HOLLOW)], keys).rename("base").reset_index()
+    both = refs.merge(bases.rename(columns={"series": "baseline"}), on=["facet", "d"])
+    if both.empty:
+        raise NoData("no baseline (dense or hutchinson) divergence points beside hollow")
+    values = [_split(ratio(b, r)) for r, b in zip(both["ref"], both["base"], strict=True)]
+    return both.assign(d=both["d"].astype(float), **pd.DataFrame(values, index=both.index))
+
+
+def _split(value: float | str) -> dict[str, float | str]:
+    """A speedup cell as (speedup, status): a status string means a side did not run."""
+    if isinstance(value, str):
+        return {"speedup": float("nan"), "status": value}
+    return {"speedup": value, "status": "ok" if math.isfinite(value) else "missing"}
+
+
+def peak_memory_vs_d(frame: pd.DataFrame) -> MplFigure:
+    rows = frame[frame["workload"].isin(["divergence", "ddim"]) & frame["k"].fillna(1).eq(1)]
+    return _lines_by_facet(rows, "peak_mem_bytes", "peak memory (MiB)", scale=2.0**-20)
+
+
+def compile_time_vs_d(frame: pd.DataFrame) -> MplFigure:
+    return _lines_by_facet(_workload(frame, "divergence"), "compile_s", "compile time (s)")
+
+
+def energy_vs_d(frame: pd.DataFrame) -> MplFigure:
+    return _lines_by_facet(_workload(frame, "divergence"), "energy_j", "energy per call (J)")
+
+
+def ddim_cost_vs_k(frame: pd.DataFrame) -> MplFigure:
+    """D_dim^k time against k: a panel per facet, colour per method, marker per d."""
+    ddim = _workload(frame, "ddim")
+    palette = _palette(ddim["series"])
+
+    def draw(ax: Axes, sub: pd.DataFrame) -> bool:
+        ok = _measured(sub, "time_ms").assign(dim=lambda f: "d=" + f["d"].map("{:.0f}".format))
+        sns.lineplot(
+            data=ok,
+            x="k",
+            y="time_ms",
+            hue="series",
+            style="dim",
+            ax=ax,
+            palette=palette,
+            markers=True,
+            dashes=False,
+            errorbar=None,
+            estimator="median",
+        )
+        _log_axes(ax, base_x=None)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        return _mark_each(ax, sub, "k", "series", palette)
+
+    return _panels(ddim, draw, ("k (order of the derivative)", "median time (ms)"))
+
+
+def hutchinson_error_vs_cost(frame: pd.DataFrame) -> MplFigure:
+    """Each probe count's error against its time, with the exact methods' points beside."""
+    div = _workload(frame, "divergence")
+    hutch = _measured(div[div["method"].eq("hutchinson")], "error")
+    if hutch.empty:
+        raise NoData("no hutchinson point in the inputs records an error")
+    exact = _measured(div[~div["method"].eq("hutchinson")], "error")
+    # An exact method's error can be exactly 0, which a log axis cannot show: clip to a floor.
+    exact["error"] = exact["error"].clip(lower=_error_floor(pd.concat([hutch, exact])["error"]))
+    both = pd.concat([hutch.assign(kind="hutchinson"), exact.assign(kind="exact")])
+    both["dim"] = both["d"].map("d={:.0f}".format)
+    palette = _palette(both["dim"])
+
+    def draw(ax: Axes, sub: pd.DataFrame) -> bool:
+        _error_panel(ax, sub, palette)
+        return False
+
+    return _panels(both, draw, ("median time (ms)", "error (see caption)"))
+
+
+def _error_floor(errors: pd.Series) -> float:
+    positive = errors[errors > 0]
+    return float(positive.min() / 10) if len(positive) else 1e-16
+
+
+def _error_panel(ax: Axes, rows: pd.DataFrame, palette: dict) -> None:
+    hutch = rows[rows["kind"].eq("hutchinson")].sort_values("n_probes")
+    sns.lineplot(
+        data=hutch,
+        x="time_ms",
+        y="error",
+        hue="dim",
+        style="model",
+        ax=ax,
+        sort=False,
+        palette=palette,
+        markers=True,
+        errorbar=None,
+        estimator=None,
+    )
+    for x, y, m in zip(hutch["time_ms"], hutch["error"], hutch["n_probes"], strict=True):
+        ax.annotate(f"m={m:.0f}", (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points")
+    exact = rows[rows["kind"].eq("exact")]
+    if not exact.empty:
+        sns.scatterplot(
+            data=exact,
+            x="time_ms",
+            y="error",
+            hue="dim",
+            style="method",
+            ax=ax,
+            palette=palette,
+            s=40,
+        )
+    _log_axes(ax)
+
+
+# The headline methods of the design's comparison: exact hollow, one probe, the dense Jacobian.
+HEADLINE = ("hollow", "hutchinson-1", "dense_vectorized")
+
+
+def device_comparison(frame: pd.DataFrame) -> MplFigure:
+    """The headline methods' time against d: a line per device, a panel per backend and mode."""
+    div = _workload(frame, "divergence")
+    if div["device_id"].nunique() < 2:
+        raise NoData("the inputs hold one device on one machine; nothing to compare")
+    div = div[div["series"].isin(HEADLINE)]
+    if div.empty:
+        raise NoData(f"none of {', '.join(HEADLINE)} in the divergence points")
+    div = div.assign(panel=div["backend"].astype(str) + " · " + div["mode"].astype(str))
+    palette = _palette(div["device_id"])
+
+    def draw(ax: Axes, sub: pd.DataFrame) -> bool:
+        sns.lineplot(
+            data=_measured(sub, "time_ms"),
+            x="d",
+            y="time_ms",
+            hue="device_id",
+            style="series",
+            ax=ax,
+            palette=palette,
+            markers=True,
+            estimator="median",
+            errorbar=None,
+        )
+        _log_axes(ax, base_x=2)
+        return _mark_each(ax, sub, "d", "device_id", palette)
+
+    return _panels(div, draw, ("d", "median time (ms)"), by="panel", ncols=2)
+
+
+FIGURES: tuple[Figure, ...] = (
+    Figure(
+        "time_vs_d",
+        "Divergence time against d",
+        "Median time per call on log-log axes, a line per method (and model), a panel per "
+        "backend, device and mode. The legend gives each line's fitted exponent b of "
+        f"time ~ d^b with its 95% CI (OLS on the log-log points). {NOT_RUN_NOTE}.",
+        time_vs_d,
+    ),
+    Figure(
+        "speedup_vs_d",
+        "Speedup of hollow over each baseline",
+        "Baseline time over hollow time at the same d, backend, device and mode (solid: hollow, "
+        "the paper's k reverse passes; dashed: hollow_forward, one forward-mode pass). Above the "
+        f"dotted line at 1, the exact hollow operator is faster. {NOT_RUN_NOTE}.",
+        speedup_vs_d,
+    ),
+    Figure(
+        "peak_memory_vs_d",
+        "Peak memory against d",
+        "Peak device memory during the timed calls (on the CPU, the process's peak RSS growth "
+        f"where the harness records it), divergence and k=1 points. {NOT_RUN_NOTE}.",
+        peak_memory_vs_d,
+    ),
+    Figure(
+        "ddim_cost_vs_k",
+        "D_dim^k cost against k",
+        "Median time of D_dim^k against the order k: colour per method, marker per d. The "
+        f"hollow methods should grow about linearly in k at every d. {NOT_RUN_NOTE}.",
+        ddim_cost_vs_k,
+    ),
+    Figure(
+        "hutchinson_error_vs_cost",
+        "Hutchinson error against cost, exact methods beside it",
+        "Each Hutchinson line joins probe counts m (labelled) at one d; its error is the relative "
+        "std across probe seeds. The exact methods' error is their max abs error against the "
+        "dense reference on a small slice; an error of exactly 0 is drawn at the axis floor.",
+        hutchinson_error_vs_cost,
+    ),
+    Figure(
+        "compile_time_vs_d",
+        "Compile time against d",
+        "Seconds of JAX jit (or torch.compile) compilation, measured once and apart from the "
+        "steady-state time. Eager points have none and are left out.",
+        compile_time_vs_d,
+    ),
+    Figure(
+        "energy_vs_d",
+        "Energy per call against d",
+        "Joules per call from the NVML energy counter, where the GPU reports it.",
+        energy_vs_d,
+    ),
+    Figure(
+        "device_comparison",
+        "Device against device",
+        "The headline divergence methods (hollow, hutchinson-1 on the HollowNet, "
+        "dense_vectorized) on each device and machine in the inputs: colour per device, marker "
+        f"per method, a panel per backend and mode. {NOT_RUN_NOTE}.",
+        device_comparison,
+    ),
+)

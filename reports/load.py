@@ -1,0 +1,379 @@
+"""Read pytest-benchmark JSON files and hollowbench journals into one tidy DataFrame.
+
+One row per measurement point. Columns: every ``extra_info`` field under its own name, every
+param as ``param.<name>``, the timing stats in seconds (``median_s``, ``iqr_s``, ...), every
+``machine_info`` field flattened as ``machine.<a>.<b>``, ``commit.<field>``, and derived columns
+(``machine``, ``device_id``, ``series``, ``facet``, ``time_ms``). Points that did not run keep
+their ``status`` (oom, timeout, skipped, error) and NaN times: never zeros.
+
+The file layouts are described in ``bench/SCHEMA.md``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+STATS = ("min", "max", "mean", "stddev", "median", "iqr", "q1", "q3")
+COUNTS = ("rounds", "iterations", "ops")
+NOT_RUN = ("oom", "timeout", "skipped", "error")
+# extra_info keys whose presence marks a benchmark as hollowbench's (SCHEMA.md: always present).
+OUR_KEYS = ("backend", "workload")
+# Columns the figures and tables read; absent ones are added as empty so old files still load.
+EXPECTED = (
+    "backend",
+    "device",
+    "device_name",
+    "workload",
+    "method",
+    "model",
+    "d",
+    "batch",
+    "k",
+    "n_probes",
+    "mode",
+    "dtype",
+    "matmul_precision",
+    "n_params",
+    "flops",
+    "compile_s",
+    "peak_mem_bytes",
+    "error",
+    "error_kind",
+    "energy_j",
+    "status",
+    "reason",
+)
+INT_COLUMNS = ("d", "batch", "k", "n_probes")
+FLOAT_COLUMNS = ("n_params", "flops", "compile_s", "peak_mem_bytes", "error", "energy_j")
+# Record fields that extra_info keys must not overwrite.
+RESERVED = frozenset(
+    (
+        *("source", "source_kind", "timestamp", "name", "fullname", "group", "status"),
+        *("machine", "gpu_names", "time_ms", "device_id", "series", "facet"),
+        *(f"{s}_s" for s in STATS),
+        *COUNTS,
+    )
+)
+
+
+class InputError(Exception):
+    """A results file we cannot use. The message is one line: the file, then the problem."""
+
+
+def warn(message: str) -> None:
+    """One line on stderr; the build goes on."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def expand_inputs(args: Sequence[str]) -> list[Path]:
+    """Existing paths and glob matches, in order, without repeats.
+
+    Globs are expanded here too, because Windows shells and quoted arguments pass them through.
+    """
+    paths: list[Path] = []
+    for arg in args:
+        path = Path(arg).expanduser()
+        if path.exists():
+            matches = [path]
+        elif any(c in arg for c in "*?["):
+            matches = [Path(m) for m in sorted(glob.glob(str(path), recursive=True))]
+            if not matches:
+                raise InputError(f"{arg}: no file matches this pattern")
+        else:
+            raise InputError(f"{arg}: no such file")
+        for match in matches:
+            if match.is_dir():
+                raise InputError(f"{match}: is a directory; pass result files or a glob")
+            if match not in paths:
+                paths.append(match)
+    return paths
+
+
+def load_results(args: Sequence[str]) -> pd.DataFrame:
+    """The tidy frame of every point in the files ``args`` name (paths or globs), deduplicated."""
+    records: list[dict[str, Any]] = []
+    for path in expand_inputs(args):
+        records.extend(read_records(path))
+    if not records:
+        raise InputError(f"{', '.join(args)}: no benchmark points in the input")
+    frame = pd.DataFrame.from_records(records)
+    return annotate(dedupe(frame))
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Flat records of one file, a pytest-benchmark JSON or a journal (by name, then content)."""
+    text = _read_text(path)
+    if path.name.endswith(".jsonl"):
+        return _journal_records(path, text)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if _looks_like_journal(text):
+            return _journal_records(path, text)
+        raise InputError(f"{path}: {_json_problem(text, exc)}") from None
+    if isinstance(doc, dict) and doc.get("kind") == "session":
+        return _journal_records(path, text)
+    return _benchmark_records(path, doc)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    if not raw.strip():
+        raise InputError(f"{path}: empty file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file (not UTF-8), so not a results file") from None
+
+
+def _json_problem(text: str, exc: json.JSONDecodeError) -> str:
+    where = f"line {exc.lineno}, column {exc.colno}"
+    # An unterminated string also runs to the end of the text: the file was cut off.
+    if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
+        return f"truncated JSON: the document ends before it is complete ({exc.msg} at {where})"
+    return f"not valid JSON ({exc.msg} at {where})"
+
+
+def _looks_like_journal(text: str) -> bool:
+    first = text.lstrip().split("\n", 1)[0]
+    try:
+        obj = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and obj.get("kind") == "session"
+
+
+def _benchmark_records(path: Path, doc: Any) -> list[dict[str, Any]]:
+    if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
+        raise InputError(
+            f"{path}: valid JSON but not a pytest-benchmark results file (no 'benchmarks' list)"
+        )
+    if not isinstance(doc.get("machine_info"), dict):
+        raise InputError(f"{path}: a pytest-benchmark file without 'machine_info'")
+    context = _context(path, "json", doc["machine_info"], doc.get("commit_info"))
+    context["timestamp"] = doc.get("datetime")
+    entries = [
+        (f"benchmarks[{i}]", bench, _stats(path, f"benchmarks[{i}]", bench))
+        for i, bench in enumerate(doc["benchmarks"])
+    ]
+    not_run = (doc.get("hollowbench") or {}).get("not_run") or []
+    if not isinstance(not_run, list):
+        raise InputError(f"{path}: 'hollowbench.not_run' is not a list")
+    entries += [(f"hollowbench.not_run[{i}]", point, None) for i, point in enumerate(not_run)]
+    return _ours(path, [_record(path, where, e, stats, context) for where, e, stats in entries])
+
+
+def _stats(path: Path, where: str, bench: Any) -> dict[str, Any]:
+    stats = bench.get("stats") if isinstance(bench, dict) else None
+    if not isinstance(stats, dict) or not _is_number(stats.get("median")):
+        raise InputError(f"{path}: {where} has no stats.median, so it is not a measured benchmark")
+    return stats
+
+
+def _journal_records(path: Path, text: str) -> list[dict[str, Any]]:
+    lines = [(no, line) for no, line in enumerate(text.splitlines(), 1) if line.strip()]
+    records: list[dict[str, Any]] = []
+    context: dict[str, Any] | None = None
+    for no, line in lines:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if no == lines[-1][0] and context is not None:
+                # The journal is written point by point so that it survives a crash; a torn
+                # last line is that crash's signature, not a corrupt file.
+                warn(f"{path}: line {no} is cut short (an interrupted write?); skipped it")
+                continue
+            raise InputError(f"{path}: line {no} is not valid JSON ({exc.msg})") from None
+        kind = obj.get("kind") if isinstance(obj, dict) else None
+        if kind == "session":
+            if not isinstance(obj.get("machine_info"), dict):
+                raise InputError(f"{path}: line {no}: session line without 'machine_info'")
+            context = _context(path, "journal", obj["machine_info"], None)
+            context["timestamp"] = obj.get("started")
+        elif kind == "point" and context is not None:
+            stats = obj.get("stats")
+            if stats is not None:
+                stats = _stats(path, f"line {no}", obj)
+            records.append(_record(path, f"line {no}", obj, stats, context))
+        elif kind == "point":
+            raise InputError(f"{path}: line {no}: a point before any session line")
+        else:
+            raise InputError(
+                f"{path}: not a hollowbench journal (line {no} is not a 'session' or 'point' entry)"
+            )
+    return _ours(path, records)
+
+
+def _context(path: Path, kind: str, machine: dict, commit: Any) -> dict[str, Any]:
+    """The fields every point of one file (or journal session) shares."""
+    context: dict[str, Any] = {"source": str(path), "source_kind": kind}
+    context.update(_flatten(machine, "machine"))
+    if isinstance(commit, dict):
+        context.update(_flatten(commit, "commit"))
+    ours = machine.get("hollowbench") if isinstance(machine.get("hollowbench"), dict) else {}
+    context["machine"] = ours.get("node") or machine.get("node") or "unknown"
+    gpus = ours.get("gpus") or []
+    context["gpu_names"] = ", ".join(str(g.get("name")) for g in gpus if isinstance(g, dict))
+    return context
+
+
+def _flatten(obj: dict, prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name))
+        elif isinstance(value, list):
+            scalar = all(not isinstance(v, dict | list) for v in value)
+            out[name] = ", ".join(map(str, value)) if scalar else json.dumps(value)
+        else:
+            out[name] = value
+    return out
+
+
+def _record(
+    path: Path, where: str, point: Any, stats: dict | None, context: dict[str, Any]
+) -> dict[str, Any]:
+    if not isinstance(point, dict) or not isinstance(point.get("fullname"), str):
+        raise InputError(f"{path}: {where} has no 'fullname', so it is not a benchmark entry")
+    extra = point.get("extra_info") or {}
+    params = point.get("params") or {}
+    if not isinstance(extra, dict) or not isinstance(params, dict):
+        raise InputError(f"{path}: {where}: 'extra_info' and 'params' must be objects")
+    record = dict(context)
+    record.update({f"param.{k}": _scalar(v) for k, v in params.items()})
+    record.update(
+        {
+            (f"extra.{k}" if k in RESERVED else k): _scalar(v)
+            for k, v in extra.items()
+            if k != "status"
+        }
+    )
+    record.update(name=point.get("name"), fullname=point["fullname"], group=point.get("group"))
+    record["_ours"] = all(key in extra for key in OUR_KEYS)
+    record["status"] = _status(extra.get("status"), stats is not None)
+    if stats is not None:
+        record.update({f"{s}_s": stats.get(s) for s in STATS})
+        record.update({c: stats.get(c) for c in COUNTS})
+    return record
+
+
+def _status(status: Any, measured: bool) -> str:
+    if measured:
+        return str(status or "ok")
+    return str(status) if status in NOT_RUN else "error"
+
+
+def _scalar(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, dict | list) else value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _ours(path: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop benchmarks that are not hollowbench's; a file with none of ours is foreign."""
+    mine = [r for r in records if r.pop("_ours")]
+    if records and not mine:
+        raise InputError(
+            f"{path}: benchmark results, but not hollowbench's (no extra_info "
+            f"{' / '.join(OUR_KEYS)}); was it made by `pytest bench`?"
+        )
+    if len(mine) < len(records):
+        warn(f"{path}: skipped {len(records) - len(mine)} benchmarks without hollowbench fields")
+    return mine
+
+
+def dedupe(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (machine, fullname): a JSON file beats its journal, then the newest wins."""
+    order = pd.DataFrame(
+        {
+            "json": frame["source_kind"].eq("json"),
+            "when": pd.to_datetime(frame["timestamp"], utc=True, errors="coerce", format="mixed"),
+        }
+    )
+    ranked = order.sort_values(["json", "when"], ascending=False, na_position="last")
+    keep = ~frame.loc[ranked.index].duplicated(["machine", "fullname"])
+    return frame.loc[ranked.index[keep.to_numpy()]].sort_index().reset_index(drop=True)
+
+
+def annotate(frame: pd.DataFrame) -> pd.DataFrame:
+    """Typed schema columns plus the derived ones the figures and tables group by."""
+    for column in EXPECTED:
+        if column not in frame:
+            frame[column] = None
+    for column in (*(f"{s}_s" for s in STATS), *COUNTS):
+        if column not in frame:
+            frame[column] = float("nan")
+    for column in INT_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    for column in (*FLOAT_COLUMNS, *(f"{s}_s" for s in STATS)):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    frame["time_ms"] = frame["median_s"] * 1e3
+    frame["device_id"] = _device_ids(frame)
+    frame["series"] = [_series_label(*row) for row in frame[["method", "model", "n_probes"]].values]
+    frame["facet"] = facet_labels(frame)
+    return frame
+
+
+def _device_ids(frame: pd.DataFrame) -> pd.Series:
+    """The device's name, plus the machine where two machines report the same name."""
+    name = frame["device_name"].fillna(frame["device"]).fillna("unknown device").astype(str)
+    machines = frame.groupby(name)["machine"].transform("nunique")
+    return name.where(machines <= 1, name + " @ " + frame["machine"].astype(str))
+
+
+MODEL_SHORT = {
+    "hollownet": "",
+    "mlp_param_matched": "MLP param-matched",
+    "mlp_flop_matched": "MLP FLOP-matched",
+}
+
+
+def _series_label(method: Any, model: Any, n_probes: Any) -> str:
+    """One line in a plot: the method, its probe count and (unless a HollowNet) the model."""
+    label = str(method) if isinstance(method, str) else "?"
+    if method == "hutchinson" and not pd.isna(n_probes):
+        label += f"-{int(n_probes)}"
+    short = MODEL_SHORT.get(model, model) if isinstance(model, str) else ""
+    return f"{label} [{short}]" if short else label
+
+
+# Keys that split facets only when the inputs hold several values of them.
+FACET_EXTRAS = ("dtype", "batch", "matmul_precision")
+
+
+def facet_columns(frame: pd.DataFrame) -> list[str]:
+    """backend, device and mode, plus any setting that varies across the inputs."""
+    extras = [c for c in FACET_EXTRAS if frame[c].nunique(dropna=True) > 1]
+    return ["backend", "device_id", "mode", *extras]
+
+
+def facet_labels(frame: pd.DataFrame) -> pd.Series:
+    """'torch · AMD EPYC · train' (with dtype/batch/precision appended where they vary)."""
+    columns = facet_columns(frame)
+    parts: Iterable[pd.Series] = (
+        (f"{c}=" if c in FACET_EXTRAS else "") + frame[c].astype(str) for c in columns
+    )
+    return pd.concat(list(parts), axis=1).agg(" · ".join, axis=1)
+
+
+# Column prefixes of the per-file details that only the machines table reads.
+DETAIL_PREFIXES = ("machine.", "commit.", "param.")
+
+
+def analysis_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame without the per-file details: every filter then copies a third of the data."""
+    return frame[[c for c in frame.columns if not c.startswith(DETAIL_PREFIXES)]]

@@ -1,0 +1,353 @@
+"""The report's tables: the paper's claims C1-C3 with their measured evidence, the later
+workloads' tables, and the lists of points that did not run and of machines.
+
+Each table is registered in :data:`TABLES`. A builder returns a DataFrame or raises
+:class:`NoData` with the reason, so a table with no data in the inputs is stated as such.
+Cells hold a number, the status of a point that did not run ("oom", "timeout", ...), or NaN
+when the inputs have no such point; a point that did not run is never a zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from reports.fit import loglog_fits
+from reports.load import facet_columns
+
+Cell = float | str
+FACET_NAMES = {"device_id": "device"}
+MATCHED = (("mlp_flop_matched", "FLOP-matched"), ("mlp_param_matched", "param-matched"))
+
+
+class NoData(Exception):
+    """The inputs hold no data for this table or figure; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """A registered table: ``build(frame)`` makes it; ``compared`` says what it compares.
+    ``details``: it reads the machine_info and commit columns, which the others go without."""
+
+    key: str
+    title: str
+    claim: str
+    compared: str
+    build: Callable[[pd.DataFrame], pd.DataFrame]
+    details: bool = False
+
+
+def cells(rows: pd.DataFrame, keys: Sequence[str], column: str = "time_ms") -> pd.Series:
+    """Per group of ``keys``: the median of ``column`` over measured rows, or, for a group
+    where nothing ran, its status ("oom", ...). An object Series indexed by ``keys``."""
+    by = [rows[k] for k in keys]
+    ok = rows["status"].eq("ok")
+    value = rows[column].where(ok).groupby(by, dropna=False).median()
+    ran = ok.groupby(by, dropna=False).any()
+    status = rows["status"].groupby(by, dropna=False).agg(lambda s: "/".join(sorted(set(s))))
+    return value.astype(object).where(ran, status)
+
+
+def wide(rows: pd.DataFrame, keys: Sequence[str], by: str) -> pd.DataFrame:
+    """:func:`cells` per ``keys``, one column per value of ``by``; NaN where no such point."""
+    return cells(rows, [*keys, by]).unstack(by).reset_index()
+
+
+def ratio(num: Cell, den: Cell) -> Cell:
+    """num / den; a not-run side's status passes through, and a missing side gives NaN."""
+    for side in (num, den):
+        if isinstance(side, str):
+            return side
+    if pd.isna(num) or pd.isna(den) or den == 0:
+        return float("nan")
+    return float(num) / float(den)
+
+
+def _workload(frame: pd.DataFrame, workload: str) -> pd.DataFrame:
+    rows = frame[frame["workload"].eq(workload)]
+    if rows.empty:
+        raise NoData(f"no '{workload}' workload points in the inputs")
+    return rows
+
+
+def _display(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.rename(columns=FACET_NAMES).reset_index(drop=True)
+
+
+def _not_run_list(rows: pd.Series) -> str:
+    """'d=512: oom, ...' from a Series of cells indexed by d."""
+    return ", ".join(f"d={d}: {v}" for d, v in rows.items() if isinstance(v, str))
+
+
+def c1_ddim(frame: pd.DataFrame) -> pd.DataFrame:
+    """C1: per method, model and k, cost at the largest d over cost at the smallest d."""
+    ddim = _workload(frame, "ddim")
+    line = [*facet_columns(ddim), "method", "model"]
+    times = cells(ddim, [*line, "k", "d"])
+    flops = ddim.groupby([*line, "k", "d"], dropna=False)["flops"].median()
+    rows = []
+    for key, per_d in times.groupby(level=[*line, "k"], dropna=False, sort=True):
+        per_d = per_d.droplevel([*line, "k"])
+        k1 = times.get((*key[:-1], 1))
+        rows.append(_c1_row(dict(zip([*line, "k"], key, strict=True)), per_d, flops[key], k1))
+    return _display(pd.DataFrame(rows))
+
+
+def _c1_row(head: dict, times: pd.Series, flops: pd.Series, k1: pd.Series | None) -> dict:
+    """One C1 row from a line's cells and FLOPs per d (and the same line's k=1 cells)."""
+    measured = times[times.map(lambda v: not isinstance(v, str) and pd.notna(v))]
+    if measured.empty:
+        return {**head, "not run": _not_run_list(times)}
+    lo, hi = measured.index.min(), measured.index.max()
+    cost = ratio(measured[hi], measured[lo]) if hi != lo else float("nan")
+    flop = ratio(flops[hi], flops[lo]) if hi != lo else float("nan")
+    return {
+        **head,
+        "d min": lo,
+        "d max": hi,
+        "ms @ d min": measured[lo],
+        "ms @ d max": measured[hi],
+        "cost ratio (d max / d min)": cost,
+        "d ratio": hi / lo,
+        "FLOP ratio": flop,
+        "cost ratio / FLOP ratio": ratio(cost, flop),
+        "cost vs k=1 @ d max": ratio(
+            measured[hi], k1.get(hi, np.nan) if k1 is not None else np.nan
+        ),
+        "not run": _not_run_list(times),
+    }
+
+
+def c2_dense_diagonal(frame: pd.DataFrame) -> pd.DataFrame:
+    """C2: the dense diagonal against the full Jacobian and against one vector-Jacobian pass."""
+    div = _workload(frame, "divergence")
+    dense = div["method"].isin(["dense_loop", "dense_vectorized"])
+    if not dense.any():
+        raise NoData("no dense_loop or dense_vectorized divergence points in the inputs")
+    one_vjp = div["method"].eq("hutchinson") & div["n_probes"].eq(1).fillna(False)
+    rows = div[(dense | one_vjp) & div["model"].isin(div.loc[dense, "model"].unique())]
+    table = wide(rows, [*facet_columns(div), "model", "d"], "method")
+    table = table[table[["dense_loop", "dense_vectorized"]].notna().any(axis=1)]
+    out = table.drop(columns=["dense_loop", "dense_vectorized", "hutchinson"], errors="ignore")
+    loop, full = table.get("dense_loop"), table.get("dense_vectorized")
+    one = table.get("hutchinson", pd.Series(np.nan, index=table.index))
+    out["dense_loop ms (diagonal)"] = loop
+    out["dense_vectorized ms (full Jacobian)"] = full
+    out["hutchinson-1 ms (one VJP)"] = one
+    out["diagonal / full Jacobian"] = _ratios(loop, full)
+    out["diagonal / one VJP"] = passes = _ratios(loop, one)
+    out["(diagonal / one VJP) / d"] = _ratios(passes, table["d"].astype(float))
+    return _display(out)
+
+
+def _ratios(num: pd.Series | None, den: pd.Series | None) -> list[Cell]:
+    if num is None or den is None:
+        return [float("nan")] * len(num if num is not None else den)
+    return [ratio(a, b) for a, b in zip(num, den, strict=True)]
+
+
+def c3_exact_vs_stochastic(frame: pd.DataFrame) -> pd.DataFrame:
+    """C3: hollow (exact) on the HollowNet against Hutchinson-1 on the matched MLPs."""
+    div = _workload(frame, "divergence")
+    exact = div[div["method"].isin(["hollow", "hollow_forward"]) & div["model"].eq("hollownet")]
+    one = div["method"].eq("hutchinson") & div["n_probes"].eq(1).fillna(False)
+    hutch = div[one & div["model"].isin([m for m, _ in MATCHED])]
+    if exact.empty or hutch.empty:
+        raise NoData("needs hollow divergence points and hutchinson-1 points on a matched MLP")
+    keys = [*facet_columns(div), "d"]
+    mine = cells(exact, [*keys, "method"]).rename("exact ms").reset_index()
+    theirs = wide(hutch, keys, "model")
+    table = mine.merge(theirs, on=keys, how="inner").rename(columns={"method": "exact method"})
+    for model, short in MATCHED:
+        other = table.get(model, pd.Series(np.nan, index=table.index))
+        table[f"hutchinson-1 {short} ms"] = other
+        table[f"exact / hutchinson-1 {short}"] = _ratios(table["exact ms"], other)
+    table["goal <= 1 (FLOP-matched)"] = table["exact / hutchinson-1 FLOP-matched"].map(_verdict)
+    return _display(table.drop(columns=[m for m, _ in MATCHED], errors="ignore"))
+
+
+def _verdict(value: Cell) -> str:
+    if isinstance(value, str):
+        return value
+    return "—" if np.isnan(value) else ("met" if value <= 1.0 else "not met")
+
+
+def _listing(
+    frame: pd.DataFrame, workload: str, idents: Sequence[str], metrics: Sequence[str]
+) -> pd.DataFrame:
+    """The workload's points, one row each: identity, status, time and its own metrics."""
+    rows = _workload(frame, workload)
+    present = [c for c in (*facet_columns(rows), *idents) if c in rows and rows[c].notna().any()]
+    found = [c for c in metrics if c in rows and rows[c].notna().any()]
+    out = rows[[*present, "status", "time_ms", *found]].copy()
+    out["time_ms"] = out["time_ms"].astype(object).where(out["status"].eq("ok"), out["status"])
+    out = out.rename(columns={**FACET_NAMES, "time_ms": "ms (median)"})
+    return out.sort_values([FACET_NAMES.get(c, c) for c in present]).reset_index(drop=True)
+
+
+def ode_table(frame: pd.DataFrame) -> pd.DataFrame:
+    return _listing(
+        frame,
+        "ode",
+        ("problem", "d", "method", "root_finder", "solver", "model"),
+        ("iterations", "nfe", "error", "error_kind", "reference"),
+    )
+
+
+def cnf_table(frame: pd.DataFrame) -> pd.DataFrame:
+    return _listing(
+        frame,
+        "cnf",
+        ("dataset", "d", "method", "trace", "solver", "n_probes"),
+        ("nfe_forward", "nfe_backward", "nfe", "loglik", "loglik_std", "error", "error_kind"),
+    )
+
+
+def sde_table(frame: pd.DataFrame) -> pd.DataFrame:
+    return _listing(
+        frame,
+        "sde",
+        ("d", "method", "route", "model"),
+        ("residual", "error", "error_kind", "iterations"),
+    )
+
+
+def not_run_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every point that did not run, with its reason."""
+    missed = frame[frame["status"].ne("ok")]
+    if missed.empty:
+        raise NoData("every point in the inputs ran")
+    columns = [
+        "machine",
+        "backend",
+        "device_id",
+        "workload",
+        "method",
+        "model",
+        "d",
+        "k",
+        "n_probes",
+        "mode",
+        "status",
+        "reason",
+    ]
+    return missed[columns].rename(columns=FACET_NAMES).reset_index(drop=True)
+
+
+def machines_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Which machine and device each point came from, with versions and commit."""
+    fields = {
+        "machine.hollowbench.cpu": "cpu",
+        "gpu_names": "gpus",
+        "machine.hollowbench.torch": "torch",
+        "machine.hollowbench.jax": "jax",
+        "machine.hollowbench.cuda": "cuda",
+        "commit.id": "commit",
+    }
+    frame = frame.assign(**{c: None for c in fields if c not in frame})
+    groups = frame.groupby(["machine", "device_id", "backend"], dropna=False)
+    table = groups[list(fields)].first().rename(columns=fields)
+    table["points"] = groups.size()
+    table["did not run"] = groups["status"].agg(lambda s: int(s.ne("ok").sum()))
+    return _display(table.reset_index())
+
+
+def scaling_fits(frame: pd.DataFrame) -> pd.DataFrame:
+    """The fitted exponent b of time ~ d^b for each divergence line, with its 95% CI."""
+    div = _workload(frame, "divergence")
+    keys = [*facet_columns(div), "series"]
+    fits = loglog_fits(div, keys)
+    if not fits:
+        raise NoData("no line has two or more measured d")
+    rows = [{**dict(zip(keys, key, strict=True)), **fit.as_dict()} for key, fit in fits.items()]
+    return _display(pd.DataFrame(rows))
+
+
+TABLES: tuple[Table, ...] = (
+    Table(
+        "c1_ddim_k_passes",
+        "C1: D_dim^k costs k passes, whatever d is",
+        "The hollow operators' cost grows with the network's own cost, not with d "
+        "times it: their cost ratio between the largest and the smallest d tracks the FLOP "
+        "ratio of one forward pass (last ratio near 1), while the dense methods' grows like d.",
+        "Median time of each ddim point (workload 'ddim'), largest measured d against smallest, "
+        "per backend, device, mode, method, model and k. 'FLOP ratio' is the model's analytic "
+        "forward FLOPs at those two d; 'cost vs k=1' is the time at d max over the same "
+        "method's k=1 time there.",
+        c1_ddim,
+    ),
+    Table(
+        "c2_dense_diagonal",
+        "C2: a dense Jacobian diagonal costs as much as the full Jacobian",
+        "Without structure, the diagonal needs d vector-Jacobian products, the price of the "
+        "whole Jacobian: dense_loop (keeps only the diagonal) costs about what dense_vectorized "
+        "(builds the full Jacobian, then reads its diagonal) costs, and about d one-VJP passes.",
+        "Divergence workload, per backend, device, mode, model and d. 'one VJP' is the "
+        "hutchinson n_probes=1 time on the same model (one forward and one vector-Jacobian "
+        "product); the harness does not time a standalone full Jacobian, so dense_vectorized, "
+        "which materialises it for k=1, stands for it.",
+        c2_dense_diagonal,
+    ),
+    Table(
+        "c3_exact_vs_stochastic",
+        "C3: the exact divergence costs about as much as a stochastic estimate",
+        "With a HollowNet the exact divergence costs about one Hutchinson probe on a "
+        "comparable plain MLP. The design goal is a ratio of at most 1.0 against the "
+        "FLOP-matched MLP, at every d.",
+        "Divergence workload: hollow (and hollow_forward) on the HollowNet against hutchinson "
+        "with n_probes=1 on the FLOP-matched and the parameter-matched MLP, per backend, device, "
+        "mode and d; the ratio is exact time over Hutchinson time.",
+        c3_exact_vs_stochastic,
+    ),
+    Table(
+        "ode_jacobi_newton",
+        "Jacobi-Newton against fixed-point iteration and Newton (workload 'ode')",
+        "Elementwise Newton with D_dim F solves implicit steps in fewer function evaluations "
+        "than fixed-point iteration and at less cost per iteration than full Newton.",
+        "Each 'ode' point: problem, root finder, iterations, NFE, error against the reference.",
+        ode_table,
+    ),
+    Table(
+        "cnf_exact_vs_stochastic",
+        "CNF: exact against stochastic trace (workload 'cnf')",
+        "An exact trace costs about a 1-probe estimate per training step and removes the "
+        "estimator's variance from the log-likelihood.",
+        "Each 'cnf' point: trace method, time per training iteration, NFE, log-likelihood.",
+        cnf_table,
+    ),
+    Table(
+        "sde_fp_residual",
+        "Fokker-Planck residual cost (workload 'sde')",
+        "The hollow route evaluates the Fokker-Planck residual at a cost that grows more "
+        "slowly in d than the dense route.",
+        "Each 'sde' point: route, d, time per residual evaluation, residual or error.",
+        sde_table,
+    ),
+    Table(
+        "scaling_exponents",
+        "Fitted scaling exponents",
+        "The exponent b of time ~ d^b for each line of the time-vs-d figure.",
+        "OLS of log time on log d over the measured points of each line; the 95% CI uses the "
+        "t distribution with n-2 degrees of freedom (none with two points).",
+        scaling_fits,
+    ),
+    Table(
+        "not_run",
+        "Points that did not run",
+        "A point that ran out of memory, timed out, was skipped or failed is listed here "
+        "and marked in the figures; it is never counted as zero.",
+        "Every input point whose status is not 'ok'.",
+        not_run_table,
+    ),
+    Table(
+        "machines",
+        "Machines and devices",
+        "Where each point was measured.",
+        "One row per machine, device and backend in the inputs.",
+        machines_table,
+        details=True,
+    ),
+)

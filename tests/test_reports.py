@@ -1,0 +1,532 @@
+"""The report builder (``python -m reports``): loading, the paper tables, the report files,
+``compare`` and bad input.
+
+The golden input below is written out here, point by point, and every expected table value
+is computed in the test from these numbers, not by the code under test.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from reports.__main__ import main
+from reports.load import load_results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Median times in ms on machine "alpha" (a CPU); "beta" (a GPU) runs everything 4x faster.
+# A string is the status of a point that did not run.
+DIVERGENCE = {  # (method, model, n_probes): {d: ms}
+    ("hollow", "hollownet", None): {8: 1.0, 32: 1.2},
+    ("hutchinson", "hollownet", 1): {8: 0.9, 32: 1.0},
+    ("hutchinson", "hollownet", 4): {8: 2.0, 32: 2.4},
+    ("hutchinson", "mlp_flop_matched", 1): {8: 0.8, 32: 1.5},
+    ("hutchinson", "mlp_param_matched", 1): {8: 0.5, 32: 0.6},
+    ("dense_loop", "hollownet", None): {8: 6.0, 32: "oom"},
+    ("dense_vectorized", "hollownet", None): {8: 5.0, 32: 20.0},
+}
+DDIM = {  # (method, k): {d: ms}
+    ("hollow", 1): {8: 1.0, 32: 1.3},
+    ("hollow", 2): {8: 2.1, 32: 2.5},
+    ("dense_loop", 1): {8: 6.0, 32: 30.0},
+    ("dense_loop", 2): {8: 12.0, 32: "timeout"},
+}
+MACHINES = {  # node: (device, device name, time scale, energy recorded)
+    "alpha": ("cpu", "Test CPU A", 1.0, False),
+    "beta": ("cuda:0", "Test GPU B", 0.25, True),
+}
+
+
+def flops(d: int) -> float:
+    return 1000.0 * d
+
+
+def extra_info(
+    node: str, workload: str, method: str, model: str, d: int, k: int, n_probes, ms
+) -> dict:
+    device, device_name, scale, energy = MACHINES[node]
+    ran = not isinstance(ms, str)
+    return {
+        "backend": "torch",
+        "device": device,
+        "device_name": device_name,
+        "workload": workload,
+        "method": method,
+        "model": model,
+        "d": d,
+        "batch": 16,
+        "k": k,
+        "n_probes": n_probes,
+        "mode": "eval",
+        "dtype": "float32",
+        "matmul_precision": "highest",
+        "n_params": 100 * d,
+        "flops": flops(d),
+        "compile_s": 0.5 * d / 8,
+        "peak_mem_bytes": 2**20 * d,
+        "error": (0.4 / math.sqrt(n_probes)) if method == "hutchinson" else 1e-7,
+        "error_kind": "rel_std" if method == "hutchinson" else "max_abs",
+        "energy_j": 0.01 * ms * scale if energy and ran else None,
+        "status": "ok" if ran else ms,
+        "reason": None if ran else f"injected {ms}",
+    }
+
+
+def stats(ms: float, spread: float = 0.02) -> dict:
+    """pytest-benchmark stats (seconds) around a median of ``ms`` with a tight IQR."""
+    s = ms / 1e3
+    return {
+        "min": s * 0.9,
+        "max": s * 1.2,
+        "mean": s,
+        "stddev": s * 0.05,
+        "median": s,
+        "iqr": 2 * spread * s,
+        "q1": s * (1 - spread),
+        "q3": s * (1 + spread),
+        "rounds": 10,
+        "iterations": 1,
+        "ops": 1 / s,
+    }
+
+
+def points(node: str) -> list[tuple[dict, float | str]]:
+    """(benchmark entry without stats, ms or status) for every golden point of ``node``."""
+    scale = MACHINES[node][2]
+    out = []
+    for (method, model, m), times in DIVERGENCE.items():
+        for d, ms in times.items():
+            out.append(("divergence", method, model, d, 1, m, ms))
+    for (method, k), times in DDIM.items():
+        for d, ms in times.items():
+            out.append(("ddim", method, "hollownet", d, k, None, ms))
+    entries = []
+    for workload, method, model, d, k, m, ms in out:
+        ms = ms if isinstance(ms, str) else ms * scale
+        name = f"test_{workload}[torch-{MACHINES[node][0]}-{model}-{method}-m{m}-d{d}-k{k}-eval]"
+        entry = {
+            "group": None,
+            "name": name,
+            "fullname": f"bench/test_{workload}.py::{name}",
+            "params": {"d": d, "method": method},
+            "param": name,
+            "extra_info": extra_info(node, workload, method, model, d, k, m, ms),
+        }
+        entries.append((entry, ms))
+    return entries
+
+
+def machine_info(node: str) -> dict:
+    gpu = MACHINES[node][1] if MACHINES[node][0] != "cpu" else None
+    return {
+        "node": node,
+        "processor": "x86_64",
+        "cpu": {"brand_raw": "Test CPU"},
+        "hollowbench": {
+            "node": node,
+            "cpu": "Test CPU",
+            "torch": "2.4",
+            "jax": None,
+            "gpus": [{"index": 0, "name": gpu}] if gpu else [],
+        },
+    }
+
+
+def results_json(node: str, scale_ms: float = 1.0) -> dict:
+    """The pytest-benchmark JSON of ``node``'s golden points (times times ``scale_ms``)."""
+    benchmarks, not_run = [], []
+    for entry, ms in points(node):
+        if isinstance(ms, str):
+            not_run.append(entry)
+        else:
+            benchmarks.append({**entry, "stats": stats(ms * scale_ms)})
+    return {
+        "machine_info": machine_info(node),
+        "commit_info": {"id": "0123456789abcdef"},
+        "benchmarks": benchmarks,
+        "datetime": "2026-01-02T03:04:05+00:00",
+        "version": "5.2.3",
+        "hollowbench": {"not_run": not_run},
+    }
+
+
+def write_json(path: Path, doc: dict) -> Path:
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    """One build of both machines' golden files; the tests below read its output."""
+    tmp = tmp_path_factory.mktemp("report")
+    for node in MACHINES:
+        write_json(tmp / f"{node}.json", results_json(node))
+    assert main(["build", str(tmp / "*.json"), "--out", str(tmp / "out")]) == 0
+    return tmp / "out"
+
+
+def table(report: Path, key: str) -> pd.DataFrame:
+    return pd.read_csv(report / "tables" / f"{key}.csv")
+
+
+def row(frame: pd.DataFrame, **where) -> pd.Series:
+    mask = pd.Series(True, index=frame.index)
+    for column, value in where.items():
+        mask &= frame[column].astype(str).eq(str(value))
+    assert mask.sum() == 1, f"{where}: {mask.sum()} rows"
+    return frame[mask].iloc[0]
+
+
+# --- the paper tables ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("node", list(MACHINES))
+@pytest.mark.parametrize("d", [8, 32])
+def test_c3_is_hollow_over_hutchinson_one_on_matched_mlps(report, node, d):
+    scale = MACHINES[node][2]
+    mine = DIVERGENCE[("hollow", "hollownet", None)][d] * scale
+    flop = DIVERGENCE[("hutchinson", "mlp_flop_matched", 1)][d] * scale
+    param = DIVERGENCE[("hutchinson", "mlp_param_matched", 1)][d] * scale
+    r = row(table(report, "c3_exact_vs_stochastic"), device=MACHINES[node][1], d=d)
+    assert r["exact method"] == "hollow"
+    assert float(r["exact ms"]) == pytest.approx(mine)
+    assert float(r["hutchinson-1 FLOP-matched ms"]) == pytest.approx(flop)
+    assert float(r["exact / hutchinson-1 FLOP-matched"]) == pytest.approx(mine / flop)
+    assert float(r["exact / hutchinson-1 param-matched"]) == pytest.approx(mine / param)
+    assert r["goal <= 1 (FLOP-matched)"] == ("met" if mine / flop <= 1 else "not met")
+
+
+def test_c2_compares_the_dense_diagonal_with_the_full_jacobian_and_one_vjp(report):
+    c2 = table(report, "c2_dense_diagonal")
+    loop = DIVERGENCE[("dense_loop", "hollownet", None)][8]
+    full = DIVERGENCE[("dense_vectorized", "hollownet", None)][8]
+    one = DIVERGENCE[("hutchinson", "hollownet", 1)][8]
+    r = row(c2, device="Test CPU A", d=8)
+    assert float(r["diagonal / full Jacobian"]) == pytest.approx(loop / full)
+    assert float(r["diagonal / one VJP"]) == pytest.approx(loop / one)
+    assert float(r["(diagonal / one VJP) / d"]) == pytest.approx(loop / one / 8)
+    # dense_loop ran out of memory at d=32: the table says so, never a zero
+    r = row(c2, device="Test CPU A", d=32)
+    assert r["dense_loop ms (diagonal)"] == "oom"
+    assert r["diagonal / full Jacobian"] == "oom"
+    assert float(r["dense_vectorized ms (full Jacobian)"]) == pytest.approx(20.0)
+
+
+def test_c1_gives_the_cost_ratio_between_largest_and_smallest_d(report):
+    c1 = table(report, "c1_ddim_k_passes")
+    for k in (1, 2):
+        t = DDIM[("hollow", k)]
+        r = row(c1, device="Test CPU A", method="hollow", k=k)
+        assert (r["d min"], r["d max"]) == (8, 32)
+        assert float(r["cost ratio (d max / d min)"]) == pytest.approx(t[32] / t[8])
+        assert float(r["FLOP ratio"]) == pytest.approx(flops(32) / flops(8))
+        assert float(r["cost ratio / FLOP ratio"]) == pytest.approx(
+            t[32] / t[8] / (flops(32) / flops(8))
+        )
+        assert float(r["cost vs k=1 @ d max"]) == pytest.approx(t[32] / DDIM[("hollow", 1)][32])
+    # dense_loop k=2 timed out at d=32: only d=8 measured, and the table names the time-out
+    r = row(c1, device="Test CPU A", method="dense_loop", k=2)
+    assert (r["d min"], r["d max"]) == (8, 8)
+    assert pd.isna(r["cost ratio (d max / d min)"])
+    assert r["not run"] == "d=32: timeout"
+
+
+def test_scaling_exponent_is_the_log_log_slope(report):
+    fits = table(report, "scaling_exponents")
+    t = DIVERGENCE[("dense_vectorized", "hollownet", None)]
+    r = row(fits, device="Test CPU A", series="dense_vectorized")
+    assert float(r["exponent"]) == pytest.approx(math.log(t[32] / t[8]) / math.log(32 / 8))
+    assert r["points"] == 2  # two points: a slope, but no confidence interval
+    assert pd.isna(r["95% CI low"])
+
+
+def test_later_workloads_say_no_data_rather_than_zero(report):
+    md = (report / "report.md").read_text()
+    for workload in ("ode", "cnf", "sde"):
+        assert f"**No data:** no '{workload}' workload points in the inputs" in md
+        assert not list(report.glob(f"tables/{workload}*.csv"))
+
+
+# --- not-run points, merging, output files ------------------------------------------------
+
+
+def test_not_run_points_are_rows_with_nan_times_never_zeros(tmp_path):
+    frame = load_results([str(write_json(tmp_path / "a.json", results_json("alpha")))])
+    missed = frame[frame["status"].ne("ok")]
+    assert sorted(missed["status"]) == ["oom", "timeout"]
+    assert missed["time_ms"].isna().all() and missed["median_s"].isna().all()
+    assert (frame.loc[frame["status"].eq("ok"), "time_ms"] > 0).all()
+    assert len(frame) == len(points("alpha"))
+
+
+def test_not_run_points_are_listed_and_marked_in_the_figures(report, tmp_path):
+    listed = table(report, "not_run")
+    assert sorted(listed["status"]) == ["oom", "oom", "timeout", "timeout"]
+    assert set(listed["machine"]) == set(MACHINES)
+
+    from reports.figures import time_vs_d
+
+    frame = load_results([str(write_json(tmp_path / "a.json", results_json("alpha")))])
+    fig = time_vs_d(frame)
+    crosses = [ln for ax in fig.axes for ln in ax.lines if ln.get_marker() == "x"]
+    assert [tuple(ln.get_xdata()) for ln in crosses] == [(32.0,)]  # dense_loop's oom at d=32
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert "oom" in texts
+
+
+def test_two_machines_merge_into_one_report(report):
+    machines = table(report, "machines")
+    assert set(machines["machine"]) == set(MACHINES)
+    assert set(machines["device"]) == {"Test CPU A", "Test GPU B"}
+    points_csv = table(report, "points")
+    assert len(points_csv) == 2 * len(points("alpha"))
+    html = (report / "index.html").read_text()
+    assert "Test CPU A" in html and "Test GPU B" in html
+    assert (report / "figures" / "device_comparison.png").exists()
+
+
+def test_report_files_are_written_and_self_contained(report):
+    html = (report / "index.html").read_text()
+    md = (report / "report.md").read_text()
+    pngs = sorted(p.stem for p in (report / "figures").glob("*.png"))
+    svgs = sorted(p.stem for p in (report / "figures").glob("*.svg"))
+    assert pngs == svgs and len(pngs) == 8  # the golden data feeds every figure
+    images = re.findall(r'<img [^>]*src="([^"]+)"', html)
+    assert len(images) == len(pngs)
+    for src in images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not re.search(r'(src|href)="(?!data:|#)', html)  # nothing loaded from elsewhere
+    for key in ("c1_ddim_k_passes", "c2_dense_diagonal", "c3_exact_vs_stochastic"):
+        assert (report / "tables" / f"{key}.csv").exists()
+        assert f'id="{key}"' in html
+    assert "| exact method |" in md or "exact method" in md
+
+
+def test_json_beats_its_journal_and_journal_only_points_are_kept(tmp_path):
+    doc = results_json("alpha")
+    write_json(tmp_path / "r.json", doc)
+    first = doc["benchmarks"][0]
+    lines = [
+        {"kind": "session", "started": "2026-01-02T03:00:00", "machine_info": doc["machine_info"]}
+    ]
+    # the journal holds the first point with another time, and one point the JSON lacks
+    lines.append(
+        {
+            "kind": "point",
+            **{k: first[k] for k in ("name", "fullname", "params", "extra_info")},
+            "stats": stats(99.0),
+        }
+    )
+    extra = {**first, "name": "extra", "fullname": "bench/x.py::extra"}
+    lines.append(
+        {
+            "kind": "point",
+            **{k: extra[k] for k in ("name", "fullname", "params", "extra_info")},
+            "stats": stats(3.0),
+        }
+    )
+    journal = tmp_path / "r.journal.jsonl"
+    journal.write_text("\n".join(json.dumps(x) for x in lines) + '\n{"kind": "point", "na')
+    frame = load_results([str(tmp_path / "r.json"), str(journal)])
+    assert len(frame) == len(points("alpha")) + 1
+    kept = frame.set_index("fullname").loc[first["fullname"]]
+    assert kept["source_kind"] == "json"
+    assert kept["median_s"] == pytest.approx(first["stats"]["median"])
+
+
+# --- compare ------------------------------------------------------------------------------
+
+
+def compare(tmp_path, new: dict, *args: str) -> int:
+    base = write_json(tmp_path / "base.json", results_json("alpha"))
+    new_path = write_json(tmp_path / "new.json", new)
+    return main(["compare", str(base), str(new_path), *args])
+
+
+def scaled(doc: dict, factor: float, spread: float = 0.02, only: str | None = None) -> dict:
+    """``doc`` with medians times ``factor`` (of one fullname, or all), IQR +-``spread``."""
+    doc = json.loads(json.dumps(doc))
+    for b in doc["benchmarks"]:
+        if only is None or b["fullname"] == only:
+            b["stats"] = stats(b["stats"]["median"] * 1e3 * factor, spread)
+    return doc
+
+
+def test_compare_passes_when_unchanged_or_faster(tmp_path, capsys):
+    assert compare(tmp_path, results_json("alpha")) == 0
+    assert compare(tmp_path, scaled(results_json("alpha"), 0.5)) == 0
+    assert "faster beyond noise" in capsys.readouterr().out
+
+
+def test_compare_fails_when_slower_beyond_threshold_and_noise(tmp_path, capsys):
+    target = results_json("alpha")["benchmarks"][0]["fullname"]
+    assert compare(tmp_path, scaled(results_json("alpha"), 1.5, only=target)) == 1
+    out = capsys.readouterr().out
+    assert "SLOWER" in out and target in out
+    # the same slowdown passes under a looser threshold
+    assert (
+        compare(tmp_path, scaled(results_json("alpha"), 1.5, only=target), "--fail-above", "2") == 0
+    )
+
+
+def test_compare_ignores_a_slowdown_within_the_noise(tmp_path):
+    # 1.5x slower, but NEW's IQR (+-60%) overlaps BASE's: not beyond the noise
+    assert compare(tmp_path, scaled(results_json("alpha"), 1.5, spread=0.6)) == 0
+
+
+def test_compare_fails_when_a_point_now_runs_out_of_memory(tmp_path, capsys):
+    new = results_json("alpha")
+    gone = new["benchmarks"].pop(0)
+    gone["extra_info"] = {**gone["extra_info"], "status": "oom"}
+    new["hollowbench"]["not_run"].append({k: v for k, v in gone.items() if k != "stats"})
+    assert compare(tmp_path, new) == 1
+    assert "now oom" in capsys.readouterr().out
+
+
+def test_compare_exit_code_from_the_command_line(tmp_path):
+    base = write_json(tmp_path / "base.json", results_json("alpha"))
+    slow = write_json(tmp_path / "slow.json", scaled(results_json("alpha"), 2.0))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "reports", "compare", *args]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+
+    assert run(str(base), str(base)).returncode == 0
+    assert run(str(base), str(slow)).returncode == 1
+    bad = run(str(base), str(tmp_path / "missing.json"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+def _truncated(tmp_path: Path) -> Path:
+    text = json.dumps(results_json("alpha"))
+    return _text(tmp_path, "cut.json", text[: len(text) // 2])
+
+
+def _text(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _bytes(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+BAD = {
+    "empty": (lambda p: _text(p, "e.json", ""), "empty file"),
+    "truncated": (_truncated, "truncated JSON"),
+    "not json": (lambda p: _text(p, "n.json", "hello, world"), "not valid JSON"),
+    "binary": (lambda p: _bytes(p, "b.json", b"\xff\xfe\x00\x81"), "not UTF-8"),
+    "json list": (lambda p: _text(p, "l.json", "[1, 2]"), "not a pytest-benchmark"),
+    "foreign json": (lambda p: _text(p, "f.json", '{"name": "x"}'), "not a pytest-benchmark"),
+    "other pytest-benchmark": (
+        lambda p: _text(
+            p,
+            "o.json",
+            json.dumps(
+                {
+                    "machine_info": {"node": "x"},
+                    "benchmarks": [
+                        {
+                            "name": "t",
+                            "fullname": "t.py::t",
+                            "params": None,
+                            "extra_info": {},
+                            "stats": stats(1.0),
+                        }
+                    ],
+                }
+            ),
+        ),
+        "not hollowbench's",
+    ),
+    "bad journal line": (
+        lambda p: _text(
+            p,
+            "j.journal.jsonl",
+            '{"kind": "session", "machine_info": {}}\n'
+            'garbage\n{"kind": "session", "machine_info": {}}\n',
+        ),
+        "line 2 is not valid JSON",
+    ),
+    "foreign jsonl": (lambda p: _text(p, "x.jsonl", '{"a": 1}\n'), "not a hollowbench journal"),
+    "missing": (lambda p: p / "missing.json", "no such file"),
+    "glob matching nothing": (lambda p: p / "nothing-*.json", "no file matches"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_exits_2_with_one_line_naming_file_and_problem(tmp_path, capsys, case):
+    make, problem = BAD[case]
+    path = make(tmp_path)
+    assert main(["build", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and problem in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
+    path = _truncated(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "reports", "build", str(path), "--out", str(tmp_path / "out")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+    assert "Traceback" not in done.stderr and str(path) in done.stderr
+
+
+# --- the HTML in a real browser -----------------------------------------------------------
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if found := shutil.which(name):
+            return found
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium or Chrome installed")
+def test_index_html_loads_in_headless_chromium(report, tmp_path):
+    done = subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            (report / "index.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    images = re.findall(r'<img [^>]*src="data:image/png;base64,', dom)
+    assert len(images) >= 5
+    assert "Failed to load resource" not in done.stderr
+    assert "ERR_FILE_NOT_FOUND" not in done.stderr
+    assert not re.search(r'(src|href)="(?!data:|#)', dom)
+    assert "C3: the exact divergence" in dom

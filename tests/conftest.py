@@ -9,6 +9,16 @@ from impls import HollowSpec, load_backend
 
 BACKEND_NAMES = ("torch", "jax")
 
+
+def pytest_configure(config):
+    # The test models are tiny: intra-op threads only add barrier waits, which turn into
+    # tens of ms per op when another process shares the cores.
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
 # Small float64 models that exercise both conditioners, time dependence and k-th derivatives.
 SPECS = {
     "masked": HollowSpec(dim=5, d_h=3, cond_hidden=(4,), trans_hidden=(8, 8), dtype="float64"),

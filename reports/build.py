@@ -69,11 +69,19 @@ def _intro(frame: pd.DataFrame, inputs: Sequence[str]) -> list[str]:
     missed = int(frame["status"].ne("ok").sum())
     machines = ", ".join(sorted(frame["machine"].astype(str).unique()))
     devices = ", ".join(sorted(frame["device_id"].astype(str).unique()))
-    return [
+    lines = [
         f"Built {datetime.now(UTC):%Y-%m-%d %H:%M} UTC from {', '.join(inputs)}.",
         f"{len(frame)} measurement points ({missed} did not run) from machine(s) {machines}; "
         f"devices: {devices}.",
     ]
+    if "sweep.preset" in frame:
+        sweeps = frame[["machine", "sweep.preset", "sweep.limits"]].dropna(subset="sweep.preset")
+        for machine, preset, limits in sweeps.drop_duplicates().itertuples(index=False):
+            lines.append(
+                f"Sweep on {machine}: preset '{preset}'. Points beyond its limits were never "
+                f"requested, so they are absent rather than failed: {limits or 'no limits'}."
+            )
+    return lines
 
 
 def _table(spec: Table, frame: pd.DataFrame, out: Path) -> Section:

@@ -55,8 +55,9 @@ def _workload(frame: pd.DataFrame, workload: str) -> pd.DataFrame:
 
 
 def _measured(rows: pd.DataFrame, y: str) -> pd.DataFrame:
-    """Rows that ran and have ``y``, with d and k as floats for plotting."""
-    ok = rows[rows["status"].eq("ok") & rows[y].notna()].copy()
+    """Rows that ran and have a positive ``y`` (every axis is logarithmic), with d and k as
+    floats for plotting."""
+    ok = rows[rows["status"].eq("ok") & rows[y].gt(0)].copy()
     for column in ("d", "k", "n_probes"):
         ok[column] = ok[column].astype(float)
     return ok
@@ -172,9 +173,10 @@ def _lines_by_facet(
     """y against d on log-log axes: a panel per facet, a line per series (only series with y).
 
     With ``fit``, each panel keeps its own legend, whose labels carry the fitted exponents."""
-    rows = rows[rows.groupby(["facet", "series"])[y].transform("count") > 0]
+    positive = rows[y].gt(0).groupby([rows["facet"], rows["series"]]).transform("any")
+    rows = rows[positive]
     if rows.empty:
-        raise NoData(f"no point in the inputs records {y}")
+        raise NoData(f"no point in the inputs records a positive {y}")
     palette = _palette(rows["series"])
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
@@ -219,14 +221,16 @@ def _fit_legend(ax: Axes, rows: pd.DataFrame, y: str, marked: bool) -> None:
 
 
 def _log_axes(ax: Axes, base_x: float | None = 10) -> None:
-    """Log axes with labelled ticks at 1, 2 and 5 times powers of ten, so that a range narrower
-    than a decade still has labels, and no minor ticks (they cost much of the drawing time)."""
+    """Log axes without minor ticks (they cost much of the drawing time); a y range narrower
+    than two decades gets labelled ticks at 1, 2 and 5 times powers of ten instead."""
     if base_x is not None:
         ax.set_xscale("log", base=base_x)
     ax.set_yscale("log")
     ax.minorticks_off()
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    low, high = ax.get_ylim()
+    if 0 < low < high < 100 * low:
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
 
 
 def time_vs_d(frame: pd.DataFrame) -> MplFigure:
@@ -432,8 +436,10 @@ FIGURES: tuple[Figure, ...] = (
     Figure(
         "peak_memory_vs_d",
         "Peak memory against d",
-        "Peak device memory during the timed calls (on the CPU, the process's peak RSS growth "
-        f"where the harness records it), divergence and k=1 points. {NOT_RUN_NOTE}.",
+        "Peak device memory during the timed calls (on the CPU, what the harness records: "
+        "XLA's memory analysis for JAX, the process's peak RSS growth for PyTorch), divergence "
+        "and k=1 points. A reading of 0 (no growth) cannot sit on the log axis and is left out "
+        f"(see tables/points.csv). {NOT_RUN_NOTE}.",
         peak_memory_vs_d,
     ),
     Figure(

@@ -163,6 +163,7 @@ def _benchmark_records(path: Path, doc: Any) -> list[dict[str, Any]]:
         raise InputError(f"{path}: a pytest-benchmark file without 'machine_info'")
     context = _context(path, "json", doc["machine_info"], doc.get("commit_info"))
     context["timestamp"] = doc.get("datetime")
+    context.update(_sweep_settings(doc))
     entries = [
         (f"benchmarks[{i}]", bench, _stats(path, f"benchmarks[{i}]", bench))
         for i, bench in enumerate(doc["benchmarks"])
@@ -172,6 +173,19 @@ def _benchmark_records(path: Path, doc: Any) -> list[dict[str, Any]]:
         raise InputError(f"{path}: 'hollowbench.not_run' is not a list")
     entries += [(f"hollowbench.not_run[{i}]", point, None) for i, point in enumerate(not_run)]
     return _ours(path, [_record(path, where, e, stats, context) for where, e, stats in entries])
+
+
+def _sweep_settings(doc: dict) -> dict[str, Any]:
+    """The harness's preset and limits (``hollowbench.settings``, beyond SCHEMA.md): they say
+    why some points were never requested, which the report states."""
+    settings = (doc.get("hollowbench") or {}).get("settings")
+    if not isinstance(settings, dict):
+        return {}
+    limits = settings.get("limits")
+    return {
+        "sweep.preset": settings.get("preset"),
+        "sweep.limits": "; ".join(map(str, limits)) if isinstance(limits, list) else None,
+    }
 
 
 def _stats(path: Path, where: str, bench: Any) -> dict[str, Any]:

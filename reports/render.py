@@ -57,15 +57,19 @@ def markdown_table(frame: pd.DataFrame) -> str:
         return str(text).replace("|", "\\|")
 
     header = "| " + " | ".join(escape(c) for c in frame.columns) + " |"
-    align = (
-        "|"
-        + "|".join(
-            "---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns
-        )
-        + "|"
-    )
+    align = "|".join("---:" if _numeric(frame[c]) else "---" for c in frame.columns)
     body = ["| " + " | ".join(escape(v) for v in row) + " |" for row in cells.to_numpy()]
-    return "\n".join([header, align, *body])
+    return "\n".join([header, f"|{align}|", *body])
+
+
+def _numeric(column: pd.Series) -> bool:
+    """Numbers, perhaps mixed with the status of points that did not run."""
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return True
+    return any(
+        isinstance(v, int | float | np.number) and not isinstance(v, bool) and not pd.isna(v)
+        for v in column
+    )
 
 
 def html_table(frame: pd.DataFrame) -> str:

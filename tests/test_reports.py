@@ -47,6 +47,9 @@ MACHINES = {  # node: (device, device name, time scale, energy recorded)
 }
 
 
+LIMITS = ["dense methods: d <= 128"]
+
+
 def flops(d: int) -> float:
     return 1000.0 * d
 
@@ -156,7 +159,7 @@ def results_json(node: str, scale_ms: float = 1.0) -> dict:
         "benchmarks": benchmarks,
         "datetime": "2026-01-02T03:04:05+00:00",
         "version": "5.2.3",
-        "hollowbench": {"not_run": not_run},
+        "hollowbench": {"not_run": not_run, "settings": {"preset": "quick", "limits": LIMITS}},
     }
 
 
@@ -248,6 +251,13 @@ def test_scaling_exponent_is_the_log_log_slope(report):
     assert float(r["exponent"]) == pytest.approx(math.log(t[32] / t[8]) / math.log(32 / 8))
     assert r["points"] == 2  # two points: a slope, but no confidence interval
     assert pd.isna(r["95% CI low"])
+
+
+def test_the_intro_states_the_sweep_limits(report):
+    md = (report / "report.md").read_text()
+    for node in MACHINES:
+        assert f"Sweep on {node}: preset 'quick'" in md
+    assert LIMITS[0] in md
 
 
 def test_later_workloads_say_no_data_rather_than_zero(report):

@@ -1,0 +1,176 @@
+"""pytest plumbing of the hollowbench sweep (``pytest bench``).
+
+Options and presets: bench/harness/options.py and grid.py. Each test module declares a
+``GRID``; this file expands it into parametrized points (the JSON's ``params``), shards it,
+orders the run, and wires the sweep's state into pytest-benchmark's JSON, the journal, the
+terminal header, progress lines and the summary.
+"""
+
+from __future__ import annotations
+
+import os
+
+# JAX would otherwise grab 75% of each GPU at import, starving torch points in the same process.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+from pathlib import Path
+
+import pytest
+
+from bench.harness import grid, options, telemetry
+from bench.harness.journal import Journal, journal_path
+from bench.harness.progress import Progress
+from bench.harness.sweep import Sweep
+
+SWEEP = pytest.StashKey[Sweep]()
+DEVICES = pytest.StashKey[tuple[dict[str, tuple[str, ...]], dict[str, str]]]()
+PROGRESS = pytest.StashKey[Progress]()
+POINT_IDS = pytest.StashKey[set[str]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    options.add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        settings = options.from_config(config)
+    except options.OptionError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    json_file = config.getoption("benchmark_json", None)
+    path = journal_path(settings.journal, getattr(json_file, "name", None), config.rootpath)
+    sweep = Sweep(settings, Journal(path, lambda: _machine_info(config)))
+    try:
+        config.stash[DEVICES] = sweep.discover()
+    except options.OptionError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[SWEEP] = sweep
+
+
+def _machine_info(config: pytest.Config) -> dict:
+    """pytest-benchmark's machine_info with our additions: what the JSON will carry."""
+    info = config.hook.pytest_benchmark_generate_machine_info(config=config)
+    config.hook.pytest_benchmark_update_machine_info(config=config, machine_info=info)
+    return info
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "point" not in metafunc.fixturenames:
+        return
+    config = metafunc.config
+    settings, (devices, missing) = config.stash[SWEEP].settings, config.stash[DEVICES]
+    points = grid.expand(
+        metafunc.module.GRID,
+        devices=devices,
+        methods=settings.methods,
+        models=settings.models,
+        modes=settings.modes,
+        dims=settings.dims,
+        batches=settings.batches,
+        ks=settings.ks,
+        n_probes=settings.n_probes,
+        limits=settings.limits,
+    )
+    points = grid.shard(points, *settings.shard)
+    values = [pytest.param(*p.params, id=p.id) for p in points]
+    values += [  # a missing backend shows as one skipped test, with the import error
+        pytest.param(*[None] * len(grid.PARAM_NAMES), id=f"{name}-unavailable",
+                     marks=pytest.mark.skip(reason=reason))
+        for name, reason in missing.items()
+    ]  # fmt: skip
+    metafunc.parametrize(grid.PARAM_NAMES, values)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run every point of one backend and device together, across modules, so torch's cached
+    GPU memory and JAX's pool do not take turns squeezing each other; GPUs before the CPU, so
+    the shared float64 references of large models are computed on the fast device. Items
+    that are not sweep points keep their order, ahead of the points."""
+
+    def key(item: pytest.Item) -> tuple[str, bool, str]:
+        params = item.callspec.params
+        device = str(params["device"] or "")
+        return str(params["backend"] or ""), device == "cpu", device
+
+    points = [item for item in items if "point" in getattr(item, "fixturenames", ())]
+    others = [item for item in items if "point" not in getattr(item, "fixturenames", ())]
+    items[:] = others + sorted(points, key=key)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    config = session.config
+    ids = {item.nodeid for item in session.items if "point" in getattr(item, "fixturenames", ())}
+    config.stash[POINT_IDS] = ids
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    write = reporter.write_line if reporter is not None else (lambda line: None)
+    config.stash[PROGRESS] = Progress(len(ids), write)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item):
+    yield
+    config = item.config
+    if item.nodeid in config.stash.get(POINT_IDS, ()):
+        config.stash[PROGRESS].tick()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    sweep = config.stash[SWEEP]
+    s, (devices, missing) = sweep.settings, config.stash[DEVICES]
+    lines = [
+        f"hollowbench: preset {s.preset.name}, shard {s.shard[0]}/{s.shard[1]}, dims "
+        f"{','.join(map(str, s.dims))}, batch {','.join(map(str, s.batches))}, "
+        f"timeout {s.timeout_s:g}s, matmul precision {s.matmul_precision}",
+        f"hollowbench: timing ~{s.timing.budget_s:g}s per point in {s.timing.min_rounds}.."
+        f"{s.timing.max_rounds} rounds after warm-up (replaces pytest-benchmark's calibration)",
+        "hollowbench: devices "
+        + "; ".join(f"{b}: {', '.join(d) or 'none'}" for b, d in devices.items()),
+        f"hollowbench: journal {sweep.journal.path}",
+    ]
+    lines += [f"hollowbench: {reason}" for reason in missing.values()]
+    load, cores = telemetry.load_avg(), os.cpu_count() or 1
+    if load and load[0] > 0.5 * cores:
+        lines.append(
+            f"hollowbench: WARNING load average {load[0]} on {cores} cores: other work is "
+            "running, CPU timings will be skewed (torch's OpenMP threads suffer most)"
+        )
+    if s.limits:
+        lines.append("hollowbench: limits " + "; ".join(lim.describe() for lim in s.limits))
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    sweep = terminalreporter.config.stash.get(SWEEP, None)
+    if sweep is None or not sweep.counts:
+        return
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(sweep.counts.items()))
+    terminalreporter.write_line(
+        f"[hollowbench] {sum(sweep.counts.values())} points: {counts}; "
+        f"journal: {sweep.journal.path}"
+    )
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    machine_info["hollowbench"] = telemetry.machine_info()
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
+    sweep = config.stash[SWEEP]
+    output_json["hollowbench"] = {
+        "not_run": sweep.not_run,
+        "journal": str(Path(sweep.journal.path).resolve()),
+        "settings": sweep.settings.describe(),
+        "command": ["pytest", *config.invocation_params.args],
+    }
+
+
+@pytest.fixture(scope="session")
+def sweep(request: pytest.FixtureRequest) -> Sweep:
+    return request.config.stash[SWEEP]
+
+
+@pytest.fixture
+def point(request, backend, device, method, model, d, batch, k, mode, n_probes) -> grid.Point:
+    """The parametrized point of the requesting module's GRID."""
+    workload = request.module.GRID.workload
+    return grid.Point(workload, backend, device, method, model, d, batch, k, mode, n_probes)

@@ -1,0 +1,229 @@
+"""Benchmark points, the grids test modules declare, the presets that bound them, and sharding.
+
+Pure Python (no torch/JAX), so options can be checked and shards planned before any import.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+METHODS = ("hollow", "hollow_forward", "dense_loop", "dense_vectorized", "hutchinson")
+HOLLOW_METHODS = ("hollow", "hollow_forward")
+DENSE_METHODS = ("dense_loop", "dense_vectorized")
+MODELS = ("hollownet", "mlp_param_matched", "mlp_flop_matched")
+MODES = ("eval", "train")
+BACKENDS = ("torch", "jax")
+
+# The pytest parameters of every point, in id order; they also become the JSON's ``params``.
+PARAM_NAMES = ("backend", "device", "method", "model", "d", "batch", "k", "mode", "n_probes")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One benchmark: ``method`` computing ``workload`` (D_dim^k or the divergence) of ``model``
+    at dimension ``d`` on a (batch, d) input, alone (eval) or inside a training step (train)."""
+
+    workload: str
+    backend: str
+    device: str
+    method: str
+    model: str
+    d: int
+    batch: int
+    k: int
+    mode: str
+    n_probes: int | None = None
+
+    @property
+    def id(self) -> str:
+        probes = f"-m{self.n_probes}" if self.n_probes is not None else ""
+        return (
+            f"{self.backend}-{self.device}-{self.model}-{self.method}{probes}"
+            f"-d{self.d}-b{self.batch}-k{self.k}-{self.mode}"
+        )
+
+    @property
+    def params(self) -> tuple:
+        return tuple(getattr(self, name) for name in PARAM_NAMES)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What a test module benchmarks: its workload, the methods that apply, and its k values
+    (None: take them from ``--bench-k`` / the preset)."""
+
+    workload: str
+    methods: tuple[str, ...]
+    ks: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Points that ``applies`` to run only at ``min_d <= d <= max_d`` (``max_d=0``: never).
+
+    Presets use these to keep a sweep's cost in check: a dense Jacobian costs d passes.
+    """
+
+    label: str
+    applies: Callable[[Point], bool]
+    max_d: int
+    min_d: int = 1
+
+    def excludes(self, p: Point) -> bool:
+        return not self.min_d <= p.d <= self.max_d and self.applies(p)
+
+    def describe(self) -> str:
+        if self.max_d < max(self.min_d, 1):
+            return f"{self.label}: never"
+        if self.min_d == self.max_d:
+            return f"{self.label}: d = {self.max_d}"
+        low = f"{self.min_d} <= " if self.min_d > 1 else ""
+        return f"{self.label}: {low}d <= {self.max_d}"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long each point is timed: rounds = budget_s / call time, clamped to the bounds."""
+
+    budget_s: float
+    min_rounds: int
+    max_rounds: int
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    dims: tuple[int, ...]
+    batches: tuple[int, ...]
+    ks: tuple[int, ...]
+    n_probes: tuple[int, ...]
+    limits: tuple[Limit, ...]
+    timing: Timing
+    timeout_s: float
+
+
+def _dense(p: Point) -> bool:
+    return p.method in DENSE_METHODS
+
+
+def _mlp(p: Point) -> bool:
+    return p.model != "hollownet"
+
+
+def _train(p: Point) -> bool:
+    return p.mode == "train"
+
+
+def _ddim(p: Point) -> bool:
+    return p.workload == "ddim"
+
+
+def _many_probes(p: Point) -> bool:
+    return (p.n_probes or 1) > 1
+
+
+PRESETS = {
+    # A 2-core CPU in <= 5 minutes: every method, model, mode and k, thinned where costs explode.
+    "quick": Preset(
+        name="quick",
+        dims=(8, 32, 128, 512),
+        batches=(32,),
+        ks=(1, 2, 3),
+        n_probes=(1, 8),
+        limits=(
+            Limit("dense methods", _dense, 128),
+            Limit("dense methods in train mode", lambda p: _dense(p) and _train(p), 32),
+            Limit("matched MLPs", _mlp, 128, min_d=128),
+            Limit("matched MLPs in train mode", lambda p: _mlp(p) and _train(p), 0),
+            Limit(
+                "hutchinson, >1 probe, off HollowNet eval",
+                lambda p: _many_probes(p) and (_mlp(p) or _train(p)),
+                0,
+            ),
+            Limit("ddim", _ddim, 32),
+            Limit("ddim in train mode", lambda p: _ddim(p) and _train(p), 0),
+            Limit("ddim, dense methods", lambda p: _ddim(p) and _dense(p), 8),
+        ),
+        timing=Timing(budget_s=0.2, min_rounds=3, max_rounds=30),
+        timeout_s=60.0,
+    ),
+    # The paper's comparison on a GPU: batch 512 up to d = 4096; dense methods where they fit.
+    "paper": Preset(
+        name="paper",
+        dims=(8, 32, 128, 512, 1024, 2048, 4096),
+        batches=(512,),
+        ks=(1, 2, 3, 4),
+        n_probes=(1, 4, 16),
+        limits=(
+            Limit("dense methods", _dense, 2048),
+            Limit("dense methods in train mode", lambda p: _dense(p) and _train(p), 1024),
+            Limit("ddim, dense methods", lambda p: _ddim(p) and _dense(p), 512),
+            Limit(
+                "hutchinson, >1 probe, in train mode", lambda p: _many_probes(p) and _train(p), 0
+            ),
+        ),
+        timing=Timing(budget_s=1.0, min_rounds=5, max_rounds=200),
+        timeout_s=300.0,
+    ),
+    # Everything; OOMs and time-outs are recorded, not avoided.
+    "full": Preset(
+        name="full",
+        dims=(2, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+        batches=(64, 512),
+        ks=(1, 2, 3, 4),
+        n_probes=(1, 2, 4, 8, 16, 32),
+        limits=(),
+        timing=Timing(budget_s=1.0, min_rounds=5, max_rounds=1000),
+        timeout_s=600.0,
+    ),
+}
+
+
+def applicable(method: str, model: str) -> bool:
+    """Hollow methods need the HollowNet; the dense and Hutchinson baselines take any model."""
+    return method not in HOLLOW_METHODS or model == "hollownet"
+
+
+def expand(
+    grid: Grid,
+    *,
+    devices: dict[str, tuple[str, ...]],
+    methods: Iterable[str],
+    models: Iterable[str],
+    modes: Iterable[str],
+    dims: Iterable[int],
+    batches: Iterable[int],
+    ks: Iterable[int],
+    n_probes: Iterable[int],
+    limits: Iterable[Limit] = (),
+) -> list[Point]:
+    """Every point of ``grid`` on the given axes (``devices``: backend -> its devices), in a
+    stable order, minus those a limit excludes. Hutchinson points take each ``n_probes``, and
+    k = 1 only; every other method takes ``n_probes=None``."""
+    limits = tuple(limits)
+    wanted = [m for m in grid.methods if m in set(methods)]
+    ks = grid.ks if grid.ks is not None else tuple(ks)
+    points = []
+    for backend, backend_devices in devices.items():
+        axes = itertools.product(
+            backend_devices, models, wanted, modes, sorted(set(dims)), batches, ks
+        )
+        for device, model, method, mode, d, batch, k in axes:
+            if not applicable(method, model) or (method == "hutchinson" and k != 1):
+                continue
+            probes = n_probes if method == "hutchinson" else (None,)
+            for m in probes:
+                p = Point(grid.workload, backend, device, method, model, d, batch, k, mode, m)
+                if not any(limit.excludes(p) for limit in limits):
+                    points.append(p)
+    return points
+
+
+def shard(points: list[Point], index: int, count: int) -> list[Point]:
+    """Shard ``index`` (1-based) of ``count``: every count-th point in id order, so shards are
+    disjoint, cover the grid, and mix cheap and costly points alike. Order is preserved."""
+    ranked = sorted(points, key=lambda p: p.id)
+    mine = {p.id for p in ranked[index - 1 :: count]}
+    return [p for p in points if p.id in mine]

@@ -1,0 +1,74 @@
+"""The crash-safe JSON-lines journal: one line per finished point, on disk before the next starts.
+
+Each line is written with a single ``write`` on a file opened for appending, then flushed and
+fsynced, so a ``kill -9`` (or the OOM killer) loses at most the point that was running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+def journal_path(explicit: str | None, json_path: str | None, rootdir: Path) -> Path:
+    """``--bench-journal`` if given; else beside ``--benchmark-json`` (``out.json`` ->
+    ``out.journal.jsonl``); else ``<rootdir>/.benchmarks/hollowbench-<UTC time>.journal.jsonl``."""
+    if explicit:
+        return Path(explicit)
+    if json_path:
+        return Path(json_path).with_suffix(".journal.jsonl")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return rootdir / ".benchmarks" / f"hollowbench-{stamp}.journal.jsonl"
+
+
+def _jsonable(value: Any) -> Any:
+    item = getattr(value, "item", None)  # numpy / JAX / torch scalars
+    return item() if callable(item) else str(value)
+
+
+def dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, default=_jsonable)
+
+
+class Journal:
+    """Appends records to ``path``; the first append of a session writes the session line
+    (``{"kind": "session", "started", "machine_info"}``) that ``session_info`` returns."""
+
+    def __init__(self, path: Path, machine_info: Callable[[], dict[str, Any]]):
+        self.path = path
+        self._machine_info = machine_info
+        self._started = datetime.now(UTC).isoformat()
+        self._session_written = False
+
+    def append(self, record: dict[str, Any]) -> None:
+        if not self._session_written:
+            self._session_written = True
+            session = {"kind": "session", "started": self._started}
+            self._write(dict(session, machine_info=self._machine_info()))
+        self._write(record)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = (dumps(record) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    """Every complete record in a journal; a torn last line (a crash mid-write) is dropped."""
+    records = []
+    with open(path) as fh:
+        for line in fh:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records

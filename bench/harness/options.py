@@ -1,0 +1,299 @@
+"""The ``--bench-*`` options, their environment variables, and the settings they resolve to.
+
+Precedence: command line, then environment variable, then the preset. Bad values raise
+:class:`OptionError` naming the option and the accepted values; conftest turns that into a pytest
+usage error. Nothing here imports torch or JAX.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from bench.harness.grid import BACKENDS, METHODS, MODELS, MODES, PRESETS, Limit, Preset, Timing
+
+MAX_K = 4
+PRECISIONS = ("default", "highest")
+INJECT_ENV = "HOLLOWBENCH_INJECT"  # test hook, see Faults
+
+
+class OptionError(ValueError):
+    """A bad option value; the message names the option and what it accepts."""
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Faults injected into matching points, for the harness's own tests (``HOLLOWBENCH_INJECT``,
+    e.g. ``oom=*dense_loop*,timeout=*-d8-*,delay=0.5``): raise MemoryError, sleep past the
+    time limit, raise an unexpected RuntimeError, or sleep ``delay`` seconds before every
+    point. Patterns are fnmatch globs on the test name."""
+
+    oom: str | None = None
+    timeout: str | None = None
+    error: str | None = None
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a sweep was asked for. ``devices=None`` means cpu plus every visible GPU."""
+
+    preset: Preset
+    backends: tuple[str, ...]
+    methods: tuple[str, ...]
+    models: tuple[str, ...]
+    modes: tuple[str, ...]
+    dims: tuple[int, ...]
+    batches: tuple[int, ...]
+    ks: tuple[int, ...]
+    n_probes: tuple[int, ...]
+    devices: tuple[str, ...] | None
+    shard: tuple[int, int]
+    timing: Timing
+    timeout_s: float
+    journal: str | None
+    matmul_precision: str
+    faults: Faults = field(default_factory=Faults)
+
+    @property
+    def limits(self) -> tuple[Limit, ...]:
+        return self.preset.limits
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary, recorded in the results next to the machine."""
+        return {
+            "preset": self.preset.name,
+            "backends": list(self.backends),
+            "methods": list(self.methods),
+            "models": list(self.models),
+            "modes": list(self.modes),
+            "dims": list(self.dims),
+            "batches": list(self.batches),
+            "ks": list(self.ks),
+            "n_probes": list(self.n_probes),
+            "devices": list(self.devices) if self.devices else None,
+            "shard": f"{self.shard[0]}/{self.shard[1]}",
+            "limits": [limit.describe() for limit in self.limits],
+            "budget_s": self.timing.budget_s,
+            "min_rounds": self.timing.min_rounds,
+            "max_rounds": self.timing.max_rounds,
+            "timeout_s": self.timeout_s,
+            "matmul_precision": self.matmul_precision,
+        }
+
+
+# --- value parsers: each takes the raw string and raises ValueError with a short reason -------
+
+
+def _words(raw: str) -> list[str]:
+    words = [w.strip() for w in raw.split(",") if w.strip()]
+    if not words:
+        raise ValueError("empty list")
+    return list(dict.fromkeys(words))
+
+
+def _choices(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    def parse(raw: str) -> tuple[str, ...]:
+        words = _words(raw)
+        if words == ["all"]:
+            return allowed
+        bad = [w for w in words if w not in allowed]
+        if bad:
+            raise ValueError(
+                f"unknown {', '.join(map(repr, bad))}; choose from {', '.join(allowed)}"
+            )
+        return tuple(words)
+
+    return parse
+
+
+def _ints(lo: int = 1, hi: int | None = None) -> Callable[[str], tuple[int, ...]]:
+    """Comma-separated ints and inclusive ranges, e.g. ``8,32,128`` or ``1-3``."""
+
+    def one(word: str) -> list[int]:
+        first, _, last = word.partition("-")
+        try:
+            a, b = int(first), int(last or first)
+        except ValueError:
+            raise ValueError(f"{word!r} is not an integer or a range like 1-3") from None
+        if a > b:
+            raise ValueError(f"range {word!r} is empty")
+        if a < lo or (hi is not None and b > hi):
+            bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+            raise ValueError(f"{word!r} is out of range; values must be {bound}")
+        return list(range(a, b + 1))
+
+    def parse(raw: str) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(v for w in _words(raw) for v in one(w)))
+
+    return parse
+
+
+def _devices(raw: str) -> tuple[str, ...] | None:
+    words = _words(raw)
+    if words == ["all"]:
+        return None
+    out = []
+    for w in words:
+        name = "cuda:0" if w in ("cuda", "gpu") else w.replace("gpu:", "cuda:")
+        index = name.removeprefix("cuda:")
+        if name != "cpu" and not (name.startswith("cuda:") and index.isdigit()):
+            raise ValueError(f"{w!r} is not a device; use cpu, cuda, cuda:N or all")
+        out.append(name)
+    return tuple(dict.fromkeys(out))
+
+
+def _shard(raw: str) -> tuple[int, int]:
+    i, sep, n = raw.strip().partition("/")
+    if not (sep and i.isdigit() and n.isdigit()) or not 1 <= int(i) <= int(n):
+        raise ValueError(f"{raw!r} is not I/N with 1 <= I <= N (shards are numbered from 1)")
+    return int(i), int(n)
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{raw!r} must be a finite number >= 0 (0 turns the limit off)")
+    return value
+
+
+def _precision(raw: str) -> str:
+    if raw not in PRECISIONS:
+        raise ValueError(f"unknown {raw!r}; choose from {', '.join(PRECISIONS)}")
+    return raw
+
+
+def _preset(raw: str) -> Preset:
+    if raw not in PRESETS:
+        raise ValueError(f"unknown {raw!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[raw]
+
+
+@dataclass(frozen=True)
+class Option:
+    dest: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str = "LIST"
+
+    @property
+    def flag(self) -> str:
+        return "--bench-" + self.dest.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "HOLLOWBENCH_" + self.dest.upper()
+
+
+OPTIONS = (
+    Option("preset", _preset, f"sweep size: {', '.join(PRESETS)} (default quick)", "NAME"),
+    Option("dims", _ints(1), "dimensions d, e.g. 8,32,128 (default: the preset's)"),
+    Option("backends", _choices(BACKENDS), "torch,jax or all (default all installed)"),
+    Option("methods", _choices(METHODS), f"subset of {','.join(METHODS)} or all"),
+    Option("models", _choices(MODELS), f"subset of {','.join(MODELS)} or all"),
+    Option("modes", _choices(MODES), "eval,train or all"),
+    Option("k", _ints(1, MAX_K), f"derivative orders for ddim, e.g. 1-3 (1..{MAX_K})"),
+    Option("batch", _ints(1), "batch sizes (default: the preset's)"),
+    Option("n_probes", _ints(1), "Hutchinson probe counts, e.g. 1,4,16"),
+    Option("devices", _devices, "cpu,cuda:0,... or all (default: cpu + every visible GPU)"),
+    Option("shard", _shard, "run shard I of N (1-based) of the grid, e.g. 2/4", "I/N"),
+    Option("timeout", _seconds, "per-point time limit in seconds, 0 = none", "SECONDS"),
+    Option("journal", str, "JSON-lines journal path (default: beside --benchmark-json)", "PATH"),
+    Option(
+        "matmul_precision",
+        _precision,
+        "float32 matmuls: default (each framework's own) or highest (full fp32 in both)",
+        "NAME",
+    ),
+)
+
+
+def add_options(parser) -> None:
+    """Register every option with pytest (``parser`` is pytest's Parser)."""
+    group = parser.getgroup("hollowbench", "hollowbench sweep (each also read from $HOLLOWBENCH_*)")
+    for opt in OPTIONS:
+        group.addoption(
+            opt.flag, dest=f"bench_{opt.dest}", metavar=opt.metavar, help=f"{opt.help} [${opt.env}]"
+        )
+
+
+def parse_faults(raw: str | None) -> Faults:
+    """``HOLLOWBENCH_INJECT`` -> Faults (``oom=GLOB,timeout=GLOB,error=GLOB,delay=SECONDS``)."""
+    if not raw:
+        return Faults()
+    values: dict[str, Any] = {}
+    for word in _words(raw):
+        key, sep, value = word.partition("=")
+        if not sep or key not in ("oom", "timeout", "error", "delay"):
+            raise OptionError(
+                f"{INJECT_ENV}: {word!r} is not oom=GLOB, timeout=GLOB, error=GLOB or delay=S"
+            )
+        values[key] = _seconds(value) if key == "delay" else value
+    return Faults(**values)
+
+
+def resolve(
+    raw: dict[str, str | None], max_time: float | None = None, min_rounds: int | None = None
+) -> Settings:
+    """Settings from raw option strings (``raw[dest]``; None where not given).
+
+    ``max_time`` / ``min_rounds``: pytest-benchmark's own --benchmark-max-time and
+    --benchmark-min-rounds where the user set them; they replace the preset's timing budget.
+    """
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        if raw.get(opt.dest) is None:
+            continue
+        try:
+            values[opt.dest] = opt.parse(raw[opt.dest])
+        except ValueError as exc:
+            raise OptionError(f"{opt.flag} (or ${opt.env}): {exc}") from None
+    preset = values.get("preset", PRESETS["quick"])
+    timing = preset.timing
+    if max_time is not None:
+        timing = replace(timing, budget_s=max_time)
+    if min_rounds is not None:
+        timing = replace(
+            timing, min_rounds=min_rounds, max_rounds=max(min_rounds, timing.max_rounds)
+        )
+    settings = Settings(
+        preset=preset,
+        backends=values.get("backends", BACKENDS),
+        methods=values.get("methods", METHODS),
+        models=values.get("models", MODELS),
+        modes=values.get("modes", MODES),
+        dims=values.get("dims", preset.dims),
+        batches=values.get("batch", preset.batches),
+        ks=values.get("k", preset.ks),
+        n_probes=values.get("n_probes", preset.n_probes),
+        devices=values.get("devices"),
+        shard=values.get("shard", (1, 1)),
+        timing=timing,
+        timeout_s=values.get("timeout", preset.timeout_s),
+        journal=values.get("journal"),
+        matmul_precision=values.get("matmul_precision", "default"),
+        faults=parse_faults(raw.get("inject")),
+    )
+    if settings.faults.timeout and not settings.timeout_s:
+        raise OptionError(f"{INJECT_ENV}: timeout=... needs a per-point limit (--bench-timeout)")
+    return settings
+
+
+def from_config(config) -> Settings:
+    """Settings from pytest's command line, falling back to the environment, then the preset."""
+    raw = {
+        opt.dest: config.getoption(f"bench_{opt.dest}") or os.environ.get(opt.env) or None
+        for opt in OPTIONS
+    }
+    raw["inject"] = os.environ.get(INJECT_ENV)
+    # pytest-benchmark's defaults (1 s, 5 rounds) mean "not set": the preset decides then.
+    max_time = float(config.getoption("benchmark_max_time", 1.0))
+    min_rounds = int(config.getoption("benchmark_min_rounds", 5))
+    return resolve(
+        raw, None if max_time == 1.0 else max_time, None if min_rounds == 5 else min_rounds
+    )

@@ -1,0 +1,286 @@
+"""What the machine is and what a point used: versions, NVML GPU facts, energy, memory.
+
+Every probe degrades to None when its source is missing (no NVML, no GPU, not Linux, a backend
+not installed), so a sweep records what it can and never fails for want of telemetry.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import itertools
+import os
+import platform
+import sys
+import threading
+import time
+from typing import Any
+
+POWER_SAMPLE_S = 0.01
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_name() -> str:
+    """The CPU model string (``model name`` in /proc/cpuinfo on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """``machine_info["hollowbench"]`` as bench/SCHEMA.md describes it."""
+    torch = sys.modules.get("torch")
+    return {
+        "node": platform.node(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "load_avg": load_avg(),
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "jax": _version("jax"),
+        "jaxlib": _version("jaxlib"),
+        "equinox": _version("equinox"),
+        "numpy": _version("numpy"),
+        "pytest_benchmark": _version("pytest-benchmark"),
+        "cuda": getattr(getattr(torch, "version", None), "cuda", None),
+        "torch_num_threads": torch.get_num_threads() if torch else None,
+        "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
+        "gpus": NVML.gpus(),
+    }
+
+
+def load_avg() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages: other work on the machine skews CPU timings."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+class _Nvml:
+    """Lazy NVML access through nvidia-ml-py (``pynvml``); None/[] where it is unavailable."""
+
+    def __init__(self):
+        self._lib = None
+        self._tried = False
+
+    @property
+    def lib(self):
+        if not self._tried:
+            self._tried = True
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self._lib = pynvml
+            except Exception:  # not installed, no driver, no GPU: all mean "no NVML"
+                self._lib = None
+        return self._lib
+
+    def call(self, name: str, *args):
+        """``pynvml.<name>(*args)``, or None when NVML or the query is unsupported."""
+        if self.lib is None:
+            return None
+        try:
+            return getattr(self.lib, name)(*args)
+        except Exception:
+            return None
+
+    def gpus(self) -> list[dict[str, Any]]:
+        lib = self.lib
+        if lib is None:
+            return []
+        driver = self.call("nvmlSystemGetDriverVersion")
+        out = []
+        for index in range(self.call("nvmlDeviceGetCount") or 0):
+            h = lib.nvmlDeviceGetHandleByIndex(index)
+            memory = self.call("nvmlDeviceGetMemoryInfo", h)
+            limit_mw = self.call("nvmlDeviceGetEnforcedPowerLimit", h)
+            out.append(
+                {
+                    "index": index,
+                    "name": _text(self.call("nvmlDeviceGetName", h)),
+                    "uuid": _text(self.call("nvmlDeviceGetUUID", h)),
+                    "driver": _text(driver),
+                    "memory_total_bytes": memory.total if memory else None,
+                    "sm_clock_max_mhz": self.call(
+                        "nvmlDeviceGetMaxClockInfo", h, lib.NVML_CLOCK_SM
+                    ),
+                    "mem_clock_max_mhz": self.call(
+                        "nvmlDeviceGetMaxClockInfo", h, lib.NVML_CLOCK_MEM
+                    ),
+                    "power_limit_w": limit_mw / 1000 if limit_mw else None,
+                }
+            )
+        return out
+
+    def handle(self, device: str):
+        """The NVML handle of CUDA device ``cuda:N`` (CUDA_VISIBLE_DEVICES-aware), or None."""
+        if self.lib is None or not device.startswith("cuda:"):
+            return None
+        ordinal = int(device.removeprefix("cuda:"))
+        uuid = _torch_uuid(ordinal)
+        if uuid:
+            return self.call("nvmlDeviceGetHandleByUUID", uuid)
+        visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+        entry = visible[ordinal] if ordinal < len(visible) and visible[ordinal] else str(ordinal)
+        if entry.isdigit():
+            return self.call("nvmlDeviceGetHandleByIndex", int(entry))
+        return self.call("nvmlDeviceGetHandleByUUID", entry)
+
+
+def _text(value) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _torch_uuid(ordinal: int) -> str | None:
+    # CUDA may order devices unlike NVML; torch knows each one's UUID, NVML finds it by UUID.
+    torch = sys.modules.get("torch")
+    try:
+        uuid = str(torch.cuda.get_device_properties(ordinal).uuid)
+    except Exception:
+        return None
+    return uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
+
+
+NVML = _Nvml()
+
+
+class EnergyMeter:
+    """Joules one GPU used between :meth:`start` and :meth:`stop`: NVML's total-energy counter
+    (Volta and newer), else power read every 10 ms in a thread and integrated."""
+
+    def __init__(self, device: str):
+        self._handle = NVML.handle(device)
+        self._start_mj = None
+        self._samples: list[tuple[float, float]] = []
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        if self._handle is None:
+            return
+        self._start_mj = NVML.call("nvmlDeviceGetTotalEnergyConsumption", self._handle)
+        if self._start_mj is None and self._power_w() is not None:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> tuple[float | None, str | None]:
+        """(joules, how they were measured), or (None, None) without NVML."""
+        if self._start_mj is not None:
+            end = NVML.call("nvmlDeviceGetTotalEnergyConsumption", self._handle)
+            if end is not None:
+                return (end - self._start_mj) / 1000.0, "nvml_total_energy"
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            s = self._samples
+            joules = sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in itertools.pairwise(s))
+            return (joules, "nvml_power_sampling") if len(s) > 1 else (None, None)
+        return None, None
+
+    def _power_w(self) -> float | None:
+        mw = NVML.call("nvmlDeviceGetPowerUsage", self._handle)
+        return mw / 1000.0 if mw is not None else None
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            watts = self._power_w()
+            if watts is not None:
+                self._samples.append((time.perf_counter(), watts))
+            self._stop.wait(POWER_SAMPLE_S)
+
+
+def _proc_status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Peak memory of the calls between :meth:`start` and :meth:`stop`.
+
+    CUDA (torch): ``torch.cuda.max_memory_allocated`` after a reset. CPU: growth of the peak
+    resident set over the resident set at start (Linux resets the peak through
+    /proc/self/clear_refs). JAX points use XLA's own memory analysis instead (see Sweep).
+    """
+
+    def __init__(self, backend_name: str, device: str):
+        self._cuda = backend_name == "torch" and device.startswith("cuda")
+        self._device = device
+        self._base: int | None = None
+
+    def start(self) -> None:
+        if self._cuda:
+            sys.modules["torch"].cuda.reset_peak_memory_stats(self._device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            self._base = _proc_status_bytes("VmRSS")
+        except OSError:
+            self._base = None
+
+    def stop(self) -> tuple[int | None, str | None]:
+        if self._cuda:
+            peak = sys.modules["torch"].cuda.max_memory_allocated(self._device)
+            return peak, "torch.cuda.max_memory_allocated"
+        peak = _proc_status_bytes("VmHWM")
+        if self._base is None or peak is None:
+            return None, None
+        return max(peak - self._base, 0), "rss_growth"
+
+
+def available_bytes(backend) -> tuple[int | None, str]:
+    """Memory a new point may still use on ``backend``'s device, and where the figure came from."""
+    device = backend.device
+    if device.startswith("cuda") and backend.name == "torch":
+        torch = sys.modules["torch"]
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return free + cached, "torch.cuda.mem_get_info"
+    if device.startswith("cuda"):
+        stats = backend.jax_device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return stats["bytes_limit"] - stats.get("bytes_in_use", 0), "jax memory_stats"
+        info = NVML.call("nvmlDeviceGetMemoryInfo", NVML.handle(device))
+        return (info.free if info else None), "nvml"
+    return _proc_meminfo_available(), "MemAvailable"
+
+
+def _proc_meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
+def device_name(backend) -> str:
+    """The GPU's marketing name, or the CPU model for ``cpu``."""
+    if not backend.device.startswith("cuda"):
+        return cpu_name()
+    if backend.name == "torch":
+        return sys.modules["torch"].cuda.get_device_name(backend.device)
+    return backend.jax_device.device_kind

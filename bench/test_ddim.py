@@ -1,0 +1,13 @@
+"""D_dim^k f = [d^k f_i / dx_i^k]_i for k from ``--bench-k`` / the preset: the exact methods.
+
+Hutchinson's diagonal estimator is left to test_divergence.py, where its variance is measured.
+"""
+
+from bench.harness.grid import HOLLOW_METHODS, Grid
+from bench.harness.operators import run_operator
+
+GRID = Grid(workload="ddim", methods=(*HOLLOW_METHODS, "dense_loop", "dense_vectorized"))
+
+
+def test_ddim(sweep, benchmark, point):
+    run_operator(sweep, benchmark, point)

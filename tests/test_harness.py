@@ -1,0 +1,359 @@
+"""The benchmark harness itself (bench/harness): options, sharding, journal, failure handling.
+
+The sweep tests run ``python -m pytest bench/...`` in a subprocess on a tiny grid, as a user
+would, and read back what it wrote; they never look at timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.harness import grid, journal, options
+from bench.harness.operators import Point, predict_bytes
+from bench.harness.progress import Progress
+from bench.harness.sweep import PointTimeout, classify, time_limit
+from bench.harness.telemetry import machine_info
+from impls import HollowSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_KEYS = {
+    "backend", "device", "device_name", "workload", "method", "model", "d", "batch", "k",
+    "n_probes", "mode", "dtype", "matmul_precision", "n_params", "flops", "compile_s",
+    "peak_mem_bytes", "error", "error_kind", "energy_j", "status", "reason",
+}  # fmt: skip
+
+
+# --- options ------------------------------------------------------------------------------
+
+
+def test_defaults_are_the_quick_preset():
+    s = options.resolve({})
+    quick = grid.PRESETS["quick"]
+    assert s.preset is quick and s.dims == quick.dims and s.ks == quick.ks
+    assert s.backends == ("torch", "jax") and set(s.methods) == set(grid.METHODS)
+    assert s.shard == (1, 1) and s.devices is None and s.timeout_s == quick.timeout_s
+
+
+def test_values_parse_with_ranges_and_aliases():
+    s = options.resolve(
+        {"dims": "8, 32,8", "k": "1-3", "devices": "gpu,cpu", "shard": "2/4", "methods": "all"}
+    )
+    assert s.dims == (8, 32) and s.ks == (1, 2, 3)
+    assert s.devices == ("cuda:0", "cpu") and s.shard == (2, 4)
+    assert s.methods == grid.METHODS
+
+
+@pytest.mark.parametrize(
+    ("dest", "value", "words"),
+    [
+        ("preset", "huge", "choose from quick, paper, full"),
+        ("dims", "8,abc", "'abc' is not an integer"),
+        ("dims", "0", "out of range"),
+        ("k", "5", "between 1 and 4"),
+        ("backends", "tensorflow", "choose from torch, jax"),
+        ("methods", "hollow,exact", "'exact'"),
+        ("devices", "tpu", "use cpu, cuda, cuda:N or all"),
+        ("shard", "0/2", "1 <= I <= N"),
+        ("shard", "3/2", "1 <= I <= N"),
+        ("timeout", "-1", ">= 0"),
+    ],
+)
+def test_bad_values_name_the_option(dest, value, words):
+    opt = next(o for o in options.OPTIONS if o.dest == dest)
+    with pytest.raises(options.OptionError) as err:
+        options.resolve({dest: value})
+    assert opt.flag in str(err.value) and opt.env in str(err.value)
+    assert words in str(err.value)
+
+
+class _Config:
+    """The two pytest.Config methods options.from_config uses."""
+
+    def __init__(self, **cli):
+        self.cli = cli
+
+    def getoption(self, name, default=None):
+        return self.cli.get(name, default)
+
+
+def test_command_line_beats_environment_beats_preset(monkeypatch):
+    monkeypatch.setenv("HOLLOWBENCH_PRESET", "paper")
+    monkeypatch.setenv("HOLLOWBENCH_DIMS", "16")
+    s = options.from_config(_Config(bench_dims="64"))
+    assert s.preset.name == "paper" and s.dims == (64,)
+    assert s.batches == grid.PRESETS["paper"].batches
+
+
+def test_pytest_benchmark_timing_options_replace_the_budget():
+    s = options.from_config(_Config(benchmark_max_time=0.05, benchmark_min_rounds=2))
+    assert (s.timing.budget_s, s.timing.min_rounds) == (0.05, 2)
+    assert options.from_config(_Config()).timing == grid.PRESETS["quick"].timing
+
+
+def test_faults_need_a_time_limit():
+    assert options.resolve({"inject": "oom=*d8*,delay=0.5"}).faults.oom == "*d8*"
+    with pytest.raises(options.OptionError, match="--bench-timeout"):
+        options.resolve({"inject": "timeout=*", "timeout": "0"})
+    with pytest.raises(options.OptionError, match="HOLLOWBENCH_INJECT"):
+        options.resolve({"inject": "explode=*"})
+
+
+# --- grid and shards ----------------------------------------------------------------------
+
+DEVICES = {"torch": ("cpu", "cuda:0"), "jax": ("cpu",)}
+
+
+DIVERGENCE = grid.Grid("divergence", grid.METHODS, (1,))
+
+
+def _points(settings: options.Settings, workload: grid.Grid = DIVERGENCE) -> list[grid.Point]:
+    return grid.expand(
+        workload,
+        devices=DEVICES,
+        methods=settings.methods,
+        models=settings.models,
+        modes=settings.modes,
+        dims=settings.dims,
+        batches=settings.batches,
+        ks=settings.ks,
+        n_probes=settings.n_probes,
+        limits=settings.limits,
+    )
+
+
+def test_grid_follows_the_rules():
+    points = _points(options.resolve({"preset": "full"}))
+    assert len({p.id for p in points}) == len(points)
+    assert all(p.model == "hollownet" for p in points if p.method in grid.HOLLOW_METHODS)
+    assert all((p.n_probes is None) == (p.method != "hutchinson") for p in points)
+    models = {(p.model, p.method) for p in points}
+    assert {m for m, _ in models} == set(grid.MODELS)  # dense and hutchinson on every model
+
+
+def test_quick_covers_the_acceptance_grid():
+    s = options.resolve({})
+    div, dd = _points(s), _points(s, grid.Grid("ddim", grid.METHODS[:4]))
+    points = div + dd
+    assert {p.method for p in points} == set(grid.METHODS)
+    assert {p.mode for p in points} == {"eval", "train"}
+    assert {p.k for p in dd} == {1, 2, 3} and len({p.d for p in points}) >= 4
+    assert len({p.n_probes for p in div if p.method == "hutchinson"}) > 1
+    ratio_pair = {
+        (p.method, p.backend) for p in div if (p.d, p.mode, p.model) == (128, "eval", "hollownet")
+    }
+    assert {
+        ("dense_loop", "torch"),
+        ("hollow", "torch"),
+        ("dense_loop", "jax"),
+        ("hollow", "jax"),
+    } <= ratio_pair
+
+
+def test_limits_bound_d():
+    lim = grid.Limit("dense", lambda p: p.method in grid.DENSE_METHODS, max_d=32)
+    point = grid.Point("divergence", "torch", "cpu", "dense_loop", "hollownet", 64, 8, 1, "eval")
+    assert lim.excludes(point) and not lim.excludes(grid.Point(**{**point.__dict__, "d": 32}))
+    assert grid.Limit("x", lambda p: True, max_d=0).describe() == "x: never"
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_shards_are_disjoint_and_cover_the_grid(count):
+    points = _points(options.resolve({"preset": "paper"}))
+    shards = [grid.shard(points, i, count) for i in range(1, count + 1)]
+    ids = [p.id for s in shards for p in s]
+    assert len(ids) == len(set(ids)) == len(points)
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert grid.shard(points, 1, count) == shards[0]  # deterministic
+    order = {p.id: i for i, p in enumerate(points)}
+    assert all([order[p.id] for p in s] == sorted(order[p.id] for p in s) for s in shards)
+
+
+# --- small parts --------------------------------------------------------------------------
+
+
+def test_failures_are_classified():
+    class OutOfMemoryError(RuntimeError):  # torch.cuda.OutOfMemoryError's name
+        pass
+
+    assert classify(PointTimeout("late")) == "timeout"
+    assert classify(MemoryError()) == "oom"
+    assert classify(OutOfMemoryError("CUDA out of memory")) == "oom"
+    assert classify(RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9 bytes")) == "oom"
+    assert classify(ValueError("shape mismatch")) == "error"
+
+
+def test_time_limit_interrupts_python_code():
+    start = time.perf_counter()
+    with pytest.raises(PointTimeout), time_limit(0.2):
+        time.sleep(5)
+    assert time.perf_counter() - start < 2
+    with time_limit(0):  # 0 = no limit
+        time.sleep(0.01)
+
+
+def test_time_limit_lets_an_import_finish(tmp_path, monkeypatch):
+    (tmp_path / "hb_slow_module.py").write_text("import time\ntime.sleep(0.4)\nDONE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PointTimeout), time_limit(0.1):
+        import hb_slow_module  # noqa: F401
+
+        time.sleep(5)
+    assert sys.modules.pop("hb_slow_module").DONE  # imported whole, then timed out
+
+
+def test_progress_reports_done_total_and_eta():
+    now = [0.0]
+    lines = []
+    progress = Progress(4, lines.append, every_s=10, clock=lambda: now[0])
+    now[0] = 5
+    progress.tick()  # too soon after the start for a line
+    now[0] = 20
+    progress.tick()
+    assert lines == ["[hollowbench] 2/4 points (50%), 0:20 elapsed, ETA 0:20"]
+    progress.tick()
+    progress.tick()  # the last point always reports
+    assert lines[-1].startswith("[hollowbench] 4/4 points (100%)")
+
+
+def test_journal_survives_a_torn_line(tmp_path):
+    path = tmp_path / "out.journal.jsonl"
+    j = journal.Journal(path, lambda: {"node": "here"})
+    j.append({"kind": "point", "name": "a"})
+    with open(path, "a") as fh:
+        fh.write('{"kind": "point", "na')  # a crash in mid-write
+    records = journal.read(path)
+    assert [r["kind"] for r in records] == ["session", "point"]
+    assert records[0]["machine_info"] == {"node": "here"}
+
+
+def test_journal_lives_beside_the_json(tmp_path):
+    assert journal.journal_path(None, "/x/out.json", tmp_path) == Path("/x/out.journal.jsonl")
+    assert journal.journal_path("/y/j.jsonl", "/x/out.json", tmp_path) == Path("/y/j.jsonl")
+    default = journal.journal_path(None, None, tmp_path)
+    assert default.parent == tmp_path / ".benchmarks" and default.name.endswith(".journal.jsonl")
+
+
+def test_memory_prediction_orders_the_methods():
+    spec = HollowSpec(dim=128)
+
+    def need(method, mode="eval", k=1):
+        return predict_bytes(
+            spec, Point("ddim", "torch", "cpu", method, "hollownet", 128, 64, k, mode)
+        )
+
+    assert need("dense_vectorized") > need("dense_loop") >= need("hollow") > 0
+    assert need("dense_loop", "train") > 50 * need("dense_loop")  # d graphs kept for backward
+    assert need("dense_vectorized", k=2) == pytest.approx(2 * need("dense_vectorized"), rel=0.01)
+
+
+def test_machine_info_has_the_schema_keys():
+    info = machine_info()
+    assert {"node", "cpu", "python", "torch", "jax", "jaxlib", "cuda", "numpy", "gpus"} <= set(info)
+    assert isinstance(info["gpus"], list)
+
+
+# --- whole sweeps in a subprocess ---------------------------------------------------------
+
+
+def _backend() -> str:
+    """An installed backend for the subprocess sweeps (torch imports faster)."""
+    for name in ("torch", "jax"):
+        try:
+            __import__(name)
+            return name
+        except ImportError:
+            continue
+    pytest.skip("neither torch nor jax is installed")
+
+
+def _sweep_command(out: Path, dims: str) -> list[str]:
+    return [
+        sys.executable, "-m", "pytest", "bench/test_divergence.py", "-v", "-p", "no:cacheprovider",
+        "--benchmark-json", str(out),
+        "--benchmark-max-time", "0.001", "--benchmark-min-rounds", "2",
+        "--bench-backends", _backend(), "--bench-devices", "cpu", "--bench-models", "hollownet",
+        "--bench-methods", "hollow,hutchinson", "--bench-modes", "eval", "--bench-n-probes", "1",
+        "--bench-dims", dims,
+    ]  # fmt: skip
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOLLOWBENCH_")}
+    return env | {"PYTHONUNBUFFERED": "1"} | extra
+
+
+def test_kill_9_loses_no_finished_point(tmp_path):
+    out = tmp_path / "out.json"
+    journal_file = tmp_path / "out.journal.jsonl"
+    log = tmp_path / "log.txt"
+    cmd = _sweep_command(out, "2-9")  # 16 points, 0.5 s each at least
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                                env=_env(HOLLOWBENCH_INJECT="delay=0.5"))  # fmt: skip
+        deadline = time.monotonic() + 40
+        while _points_in(journal_file) < 3 and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    passed = {
+        line.split(" PASSED")[0] for line in log.read_text().splitlines() if " PASSED" in line
+    }
+    records = journal.read(journal_file)
+    points = [r for r in records if r["kind"] == "point"]
+    assert records[0]["kind"] == "session" and "hollowbench" in records[0]["machine_info"]
+    assert 3 <= len(points) < 16, "the kill came too late to test anything"
+    assert passed <= {p["fullname"] for p in points}  # everything reported finished is there
+    assert len(points) <= len(passed) + 1  # plus at most the point being reported at the kill
+    for p in points:
+        assert p["extra_info"]["status"] == "ok" and set(p["extra_info"]) >= SCHEMA_KEYS
+        assert p["stats"]["median"] > 0 and p["stats"]["rounds"] >= 2
+    assert not out.exists() or out.stat().st_size == 0  # the JSON is written only at the end
+
+
+def _points_in(path: Path) -> int:
+    if not path.exists():
+        return 0
+    return sum(r["kind"] == "point" for r in journal.read(path))
+
+
+def test_oom_timeout_and_error_are_recorded_and_the_sweep_goes_on(tmp_path):
+    out = tmp_path / "out.json"
+    faults = "oom=*hollow-d3-*,timeout=*hollow-d4-*,error=*hutchinson-m1-d2-*"
+    cmd = [*_sweep_command(out, "2-4"), "--bench-timeout", "2"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env=_env(HOLLOWBENCH_INJECT=faults))  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr  # the injected error fails its test
+    assert "1 failed, 3 passed, 2 skipped" in run.stdout, run.stdout[-5000:]
+    result = json.loads(out.read_text())
+    not_run = {r["params"]["d"]: r["extra_info"] for r in result["hollowbench"]["not_run"]}
+    assert not_run[3]["status"] == "oom" and "MemoryError" in not_run[3]["reason"]
+    assert not_run[4]["status"] == "timeout" and "2 s" in not_run[4]["reason"]
+    assert not_run[2]["status"] == "error" and not_run[2]["method"] == "hutchinson"
+    ok = result["benchmarks"]
+    assert len(ok) == 3 and all(b["extra_info"]["status"] == "ok" for b in ok)
+    assert all(set(b["extra_info"]) >= SCHEMA_KEYS for b in ok)
+    assert {"torch", "jax", "gpus"} <= set(result["machine_info"]["hollowbench"])
+    statuses = [r["extra_info"]["status"] for r in journal.read(tmp_path / "out.journal.jsonl")[1:]]
+    assert sorted(statuses) == ["error", "ok", "ok", "ok", "oom", "timeout"]
+    compare = subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", str(out)],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert compare.returncode == 0, compare.stderr
+    assert "test_divergence[" in compare.stdout
+
+
+def test_bad_option_is_a_usage_error():
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench", "-p", "no:cacheprovider", "--bench-dims", "8,a"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env=_env(),
+    )  # fmt: skip
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "--bench-dims" in run.stderr and "'a' is not an integer" in run.stderr

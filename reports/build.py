@@ -43,9 +43,9 @@ def build(inputs: Sequence[str], out: str | Path) -> Built:
         (out / sub).mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "tables" / "points.csv", index=False)
     slim = analysis_columns(frame)
-    with _figure_pool(slim, out) as figures:  # drawn in the background while tables are made
+    with _figure_pool(slim, out) as pending:  # figures are drawn while the tables are made
         tables = {spec.key: _table(spec, frame if spec.details else slim, out) for spec in TABLES}
-    figures = figures.get()
+    figures = pending.get()
     parts = [
         ("Paper claims", [tables[k] for k in PAPER]),
         ("Workloads", [tables[k] for k in WORKLOADS]),
@@ -86,6 +86,8 @@ def _intro(frame: pd.DataFrame, inputs: Sequence[str]) -> list[str]:
 
 def _table(spec: Table, frame: pd.DataFrame, out: Path) -> Section:
     text = [spec.claim, f"Compared: {spec.compared}"]
+    csv = out / "tables" / f"{spec.key}.csv"
+    csv.unlink(missing_ok=True)  # an earlier build's table must not outlive its data
     try:
         table = spec.build(frame)
     except NoData as exc:
@@ -93,7 +95,7 @@ def _table(spec: Table, frame: pd.DataFrame, out: Path) -> Section:
     except Exception as exc:  # one table's bug must not cost the whole report
         warn(f"table '{spec.key}' failed: {type(exc).__name__}: {exc}")
         return Section(spec.key, spec.title, text, note=f"could not be built ({exc})")
-    table.to_csv(out / "tables" / f"{spec.key}.csv", index=False)
+    table.to_csv(csv, index=False)
     return Section(spec.key, spec.title, text, table=table)
 
 
@@ -136,6 +138,9 @@ def _figure(key: str, frame: pd.DataFrame, out: Path) -> Section:
     from reports.figures import FIGURES
 
     spec = next(f for f in FIGURES if f.key == key)
+    files = {ext: out / "figures" / f"{spec.key}.{ext}" for ext in ("png", "svg")}
+    for path in files.values():
+        path.unlink(missing_ok=True)  # an earlier build's figure must not outlive its data
     try:
         fig = spec.draw(frame)
     except NoData as exc:
@@ -146,7 +151,7 @@ def _figure(key: str, frame: pd.DataFrame, out: Path) -> Section:
         return Section(spec.key, spec.title, [spec.caption], note=f"could not be drawn ({exc})")
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)
-    fig.savefig(out / "figures" / f"{spec.key}.svg", format="svg")
+    fig.savefig(files["svg"], format="svg")
     plt.close(fig)
-    (out / "figures" / f"{spec.key}.png").write_bytes(png.getvalue())
+    files["png"].write_bytes(png.getvalue())
     return Section(spec.key, spec.title, [spec.caption], png=png.getvalue())

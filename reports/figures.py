@@ -9,6 +9,7 @@ status (oom, timeout, ...), so they are never confused with a measured value.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from reports.fit import loglog_fits
+from reports.load import text
 from reports.tables import NoData, cells, ratio
 
 HOLLOW = ("hollow", "hollow_forward")
@@ -181,7 +183,8 @@ def _lines_by_facet(
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
         ok = _measured(sub, y).assign(**{y: lambda f: f[y] * scale})
-        sns.lineplot(
+        _plot(
+            sns.lineplot,
             data=ok,
             x="d",
             y=y,
@@ -220,12 +223,20 @@ def _fit_legend(ax: Axes, rows: pd.DataFrame, y: str, marked: bool) -> None:
     )
 
 
+def _plot(plot: Callable[..., Axes], data: pd.DataFrame, **kwargs) -> None:
+    """A seaborn plot of ``data``, or nothing where a panel holds only points that did not run."""
+    if not data.empty:
+        plot(data=data, **kwargs)
+
+
 def _log_axes(ax: Axes, base_x: float | None = 10) -> None:
     """Log axes without minor ticks (they cost much of the drawing time); a y range narrower
     than two decades gets labelled ticks at 1, 2 and 5 times powers of ten instead."""
-    if base_x is not None:
-        ax.set_xscale("log", base=base_x)
-    ax.set_yscale("log")
+    with warnings.catch_warnings():  # a panel of not-run marks alone has no y data to scale
+        warnings.filterwarnings("ignore", "Data has no positive values")
+        if base_x is not None:
+            ax.set_xscale("log", base=base_x)
+        ax.set_yscale("log")
     ax.minorticks_off()
     low, high = ax.get_ylim()
     if 0 < low < high < 100 * low:
@@ -244,7 +255,8 @@ def speedup_vs_d(frame: pd.DataFrame) -> MplFigure:
     palette = _palette(speed["baseline"])
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
-        sns.lineplot(
+        _plot(
+            sns.lineplot,
             data=sub[sub["status"].eq("ok")],
             x="d",
             y="speedup",
@@ -305,7 +317,8 @@ def ddim_cost_vs_k(frame: pd.DataFrame) -> MplFigure:
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
         ok = _measured(sub, "time_ms").assign(dim=lambda f: "d=" + f["d"].map("{:.0f}".format))
-        sns.lineplot(
+        _plot(
+            sns.lineplot,
             data=ok,
             x="k",
             y="time_ms",
@@ -352,7 +365,8 @@ def _error_floor(errors: pd.Series) -> float:
 
 def _error_panel(ax: Axes, rows: pd.DataFrame, palette: dict) -> None:
     hutch = rows[rows["kind"].eq("hutchinson")].sort_values("n_probes")
-    sns.lineplot(
+    _plot(
+        sns.lineplot,
         data=hutch,
         x="time_ms",
         y="error",
@@ -369,7 +383,8 @@ def _error_panel(ax: Axes, rows: pd.DataFrame, palette: dict) -> None:
         ax.annotate(f"m={m:.0f}", (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points")
     exact = rows[rows["kind"].eq("exact")]
     if not exact.empty:
-        sns.scatterplot(
+        _plot(
+            sns.scatterplot,
             data=exact,
             x="time_ms",
             y="error",
@@ -394,11 +409,12 @@ def device_comparison(frame: pd.DataFrame) -> MplFigure:
     div = div[div["series"].isin(HEADLINE)]
     if div.empty:
         raise NoData(f"none of {', '.join(HEADLINE)} in the divergence points")
-    div = div.assign(panel=div["backend"].astype(str) + " · " + div["mode"].astype(str))
+    div = div.assign(panel=text(div["backend"]) + " · " + text(div["mode"]))
     palette = _palette(div["device_id"])
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
-        sns.lineplot(
+        _plot(
+            sns.lineplot,
             data=_measured(sub, "time_ms"),
             x="d",
             y="time_ms",

@@ -38,7 +38,7 @@ def loglog_fits(
 ) -> dict[tuple, Fit]:
     """A fit per group of ``keys`` over its measured rows (median per x); groups with fewer
     than two x values get none."""
-    ok = rows[rows["status"].eq("ok") & rows[y].gt(0) & rows[x].notna()]
+    ok = rows[rows["status"].eq("ok") & rows[y].gt(0) & rows[x].gt(0).fillna(False)]
     medians = ok.groupby([*keys, x], dropna=False)[y].median()
     fits = {}
     for key, points in medians.groupby(level=list(range(len(keys))), dropna=False):

@@ -379,7 +379,7 @@ def facet_labels(frame: pd.DataFrame) -> pd.Series:
     """'torch · AMD EPYC · train' (with dtype/batch/precision appended where they vary)."""
     columns = facet_columns(frame)
     parts: Iterable[pd.Series] = (
-        (f"{c}=" if c in FACET_EXTRAS else "") + frame[c].astype(str) for c in columns
+        (f"{c}=" if c in FACET_EXTRAS else "") + text(frame[c]) for c in columns
     )
     return pd.concat(list(parts), axis=1).agg(" · ".join, axis=1)
 
@@ -391,3 +391,8 @@ DETAIL_PREFIXES = ("machine.", "commit.", "param.")
 def analysis_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame without the per-file details: every filter then copies a third of the data."""
     return frame[[c for c in frame.columns if not c.startswith(DETAIL_PREFIXES)]]
+
+
+def text(column: pd.Series) -> pd.Series:
+    """Values as labels, with 'n/a' for a missing one (pandas may keep NaN through astype)."""
+    return column.astype(object).where(column.notna(), "n/a").map(str)

@@ -20,6 +20,7 @@ from reports.load import facet_columns
 
 Cell = float | str
 FACET_NAMES = {"device_id": "device"}
+DENSE_AND_ONE_VJP = ("dense_loop", "dense_vectorized", "hutchinson")
 MATCHED = (("mlp_flop_matched", "FLOP-matched"), ("mlp_param_matched", "param-matched"))
 
 
@@ -85,18 +86,19 @@ def _not_run_list(rows: pd.Series) -> str:
 def c1_ddim(frame: pd.DataFrame) -> pd.DataFrame:
     """C1: per method, model and k, cost at the largest d over cost at the smallest d."""
     ddim = _workload(frame, "ddim")
+    ddim = ddim[ddim["d"].notna() & ddim["k"].notna()]
     line = [*facet_columns(ddim), "method", "model"]
-    times = cells(ddim, [*line, "k", "d"])
-    flops = ddim.groupby([*line, "k", "d"], dropna=False)["flops"].median()
     rows = []
-    for key, per_d in times.groupby(level=[*line, "k"], dropna=False, sort=True):
-        per_d = per_d.droplevel([*line, "k"])
-        k1 = times.get((*key[:-1], 1))
-        rows.append(_c1_row(dict(zip([*line, "k"], key, strict=True)), per_d, flops[key], k1))
+    for _, one_line in ddim.groupby(line, dropna=False, sort=True):
+        at_k1 = cells(one_line[one_line["k"].eq(1).fillna(False)], ["d"])
+        for k, rows_k in one_line.groupby("k", sort=True):
+            head = {**{c: rows_k[c].iloc[0] for c in line}, "k": k}
+            flops = rows_k.groupby("d")["flops"].median()
+            rows.append(_c1_row(head, cells(rows_k, ["d"]), flops, at_k1))
     return _display(pd.DataFrame(rows))
 
 
-def _c1_row(head: dict, times: pd.Series, flops: pd.Series, k1: pd.Series | None) -> dict:
+def _c1_row(head: dict, times: pd.Series, flops: pd.Series, k1: pd.Series) -> dict:
     """One C1 row from a line's cells and FLOPs per d (and the same line's k=1 cells)."""
     measured = times[times.map(lambda v: not isinstance(v, str) and pd.notna(v))]
     if measured.empty:
@@ -111,12 +113,10 @@ def _c1_row(head: dict, times: pd.Series, flops: pd.Series, k1: pd.Series | None
         "ms @ d min": measured[lo],
         "ms @ d max": measured[hi],
         "cost ratio (d max / d min)": cost,
-        "d ratio": hi / lo,
+        "d ratio": ratio(hi, lo),
         "FLOP ratio": flop,
         "cost ratio / FLOP ratio": ratio(cost, flop),
-        "cost vs k=1 @ d max": ratio(
-            measured[hi], k1.get(hi, np.nan) if k1 is not None else np.nan
-        ),
+        "cost vs k=1 @ d max": ratio(measured[hi], k1.get(hi, np.nan)),
         "not run": _not_run_list(times),
     }
 
@@ -130,10 +130,10 @@ def c2_dense_diagonal(frame: pd.DataFrame) -> pd.DataFrame:
     one_vjp = div["method"].eq("hutchinson") & div["n_probes"].eq(1).fillna(False)
     rows = div[(dense | one_vjp) & div["model"].isin(div.loc[dense, "model"].unique())]
     table = wide(rows, [*facet_columns(div), "model", "d"], "method")
-    table = table[table[["dense_loop", "dense_vectorized"]].notna().any(axis=1)]
-    out = table.drop(columns=["dense_loop", "dense_vectorized", "hutchinson"], errors="ignore")
-    loop, full = table.get("dense_loop"), table.get("dense_vectorized")
-    one = table.get("hutchinson", pd.Series(np.nan, index=table.index))
+    table = table.assign(**{m: np.nan for m in DENSE_AND_ONE_VJP if m not in table})
+    table = table[table["dense_loop"].notna() | table["dense_vectorized"].notna()]
+    loop, full, one = (table[m] for m in DENSE_AND_ONE_VJP)
+    out = table.drop(columns=list(DENSE_AND_ONE_VJP))
     out["dense_loop ms (diagonal)"] = loop
     out["dense_vectorized ms (full Jacobian)"] = full
     out["hutchinson-1 ms (one VJP)"] = one
@@ -143,9 +143,7 @@ def c2_dense_diagonal(frame: pd.DataFrame) -> pd.DataFrame:
     return _display(out)
 
 
-def _ratios(num: pd.Series | None, den: pd.Series | None) -> list[Cell]:
-    if num is None or den is None:
-        return [float("nan")] * len(num if num is not None else den)
+def _ratios(num: pd.Series, den: pd.Series) -> list[Cell]:
     return [ratio(a, b) for a, b in zip(num, den, strict=True)]
 
 

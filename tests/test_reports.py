@@ -294,6 +294,31 @@ def test_not_run_points_are_listed_and_marked_in_the_figures(report, tmp_path):
     assert "oom" in texts
 
 
+def test_odd_but_valid_input_gives_every_table_and_figure_or_a_no_data_note(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from reports.figures import FIGURES
+    from reports.load import analysis_columns
+    from reports.tables import TABLES, NoData
+
+    doc = results_json("alpha")
+    doc["benchmarks"] = [b for b in doc["benchmarks"] if b["extra_info"]["method"] != "hollow"]
+    for workload in ("divergence", "ddim"):  # a missing mode and d in each workload
+        first, second = [b for b in doc["benchmarks"] if b["extra_info"]["workload"] == workload][
+            :2
+        ]
+        first["extra_info"]["mode"] = None
+        second["extra_info"]["d"] = None
+    frame = load_results([str(write_json(tmp_path / "odd.json", doc))])
+    for spec in (*TABLES, *FIGURES):
+        try:
+            result = (spec.build if spec in TABLES else spec.draw)(analysis_columns(frame))
+        except NoData:
+            continue
+        if spec in FIGURES:
+            plt.close(result)
+
+
 def test_two_machines_merge_into_one_report(report):
     machines = table(report, "machines")
     assert set(machines["machine"]) == set(MACHINES)

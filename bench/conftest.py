@@ -73,12 +73,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     )
     points = grid.shard(points, *settings.shard)
     values = [pytest.param(*p.params, id=p.id) for p in points]
-    values += [  # a missing backend shows as one skipped test, with the import error
-        pytest.param(*[None] * len(grid.PARAM_NAMES), id=f"{name}-unavailable",
-                     marks=pytest.mark.skip(reason=reason))
-        for name, reason in missing.items()
-    ]  # fmt: skip
+    # A missing backend, or an empty selection, shows as one skipped test that says why.
+    values += [_skipped(f"{name}-unavailable", reason) for name, reason in missing.items()]
+    if not values:
+        workload = metafunc.module.GRID.workload
+        values = [_skipped("none", f"no {workload} points in this selection of options")]
     metafunc.parametrize(grid.PARAM_NAMES, values)
+
+
+def _skipped(name: str, reason: str):
+    return pytest.param(
+        *[None] * len(grid.PARAM_NAMES), id=name, marks=pytest.mark.skip(reason=reason)
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -19,7 +19,7 @@ import pytest
 from bench.harness import grid, journal, options
 from bench.harness.operators import Point, predict_bytes
 from bench.harness.progress import Progress
-from bench.harness.sweep import PointTimeout, classify, time_limit
+from bench.harness.sweep import PointTimeout, Sweep, classify, time_limit
 from bench.harness.telemetry import machine_info
 from impls import HollowSpec
 
@@ -252,6 +252,34 @@ def test_memory_prediction_orders_the_methods():
     assert need("dense_vectorized") > need("dense_loop") >= need("hollow") > 0
     assert need("dense_loop", "train") > 50 * need("dense_loop")  # d graphs kept for backward
     assert need("dense_vectorized", k=2) == pytest.approx(2 * need("dense_vectorized"), rel=0.01)
+
+
+class _FakeBenchmark:
+    """The parts of pytest-benchmark's fixture that a skipped point touches."""
+
+    name = fullname = "test_x[fake]"
+    params = {"d": 1}  # noqa: RUF012
+
+    def __init__(self):
+        self.extra_info, self.has_error = {}, False
+
+
+class _FakeBackend:
+    name, device = "torch", "cpu"
+
+    def matmul_precision(self) -> str:
+        return "highest"
+
+
+def test_points_predicted_not_to_fit_are_skipped_and_journaled(tmp_path):
+    sweep = Sweep(options.resolve({}), journal.Journal(tmp_path / "j.jsonl", dict))
+    bench = _FakeBenchmark()
+    with pytest.raises(pytest.skip.Exception, match="skipped: predicted"):
+        sweep.run(bench, _FakeBackend(), lambda: pytest.fail("built"), {}, need_bytes=2**60)
+    assert bench.extra_info["status"] == "skipped" and bench.has_error
+    assert sweep.not_run[0]["extra_info"]["reason"].startswith("predicted 1073741824.00 GiB > 80%")
+    record = journal.read(tmp_path / "j.jsonl")[-1]
+    assert record["stats"] is None and record["extra_info"]["predicted_bytes"] == 2**60
 
 
 def test_machine_info_has_the_schema_keys():

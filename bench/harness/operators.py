@@ -127,10 +127,16 @@ def _seeded(backend, net, x, point: Point, step: Callable) -> Callable[[int], np
                 return backend.to_numpy(op(net, rows, seed=seed))
 
         return estimate
-    import jax
 
     values_of = _jax_values_of(point)
-    return lambda seed: backend.to_numpy(values_of(step(net, x, jax.random.key(seed))))[:ROWS]
+    return lambda seed: backend.to_numpy(values_of(step(net, x, _key(backend, seed))))[:ROWS]
+
+
+def _key(backend, seed: int):
+    """A PRNG key on the point's device: the compiled step takes its arguments there."""
+    import jax
+
+    return jax.device_put(jax.random.key(seed), backend.jax_device)
 
 
 def _operator(backend, point: Point) -> Callable[..., Any]:
@@ -176,7 +182,7 @@ def _jax_step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable]
     def values(net, x, key):
         return op(net, x, key=key) if uses_key else op(net, x)
 
-    args = (net, x, jax.random.key(0))
+    args = (net, x, _key(backend, 0))
     if point.mode == "eval":
         return values, args, _jax_values_of(point)
 

@@ -409,8 +409,12 @@ def device_comparison(frame: pd.DataFrame) -> MplFigure:
     div = div[div["series"].isin(HEADLINE)]
     if div.empty:
         raise NoData(f"none of {', '.join(HEADLINE)} in the divergence points")
-    div = div.assign(panel=text(div["backend"]) + " · " + text(div["mode"]))
-    palette = _palette(div["device_id"])
+    div = div.assign(
+        panel=text(div["backend"]) + " · " + text(div["mode"]),
+        device=div["device_id"],
+        method=div["series"],
+    )
+    palette = _palette(div["device"])
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
         _plot(
@@ -418,8 +422,8 @@ def device_comparison(frame: pd.DataFrame) -> MplFigure:
             data=_measured(sub, "time_ms"),
             x="d",
             y="time_ms",
-            hue="device_id",
-            style="series",
+            hue="device",
+            style="method",
             ax=ax,
             palette=palette,
             markers=True,
@@ -427,7 +431,7 @@ def device_comparison(frame: pd.DataFrame) -> MplFigure:
             errorbar=None,
         )
         _log_axes(ax, base_x=2)
-        return _mark_each(ax, sub, "d", "device_id", palette)
+        return _mark_each(ax, sub, "d", "device", palette)
 
     return _panels(div, draw, ("d", "median time (ms)"), by="panel", ncols=2)
 

@@ -284,9 +284,13 @@ def _record(
 
 
 def _status(status: Any, measured: bool) -> str:
+    """'ok' for a timed point; for one without stats, its not-run status, or 'not timed' when
+    it ran under --benchmark-disable (status ok, no stats)."""
     if measured:
         return str(status or "ok")
-    return str(status) if status in NOT_RUN else "error"
+    if status in NOT_RUN:
+        return str(status)
+    return "not timed" if status == "ok" else "error"
 
 
 def _scalar(value: Any) -> Any:

@@ -243,6 +243,7 @@ def machines_table(frame: pd.DataFrame) -> pd.DataFrame:
         "machine.hollowbench.torch": "torch",
         "machine.hollowbench.jax": "jax",
         "machine.hollowbench.cuda": "cuda",
+        "machine.hollowbench.load_avg": "load avg at start (1, 5, 15 min)",
         "commit.id": "commit",
     }
     frame = frame.assign(**{c: None for c in fields if c not in frame})
@@ -268,9 +269,10 @@ TABLES: tuple[Table, ...] = (
     Table(
         "c1_ddim_k_passes",
         "C1: D_dim^k costs k passes, whatever d is",
-        "The hollow operators' cost grows with the network's own cost, not with d "
-        "times it: their cost ratio between the largest and the smallest d tracks the FLOP "
-        "ratio of one forward pass (last ratio near 1), while the dense methods' grows like d.",
+        "A hollow operator's cost grows no faster than the network's own: its 'cost ratio / "
+        "FLOP ratio' between the largest and the smallest d stays near or below 1, and its "
+        "'cost vs k=1' is about k (k passes). A dense method needs d passes per order, so its "
+        "cost ratio grows like the d ratio times the FLOP ratio.",
         "Median time of each ddim point (workload 'ddim'), largest measured d against smallest, "
         "per backend, device, mode, method, model and k. 'FLOP ratio' is the model's analytic "
         "forward FLOPs at those two d; 'cost vs k=1' is the time at d max over the same "

@@ -348,36 +348,34 @@ def test_report_files_are_written_and_self_contained(report):
     assert "| exact method |" in md or "exact method" in md
 
 
-def test_json_beats_its_journal_and_journal_only_points_are_kept(tmp_path):
+def journal_point(entry: dict, point_stats: dict | None, **changes) -> dict:
+    fields = {k: entry[k] for k in ("name", "fullname", "params", "extra_info")}
+    return {"kind": "point", **fields, **changes, "stats": point_stats}
+
+
+def test_json_beats_its_journal_and_journal_only_points_are_kept(tmp_path, capsys):
     doc = results_json("alpha")
     write_json(tmp_path / "r.json", doc)
     first = doc["benchmarks"][0]
+    untimed = {**first["extra_info"], "status": "ok"}
     lines = [
-        {"kind": "session", "started": "2026-01-02T03:00:00", "machine_info": doc["machine_info"]}
+        {"kind": "session", "started": "2026-01-02T03:00:00", "machine_info": doc["machine_info"]},
+        # the first point again with another time; a point the JSON lacks; one run untimed
+        journal_point(first, stats(99.0)),
+        journal_point(first, stats(3.0), name="extra", fullname="bench/x.py::extra"),
+        journal_point(first, None, fullname="bench/x.py::untimed", extra_info=untimed),
     ]
-    # the journal holds the first point with another time, and one point the JSON lacks
-    lines.append(
-        {
-            "kind": "point",
-            **{k: first[k] for k in ("name", "fullname", "params", "extra_info")},
-            "stats": stats(99.0),
-        }
-    )
-    extra = {**first, "name": "extra", "fullname": "bench/x.py::extra"}
-    lines.append(
-        {
-            "kind": "point",
-            **{k: extra[k] for k in ("name", "fullname", "params", "extra_info")},
-            "stats": stats(3.0),
-        }
-    )
     journal = tmp_path / "r.journal.jsonl"
+    # ... and a last line torn by a crash mid-write
     journal.write_text("\n".join(json.dumps(x) for x in lines) + '\n{"kind": "point", "na')
-    frame = load_results([str(tmp_path / "r.json"), str(journal)])
-    assert len(frame) == len(points("alpha")) + 1
-    kept = frame.set_index("fullname").loc[first["fullname"]]
-    assert kept["source_kind"] == "json"
-    assert kept["median_s"] == pytest.approx(first["stats"]["median"])
+    frame = load_results([str(tmp_path / "r.json"), str(journal)]).set_index("fullname")
+    assert len(frame) == len(points("alpha")) + 2
+    assert frame.loc[first["fullname"], "source_kind"] == "json"
+    assert frame.loc[first["fullname"], "median_s"] == pytest.approx(first["stats"]["median"])
+    assert frame.loc["bench/x.py::extra", "median_s"] == pytest.approx(3e-3)
+    assert frame.loc["bench/x.py::untimed", "status"] == "not timed"
+    assert pd.isna(frame.loc["bench/x.py::untimed", "time_ms"])
+    assert "line 5 is cut short" in capsys.readouterr().err
 
 
 # --- compare ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import contextlib
 import io
 import multiprocessing
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -113,7 +114,7 @@ class _Done:
 def _figure_pool(frame: pd.DataFrame, out: Path) -> Iterator[_Done | AsyncResult]:
     """Every registered figure, drawn by forked workers while the caller goes on (most of a
     build's time is matplotlib drawing, and figures are independent); drawn in this process
-    where the OS cannot fork or has one core."""
+    on one core or off Linux."""
     # Imported here so that `compare` never pays for matplotlib and seaborn, and before the
     # fork so that the workers inherit them.
     from reports.figures import FIGURES, setup_style
@@ -121,7 +122,8 @@ def _figure_pool(frame: pd.DataFrame, out: Path) -> Iterator[_Done | AsyncResult
     setup_style()
     jobs = [(spec.key, frame, out) for spec in FIGURES]
     workers = min(os.cpu_count() or 1, len(jobs))
-    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+    # fork only on Linux: macOS system libraries are not fork-safe, Windows cannot fork.
+    if workers < 2 or not sys.platform.startswith("linux"):
         yield _Done([_figure(*job) for job in jobs])
         return
     # Forked workers share the frame with this process instead of unpickling a copy.

@@ -68,7 +68,8 @@ def _measured(rows: pd.DataFrame, y: str) -> pd.DataFrame:
 def _palette(values: Iterable) -> dict[str, tuple]:
     """A fixed colour per name, so a method keeps its colour in every panel."""
     names = sorted(set(map(str, values)))
-    colors = sns.color_palette("tab10" if len(names) <= 10 else "husl", max(len(names), 1))
+    n = max(len(names), 1)
+    colors = sns.color_palette("tab10" if n <= 10 else "tab20" if n <= 20 else "husl", n)
     return dict(zip(names, colors, strict=False))
 
 

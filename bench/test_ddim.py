@@ -3,10 +3,11 @@
 Hutchinson's diagonal estimator is left to test_divergence.py, where its variance is measured.
 """
 
-from bench.harness.grid import HOLLOW_METHODS, Grid
+from bench.harness.grid import Grid
 from bench.harness.operators import run_operator
+from impls import EXACT_METHODS
 
-GRID = Grid(workload="ddim", methods=(*HOLLOW_METHODS, "dense_loop", "dense_vectorized"))
+GRID = Grid(workload="ddim", methods=EXACT_METHODS)
 
 
 def test_ddim(sweep, benchmark, point):

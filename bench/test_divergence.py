@@ -4,8 +4,9 @@ The grid is declared here; conftest expands it from the ``--bench-*`` options an
 bench/harness times, checks and records every point.
 """
 
-from bench.harness.grid import METHODS, Grid
+from bench.harness.grid import Grid
 from bench.harness.operators import run_operator
+from impls import METHODS
 
 GRID = Grid(workload="divergence", methods=METHODS, ks=(1,))
 

@@ -1,6 +1,6 @@
 """Benchmark points, the grids test modules declare, the presets that bound them, and sharding.
 
-Pure Python (no torch/JAX), so options can be checked and shards planned before any import.
+No torch or JAX here, so options can be checked and shards planned before either is imported.
 """
 
 from __future__ import annotations
@@ -9,12 +9,11 @@ import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-METHODS = ("hollow", "hollow_forward", "dense_loop", "dense_vectorized", "hutchinson")
-HOLLOW_METHODS = ("hollow", "hollow_forward")
+from impls import HOLLOW_METHODS  # impls itself imports numpy only
+
 DENSE_METHODS = ("dense_loop", "dense_vectorized")
 MODELS = ("hollownet", "mlp_param_matched", "mlp_flop_matched")
 MODES = ("eval", "train")
-BACKENDS = ("torch", "jax")
 
 # The pytest parameters of every point, in id order; they also become the JSON's ``params``.
 PARAM_NAMES = ("backend", "device", "method", "model", "d", "batch", "k", "mode", "n_probes")
@@ -160,6 +159,7 @@ PRESETS = {
             Limit("dense methods", _dense, 2048),
             Limit("dense methods in train mode", lambda p: _dense(p) and _train(p), 1024),
             Limit("ddim, dense methods", lambda p: _ddim(p) and _dense(p), 512),
+            Limit("ddim on matched MLPs", lambda p: _ddim(p) and _mlp(p), 0),
             Limit(
                 "hutchinson, >1 probe, in train mode", lambda p: _many_probes(p) and _train(p), 0
             ),

@@ -36,7 +36,7 @@ def dumps(record: dict[str, Any]) -> str:
 
 class Journal:
     """Appends records to ``path``; the first append of a session writes the session line
-    (``{"kind": "session", "started", "machine_info"}``) that ``session_info`` returns."""
+    (``{"kind": "session", "started", "machine_info": machine_info()}``)."""
 
     def __init__(self, path: Path, machine_info: Callable[[], dict[str, Any]]):
         self.path = path

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bench.harness.grid import BACKENDS, METHODS, MODELS, MODES, PRESETS, Limit, Preset, Timing
+from bench.harness.grid import MODELS, MODES, PRESETS, Limit, Preset, Timing
+from impls import BACKENDS, MAX_K, METHODS
 
-MAX_K = 4
 PRECISIONS = ("default", "highest")
 INJECT_ENV = "HOLLOWBENCH_INJECT"  # test hook, see Faults
 

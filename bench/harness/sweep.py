@@ -264,8 +264,10 @@ class Sweep:
         peak, energy = PeakMemory(backend.name, backend.device), EnergyMeter(backend.device)
         peak.start()
         energy.start()
-        benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
-        joules, energy_kind = energy.stop()
+        try:
+            benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
+        finally:  # a time-out must not leave the power sampler running
+            joules, energy_kind = energy.stop()
         peak_bytes, peak_kind = static_peak if backend.name == "jax" else peak.stop()
         return {
             "compile_s": compile_s,

@@ -1,0 +1,180 @@
+"""Framework-free parts of the implicit solvers, shared so both backends do identical maths:
+argument checks, the variable-step BDF1/BDF2 coefficients and error constants, controller
+constants and the statistics' names.
+
+The BDF formulas use divided differences of the accepted solution: ``d1 = [y_n, y_{n-1}]``,
+``d2 = [y_n, y_{n-1}, y_{n-2}]`` and the previous step sizes ``h1 = t_n - t_{n-1}``,
+``h2 = t_{n-1} - t_{n-2}``. At the start ``d1 = f(t0, y0)``, ``d2 = 0`` and ``h1 = h2 = 0``
+(confluent points), which makes the first predictor explicit Euler and the second a Hermite
+quadratic, with error constants that stay exact.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+STEPPERS = ("backward_euler", "bdf2")
+ROOT_FINDERS = ("fixed_point", "newton", "jacobi_newton")
+# When newton / jacobi_newton re-evaluate their Jacobian (diagonal): every iteration, once per
+# step attempt (at the predictor), or only after the iteration failed ("always" reuse).
+REUSE = ("never", "step", "always")
+ORDER = {"backward_euler": 1, "bdf2": 2}
+
+SAFETY = 0.9
+FAC_MIN = 0.2
+# Variable-step BDF2 is zero-stable for step ratios below 1 + sqrt(2): grow by at most 2.
+FAC_MAX = {"backward_euler": 5.0, "bdf2": 2.0}
+FAIL_FACTOR = 0.25  # step shrink after the root finder failed to converge
+STRETCH = 1e-6  # a step within this fraction of an output time lands on it exactly
+
+STATS = (
+    "n_steps",
+    "n_accepted",
+    "n_rejected",
+    "n_failed",
+    "n_iters",
+    "nfe",
+    "n_jac",
+    "n_diag",
+    "n_lu",
+)
+STATS_DOC = {
+    "n_steps": "step attempts (accepted + rejected + root-finder failures)",
+    "n_accepted": "accepted steps",
+    "n_rejected": "steps rejected by the error test",
+    "n_failed": "step attempts whose root finder did not converge",
+    "n_iters": "root-finder iterations, all attempts",
+    "nfe": "evaluations of f (batched), the initial-step heuristic included",
+    "n_jac": "dense Jacobian evaluations (newton)",
+    "n_diag": "Jacobian-diagonal evaluations (jacobi_newton)",
+    "n_lu": "LU factorisations of I - c J (newton)",
+}
+
+DEFAULTS = {
+    "rtol": 1e-6,
+    "atol": 1e-9,
+    "root_tol": 1e-2,
+    "max_iters": 20,
+    "max_steps": 10_000,
+}
+
+
+def bdf_step(h, h1, h2, second) -> tuple[Any, Any, Any, Any]:
+    """Coefficients of one variable-step BDF step of size ``h``, as (beta, gamma, p2, ratio).
+
+    ``second`` is 1 for BDF2 and 0 for BDF1 (backward Euler); the two are blended with
+    arithmetic alone so this runs on Python floats and traced JAX scalars alike. The step is
+
+        y = y_n + h*gamma*d1 + h*beta*f(y)                  (the implicit stage)
+        predictor = y_n + h*d1 + p2*d2                      (the root finder's first guess)
+        local error ~= ratio * (y - predictor)              (Milne's device)
+
+    ``ratio = C / (C_pred - C)`` from the error constants of the corrector (C) and of the
+    predictor (C_pred), for the current step sizes; it is -1/2 for a first explicit-Euler
+    predicted BE step and -2/11 for constant-step BDF2. Nothing divides by h1 or h2, which
+    are 0 at the start.
+    """
+    beta2 = (h + h1) / (h1 + 2 * h)
+    gamma2 = h / (h1 + 2 * h)
+    ratio1 = -h / (2 * h + h1)
+    ratio2 = -h * (h + h1) / ((h + h1 + h2) * (h1 + 2 * h) + h * (h + h1))
+    beta = second * beta2 + (1 - second)
+    gamma = second * gamma2
+    p2 = second * h * (h + h1)
+    ratio = second * ratio2 + (1 - second) * ratio1
+    return beta, gamma, p2, ratio
+
+
+# --- argument checks: both backends raise the same words -------------------------------------
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def check_method(stepper: str, root_finder: str, reuse: str) -> None:
+    if stepper not in STEPPERS:
+        raise ValueError(f"unknown stepper {stepper!r}; available: {', '.join(STEPPERS)}")
+    if root_finder not in ROOT_FINDERS:
+        raise ValueError(
+            f"unknown root finder {root_finder!r}; available: {', '.join(ROOT_FINDERS)}"
+        )
+    if reuse not in REUSE:
+        raise ValueError(f"unknown reuse {reuse!r}; available: {', '.join(REUSE)}")
+    if root_finder == "fixed_point" and reuse != "never":
+        raise ValueError("reuse applies to newton and jacobi_newton; fixed_point has no Jacobian")
+
+
+def check_tolerances(rtol: Any, atol: Any, root_tol: Any, max_iters: Any) -> None:
+    rtol, atol, root_tol = (
+        _number(v, n) for v, n in ((rtol, "rtol"), (atol, "atol"), (root_tol, "root_tol"))
+    )
+    if not 0 < rtol < 1:
+        raise ValueError(f"rtol must be in (0, 1), got {rtol!r}")
+    if not atol > 0:
+        raise ValueError(
+            f"atol must be > 0 (a zero component would have zero weight), got {atol!r}"
+        )
+    if not root_tol > 0:
+        raise ValueError(f"root_tol must be > 0, got {root_tol!r}")
+    _count(max_iters, "max_iters")
+
+
+def check_times(ts: Any) -> tuple[float, ...]:
+    """Output times: a strictly increasing sequence of >= 2 finite numbers, ts[0] the start."""
+    if not isinstance(ts, Sequence) or isinstance(ts, str):
+        try:
+            ts = [float(t) for t in ts]
+        except TypeError:
+            raise TypeError(f"ts must be a sequence of times, got {type(ts).__name__}") from None
+    times = tuple(_number(t, "every time in ts") for t in ts)
+    if len(times) < 2:
+        raise ValueError(f"ts must hold the start time and at least one output time, got {times}")
+    if any(b <= a for a, b in itertools.pairwise(times)):
+        raise ValueError(f"ts must be strictly increasing, got {times}")
+    return times
+
+
+def check_steps(step_size: Any, max_steps: Any, ts: tuple[float, ...]) -> float | None:
+    _count(max_steps, "max_steps")
+    if step_size is None:
+        return None
+    h = _number(step_size, "step_size")
+    if not 0 < h <= ts[-1] - ts[0]:
+        raise ValueError(f"step_size must be in (0, t1 - t0 = {ts[-1] - ts[0]:g}], got {h!r}")
+    return h
+
+
+def check_state(shape: tuple, dtype: str, dim: int) -> None:
+    """y0 must be a floating (batch, dim) array."""
+    if len(shape) != 2 or shape[1] != dim:
+        raise ValueError(f"y0 must have shape (batch, {dim}) for this system, got {tuple(shape)}")
+    if shape[0] < 1:
+        raise ValueError(f"y0 must hold at least one state, got shape {tuple(shape)}")
+    if dtype not in ("float32", "float64"):
+        raise TypeError(f"y0 must be float32 or float64, got {dtype}")
+
+
+def summarize(stats: dict[str, Any]) -> dict[str, Any]:
+    """Plain-Python statistics (ints, floats, bool) with ``iters_per_step`` added."""
+    out: dict[str, Any] = {key: int(stats[key]) for key in STATS}
+    out["success"] = bool(stats["success"])
+    out["t_final"] = float(stats["t_final"])
+    out["iters_per_step"] = out["n_iters"] / max(out["n_steps"], 1)
+    return out

@@ -278,36 +278,39 @@ def _float64_copy(backend, net):
 
 
 def activations(spec: ModelSpec) -> int:
-    """Values one forward pass keeps per sample for its backward: every layer's input and
-    output once (matmuls save their input, tanh its output); the conditioner and the
-    transformer run once per dimension."""
+    """Values one forward pass keeps per sample: each layer's output, before and after its
+    activation (torch's eager autograd keeps both; XLA fuses some away), and its input; the
+    conditioner and the transformer run once per dimension."""
     if isinstance(spec, MLPSpec):
-        return spec.dim + sum(spec.hidden) + spec.dim
+        return spec.dim + 2 * (sum(spec.hidden) + spec.dim)
     inputs = 1 + spec.d_h + int(spec.time_dependent)
     per_dim = sum(spec.cond_hidden) + spec.d_h + inputs + sum(spec.trans_hidden) + 1
-    return spec.dim * (1 + per_dim)
+    return spec.dim * (1 + 2 * per_dim)
 
 
 def predict_bytes(spec: ModelSpec, point: Point) -> int:
-    """A rough upper estimate of the memory ``point`` needs, to skip points that cannot fit
-    (against XLA's own analysis on CPU it runs 1-3x high for HollowNets, higher for MLPs).
+    """A rough estimate of the memory ``point`` needs, to skip points that cannot fit: a guard
+    against hopeless points, not a measurement. On the CPU it reads 1-3x XLA's own analysis
+    of the JAX points and 1-2x torch's growth of the resident set (HollowNet, d=64-128).
 
-    One forward pass keeps ``A = batch * activations * itemsize``. dense_vectorized pushes d
-    directions through at once, each with 2^k Taylor components: d * 2^k * A. dense_loop keeps
-    one graph in eval, but in train mode each of the d outputs' backward graphs stays alive
-    for the final backward: d * (k+2) * A. Hutchinson holds its probes' passes, the hollow
-    methods their k derivative passes. Training doubles the live set and triples the
-    parameters (weights, gradients, transient copies).
+    One forward pass keeps ``A = batch * activations * itemsize``. The hollow methods add
+    their k derivative passes, Hutchinson its probes' passes; dense_vectorized pushes d
+    directions at once, each with 2^k Taylor components. dense_loop keeps one graph in eval,
+    but in train mode each of the d outputs' backward graphs stays alive for the final
+    backward. Training doubles the live set otherwise, and triples the parameters (weights,
+    gradients, transient copies).
     """
     item = 8 if spec.dtype == "float64" else 4
     act = point.batch * activations(spec) * item
     train = point.mode == "train"
-    if point.method == "dense_vectorized":
-        live = point.d * 2**point.k * act
-    elif point.method == "dense_loop":
-        live = (point.d if train else 1) * (point.k + 2) * act
-    elif point.method == "hutchinson":
-        live = ((point.n_probes or 1) + 2) * act
+    if point.method == "dense_loop":
+        live = point.d * (point.k + 1) * act if train else (point.k + 2) * act
     else:
-        live = (point.k + 2) * act
-    return spec.n_params * item * (3 if train else 1) + live * (2 if train else 1)
+        if point.method == "dense_vectorized":
+            passes = point.d * 2**point.k
+        elif point.method == "hutchinson":
+            passes = (point.n_probes or 1) + 2
+        else:
+            passes = point.k + 2
+        live = passes * act * (2 if train else 1)
+    return spec.n_params * item * (3 if train else 1) + live

@@ -6,6 +6,8 @@ not installed), so a sweep records what it can and never fails for want of telem
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib.metadata
 import itertools
 import os
@@ -212,12 +214,21 @@ def _proc_status_bytes(key: str) -> int | None:
     return None
 
 
+def _malloc_trim() -> None:
+    """Hand the heap's free pages back to the OS (glibc), so that a point's allocations show
+    up as RSS growth instead of silently reusing what earlier points freed."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 class PeakMemory:
-    """Peak memory of the calls between :meth:`start` and :meth:`stop`.
+    """Peak memory between :meth:`start` and :meth:`stop`.
 
     CUDA (torch): ``torch.cuda.max_memory_allocated`` after a reset. CPU: growth of the peak
     resident set over the resident set at start (Linux resets the peak through
-    /proc/self/clear_refs). JAX points use XLA's own memory analysis instead (see Sweep).
+    /proc/self/clear_refs), after glibc's malloc_trim returns freed heap to the OS; memory the
+    allocator still holds is reused unseen, so this can under-read. JAX points use XLA's own
+    memory analysis (see Sweep).
     """
 
     def __init__(self, backend_name: str, device: str):
@@ -229,6 +240,7 @@ class PeakMemory:
         if self._cuda:
             sys.modules["torch"].cuda.reset_peak_memory_stats(self._device)
             return
+        _malloc_trim()
         try:
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")

@@ -87,25 +87,32 @@ def _skipped(name: str, reason: str):
     )
 
 
+def _is_point(item: pytest.Item) -> bool:
+    """A sweep point: a test run through the ``sweep`` fixture on a parametrized backend and
+    device (every workload module, ours or a later one, follows this shape)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return "sweep" in getattr(item, "fixturenames", ()) and {"backend", "device"} <= set(params)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run every point of one backend and device together, across modules, so torch's cached
     GPU memory and JAX's pool do not take turns squeezing each other; GPUs before the CPU, so
-    the shared float64 references of large models are computed on the fast device. Items
-    that are not sweep points keep their order, ahead of the points."""
+    the shared float64 references of large models are computed on the fast device. Other
+    items keep their order, ahead of the points."""
 
     def key(item: pytest.Item) -> tuple[str, bool, str]:
         params = item.callspec.params
         device = str(params["device"] or "")
         return str(params["backend"] or ""), device == "cpu", device
 
-    points = [item for item in items if "point" in getattr(item, "fixturenames", ())]
-    others = [item for item in items if "point" not in getattr(item, "fixturenames", ())]
+    points = [item for item in items if _is_point(item)]
+    others = [item for item in items if not _is_point(item)]
     items[:] = others + sorted(points, key=key)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
-    ids = {item.nodeid for item in session.items if "point" in getattr(item, "fixturenames", ())}
+    ids = {item.nodeid for item in session.items if _is_point(item)}
     config.stash[POINT_IDS] = ids
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     write = reporter.write_line if reporter is not None else (lambda line: None)

@@ -19,7 +19,7 @@ import pytest
 from bench.harness import grid, journal, options
 from bench.harness.operators import Point, predict_bytes
 from bench.harness.progress import Progress
-from bench.harness.sweep import PointTimeout, Sweep, classify, time_limit
+from bench.harness.sweep import PointTimeout, Sweep, Task, classify, time_limit
 from bench.harness.telemetry import machine_info
 from impls import EXACT_METHODS, HOLLOW_METHODS, METHODS, HollowSpec
 
@@ -255,13 +255,17 @@ def test_memory_prediction_orders_the_methods():
 
 
 class _FakeBenchmark:
-    """The parts of pytest-benchmark's fixture that a skipped point touches."""
+    """pytest-benchmark's fixture as --benchmark-disable leaves it: pedantic runs once."""
 
     name = fullname = "test_x[fake]"
     params = {"d": 1}  # noqa: RUF012
+    enabled, stats = False, None
 
     def __init__(self):
         self.extra_info, self.has_error = {}, False
+
+    def pedantic(self, target):
+        return target()
 
 
 class _FakeBackend:
@@ -270,10 +274,39 @@ class _FakeBackend:
     def matmul_precision(self) -> str:
         return "highest"
 
+    def sync(self, *arrays) -> None:
+        pass
+
+
+def _sweep(tmp_path, **raw) -> Sweep:
+    return Sweep(options.resolve(raw), journal.Journal(tmp_path / "j.jsonl", dict))
+
+
+def test_a_point_records_its_check_and_task_info(tmp_path):
+    sweep, bench = _sweep(tmp_path), _FakeBenchmark()
+    task = Task(lambda a: a + 1, (1,), check=lambda out, step: (out - step(0), "max_abs"))
+    task.info["nfe"] = 7
+    sweep.run(bench, _FakeBackend(), lambda: task, {"workload": "fake"})
+    info = bench.extra_info
+    assert (info["error"], info["error_kind"], info["nfe"], info["status"]) == (
+        1,
+        "max_abs",
+        7,
+        "ok",
+    )
+    assert (info["workload"], info["backend"], info["compile_s"]) == ("fake", "torch", None)
+    assert journal.read(tmp_path / "j.jsonl")[-1]["extra_info"]["nfe"] == 7
+
+
+def test_a_point_past_its_limit_is_recorded_as_a_timeout(tmp_path):
+    sweep, bench = _sweep(tmp_path, timeout="0.2"), _FakeBenchmark()
+    with pytest.raises(pytest.skip.Exception, match="timeout: PointTimeout"):
+        sweep.run(bench, _FakeBackend(), lambda: time.sleep(5), {})
+    assert sweep.not_run[0]["extra_info"]["status"] == "timeout" and bench.has_error
+
 
 def test_points_predicted_not_to_fit_are_skipped_and_journaled(tmp_path):
-    sweep = Sweep(options.resolve({}), journal.Journal(tmp_path / "j.jsonl", dict))
-    bench = _FakeBenchmark()
+    sweep, bench = _sweep(tmp_path), _FakeBenchmark()
     with pytest.raises(pytest.skip.Exception, match="skipped: predicted"):
         sweep.run(bench, _FakeBackend(), lambda: pytest.fail("built"), {}, need_bytes=2**60)
     assert bench.extra_info["status"] == "skipped" and bench.has_error

@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -63,11 +63,14 @@ class Task:
     be pure and jittable (the harness compiles it); for torch it runs eagerly as given.
     ``check(outputs, step)`` returns (error, error_kind) from a warm-up call's outputs; ``step``
     is the callable being timed (JAX: the compiled executable), for checks that need more calls
-    of it on the same argument shapes."""
+    of it on the same argument shapes. ``info`` holds extra_info entries the task learns while
+    it runs (e.g. solver counters its check reads off the outputs): it is merged into the
+    point's extra_info after the check, before the point is journaled."""
 
     fn: Callable[..., Any]
     args: tuple
     check: Callable[[Any, Callable[..., Any]], tuple[float | None, str | None]] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 IMPORT_FRAMES = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
@@ -264,7 +267,8 @@ class Sweep:
             return out
 
         if not benchmark.enabled:  # --benchmark-disable: run once, measure nothing
-            return {"compile_s": compile_s} | _checked(task, benchmark.pedantic(call), step)
+            checked = _checked(task, benchmark.pedantic(call), step)
+            return {"compile_s": compile_s} | checked | task.info
         out, seconds = _warm_up(call, self.settings.timing.budget_s)
         timing = self.settings.timing
         rounds = min(
@@ -277,13 +281,14 @@ class Sweep:
         finally:  # a time-out must not leave the power sampler running
             joules, energy_kind = energy.stop()
         peak_bytes, peak_kind = static_peak if backend.name == "jax" else peak.stop()
-        return {
+        measured = {
             "compile_s": compile_s,
             "peak_mem_bytes": peak_bytes,
             "peak_mem_kind": peak_kind,
             "energy_j": joules / rounds if joules is not None else None,
             "energy_kind": energy_kind,
-        } | _checked(task, out, step)
+        }
+        return measured | _checked(task, out, step) | task.info
 
     def _finish(
         self, benchmark, info: dict[str, Any], status: str, reason: str | None, start: float

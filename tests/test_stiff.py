@@ -384,3 +384,28 @@ def test_bad_system_and_problems(backend):
         pytest.importorskip("diffrax")
         with pytest.raises(ValueError, match="unknown solver 'radau'"):
             stiff.diffrax_solve(no_diag, y0, (0.0, 1.0), solver="radau", root_finder="newton")
+
+
+# --- the benchmark grid ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["quick", "paper", "full"])
+def test_bench_grid_is_valid(preset):
+    """Every row of bench/test_ode.py's grid builds its problem and passes the solver's checks;
+    quick stays a handful of points."""
+    from bench import test_ode
+    from impls import _stiff
+
+    rows = test_ode.plan(preset)
+    for row in rows:
+        point = test_ode.OdePoint("torch", "cpu", *row)
+        problem = test_ode.build_problem(point, preset)
+        assert problem.dim == point.d
+        if point.method in test_ode.DIFFRAX_METHODS:
+            assert point.root_finder in ("newton", "jacobi_newton")
+        else:
+            _stiff.check_method(point.method, point.root_finder, point.reuse)
+        _stiff.check_tolerances(point.rtol, problem.atol(point.rtol), 1e-2, 20)
+    assert len(rows) == len(set(rows))
+    if preset == "quick":
+        assert len(rows) <= 8

@@ -255,8 +255,6 @@ def _iterate(system, t, rhs, c, y, cfg: _Config, tol: _Tol, lin: dict, counts: d
             lambda: _update(system, finder, t, y, c, lin, counts),
             lambda: _refactor(finder, c, lin, counts),
         )
-    elif finder == "fixed_point":
-        lin = lin | {"c": c}
 
     def body(carry):
         k, y, previous, _, lin, counts = carry

@@ -1,0 +1,336 @@
+"""The stiff-ODE workload: implicit steppers whose stages are solved by fixed-point iteration,
+Newton (dense autodiff Jacobian + LU) or Jacobi-Newton (the Jacobian diagonal: analytic for the
+classic problems, the hollow operator for the HollowNet system).
+
+Each point integrates one problem once (``impls.{torch,jax}_backend.stiff.solve``, or diffrax's
+Kvaerno5 for method "kvaerno5"); the harness (bench/harness/sweep.py) times whole solves,
+compiles JAX apart, and records every outcome. The error is the final state's max |y - ref|
+against scipy (Radau, or BDF for the HollowNet system) at rtol 1e-10, computed here once per
+problem. Solver counters (steps,
+failures, iterations, NFE, Jacobian/diagonal evaluations) are recorded too; see ODE_KEYS.
+
+The grid depends on the preset only (``--bench-preset``; ``--bench-backends``, ``-devices``
+and ``-shard`` apply as everywhere): ``quick`` is a ~30 s taste on a CPU, ``paper`` the
+Jacobi-Newton table, work-precision sweeps and the d-sweep, ``full`` everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench.conftest import DEVICES, SWEEP
+from bench.harness import grid
+from bench.harness.sweep import Sweep, Task
+from impls import _stiff
+from impls.stiff_problems import (
+    RTOL_SWEEP,
+    HollowProblem,
+    Problem,
+    error_metrics,
+    hollow_problem,
+    make_problem,
+    reference,
+    reference_solution,
+)
+
+PARAM_NAMES = (
+    "backend", "device", "problem", "d", "stiffness", "method", "root_finder", "reuse", "rtol",
+)  # fmt: skip
+FINDERS = (("fixed_point", "never"), ("newton", "never"), ("jacobi_newton", "never"))
+DIFFRAX_METHODS = ("kvaerno5",)
+HOLLOW_STIFFNESS = 1e3  # the default ratio of the fastest to the slowest decay rate
+BATCH = 1
+# Solver counters copied into extra_info (bench/SCHEMA.md, "ODE keys").
+ODE_KEYS = (*_stiff.STATS, "iters_per_step", "success", "t_final", "error_rel")
+
+
+@dataclass(frozen=True)
+class OdePoint:
+    """One solve: ``problem`` at state dimension ``d`` (the HollowNet system's ``stiffness``,
+    else None) by ``method`` (a stepper, or a diffrax solver) with ``root_finder`` (Jacobian
+    ``reuse``) at tolerance ``rtol``."""
+
+    backend: str
+    device: str
+    problem: str
+    d: int
+    stiffness: float | None
+    method: str
+    root_finder: str
+    reuse: str
+    rtol: float
+
+    @property
+    def id(self) -> str:
+        reuse = "" if self.reuse == "never" else f"-reuse_{self.reuse}"
+        stiff = f"-s{self.stiffness:.0e}" if self.stiffness is not None else ""
+        return (
+            f"{self.backend}-{self.device}-{self.problem}-d{self.d}{stiff}-{self.method}-"
+            f"{self.root_finder}{reuse}-rtol{self.rtol:.0e}"
+        )
+
+    @property
+    def params(self) -> tuple:
+        return tuple(getattr(self, name) for name in PARAM_NAMES)
+
+
+# --- the grid per preset ---------------------------------------------------------------------
+
+# Problem arguments per preset: quick shortens Robertson (t1 = 1e5 takes ~10 s a solve in eager
+# torch) and keeps the HollowNet system small.
+PROBLEM_ARGS = {
+    "quick": {"robertson": {"t1": 40.0}},
+    "paper": {},
+    "full": {},
+}
+MAX_STEPS = {"quick": 1000, "paper": 20_000, "full": 100_000}
+CLASSIC_DIMS = {"robertson": 3, "van_der_pol": 2, "hires": 8}
+
+
+def _rows(problems, methods, finders, rtols) -> list[tuple]:
+    return [
+        (problem, d, stiffness, method, finder, reuse, rtol)
+        for problem, d, stiffness in (_with_stiffness(*case) for case in problems)
+        for method in methods
+        for finder, reuse in finders
+        for rtol in rtols
+    ]
+
+
+def _with_stiffness(problem: str, d: int, stiffness: float | None = None) -> tuple:
+    if problem == "hollow":
+        return problem, d, stiffness or HOLLOW_STIFFNESS
+    return problem, d, None
+
+
+def plan(preset: str) -> list[tuple]:
+    """(problem, d, stiffness, method, root_finder, reuse, rtol) rows of a preset, duplicates
+    removed."""
+    classic = [(name, d) for name, d in CLASSIC_DIMS.items()]
+    newtons = (("newton", "never"), ("jacobi_newton", "never"))
+    if preset == "quick":
+        rows = _rows([("robertson", 3), ("hollow", 16)], ["bdf2"], FINDERS, [1e-4])
+    elif preset == "paper":
+        table = [*classic, ("brusselator", 128), ("hollow", 32)]
+        reuse = (*FINDERS, ("newton", "always"))
+        rows = _rows(table, ["bdf2"], reuse, [1e-5]) + _rows(
+            table, ["backward_euler"], reuse, [1e-3]
+        )
+        wp = [("robertson", 3), ("hires", 8), ("brusselator", 128), ("hollow", 32)]
+        rows += _rows(wp, ["bdf2"], newtons, RTOL_SWEEP[:-1])
+        dims = [("hollow", d) for d in (8, 32, 128, 512)]
+        rows += _rows(dims, ["bdf2"], (*FINDERS, ("newton", "always")), [1e-5])
+        rows += _rows([("brusselator", d) for d in (32, 128, 512)], ["bdf2"], newtons, [1e-5])
+        stiffnesses = [("hollow", 32, s) for s in (1e1, 1e2, 1e3, 1e4, 1e5)]
+        rows += _rows(stiffnesses, ["bdf2"], FINDERS, [1e-5])
+        rows += _rows([*table, ("hollow", 128)], DIFFRAX_METHODS, newtons, [1e-5])
+    else:
+        every = [
+            *classic,
+            *[("brusselator", 2 * n * n) for n in (4, 8, 16, 32)],
+            *[("hollow", d) for d in (8, 32, 128, 512, 2048)],
+            *[("hollow", 32, s) for s in (1e1, 1e2, 1e4, 1e5)],
+        ]
+        finders = (
+            *FINDERS,
+            *[
+                (finder, reuse)
+                for finder in ("newton", "jacobi_newton")
+                for reuse in ("step", "always")
+            ],
+        )
+        rows = _rows(every, ["backward_euler", "bdf2"], finders, RTOL_SWEEP)
+        rows += _rows(every, DIFFRAX_METHODS, newtons, RTOL_SWEEP)
+    return list(dict.fromkeys(rows))
+
+
+def _too_costly(row: tuple, preset: str) -> bool:
+    """Paper-preset points that take minutes on a CPU: a dense Jacobian per Newton iteration
+    at d = 512."""
+    _, d, _, _, finder, reuse, _ = row
+    return preset == "paper" and (finder, reuse) == ("newton", "never") and d > 128
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "root_finder" not in metafunc.fixturenames:
+        return
+    config = metafunc.config
+    settings, (devices, missing) = config.stash[SWEEP].settings, config.stash[DEVICES]
+    preset = settings.preset.name
+    points = [
+        OdePoint(backend, device, *row)
+        for backend, backend_devices in devices.items()
+        for device in backend_devices
+        for row in plan(preset)
+        if not _too_costly(row, preset) and (backend == "jax" or row[3] not in DIFFRAX_METHODS)
+    ]
+    points = grid.shard(points, *settings.shard)
+    values = [pytest.param(*p.params, id=p.id) for p in points]
+    values += [  # a missing backend shows as one skipped test, with the import error
+        pytest.param(*[None] * len(PARAM_NAMES), id=f"{name}-unavailable",
+                     marks=pytest.mark.skip(reason=reason))
+        for name, reason in missing.items()
+    ]  # fmt: skip
+    metafunc.parametrize(PARAM_NAMES, values)
+
+
+# --- problems, references and the timed task -------------------------------------------------
+
+
+def build_problem(point: OdePoint, preset: str) -> Problem | HollowProblem:
+    if point.problem == "hollow":
+        return hollow_problem(point.d, stiffness=point.stiffness)
+    args = dict(PROBLEM_ARGS[preset].get(point.problem, {}))
+    if point.problem == "brusselator":
+        args["n"] = round((point.d / 2) ** 0.5)
+    return make_problem(point.problem, **args)
+
+
+def _stiff(backend):
+    return importlib.import_module(f"impls.{backend.name}_backend.stiff")
+
+
+def make_system(backend, problem: Problem | HollowProblem):
+    stiff = _stiff(backend)
+    if isinstance(problem, HollowProblem):
+        return stiff.HollowSystem.from_problem(problem, backend.device)
+    return stiff.ProblemSystem(problem)
+
+
+def final_reference(sweep: Sweep, backend, problem: Problem | HollowProblem) -> np.ndarray:
+    """The reference state at t1, (d,), once per problem: scipy's Radau at rtol 1e-10 for the
+    classic problems; for the HollowNet system (same weights in every backend) scipy's BDF at
+    rtol 1e-10, 4-7x faster than Radau there, with f and its Jacobian from jitted JAX where
+    installed (a Python call per evaluation), else from the point's backend."""
+    if isinstance(problem, Problem):
+        return sweep.memo(("ode-reference", problem.key), lambda: reference(problem)[-1])
+    return sweep.memo(
+        ("ode-reference", problem.key), lambda: _hollow_reference(sweep, backend, problem)
+    )
+
+
+def _hollow_reference(sweep: Sweep, backend, problem: HollowProblem) -> np.ndarray:
+    with contextlib.suppress(ImportError):  # else the point's own backend
+        backend = sweep.backend("jax", "cpu")
+    system = make_system(backend, problem)
+
+    def row_call(method):
+        call = lambda y: method(0.0, y[None])[0]  # noqa: E731
+        if backend.name == "jax":
+            import jax
+
+            call = jax.jit(call)
+        return lambda t, y: backend.to_numpy(call(backend.asarray(y))).astype(np.float64)
+
+    return reference_solution(
+        row_call(system.rhs),
+        problem.y0,
+        problem.t_span,
+        atol=1e-12 * problem.atol_scale,
+        method="BDF",
+        jac=row_call(system.jacobian),
+    )[-1]
+
+
+def make_task(sweep: Sweep, backend, point: OdePoint, preset: str) -> Task:
+    """The solve to time; its check computes the error and files the counters in Task.info."""
+    problem = build_problem(point, preset)
+    stiff, system = _stiff(backend), make_system(backend, problem)
+    y0 = backend.asarray(np.repeat(problem.y0[None], BATCH, axis=0))
+    options = solver_options(point, problem, preset)
+    if point.method in DIFFRAX_METHODS:
+        options["solver"] = point.method
+        solve = stiff.diffrax_solve
+    else:
+        options |= {"stepper": point.method, "reuse": point.reuse}
+        solve = stiff.solve
+    if backend.name == "jax":
+        fn, args = (lambda system, y0: solve(system, y0, problem.t_span, **options)), (system, y0)
+    else:
+        fn, args = (lambda: solve(system, y0, problem.t_span, **options)), ()
+
+    found: dict[str, Any] = {}
+
+    def check(out, step) -> tuple[float, str]:
+        found.update(counters(dict(out.stats)))
+        if not found["success"]:
+            raise RuntimeError(f"stopped at t={found['t_final']:g} of {problem.t_span[1]:g}")
+        ref = final_reference(sweep, backend, problem)
+        y = backend.to_numpy(out.ys[-1]).astype(np.float64)
+        metrics = error_metrics(y, np.broadcast_to(ref, y.shape), problem.atol_scale)
+        found["error_rel"] = metrics["error_rel"]
+        return metrics["error"], "max_abs_final"
+
+    return Task(fn, args, check, info=found)
+
+
+def solver_options(point: OdePoint, problem, preset: str) -> dict[str, Any]:
+    return {
+        "root_finder": point.root_finder,
+        "rtol": point.rtol,
+        "atol": problem.atol(point.rtol),
+        "max_steps": MAX_STEPS[preset],
+    }
+
+
+def counters(stats: dict) -> dict[str, Any]:
+    """Plain-number counters; diffrax reports only its step counts (the rest stay None)."""
+    out: dict[str, Any] = dict.fromkeys(ODE_KEYS)
+    for key, value in stats.items():
+        out[key] = value.item() if hasattr(value, "item") else value
+    out["success"], out["t_final"] = bool(out["success"]), float(out["t_final"])
+    if out["n_iters"] is not None:
+        out["iters_per_step"] = out["n_iters"] / max(out["n_steps"], 1)
+    return out
+
+
+def describe(point: OdePoint, problem, preset: str) -> dict[str, Any]:
+    """The point's identity in extra_info: SCHEMA.md's keys plus the ODE ones."""
+    hollow = isinstance(problem, HollowProblem)
+    spec = problem.spec if hollow else None
+    return {
+        "workload": "ode",
+        "method": point.method,
+        "model": "hollownet" if hollow else None,
+        "d": point.d,
+        "batch": BATCH,
+        "k": 1,
+        "n_probes": None,
+        "mode": "eval",
+        "dtype": "float64",
+        "n_params": spec.n_params if hollow else None,
+        "flops": spec.flops if hollow else None,
+        "model_spec": {"type": "HollowSpec", **asdict(spec)} if hollow else None,
+        "problem": point.problem,
+        "root_finder": point.root_finder,
+        "reuse": point.reuse,
+        "stepper": point.method,
+        "adaptive": True,
+        "rtol": point.rtol,
+        "atol": problem.atol(point.rtol),
+        "t1": problem.t_span[1],
+        "stiffness": problem.stiffness if hollow else None,
+        "max_steps": MAX_STEPS[preset],
+        "reference": f"scipy {'BDF' if hollow else 'Radau'} rtol=1e-10",
+    }
+
+
+def test_ode(sweep, benchmark, backend, device, problem, d, stiffness, method, root_finder, reuse,
+             rtol):  # fmt: skip
+    point = OdePoint(backend, device, problem, d, stiffness, method, root_finder, reuse, rtol)
+    preset = sweep.settings.preset.name
+    backend = sweep.backend(point.backend, point.device)
+    instance = build_problem(point, preset)
+    benchmark.group = f"ode {point.problem} d={point.d} {point.method} rtol={point.rtol:.0e}"
+    sweep.run(
+        benchmark,
+        backend,
+        lambda: make_task(sweep, backend, point, preset),
+        describe(point, instance, preset) | dict.fromkeys(ODE_KEYS),
+    )

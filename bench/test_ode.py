@@ -6,8 +6,8 @@ Each point integrates one problem once (``impls.{torch,jax}_backend.stiff.solve`
 Kvaerno5 for method "kvaerno5"); the harness (bench/harness/sweep.py) times whole solves,
 compiles JAX apart, and records every outcome. The error is the final state's max |y - ref|
 against scipy (Radau, or BDF for the HollowNet system) at rtol 1e-10, computed here once per
-problem. Solver counters (steps,
-failures, iterations, NFE, Jacobian/diagonal evaluations) are recorded too; see ODE_KEYS.
+problem. Solver counters (steps, failures, iterations, NFE, Jacobian/diagonal evaluations)
+are recorded too; see ODE_KEYS and bench/SCHEMA.md.
 
 The grid depends on the preset only (``--bench-preset``; ``--bench-backends``, ``-devices``
 and ``-shard`` apply as everywhere): ``quick`` is a ~30 s taste on a CPU, ``paper`` the
@@ -112,7 +112,7 @@ def _with_stiffness(problem: str, d: int, stiffness: float | None = None) -> tup
 def plan(preset: str) -> list[tuple]:
     """(problem, d, stiffness, method, root_finder, reuse, rtol) rows of a preset, duplicates
     removed."""
-    classic = [(name, d) for name, d in CLASSIC_DIMS.items()]
+    classic = list(CLASSIC_DIMS.items())
     newtons = (("newton", "never"), ("jacobi_newton", "never"))
     if preset == "quick":
         rows = _rows([("robertson", 3), ("hollow", 16)], ["bdf2"], FINDERS, [1e-4])

@@ -27,7 +27,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from reports.fit import loglog_fits
 from reports.load import text
-from reports.tables import NoData, cells, ratio
+from reports.tables import NoData, cells, ode_points, ratio
 
 HOLLOW = ("hollow", "hollow_forward")
 NOT_RUN_NOTE = "x at the bottom edge: the point did not run (status beside it)"
@@ -437,6 +437,150 @@ def device_comparison(frame: pd.DataFrame) -> MplFigure:
     return _panels(div, draw, ("d", "median time (ms)"), by="panel", ncols=2)
 
 
+def _ode(frame: pd.DataFrame) -> pd.DataFrame:
+    """The ODE points with a facet label of backend and device (they all run mode "eval"), the
+    case (problem, d, and stiffness and t1 where they tell cases apart) and rtol as text."""
+    rows = ode_points(frame)
+    rows["where"] = text(rows["backend"]) + " · " + text(rows["device_id"])
+    stiff = rows["stiffness"].map(lambda s: "" if pd.isna(s) else f", stiffness {s:.0e}")
+    several = rows.groupby("problem")["t1"].transform("nunique").gt(1)
+    end = rows["t1"].map(", t1={:g}".format).where(several, "")
+    rows["case"] = text(rows["problem"]) + " d=" + text(rows["d"]) + stiff + end
+    rows["tolerance"] = rows["rtol"].map(lambda r: f"rtol={r:.0e}")
+    return rows
+
+
+def _ode_lines(rows: pd.DataFrame) -> dict:
+    """seaborn arguments shared by the ODE figures: a fixed colour per root finder (legend in
+    the tables' order) and a marker per stepper, the most common one drawn solid."""
+    finders = rows.drop_duplicates("root finder").sort_values("finder rank")["root finder"]
+    return {
+        "hue": "root finder",
+        "hue_order": list(finders),
+        "palette": _palette(finders),
+        "style": "stepper",
+        "style_order": list(rows["stepper"].value_counts().index),
+        "markers": True,
+        "errorbar": None,
+    }
+
+
+def _ode_panels(rows: pd.DataFrame, panel: pd.Series, draw, labels: tuple[str, str]) -> MplFigure:
+    """A panel per value of ``panel`` (case first, then facet): a row per case where the inputs
+    hold several backends or devices, so they sit side by side."""
+    facets = rows["where"].nunique()
+    return _panels(
+        rows.assign(panel=panel), draw, labels, by="panel", ncols=facets if facets > 1 else 3
+    )
+
+
+def ode_work_precision(frame: pd.DataFrame) -> MplFigure:
+    """Final error against solve time over the rtol sweep: a line per root finder (and
+    stepper), a panel per problem and facet."""
+    rows = _ode(frame)
+    line = ["where", "case", "stepper", "root finder"]
+    swept = rows.groupby(line)["rtol"].transform("nunique")
+    if swept.gt(1).any():  # only the cases with a tolerance sweep; else every case at its rtol
+        rows = rows[rows["case"].isin(rows.loc[swept.gt(1), "case"])]
+    style = _ode_lines(rows)
+
+    def draw(ax: Axes, sub: pd.DataFrame) -> bool:
+        ok = sub[sub["ran"].eq("ok") & sub["error_rel"].gt(0) & sub["time_ms"].gt(0)]
+        ok = ok.sort_values("rtol", ascending=False)
+        _plot(
+            sns.lineplot,
+            data=ok,
+            x="time_ms",
+            y="error_rel",
+            ax=ax,
+            sort=False,
+            estimator=None,
+            **style,
+        )
+        # each line's loosest and tightest rtol: the ones between follow in order
+        lines = ok.groupby(line[2:])
+        ends = pd.concat([lines.head(1), lines.tail(1)]).drop_duplicates()
+        for x, y, r in ends[["time_ms", "error_rel", "rtol"]].to_numpy():
+            ax.annotate(f"{r:.0e}", (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        _log_axes(ax)
+        _at_least_a_decade(ax)
+        _list_missing(ax, sub)
+        return False
+
+    panel = rows["case"] + "\n" + rows["where"]
+    return _ode_panels(rows, panel, draw, ("solve time (ms, median)", "max relative error at t1"))
+
+
+def _at_least_a_decade(ax: Axes) -> None:
+    """Log axes spanning a factor of 10 or more, centred on the data, with ticks at 1, 2 and 5
+    times powers of ten: a few points of almost equal error would otherwise fill the panel
+    edge to edge with repeated tick labels."""
+    for axis, limits in ((ax.xaxis, ax.set_xlim), (ax.yaxis, ax.set_ylim)):
+        low, high = axis.get_view_interval()
+        if not 0 < low < high:
+            continue
+        if high < 10 * low:
+            middle = math.sqrt(low * high)
+            limits(middle / math.sqrt(10), middle * math.sqrt(10))
+        if high < 100 * low:
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+
+
+def _list_missing(ax: Axes, rows: pd.DataFrame) -> None:
+    """The panel's points that have no (time, error) pair, in its top right corner, which a
+    work-precision line (from fast and coarse to slow and accurate) leaves empty."""
+    missed = rows[~rows["ran"].eq("ok")].sort_values(["finder rank", "stepper", "rtol"])
+    notes = [
+        f"{finder}, {stepper}, {tol}: {ran}"
+        for finder, stepper, tol, ran in missed[["root finder", "stepper", "tolerance", "ran"]]
+        .drop_duplicates()
+        .to_numpy()
+    ]
+    if notes:
+        ax.text(
+            0.98,
+            0.97,
+            "\n".join(notes),
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=6,
+            color="0.2",
+            bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.8", "alpha": 0.85},
+        )
+
+
+def ode_time_vs_d(frame: pd.DataFrame) -> MplFigure:
+    """Solve time against d where a problem was run at several d (the HollowNet system's
+    d-sweep, the Brusselator's grids): a line per root finder and stepper, a panel per problem,
+    stiffness, tolerance and facet."""
+    rows = _ode(frame)
+    line = ["where", "problem", "stiffness", "t1", "stepper", "rtol"]
+    rows = rows[rows.groupby(line, dropna=False)["d"].transform("nunique").gt(1)]
+    if rows.empty:
+        raise NoData("no 'ode' problem was run at two or more d with one stepper and rtol")
+    rows = rows[rows["rtol"].eq(rows.groupby(["where", "problem"])["rtol"].transform(_busiest))]
+    style = _ode_lines(rows)
+
+    def draw(ax: Axes, sub: pd.DataFrame) -> bool:
+        ok = _measured(sub[sub["ran"].eq("ok")], "time_ms")
+        _plot(sns.lineplot, data=ok, x="d", y="time_ms", ax=ax, estimator="median", **style)
+        _log_axes(ax, base_x=2)
+        return _mark_each(ax, sub.assign(status=sub["ran"]), "d", "root finder", style["palette"])
+
+    stiff = rows["stiffness"].map(lambda s: "" if pd.isna(s) else f", stiffness {s:.0e}")
+    panel = text(rows["problem"]) + stiff + ", " + rows["tolerance"] + "\n" + rows["where"]
+    return _ode_panels(rows, panel, draw, ("d (state dimension)", "solve time (ms, median)"))
+
+
+def _busiest(rtols: pd.Series) -> float:
+    """The tolerance with the most points; of several, the middle one."""
+    counts = rtols.value_counts()
+    tied = sorted(counts.index[counts.eq(counts.max())])
+    return tied[len(tied) // 2]
+
+
 FIGURES: tuple[Figure, ...] = (
     Figure(
         "time_vs_d",
@@ -477,6 +621,30 @@ FIGURES: tuple[Figure, ...] = (
         "std across probe seeds. The exact methods' error is their max abs error against the "
         "dense reference on a small slice; an error of exactly 0 is drawn at the axis floor.",
         hutchinson_error_vs_cost,
+    ),
+    Figure(
+        "ode_work_precision",
+        "Stiff ODEs: work-precision of the root finders",
+        "Max relative error of the final state against scipy's reference (Radau or BDF at "
+        "rtol 1e-10) over the median time of one whole solve, on log-log axes, over the "
+        "sweep of tolerances (each point labelled with its rtol): a colour per root finder, "
+        "a marker per stepper, a panel per problem and backend/device. Lower left is better. "
+        "Points without a (time, error) pair are listed in the panel's top right corner: "
+        "'stopped' (the solve hit max_steps before t1), or the status of a point that did not "
+        "run.",
+        ode_work_precision,
+    ),
+    Figure(
+        "ode_time_vs_d",
+        "Stiff ODEs: solve time against d",
+        "Median time of one whole solve against the state dimension d, where a problem ran at "
+        "several d with one stepper and tolerance (the HollowNet system's d-sweep, the "
+        "Brusselator's grids): a colour per root finder, a marker per stepper. Newton's dense "
+        "Jacobian takes d autodiff passes (jacfwd in JAX, jacrev in PyTorch) and its LU O(d^3) "
+        "work; Jacobi-Newton's diagonal (the hollow operator on the HollowNet system, analytic "
+        "on the classic problems) a fixed number of passes. One tolerance per panel: the one "
+        f"with the most points. {NOT_RUN_NOTE}; 'stopped': the solve hit max_steps before t1.",
+        ode_time_vs_d,
     ),
     Figure(
         "compile_time_vs_d",

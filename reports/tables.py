@@ -186,13 +186,107 @@ def _listing(
     return out.sort_values([FACET_NAMES.get(c, c) for c in present]).reset_index(drop=True)
 
 
+# One ODE case: the problem instance, the stepper and the tolerance. Root finders are compared
+# within a case. stiffness (HollowNet system) and t1 (presets shorten Robertson) are shown only
+# where they tell cases apart.
+ODE_CASE = ("problem", "d", "stiffness", "t1", "stepper", "rtol")
+ODE_FINDERS = ("fixed_point", "newton", "jacobi_newton")
+ODE_REUSE = ("never", "step", "always")
+JACOBI_NEWTON = "jacobi_newton"
+# Solver counters (bench/SCHEMA.md, "ODE keys") and their table headings.
+ODE_METRICS = {
+    "n_steps": "step attempts",
+    "iters_per_step": "iters / step",
+    "n_failed": "not converged",
+    "nfe": "NFE",
+    "n_jac": "Jacobians",
+    "n_diag": "diagonals",
+    "error_rel": "max rel error",
+}
+
+
+def ode_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """The 'ode' rows with typed counters, ``stepper`` (older files: ``method``), a ``root
+    finder`` label that names a Jacobian reuse other than "never", and ``ran``: the status, or
+    "stopped" for a timed solve that did not reach t1 (its time is not a whole solve's)."""
+    rows = _workload(frame, "ode").copy()
+    for column in (*ODE_CASE, "root_finder", "reuse", "success", "t_final", *ODE_METRICS):
+        if column not in rows:
+            rows[column] = None
+    for column in ("stiffness", "t1", "rtol", "t_final", *ODE_METRICS):
+        rows[column] = pd.to_numeric(rows[column], errors="coerce").astype(float)
+    rows["stepper"] = rows["stepper"].fillna(rows["method"])
+    finder, reuse = rows["root_finder"].astype(str), rows["reuse"].fillna("never").astype(str)
+    rows["root finder"] = finder.where(reuse.eq("never"), finder + " (reuse " + reuse + ")")
+    rows["finder rank"] = [_rank(f, r) for f, r in zip(finder, reuse, strict=True)]
+    stopped = rows["status"].eq("ok") & rows["success"].eq(False)
+    rows["ran"] = rows["status"].where(~stopped, "stopped")
+    return rows
+
+
+def ode_case(rows: pd.DataFrame) -> list[str]:
+    """The ODE_CASE columns that tell the cases of ``rows`` apart: stiffness where a problem
+    has one, t1 where one problem was run to several end times."""
+    shown = {
+        "stiffness": rows["stiffness"].notna().any(),
+        "t1": rows.groupby("problem")["t1"].nunique().gt(1).any(),
+    }
+    return [c for c in ODE_CASE if shown.get(c, True)]
+
+
+def _rank(finder: str, reuse: str) -> int:
+    """Fixed-point, then Newton, then Jacobi-Newton, each by reuse; unknown ones last."""
+    f = ODE_FINDERS.index(finder) if finder in ODE_FINDERS else len(ODE_FINDERS)
+    r = ODE_REUSE.index(reuse) if reuse in ODE_REUSE else len(ODE_REUSE)
+    return f * (len(ODE_REUSE) + 1) + r
+
+
 def ode_table(frame: pd.DataFrame) -> pd.DataFrame:
-    return _listing(
-        frame,
-        "ode",
-        ("problem", "d", "method", "root_finder", "solver", "model"),
-        ("iterations", "nfe", "error", "error_kind", "reference"),
-    )
+    """One row per facet, ODE case and root finder: median time (or why there is none), the
+    solver counters, the error, and on Jacobi-Newton rows each other finder's time over JN's."""
+    rows = ode_points(frame)
+    facets = [c for c in facet_columns(rows) if c != "mode" or rows[c].nunique() > 1]
+    case = ode_case(rows)
+    keys = [*facets, *case, "root finder"]
+    by = [rows[k] for k in keys]
+    ok = rows["status"].eq("ok")
+    table = pd.concat(
+        [
+            cells(rows, keys).rename("ms (median)"),
+            # what the ratios divide: a solve that stopped before t1 is "stopped", not a time
+            cells(rows.assign(status=rows["ran"]), keys).rename("whole"),
+            rows["finder rank"].groupby(by, dropna=False).min().rename("rank"),
+            rows["ran"].eq("stopped").groupby(by, dropna=False).any().rename("stopped"),
+            rows["t_final"].where(rows["ran"].eq("stopped")).groupby(by, dropna=False).min(),
+            rows[list(ODE_METRICS)].where(ok).groupby(by, dropna=False).median(),
+        ],
+        axis=1,
+    ).rename(columns=ODE_METRICS)
+    error = table["max rel error"].astype(object)
+    error[table["stopped"]] = [_stopped(t) for t in table.loc[table["stopped"], "t_final"]]
+    table["max rel error"] = error
+    table = table.reset_index().sort_values([*facets, *case, "rank"], kind="stable")
+    table = _jn_ratios(table.reset_index(drop=True), [*facets, *case])
+    return _display(table.drop(columns=["whole", "rank", "stopped", "t_final"]))
+
+
+def _stopped(t_final: float) -> str:
+    """The error cell of a solve that hit max_steps (diffrax reports no time when it fails)."""
+    return f"stopped at t={t_final:.3g}" if np.isfinite(t_final) else "stopped"
+
+
+def _jn_ratios(table: pd.DataFrame, case: list[str]) -> pd.DataFrame:
+    """On each Jacobi-Newton row, '<finder> / JN time' for every other finder of its case."""
+    jn = table["root finder"].str.startswith(JACOBI_NEWTON)
+    others = list(dict.fromkeys(table.loc[~jn, "root finder"]))
+    ratios = pd.DataFrame(np.nan, index=table.index, columns=others, dtype=object)
+    for _, group in table.groupby(case, dropna=False, sort=False):
+        whole = dict(zip(group["root finder"], group["whole"], strict=True))
+        for i in group.index[jn[group.index]]:
+            for other in others:
+                if other in whole:
+                    ratios.at[i, other] = ratio(whole[other], table.at[i, "whole"])
+    return table.join(ratios.rename(columns=lambda other: f"{other} / JN time"))
 
 
 def cnf_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -305,9 +399,22 @@ TABLES: tuple[Table, ...] = (
     Table(
         "ode_jacobi_newton",
         "Jacobi-Newton against fixed-point iteration and Newton (workload 'ode')",
-        "Elementwise Newton with D_dim F solves implicit steps in fewer function evaluations "
-        "than fixed-point iteration and at less cost per iteration than full Newton.",
-        "Each 'ode' point: problem, root finder, iterations, NFE, error against the reference.",
+        "Jacobi-Newton (elementwise Newton with the Jacobian diagonal D_dim F) solves the "
+        "implicit stages of a stiff solver in fewer iterations than fixed-point iteration, which "
+        "fails to converge as steps grow, at a fraction of full Newton's cost (a dense Jacobian "
+        "and an LU per iteration): on a Jacobi-Newton row, '<finder> / JN time' above 1 means "
+        "Jacobi-Newton was faster. It converges linearly, not quadratically like Newton, so "
+        "where the Jacobian's off-diagonal coupling is strong (the classic chemistry problems) "
+        "it needs more iterations per step than Newton; on the HollowNet system it needs as few.",
+        "One row per backend, device, case (problem, d, the HollowNet system's stiffness, "
+        "stepper, rtol; t1 where a problem ran to several end times) and root finder ('reuse': "
+        "when Newton re-evaluates its Jacobian; 'never': every iteration). Median time of one "
+        "whole solve; the solver's counters of that solve: step attempts, root-finder "
+        "iterations per attempt, attempts whose root finder did not converge, NFE, dense "
+        "Jacobian and diagonal evaluations; the max componentwise relative error of y(t1) "
+        "against scipy (Radau, or BDF for the HollowNet system, at rtol 1e-10). 'stopped': the "
+        "solve hit max_steps before t1, so it has no error and no ratio. The time ratios sit on "
+        "the Jacobi-Newton rows, one column per other root finder of the same case.",
         ode_table,
     ),
     Table(

@@ -563,3 +563,194 @@ def test_index_html_loads_in_headless_chromium(report, tmp_path):
     assert "ERR_FILE_NOT_FOUND" not in done.stderr
     assert not re.search(r'(src|href)="(?!data:|#)', dom)
     assert "C3: the exact divergence" in dom
+
+
+# --- the stiff-ODE workload: the Jacobi-Newton table and its figures -----------------------
+
+# (problem, d, stiffness, rtol, root_finder, reuse): median ms, or the status of a point that
+# did not run, or "stopped" (timed, but max_steps ended the solve at t=STOPPED_AT)
+ODE_TIMES = {
+    ("robertson", 3, None, 1e-4, "fixed_point", "never"): 3.0,
+    ("robertson", 3, None, 1e-4, "newton", "never"): 8.0,
+    ("robertson", 3, None, 1e-4, "newton", "always"): 5.0,
+    ("robertson", 3, None, 1e-4, "jacobi_newton", "never"): 2.0,
+    ("robertson", 3, None, 1e-6, "fixed_point", "never"): "timeout",
+    ("robertson", 3, None, 1e-6, "newton", "never"): 30.0,
+    ("robertson", 3, None, 1e-6, "jacobi_newton", "never"): 9.0,
+    ("hollow", 8, 1e3, 1e-4, "fixed_point", "never"): "stopped",
+    ("hollow", 8, 1e3, 1e-4, "newton", "never"): 4.0,
+    ("hollow", 8, 1e3, 1e-4, "jacobi_newton", "never"): 1.0,
+    ("hollow", 32, 1e3, 1e-4, "newton", "never"): 40.0,
+    ("hollow", 32, 1e3, 1e-4, "jacobi_newton", "never"): 2.5,
+}
+STOPPED_AT = 0.5
+
+
+def ode_counters(case: tuple) -> dict:
+    """Made-up but consistent solver counters of a golden ODE point, from its case alone."""
+    _, d, _, rtol, finder, reuse = case
+    steps = int(50 * d * (-math.log10(rtol)))
+    iters = steps * {"fixed_point": 5, "newton": 2, "jacobi_newton": 3}[finder]
+    jacobians = {"never": iters, "always": 7}[reuse] if finder == "newton" else 0
+    return {
+        "n_steps": steps,
+        "n_failed": steps // 10 if finder == "fixed_point" else 0,
+        "n_iters": iters,
+        "iters_per_step": iters / steps,
+        "nfe": iters + 1,
+        "n_jac": jacobians,
+        "n_diag": iters if finder == "jacobi_newton" else 0,
+        "error_rel": rtol * (2.0 if finder == "fixed_point" else 1.5),
+    }
+
+
+def ode_results_json() -> dict:
+    """A pytest-benchmark JSON of the golden ODE points on machine "alpha"."""
+    doc = results_json("alpha")
+    benchmarks, not_run = [], []
+    for case, ms in ODE_TIMES.items():
+        problem, d, stiffness, rtol, finder, reuse = case
+        name = f"test_ode[torch-cpu-{problem}-d{d}-bdf2-{finder}-{reuse}-rtol{rtol:.0e}]"
+        stopped, ran = ms == "stopped", ms != "timeout"
+        counters = ode_counters(case) if ran else {}
+        if stopped:
+            counters["error_rel"] = None
+        info = {
+            **extra_info("alpha", "ode", "bdf2", None, d, 1, None, 1.0 if ran else ms),
+            "model": "hollownet" if problem == "hollow" else None,
+            "dtype": "float64",
+            "error": None,
+            "error_kind": None if stopped or not ran else "max_abs_final",
+            "problem": problem,
+            "stiffness": stiffness,
+            "stepper": "bdf2",
+            "root_finder": finder,
+            "reuse": reuse,
+            "rtol": rtol,
+            **dict.fromkeys(("n_steps", "n_failed", "n_iters", "nfe", "n_jac", "n_diag")),
+            **counters,
+            "success": (not stopped) if ran else None,
+            "t_final": STOPPED_AT if stopped else (1.0 if ran else None),
+        }
+        entry = {"name": name, "fullname": f"bench/test_ode.py::{name}", "params": {},
+                 "extra_info": info}  # fmt: skip
+        if ran:
+            benchmarks.append({**entry, "stats": stats(10.0 if stopped else ms)})
+        else:
+            not_run.append(entry)
+    doc["benchmarks"], doc["hollowbench"]["not_run"] = benchmarks, not_run
+    return doc
+
+
+@pytest.fixture(scope="module")
+def ode_frame(tmp_path_factory) -> pd.DataFrame:
+    path = write_json(tmp_path_factory.mktemp("ode") / "ode.json", ode_results_json())
+    return load_results([str(path)])
+
+
+def ode_row(frame: pd.DataFrame, problem: str, d: int, rtol: float, finder: str) -> pd.Series:
+    mask = frame["problem"].eq(problem) & frame["d"].eq(d) & frame["rtol"].eq(rtol)
+    return row(frame[mask], **{"root finder": finder})
+
+
+def test_ode_table_compares_each_root_finder_with_jacobi_newton(ode_frame):
+    from reports.tables import ode_table
+
+    jn_rows = ode_table(ode_frame)
+    for (problem, d, _, rtol, finder, reuse), ms in ODE_TIMES.items():
+        label = finder if reuse == "never" else f"{finder} (reuse {reuse})"
+        r = ode_row(jn_rows, problem, d, rtol, label)
+        if isinstance(ms, float):
+            expected = ode_counters((problem, d, None, rtol, finder, reuse))
+            assert r["ms (median)"] == pytest.approx(ms)
+            assert r["iters / step"] == pytest.approx(expected["n_iters"] / expected["n_steps"])
+            for column, key in (("step attempts", "n_steps"), ("not converged", "n_failed"),
+                                ("NFE", "nfe"), ("Jacobians", "n_jac"), ("diagonals", "n_diag"),
+                                ("max rel error", "error_rel")):  # fmt: skip
+                assert r[column] == pytest.approx(expected[key]), column
+        if finder != "jacobi_newton":
+            assert pd.isna(r[f"{label} / JN time"])  # ratios sit on the Jacobi-Newton rows
+    jn = ode_row(jn_rows, "robertson", 3, 1e-4, "jacobi_newton")
+    assert jn["fixed_point / JN time"] == pytest.approx(3.0 / 2.0)
+    assert jn["newton / JN time"] == pytest.approx(8.0 / 2.0)
+    assert jn["newton (reuse always) / JN time"] == pytest.approx(5.0 / 2.0)
+    jn = ode_row(jn_rows, "hollow", 32, 1e-4, "jacobi_newton")
+    assert jn["newton / JN time"] == pytest.approx(40.0 / 2.5)
+    # no such point at rtol 1e-6: a missing value, never a zero
+    jn = ode_row(jn_rows, "robertson", 3, 1e-6, "jacobi_newton")
+    assert pd.isna(jn["newton (reuse always) / JN time"])
+
+
+def test_ode_table_shows_points_that_did_not_run_or_stopped(ode_frame):
+    from reports.tables import ode_table
+
+    jn_rows = ode_table(ode_frame)
+    timed_out = ode_row(jn_rows, "robertson", 3, 1e-6, "fixed_point")
+    assert timed_out["ms (median)"] == "timeout"
+    assert timed_out[["iters / step", "NFE", "max rel error"]].isna().all()
+    assert ode_row(jn_rows, "robertson", 3, 1e-6, "jacobi_newton")["fixed_point / JN time"] == (
+        "timeout"
+    )
+    stopped = ode_row(jn_rows, "hollow", 8, 1e-4, "fixed_point")
+    assert stopped["ms (median)"] == pytest.approx(10.0)  # timed, but not a whole solve
+    assert stopped["max rel error"] == f"stopped at t={STOPPED_AT:g}"
+    assert ode_row(jn_rows, "hollow", 8, 1e-4, "jacobi_newton")["fixed_point / JN time"] == (
+        "stopped"
+    )
+    assert list(jn_rows["stiffness"].map(str).unique()) in (["1000.0", "nan"], ["nan", "1000.0"])
+
+
+def test_ode_work_precision_draws_error_against_time_per_root_finder(ode_frame):
+    import matplotlib.pyplot as plt
+
+    from reports.figures import ode_work_precision
+
+    fig = ode_work_precision(ode_frame)
+    # only robertson has a tolerance sweep: one panel, the hollow system's cases are left out
+    (ax,) = fig.axes
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert "robertson d=3" in ax.get_title()
+    lines = {tuple(ln.get_xdata()): tuple(ln.get_ydata()) for ln in ax.lines if len(ln.get_xdata())}
+    for finder in ("newton", "jacobi_newton"):
+        times = tuple(ODE_TIMES[("robertson", 3, None, r, finder, "never")] for r in (1e-4, 1e-6))
+        errors = tuple(ode_counters(("robertson", 3, None, r, finder, "never"))["error_rel"]
+                       for r in (1e-4, 1e-6))  # fmt: skip
+        assert lines[times] == pytest.approx(errors)
+    notes = "\n".join(t.get_text() for t in ax.texts)
+    assert "fixed_point, bdf2, rtol=1e-06: timeout" in notes
+    plt.close(fig)
+
+
+def test_ode_time_vs_d_draws_the_d_sweep(ode_frame):
+    import matplotlib.pyplot as plt
+
+    from reports.figures import ode_time_vs_d
+
+    fig = ode_time_vs_d(ode_frame)
+    (ax,) = fig.axes  # hollow at d = 8 and 32; robertson has one d
+    assert "hollow" in ax.get_title() and "rtol=1e-04" in ax.get_title()
+    lines = {(tuple(ln.get_xdata()), tuple(ln.get_ydata())) for ln in ax.lines}
+    for finder in ("newton", "jacobi_newton"):
+        times = tuple(ODE_TIMES[("hollow", d, 1e3, 1e-4, finder, "never")] for d in (8, 32))
+        assert ((8.0, 32.0), times) in lines
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["stopped"]  # fixed_point at d=8, marked at the bottom edge
+    plt.close(fig)
+
+
+def test_ode_figures_are_in_a_report_with_ode_data_and_no_data_without(ode_frame, report, tmp_path):
+    path = write_json(tmp_path / "ode.json", ode_results_json())
+    assert main(["build", str(path), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    for key in ("ode_work_precision", "ode_time_vs_d"):
+        assert (tmp_path / "out" / "figures" / f"{key}.png").exists()
+        assert f"figures/{key}.png" in md
+        assert not (report / "figures" / f"{key}.png").exists()
+    assert (tmp_path / "out" / "tables" / "ode_jacobi_newton.csv").exists()
+    without = (report / "report.md").read_text()
+    for title in (
+        "Stiff ODEs: work-precision of the root finders",
+        "Stiff ODEs: solve time against d",
+    ):
+        section = without.split(f"### {title}", 1)[1].split("###", 1)[0]
+        assert "**No data:** no 'ode' workload points in the inputs" in section

@@ -27,7 +27,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from reports.fit import loglog_fits
 from reports.load import text
-from reports.tables import NoData, cells, ode_points, ratio
+from reports.tables import NoData, cells, ode_points, ratio, tolerance
 
 HOLLOW = ("hollow", "hollow_forward")
 NOT_RUN_NOTE = "x at the bottom edge: the point did not run (status beside it)"
@@ -446,7 +446,7 @@ def _ode(frame: pd.DataFrame) -> pd.DataFrame:
     several = rows.groupby("problem")["t1"].transform("nunique").gt(1)
     end = rows["t1"].map(", t1={:g}".format).where(several, "")
     rows["case"] = text(rows["problem"]) + " d=" + text(rows["d"]) + stiff + end
-    rows["tolerance"] = rows["rtol"].map(lambda r: f"rtol={r:.0e}")
+    rows["tolerance"] = "rtol=" + rows["rtol"].map(tolerance)
     return rows
 
 
@@ -501,7 +501,7 @@ def ode_work_precision(frame: pd.DataFrame) -> MplFigure:
         lines = ok.groupby(line[2:])
         ends = pd.concat([lines.head(1), lines.tail(1)]).drop_duplicates()
         for x, y, r in ends[["time_ms", "error_rel", "rtol"]].to_numpy():
-            ax.annotate(f"{r:.0e}", (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+            ax.annotate(tolerance(r), (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
         _log_axes(ax)
         _at_least_a_decade(ax)
         _list_missing(ax, sub)

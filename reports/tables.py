@@ -245,7 +245,8 @@ def ode_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per facet, ODE case and root finder: median time (or why there is none), the
     solver counters, the error, and on Jacobi-Newton rows each other finder's time over JN's."""
     rows = ode_points(frame)
-    facets = [c for c in facet_columns(rows) if c != "mode" or rows[c].nunique() > 1]
+    # every ODE point runs mode "eval" in float64, where the matmul precision does not apply
+    facets = [c for c in facet_columns(rows) if c not in ("mode", "matmul_precision")]
     case = ode_case(rows)
     keys = [*facets, *case, "root finder"]
     by = [rows[k] for k in keys]
@@ -265,9 +266,17 @@ def ode_table(frame: pd.DataFrame) -> pd.DataFrame:
     error = table["max rel error"].astype(object)
     error[table["stopped"]] = [_stopped(t) for t in table.loc[table["stopped"], "t_final"]]
     table["max rel error"] = error
-    table = table.reset_index().sort_values([*facets, *case, "rank"], kind="stable")
+    order = [*facets, *case, "rank"]  # tolerances from loose to tight
+    table = table.reset_index().sort_values(order, ascending=[c != "rtol" for c in order])
     table = _jn_ratios(table.reset_index(drop=True), [*facets, *case])
+    table["rtol"] = table["rtol"].map(tolerance)
     return _display(table.drop(columns=["whole", "rank", "stopped", "t_final"]))
+
+
+def tolerance(rtol: float) -> str:
+    """'1e-05', '2.5e-04': one notation for every tolerance (a float cell would show 0.001)."""
+    mantissa, exponent = f"{rtol:e}".split("e")
+    return f"{float(mantissa):g}e{exponent}"
 
 
 def _stopped(t_final: float) -> str:

@@ -1,5 +1,6 @@
-"""Command line: ``python -m reports build RESULTS... --out DIR`` and
-``python -m reports compare BASE NEW [--fail-above 1.10]``.
+"""Command line: ``python -m reports build RESULTS... --out DIR``,
+``python -m reports compare BASE NEW [--fail-above 1.10]`` and
+``python -m reports merge OUT.json SHARD.json...``.
 
 Bad input (a missing, empty, truncated, non-JSON or foreign file, or a glob that matches
 nothing) prints one line naming the file and the problem on stderr and exits with status 2.
@@ -35,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
         "the IQR noise (default %(default)s)",
     )
     compare.add_argument("--csv", help="also write the comparison table to this CSV file")
+    merge = sub.add_parser("merge", help="one pytest-benchmark file from one machine's shards")
+    merge.add_argument("out", help="the merged JSON file to write")
+    merge.add_argument("shards", nargs="+", help="--benchmark-json files; globs are expanded")
     return parser
 
 
@@ -60,6 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "build":
             return _build(args.results, args.out)
+        if args.command == "merge":
+            from reports.merge import merge
+
+            merged = merge(args.shards, args.out)
+            print(
+                f"wrote {args.out}: {len(merged['benchmarks'])} benchmarks from "
+                f"{len(merged['hollowbench']['merged_from'])} files"
+            )
+            return 0
         from reports.compare import run_compare
 
         return run_compare(args.base, args.new, args.fail_above, args.csv)

@@ -444,6 +444,55 @@ def test_compare_exit_code_from_the_command_line(tmp_path):
 # --- bad input ----------------------------------------------------------------------------
 
 
+def shards(doc: dict, n: int) -> list[dict]:
+    """``doc`` split round-robin into ``n`` shard files' documents, as --bench-shard I/N does."""
+    return [
+        {
+            **doc,
+            "benchmarks": doc["benchmarks"][i::n],
+            "hollowbench": {**doc["hollowbench"], "not_run": doc["hollowbench"]["not_run"][i::n]},
+        }
+        for i in range(n)
+    ]
+
+
+def test_merge_rebuilds_one_machines_sweep_from_its_shards(tmp_path, capsys):
+    whole = results_json("alpha")
+    paths = [write_json(tmp_path / f"shard{i}.json", s) for i, s in enumerate(shards(whole, 3))]
+    out = tmp_path / "merged.json"
+    assert main(["merge", str(out), str(tmp_path / "shard*.json")]) == 0
+    merged = json.loads(out.read_text())
+    assert sorted(b["fullname"] for b in merged["benchmarks"]) == sorted(
+        b["fullname"] for b in whole["benchmarks"]
+    )
+
+    def by_name(entries: list[dict]) -> list[dict]:
+        return sorted(entries, key=lambda e: e["fullname"])
+
+    assert by_name(merged["hollowbench"]["not_run"]) == by_name(whole["hollowbench"]["not_run"])
+    assert merged["machine_info"] == whole["machine_info"]
+    assert merged["hollowbench"]["merged_from"] == [str(p) for p in paths]
+    assert len(load_results([str(out)])) == len(load_results([str(tmp_path / "shard*.json")]))
+    assert "merged.json" in capsys.readouterr().out
+
+
+def test_merge_refuses_other_machines_and_journals_with_exit_2(tmp_path, capsys):
+    alpha = write_json(tmp_path / "alpha.json", results_json("alpha"))
+    beta = write_json(tmp_path / "beta.json", results_json("beta"))
+    journal = tmp_path / "alpha.journal.jsonl"
+    entry, ms = points("alpha")[0]
+    session = {"kind": "session", "machine_info": machine_info("alpha")}
+    lines = [session, journal_point(entry, stats(ms))]
+    journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    refused = (([alpha, beta], "shards of different machines"), ([alpha, journal], "a journal;"))
+    for inputs, problem in refused:
+        capsys.readouterr()
+        assert main(["merge", str(tmp_path / "out.json"), *map(str, inputs)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and problem in err
+    assert not (tmp_path / "out.json").exists()
+
+
 def _truncated(tmp_path: Path) -> Path:
     text = json.dumps(results_json("alpha"))
     return _text(tmp_path, "cut.json", text[: len(text) // 2])

@@ -1,0 +1,68 @@
+"""``python -m reports merge OUT.json SHARD.json...``: one pytest-benchmark file from the shards
+of a sweep (one process per GPU, ``--bench-shard I/N`` each), so that pytest-benchmark's own
+``compare`` and any tool reading its format see the whole sweep.
+
+pytest-benchmark's format has one ``machine_info`` per file, so only shards measured on one
+machine merge; files from several machines go to ``python -m reports build`` as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from reports.load import InputError, expand_inputs, read_records
+
+
+def merge(inputs: Sequence[str], out: str | Path) -> dict[str, Any]:
+    """Write the merged document to ``out`` and return it. Every input is validated as the
+    report builder validates it; a point measured in several shards keeps its last copy."""
+    paths = expand_inputs(inputs)
+    docs = [_document(path) for path in paths]
+    machines = {_machine(doc) for doc in docs}
+    if len(machines) > 1:
+        raise InputError(
+            f"{', '.join(map(str, paths))}: shards of different machines "
+            f"({'; '.join(sorted(machines))}) cannot share one machine_info; pass the files to "
+            "'python -m reports build' instead"
+        )
+    merged = dict(docs[0])
+    merged["benchmarks"] = list(_unique(b for doc in docs for b in doc["benchmarks"]).values())
+    ours = dict(merged.get("hollowbench") or {})
+    ours["not_run"] = list(
+        _unique(
+            p for doc in docs for p in (doc.get("hollowbench") or {}).get("not_run") or []
+        ).values()
+    )
+    ours["merged_from"] = [str(p) for p in paths]
+    merged["hollowbench"] = ours
+    Path(out).write_text(json.dumps(merged, indent=2))
+    return merged
+
+
+def _document(path: Path) -> dict[str, Any]:
+    read_records(path)  # the builder's checks: a readable, complete results file of ours
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        doc = None  # read_records accepted it, so it is a journal
+    if path.name.endswith(".jsonl") or not isinstance(doc, dict) or doc.get("kind") == "session":
+        raise InputError(
+            f"{path}: a journal; merge takes --benchmark-json files (build reads both)"
+        )
+    return doc
+
+
+def _machine(doc: dict[str, Any]) -> str:
+    """Host, CPU and GPUs: lent machines share host names, so the node alone says too little."""
+    machine = doc["machine_info"]
+    ours = machine.get("hollowbench") or {}
+    gpus = ",".join(str(g.get("uuid") or g.get("name")) for g in ours.get("gpus") or [])
+    node = ours.get("node") or machine.get("node") or "unknown"
+    return f"{node} ({ours.get('cpu') or 'cpu unknown'}{'; ' + gpus if gpus else ''})"
+
+
+def _unique(points) -> dict[str, dict[str, Any]]:
+    return {point.get("fullname") or point.get("name"): point for point in points}

@@ -19,6 +19,7 @@ def pytest_configure(config):
         return
     torch.set_num_threads(1)
 
+
 # Small float64 models that exercise both conditioners, time dependence and k-th derivatives.
 SPECS = {
     "masked": HollowSpec(dim=5, d_h=3, cond_hidden=(4,), trans_hidden=(8, 8), dtype="float64"),

@@ -1,0 +1,274 @@
+"""SDEs by Fokker-Planck matching in PyTorch: the residual on a hollow or a dense route,
+training, and sampling with torchsde.
+
+>>> from impls.sde import ou_process
+>>> target = ou_process(8)
+>>> spec = HollowSpec(dim=8, time_dependent=True, dtype="float64")
+>>> f, g = build(spec, 0, "cpu"), build(spec, 1, "cpu")      # drift, diagonal diffusion
+>>> r = fp_residual(f, g, target, t, x, route="hollow")       # (batch,)
+>>> fit(f, g, target, steps=300)                               # minimise mean r^2 (Adam)
+>>> paths = sample_sde(f, g, x0, [0.0, 1.0], dt=0.01)          # (2, n, 8), torchsde Euler
+
+The hollow route takes ``D_dim f``, ``D_dim g`` and ``D_dim^2 g`` from the transformer alone
+(reverse passes with h held fixed, one conditioner pass per field), or from a
+:class:`~impls.sde.DimwiseField`'s explicit callables; the dense route differentiates any
+field ``f(t, x)`` along each of the d basis directions. Every result back-propagates to the
+fields' parameters when grad mode is on. The JAX backend's ``sde`` module has the same API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.func import grad, jvp, vmap
+
+from impls import sde
+from impls.sde import DimwiseField, Target, UserTarget
+from impls.torch_backend.models import HollowNet
+
+__all__ = [
+    "FitResult",
+    "dimwise_jet",
+    "fit",
+    "fp_loss",
+    "fp_residual",
+    "sample_sde",
+    "target_terms",
+]
+
+Tensor = torch.Tensor
+
+
+def fp_residual(
+    drift: Any,
+    diffusion: Any,
+    target: Target,
+    t: Any,
+    x: Tensor,
+    *,
+    route: str = "hollow",
+    chunk_size: int | None = None,
+) -> Tensor:
+    """The Fokker-Planck residual ``d_t log p - rhs`` of ``dx = drift dt + diag(diffusion) dW``
+    against ``target`` at times ``t`` (scalar or (batch,)) and points ``x`` (batch, d):
+    (batch,). ``chunk_size`` bounds the dense route's memory (basis directions per vmap)."""
+    t = _prepare(drift, diffusion, target, t, x, route)
+    f, df = dimwise_jet(drift, t, x, sde.DRIFT_ORDER, route, chunk_size=chunk_size)
+    g, dg, d2g = dimwise_jet(diffusion, t, x, sde.DIFFUSION_ORDER, route, chunk_size=chunk_size)
+    return sde.residual(*target_terms(target, t, x), f, df, g, dg, d2g)
+
+
+def fp_loss(drift: Any, diffusion: Any, target: Target, t: Any, x: Tensor, **opts) -> Tensor:
+    """Mean squared residual over the batch, the Fokker-Planck-matching loss."""
+    return fp_residual(drift, diffusion, target, t, x, **opts).square().mean()
+
+
+def _prepare(drift, diffusion, target, t, x, route) -> Tensor:
+    """Check the call; t as a (batch,) tensor of x's dtype and device."""
+    sde.check_route(route)
+    sde.check_target(target)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    sde.check_state(tuple(x.shape), str(x.dtype).removeprefix("torch."), target.dim)
+    for field, name in ((drift, "drift"), (diffusion, "diffusion")):
+        problem = sde.field_problem(field, name, route, target.dim, isinstance(field, HollowNet))
+        if problem:
+            raise ValueError(problem)
+        _check_model(field, x, name)
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    sde.check_times(tuple(t.shape), x.shape[0])
+    _check_finite(x, "x")
+    _check_finite(t, "t")
+    return t.reshape(-1).expand(x.shape[0]).contiguous()
+
+
+def _check_model(field: Any, x: Tensor, name: str) -> None:
+    if not isinstance(field, torch.nn.Module) or not hasattr(field, "spec"):
+        return
+    if field.spec.dtype != str(x.dtype).removeprefix("torch."):
+        raise TypeError(f"x has dtype {x.dtype} but {name} is {field.spec.dtype}; cast one")
+    param = next(iter(field.parameters()))
+    if param.device != x.device:
+        raise ValueError(f"x is on {x.device} but {name} is on {param.device}")
+
+
+def _check_finite(a: Tensor, name: str) -> None:
+    # Reading the flag syncs the device; a CUDA graph capture or torch.compile trace can't.
+    if torch.compiler.is_compiling() or (a.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    if not bool(torch.isfinite(a).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def dimwise_jet(
+    field: Any, t: Tensor, x: Tensor, order: int, route: str, *, chunk_size: int | None = None
+) -> list[Tensor]:
+    """``[f, D_dim f, ..., D_dim^order f]`` at (t (batch,), x (batch, d)), each (batch, d)."""
+    sde.check_route(route)
+    if route == "hollow":
+        if isinstance(field, HollowNet):
+            out = _hollow_jet(field, t, x, order)
+        else:  # a DimwiseField (checked by the caller)
+            out = [field.fn(t, x), *(fn(t, x) for fn in field.ddim[:order])]
+    else:
+        fn = field.fn if isinstance(field, DimwiseField) else field
+        out = _dense_jet(fn, t, x, order, chunk_size)
+    for k, value in enumerate(out):
+        sde.check_output(value.shape, x.shape, f"D_dim^{k} of the field" if k else "the field")
+    return out
+
+
+def _hollow_jet(net: HollowNet, t: Tensor, x: Tensor, order: int) -> list[Tensor]:
+    """One conditioner pass, then ``order`` reverse passes through the transformer alone.
+
+    The derivatives are taken with respect to a node that feeds the transformer only, so h
+    is held fixed there while every result stays in the graph of x and all parameters (a
+    ``h.detach()`` would drop the conditioner's share of the parameter gradients).
+    """
+    keep_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        h = net.conditioner(x, t)
+        x_tau = x.clone() if x.requires_grad else x.detach().requires_grad_()
+        out = [net.transformer(x_tau, h, t)]
+        for j in range(order):
+            # tau is separable in x_tau, so the gradient of the sum is the diagonal.
+            (deriv,) = torch.autograd.grad(
+                out[-1].sum(), x_tau, create_graph=keep_graph or j < order - 1
+            )
+            out.append(deriv)
+    return out if keep_graph else [v.detach() for v in out]
+
+
+def _dense_jet(fn, t: Tensor, x: Tensor, order: int, chunk_size: int | None) -> list[Tensor]:
+    """The value, then nested JVPs along each basis direction e_i, vmapped over the d of them,
+    keeping component i: the Jacobian's (and each output's Hessian's) diagonal at the cost of
+    d directional passes."""
+    basis = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    along_x = lambda y: fn(t, y)  # noqa: E731
+
+    def along(e: Tensor) -> tuple[Tensor, ...]:
+        tangent = e.expand_as(x)
+        if order == 1:
+            return ((jvp(along_x, (x,), (tangent,))[1] * e).sum(-1),)
+        first = lambda y: jvp(along_x, (y,), (tangent,))[1]  # noqa: E731
+        d1, d2 = jvp(first, (x,), (tangent,))
+        return (d1 * e).sum(-1), (d2 * e).sum(-1)
+
+    derivs = vmap(along, chunk_size=chunk_size)(basis)  # each (d, batch)
+    return [fn(t, x), *(d.T for d in derivs)]
+
+
+def target_terms(
+    target: Target, t: Tensor, x: Tensor, *, autodiff: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(d_t log p (batch,), grad log p (batch, d), Hessian diagonal (batch, d)) at t (batch,):
+    closed form for an OU target, autodiff of ``log_prob`` for a UserTarget (or when
+    ``autodiff``)."""
+    if isinstance(target, UserTarget):
+        return _autodiff_terms(target.log_prob, t, x)
+    if autodiff:
+        return _autodiff_terms(lambda s, y: target.log_prob(s, y, torch), t, x)
+    return target.terms(t, x, torch)
+
+
+def _autodiff_terms(log_prob, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows are independent, so gradients of the batch sum are per-sample gradients; the
+    Hessian diagonal takes one forward-over-reverse pass per dimension."""
+    sde.check_output(log_prob(t, x).shape, x.shape[:1], "log_prob")
+    score_fn = grad(lambda y: log_prob(t, y).sum())
+    basis = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    hess = vmap(lambda e: (jvp(score_fn, (x,), (e.expand_as(x),))[1] * e).sum(-1))(basis).T
+    dt = grad(lambda s: log_prob(s, x).sum())(t)
+    return dt, score_fn(x), hess
+
+
+class FitResult(NamedTuple):
+    """The trained fields (torch: the same modules, trained in place) and the loss per step."""
+
+    drift: Any
+    diffusion: Any
+    losses: np.ndarray
+
+
+def fit(
+    drift: torch.nn.Module,
+    diffusion: torch.nn.Module,
+    target: Target,
+    *,
+    steps: int = 500,
+    batch: int = 256,
+    lr: float = 1e-2,
+    route: str = "hollow",
+    seed: int = 0,
+    sampler: sde.Sampler | None = None,
+) -> FitResult:
+    """Fokker-Planck matching: Adam on the mean squared residual over fresh (t, x) each step,
+    t uniform over the target's t_span and x from ``sampler`` (default: the target itself)."""
+    sde.check_fit(steps, batch, lr)
+    for field, name in ((drift, "drift"), (diffusion, "diffusion")):
+        if not isinstance(field, torch.nn.Module):
+            raise TypeError(f"fit trains torch modules; {name} is a {type(field).__name__}")
+    params = [*drift.parameters(), *diffusion.parameters()]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    rng = np.random.default_rng(seed)
+    like = params[0]
+    losses = []
+    for _ in range(steps):
+        t, x = (
+            torch.as_tensor(a, dtype=like.dtype, device=like.device)
+            for a in sde.training_batch(target, batch, rng, sampler)
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss = fp_loss(drift, diffusion, target, t, x, route=route)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    return FitResult(drift, diffusion, torch.stack(losses).cpu().numpy())
+
+
+def sample_sde(
+    drift: Any,
+    diffusion: Any,
+    x0: Tensor,
+    ts: Sequence[float],
+    *,
+    dt: float = 1e-2,
+    seed: int = 0,
+) -> Tensor:
+    """Paths of ``dx = drift dt + diag(diffusion) dW`` (Itô) from ``x0`` (n, d) at times ``ts``:
+    (len(ts), n, d), by torchsde's ``sdeint`` (Euler-Maruyama, fixed step ``dt``) on a
+    ``BrownianInterval`` seeded by ``seed``. Fields are called as ``f(t, x)``, t a 0-d tensor."""
+    times = sde.check_sampling(ts, dt)
+    if not isinstance(x0, Tensor) or x0.ndim != 2:
+        raise ValueError("x0 must be a (n, d) torch.Tensor")
+    try:
+        import torchsde
+    except ImportError as err:
+        raise ImportError("sample_sde needs torchsde: pip install 'hollowbench[sde]'") from err
+    ts_tensor = torch.tensor(times, dtype=x0.dtype, device=x0.device)
+    bm = torchsde.BrownianInterval(
+        t0=times[0], t1=times[-1], size=tuple(x0.shape), dtype=x0.dtype, device=x0.device,
+        entropy=seed,
+    )  # fmt: skip
+    with torch.no_grad():
+        return torchsde.sdeint(_SDE(drift, diffusion), x0, ts_tensor, bm=bm, method="euler", dt=dt)
+
+
+class _SDE(torch.nn.Module):
+    """The interface torchsde expects: ``f`` (drift) and ``g`` (diagonal diffusion), Itô."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self, drift, diffusion):
+        super().__init__()
+        self.drift, self.diffusion = drift, diffusion
+
+    def f(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.drift(t, y)
+
+    def g(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.diffusion(t, y)

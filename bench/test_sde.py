@@ -1,0 +1,272 @@
+"""The SDE workload: the Fokker-Planck residual of a drift f and a diagonal diffusion g, both
+time-dependent HollowNets, against an Ornstein-Uhlenbeck target, by the hollow route
+(D_dim f, D_dim g, D_dim^2 g from the transformer alone) or the dense route (the same
+derivatives along each of the d basis directions), in both backends.
+
+mode "eval" times the residual (batch,) at sampled (t, x); mode "train" the Fokker-Planck-
+matching step: the mean squared residual, then the backward pass into both nets' parameters
+(the optimiser's elementwise update is left out, as in the other workloads' train mode).
+``impls.{torch,jax}_backend.sde`` computes everything; the harness (bench/harness/sweep.py)
+times it, compiles JAX apart and records every outcome. The error is max |r - r_ref| on the
+first ROWS rows against the float64 dense-route residual of the same (upcast) weights.
+
+The grid: routes x modes x d x batch, d per preset (``--bench-dims`` replaces it), batch from
+``--bench-batch`` / the preset; ``--bench-methods`` selects routes by their method (hollow ->
+"hollow", dense -> "dense_vectorized"); ``--bench-backends``, ``-devices``, ``-modes`` and
+``-shard`` apply as everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench.conftest import DEVICES, SWEEP
+from bench.harness import grid
+from bench.harness.operators import _float64_copy, activations, warm
+from bench.harness.sweep import Sweep, Task
+from impls import HollowSpec
+from impls.sde import ROUTE_METHODS, ROUTES, ou_process, training_batch
+
+PARAM_NAMES = ("backend", "device", "route", "d", "batch", "mode")
+ROWS = 4  # batch rows the error is checked on
+REFERENCE_CHUNK = 64  # basis directions per vmap chunk of the reference: bounds its memory
+SEEDS = {"drift": 0, "diffusion": 1}
+DATA_SEED = 0
+# Dimensions per preset, and the largest d at which the dense route runs (eval, train): it
+# costs d directional passes of both nets, second order for g.
+DIMS = {
+    "quick": (2, 8, 32, 128),
+    "paper": (8, 32, 128, 512, 1024, 2048),
+    "full": (2, 8, 32, 128, 256, 512, 1024, 2048, 4096),
+}
+DENSE_MAX_D = {"quick": (128, 32), "paper": (1024, 512), "full": (4096, 4096)}
+# The quick preset's own batch, and its only train-mode d: a JAX training step of this
+# workload takes 3-12 s to compile on a 2-core CPU, more than the rest of its point.
+QUICK_BATCH = 16
+QUICK_TRAIN_DIMS = (8,)
+
+
+@dataclass(frozen=True)
+class SdePoint:
+    """The residual (eval) or a training step (train) by ``route`` at dimension ``d``."""
+
+    backend: str
+    device: str
+    route: str
+    d: int
+    batch: int
+    mode: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.backend}-{self.device}-{self.route}-d{self.d}-b{self.batch}-{self.mode}"
+
+    @property
+    def params(self) -> tuple:
+        return tuple(getattr(self, name) for name in PARAM_NAMES)
+
+    @property
+    def method(self) -> str:
+        return ROUTE_METHODS[self.route]
+
+
+def model_spec(d: int) -> HollowSpec:
+    """The drift's and the diffusion's spec: a small time-dependent HollowNet, so that the dense
+    route's d second-order passes stay affordable on a CPU."""
+    return HollowSpec(dim=d, d_h=4, cond_hidden=(8,), trans_hidden=(16, 16), time_dependent=True)
+
+
+def plan(settings) -> list[tuple]:
+    """(route, d, batch, mode) rows of the settings: the preset's dims and (quick) batch unless
+    --bench-dims / --bench-batch replaced them, routes whose method --bench-methods keeps.
+    The quick preset's own dims run train mode at QUICK_TRAIN_DIMS only."""
+    preset = settings.preset.name
+    own_dims = settings.dims == settings.preset.dims  # --bench-dims not given
+    dims = DIMS[preset] if own_dims else settings.dims
+    quick = preset == "quick"
+    batches = settings.batches
+    if quick and batches == settings.preset.batches:
+        batches = (QUICK_BATCH,)
+    dense_eval, dense_train = DENSE_MAX_D[preset]
+    rows = []
+    for route in ROUTES:
+        if ROUTE_METHODS[route] not in settings.methods:
+            continue
+        for mode in settings.modes:
+            for d in sorted(dims):
+                too_big = d > (dense_train if mode == "train" else dense_eval)
+                thinned = quick and own_dims and mode == "train" and d not in QUICK_TRAIN_DIMS
+                if (route == "dense" and too_big) or thinned:
+                    continue
+                rows += [(route, d, batch, mode) for batch in batches]
+    return rows
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "route" not in metafunc.fixturenames:
+        return
+    config = metafunc.config
+    settings, (devices, missing) = config.stash[SWEEP].settings, config.stash[DEVICES]
+    points = [
+        SdePoint(backend, device, *row)
+        for backend, backend_devices in devices.items()
+        for device in backend_devices
+        for row in plan(settings)
+    ]
+    points = grid.shard(points, *settings.shard)
+    values = [pytest.param(*p.params, id=p.id) for p in points]
+    values += [  # a missing backend shows as one skipped test, with the import error
+        pytest.param(*[None] * len(PARAM_NAMES), id=f"{name}-unavailable",
+                     marks=pytest.mark.skip(reason=reason))
+        for name, reason in missing.items()
+    ]  # fmt: skip
+    if not values:
+        values = [
+            pytest.param(*[None] * len(PARAM_NAMES), id="none",
+                         marks=pytest.mark.skip(reason="no sde points in this selection"))
+        ]  # fmt: skip
+    metafunc.parametrize(PARAM_NAMES, values)
+
+
+# --- data, models, the timed task and its check ----------------------------------------------
+
+
+def data(point: SdePoint, target) -> tuple[np.ndarray, np.ndarray]:
+    """(t (batch,), x (batch, d)) float32: t uniform over the target's span, x ~ p_t."""
+    t, x = training_batch(target, point.batch, np.random.default_rng(DATA_SEED))
+    return t.astype("float32"), x.astype("float32")
+
+
+def _sde(backend):
+    return importlib.import_module(f"impls.{backend.name}_backend.sde")
+
+
+def make_task(sweep: Sweep, backend, point: SdePoint) -> Task:
+    """The residual or training step to time; its check compares the residual it returns."""
+    spec, target = model_spec(point.d), ou_process(point.d)
+    drift, diffusion = (backend.build(spec, seed=seed) for seed in SEEDS.values())
+    t_np, x_np = data(point, target)
+    t, x = backend.asarray(t_np), backend.asarray(x_np)
+    build = _torch_step if backend.name == "torch" else _jax_step
+    fn, args, residual_of = build(_sde(backend), target, point, drift, diffusion, t, x)
+
+    def check(out: Any, step) -> tuple[float, str]:
+        ref = sweep.memo(
+            ("sde-reference", point.d, point.batch),
+            lambda: reference(sweep, point, spec, target, t_np, x_np),
+        )
+        got = backend.to_numpy(residual_of(out))[:ROWS].astype(np.float64)
+        return float(np.abs(got - ref).max()), "max_abs"
+
+    return Task(fn, args, check)
+
+
+def _torch_step(sde, target, point: SdePoint, drift, diffusion, t, x):
+    import torch
+
+    def residual():
+        return sde.fp_residual(drift, diffusion, target, t, x, route=point.route)
+
+    if point.mode == "eval":
+
+        def evaluate():
+            with torch.no_grad():
+                return residual()
+
+        return evaluate, (), lambda out: out
+
+    def train():
+        drift.zero_grad(set_to_none=True)
+        diffusion.zero_grad(set_to_none=True)
+        r = residual()
+        r.square().mean().backward()
+        return r.detach()
+
+    return train, (), lambda out: out
+
+
+def _jax_step(sde, target, point: SdePoint, drift, diffusion, t, x):
+    import jax
+    import jax.numpy as jnp
+
+    def residual(drift, diffusion, t, x):
+        return sde.fp_residual(drift, diffusion, target, t, x, route=point.route)
+
+    args = (drift, diffusion, t, x)
+    if point.mode == "eval":
+        return residual, args, lambda out: out
+
+    def loss(drift, diffusion, t, x):
+        r = residual(drift, diffusion, t, x)
+        return jnp.mean(r**2), r
+
+    step = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    return step, args, lambda out: out[0][1]  # ((loss, r), grads)
+
+
+def reference(sweep: Sweep, point: SdePoint, spec, target, t_np, x_np) -> np.ndarray:
+    """The float64 dense-route residual at the first ROWS rows, from float64 copies of the very
+    same float32 weights (same spec and seeds give them in every backend), computed in torch
+    where installed (eagerly: JAX would compile it first)."""
+    try:
+        backend = sweep.backend("torch", point.device)
+    except (ImportError, ValueError):  # torch missing, or it cannot see this device
+        backend = sweep.backend(point.backend, point.device)
+    drift, diffusion = (
+        _float64_copy(backend, backend.build(spec, seed=seed)) for seed in SEEDS.values()
+    )
+    t, x = (backend.asarray(a[:ROWS].astype(np.float64)) for a in (t_np, x_np))
+    sde = _sde(backend)
+    r = sde.fp_residual(drift, diffusion, target, t, x, route="dense", chunk_size=REFERENCE_CHUNK)
+    return backend.to_numpy(r).astype(np.float64)
+
+
+def predict_bytes(spec: HollowSpec, point: SdePoint) -> int:
+    """A rough upper estimate of the point's memory, to skip hopeless points: per net, the
+    hollow route keeps about 6 forward passes' activations, the dense route 4 per basis
+    direction (a second-order jet) for all d of them at once; training doubles that."""
+    act = point.batch * activations(spec) * 4
+    passes = 6 if point.route == "hollow" else 4 * point.d
+    train = 2 if point.mode == "train" else 1
+    return 2 * (spec.n_params * 4 * (1 + 2 * (train - 1)) + passes * act * train)
+
+
+def describe(point: SdePoint, spec: HollowSpec, target) -> dict[str, Any]:
+    """The point's identity in extra_info: SCHEMA.md's keys plus the SDE ones."""
+    return {
+        "workload": "sde",
+        "method": point.method,
+        "route": point.route,
+        "model": "hollownet",
+        "d": point.d,
+        "batch": point.batch,
+        "k": 2,  # the highest derivative order the residual takes (D_dim^2 g)
+        "n_probes": None,
+        "mode": point.mode,
+        "dtype": spec.dtype,
+        "n_params": 2 * spec.n_params,  # drift and diffusion
+        "flops": 2 * spec.flops,
+        "model_spec": {"type": "HollowSpec", **asdict(spec)},
+        "target": target.name,
+        "t_span": list(target.t_span),
+    }
+
+
+def test_sde(sweep, benchmark, backend, device, route, d, batch, mode):
+    point = SdePoint(backend, device, route, d, batch, mode)
+    backend = sweep.backend(point.backend, point.device)
+    sweep.memo(("warm", backend.name, backend.device), lambda: warm(backend))
+    spec = model_spec(point.d)
+    benchmark.group = f"sde d={point.d} b={point.batch} {point.mode}"
+    sweep.run(
+        benchmark,
+        backend,
+        lambda: make_task(sweep, backend, point),
+        describe(point, spec, ou_process(point.d)),
+        need_bytes=predict_bytes(spec, point),
+    )

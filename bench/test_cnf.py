@@ -1,0 +1,427 @@
+"""The CNF workload: FFJORD-style continuous normalizing flows whose divergence is exact
+(``hollow`` on the HollowNet, ``dense_vectorized``, ``dense_loop``) or a Hutchinson estimate,
+trained in both backends (``impls.{torch,jax}_backend.cnf``; dopri5 at rtol = atol = 1e-5,
+gradients through the solver's steps, ``impls.cnf.flow_spec`` as the dynamics, float32).
+
+Two kinds of point (``cnf_item``):
+
+- ``iteration``: the timed call is one training iteration, the forward solve plus the backward
+  pass into every parameter (the optimizer's update is left out, so every round solves the
+  same problem). Its check reads the NFE of that call and times, apart, a log-likelihood
+  evaluation of a held-out batch (``loglik_eval_ms``); for Hutchinson it also reruns that
+  evaluation with ``SEEDS`` probe seeds (``loglik_std``; ``error`` = its rel_std).
+- ``budget`` (paper and full presets): trains for ``BUDGET_S`` wall seconds (JAX compiles
+  first, off the clock; env ``HOLLOWBENCH_CNF_BUDGET_S`` overrides), then records the
+  held-out NLL in data space, computed exactly (hollow), in nats and bits/dim, and the spread
+  of the method's own log-likelihood estimate across probe seeds. The timed call is the
+  held-out batch evaluation, as ``loglik_eval_ms`` of an iteration point.
+
+The grid depends on the preset (``--bench-preset``); ``--bench-backends``, ``-devices``,
+``-methods``, ``-batch`` and ``-shard`` apply as everywhere. ``quick`` keeps to a ~45 s
+taste on a 2-core CPU: every JAX point pays ~15 s of compilation (diffrax's reverse mode).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench.conftest import DEVICES, SWEEP
+from bench.harness import grid
+from bench.harness.operators import predict_bytes
+from bench.harness.sweep import Sweep, Task
+from impls import cnf
+from impls.cnf import FlowConfig, flow_spec
+
+PARAM_NAMES = ("backend", "device", "item", "dataset", "d", "method", "n_probes", "batch")
+DIMS = {"digits": 64, **dict.fromkeys(cnf.TOY_DATASETS, 2)}
+RTOL = ATOL = 1e-5
+ADJOINT = False  # differentiate through the steps: diffrax's advice, and JAX then counts NFE-B
+MODEL_SEED = DATA_SEED = PROBE_SEED = 0
+SEEDS = 8  # probe seeds behind the spread of a Hutchinson log-likelihood
+EVAL_ROUNDS = 5  # timed held-out evaluations (after one warm-up)
+LR = 1e-3
+BUDGET_S = {"paper": 60.0, "full": 300.0}
+NFE_GUESS = 40  # evaluations whose graphs a backward through the solver keeps (memory guess)
+# Keys of extra_info this workload adds (bench/SCHEMA.md, "CNF keys").
+CNF_KEYS = (
+    "cnf_item", "dataset", "solver", "rtol", "atol", "t1", "adjoint", "nfe_forward",
+    "nfe_backward", "n_steps", "loglik_eval_ms", "loglik_compile_s", "loglik", "loglik_std",
+    "loglik_std_sample", "budget_s", "train_iterations", "train_iter_ms", "train_loss", "nll_nats",
+    "nll_sem", "bits_per_dim", "nll_estimate_nats",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CnfPoint:
+    """One CNF point: ``item`` ("iteration" or "budget") of a flow on ``dataset`` (dimension
+    ``d``) whose divergence is ``method`` (``n_probes`` for Hutchinson), on batches of
+    ``batch``."""
+
+    backend: str
+    device: str
+    item: str
+    dataset: str
+    d: int
+    method: str
+    n_probes: int | None
+    batch: int
+
+    @property
+    def id(self) -> str:
+        probes = f"-m{self.n_probes}" if self.n_probes is not None else ""
+        return (
+            f"{self.backend}-{self.device}-{self.item}-{self.dataset}-d{self.d}-"
+            f"{self.method}{probes}-b{self.batch}"
+        )
+
+    @property
+    def params(self) -> tuple:
+        return tuple(getattr(self, name) for name in PARAM_NAMES)
+
+    @property
+    def config(self) -> FlowConfig:
+        return FlowConfig(
+            method=self.method, n_probes=self.n_probes or 1, rtol=RTOL, atol=ATOL, adjoint=ADJOINT
+        )
+
+
+# --- the grid per preset ---------------------------------------------------------------------
+
+EXACT = ("hollow", "dense_vectorized", "dense_loop")
+
+
+def _methods(methods: tuple[str, ...], probes: tuple[int, ...]) -> list[tuple[str, int | None]]:
+    return [("hutchinson", m) for m in probes] * ("hutchinson" in methods) + [
+        (method, None) for method in methods if method != "hutchinson"
+    ]
+
+
+def plan(preset: str) -> list[tuple]:
+    """(backends or None for both, item, dataset, method, n_probes) rows of a preset.
+
+    quick: the 2-D moons with hollow, Hutchinson-1 and dense_vectorized, digits (d = 64) with
+    hollow and Hutchinson-1, in torch; JAX, whose every point compiles for ~15 s on a CPU,
+    takes moons with hollow and Hutchinson-1. paper: every data set and method, then the
+    wall-clock budget on digits for each method. full: also more probes and every budget.
+    """
+    if preset == "quick":
+        rows = [
+            (None, "iteration", "moons", "hollow", None),
+            (None, "iteration", "moons", "hutchinson", 1),
+            (("torch",), "iteration", "moons", "dense_vectorized", None),
+            (("torch",), "iteration", "digits", "hollow", None),
+            (("torch",), "iteration", "digits", "hutchinson", 1),
+        ]
+        return rows
+    probes = (1, 4) if preset == "paper" else (1, 4, 16)
+    budget_sets = ("digits",) if preset == "paper" else cnf.DATASETS
+    rows = [
+        (None, "iteration", dataset, method, m)
+        for dataset in cnf.DATASETS
+        for method, m in _methods(("hutchinson", *EXACT), probes)
+    ]
+    rows += [
+        (None, "budget", dataset, method, m)
+        for dataset in budget_sets
+        for method, m in _methods(("hutchinson", *EXACT), (1,))
+    ]
+    return rows
+
+
+# Optional packages each point needs, besides its backend.
+NEEDS = {"torch": ("torchdiffeq",), "jax": ("diffrax", "optax"), "digits": ("sklearn",)}
+
+
+def unavailable(point: CnfPoint) -> str | None:
+    """Why ``point`` cannot run here (a missing optional package), or None."""
+    needed = (*NEEDS[point.backend], *NEEDS.get(point.dataset, ()))
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return f"needs {', '.join(missing)}: pip install 'hollowbench[cnf]'"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "dataset" not in metafunc.fixturenames:
+        return
+    config = metafunc.config
+    settings, (devices, missing) = config.stash[SWEEP].settings, config.stash[DEVICES]
+    preset = settings.preset.name
+    points = [
+        CnfPoint(backend, device, item, dataset, DIMS[dataset], method, m, batch)
+        for backend, backend_devices in devices.items()
+        for device in backend_devices
+        for only, item, dataset, method, m in plan(preset)
+        if (only is None or backend in only) and method in settings.methods
+        for batch in settings.batches
+    ]
+    points = grid.shard(points, *settings.shard)
+    values = [
+        pytest.param(*p.params, id=p.id, marks=[pytest.mark.skip(reason=r)] if r else [])
+        for p in points
+        for r in [unavailable(p)]
+    ]
+    values += [  # a missing backend shows as one skipped test, with the import error
+        pytest.param(*[None] * len(PARAM_NAMES), id=f"{name}-unavailable",
+                     marks=pytest.mark.skip(reason=reason))
+        for name, reason in missing.items()
+    ]  # fmt: skip
+    if not values:
+        values = [
+            pytest.param(*[None] * len(PARAM_NAMES), id="none",
+                         marks=pytest.mark.skip(reason="no cnf points in this selection"))
+        ]  # fmt: skip
+    metafunc.parametrize(PARAM_NAMES, values)
+
+
+# --- data, models and the timed tasks --------------------------------------------------------
+
+
+def _cnf(backend):
+    """The backend's cnf module; ImportError (a skipped point) without torchdiffeq/diffrax."""
+    return importlib.import_module(f"impls.{backend.name}_backend.cnf")
+
+
+def load_data(sweep: Sweep, name: str) -> cnf.Dataset:
+    return sweep.memo(("cnf-data", name), lambda: cnf.load_dataset(name, seed=DATA_SEED))
+
+
+def held_out_batch(data: cnf.Dataset, batch: int) -> np.ndarray:
+    """The first ``batch`` test rows (cycled when the test set is smaller)."""
+    return data.test[np.arange(batch) % len(data.test)]
+
+
+def _array(backend, rows: np.ndarray, dtype: str):
+    return backend.asarray(np.ascontiguousarray(rows, dtype=dtype))
+
+
+def _key(backend, seed: int):
+    import jax
+
+    return jax.device_put(jax.random.key(seed), backend.jax_device)
+
+
+def train_step(backend, net, x, config: FlowConfig) -> tuple[Callable, tuple, Callable]:
+    """(fn, args, stats_of): fn(*args) is one forward solve plus backward; ``stats_of`` reads
+    the NFE of the last call from its output."""
+    flows = _cnf(backend)
+    if backend.name == "torch":
+        last: dict[str, Any] = {}
+
+        def step():
+            net.zero_grad(set_to_none=True)
+            loss, stats = flows.nll(net, x, config, seed=PROBE_SEED)
+            loss.backward()
+            last["stats"] = stats
+            return loss
+
+        return step, (), lambda out: last["stats"]
+    import equinox as eqx
+
+    loss_and_grad = eqx.filter_value_and_grad(flows.nll, has_aux=True)
+
+    def jax_step(net, x, key):
+        return loss_and_grad(net, x, config, key=key)
+
+    return jax_step, (net, x, _key(backend, PROBE_SEED)), lambda out: out[0][1]
+
+
+class Evaluation:
+    """The held-out batch log-likelihood under ``config``, callable as ``run(seed)`` ->
+    (batch,) numpy; JAX compiles it once (``compile_s``), reused for every seed."""
+
+    def __init__(self, backend, net, x, config: FlowConfig):
+        flows = _cnf(backend)
+        self.backend, self.compile_s = backend, None
+        if backend.name == "torch":
+            import torch
+
+            def run(seed: int):
+                with torch.no_grad():
+                    return flows.log_likelihood(net, x, config, seed=seed)[0]
+
+            self._run = run
+            return
+        import jax
+
+        def fn(net, x, key):
+            return flows.log_likelihood(net, x, config, key=key)[0]
+
+        start = time.perf_counter()
+        compiled = jax.jit(fn).lower(net, x, _key(backend, PROBE_SEED)).compile()
+        self.compile_s = time.perf_counter() - start
+        self._run = lambda seed: compiled(net, x, _key(backend, seed))
+
+    def __call__(self, seed: int) -> np.ndarray:
+        out = self._run(seed)
+        self.backend.sync(out)
+        return np.asarray(self.backend.to_numpy(out), dtype=np.float64)
+
+    def time_ms(self, rounds: int = EVAL_ROUNDS) -> float:
+        """Median wall ms of one synchronised evaluation, after a warm-up call."""
+        self(PROBE_SEED)
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            self(PROBE_SEED)
+            times.append(time.perf_counter() - start)
+        return 1e3 * statistics.median(times)
+
+
+def spread(evaluate: Evaluation, seeds: int = SEEDS) -> dict[str, float]:
+    """The estimate's spread across probe seeds: ``loglik_std``, the std of the batch-mean
+    log-likelihood, ``loglik_std_sample``, the mean per-sample std, and their mean."""
+    estimates = np.stack([evaluate(seed) for seed in range(seeds)])  # (seeds, batch)
+    return {
+        "loglik": float(estimates.mean()),
+        "loglik_std": float(estimates.mean(1).std(ddof=1)),
+        "loglik_std_sample": float(estimates.std(0, ddof=1).mean()),
+    }
+
+
+def stats_info(stats: dict) -> dict[str, Any]:
+    def plain(value):
+        return None if value is None else int(value)
+
+    return {key: plain(stats.get(key)) for key in ("nfe_forward", "nfe_backward", "n_steps")}
+
+
+def iteration_task(sweep: Sweep, backend, point: CnfPoint) -> Task:
+    """One training iteration to time; its check files NFE, the held-out evaluation time and,
+    for Hutchinson, the estimate's spread in Task.info."""
+    spec = flow_spec(point.d)
+    data = load_data(sweep, point.dataset)
+    net = backend.build(spec, seed=MODEL_SEED)
+    rng = np.random.default_rng(DATA_SEED)
+    x = _array(backend, next(cnf.batches(data.train, point.batch, rng)), spec.dtype)
+    fn, args, stats_of = train_step(backend, net, x, point.config)
+    found: dict[str, Any] = {}
+
+    def check(out, step) -> tuple[float | None, str | None]:
+        found.update(stats_info(stats_of(out)))
+        held_out = _array(backend, held_out_batch(data, point.batch), spec.dtype)
+        evaluate = Evaluation(backend, net, held_out, point.config)
+        found["loglik_compile_s"] = evaluate.compile_s
+        found["loglik_eval_ms"] = evaluate.time_ms()
+        if point.method != "hutchinson":
+            found["loglik"] = float(evaluate(PROBE_SEED).mean())
+            return None, None
+        found.update(spread(evaluate))
+        return found["loglik_std"] / abs(found["loglik"]), "rel_std"
+
+    return Task(fn, args, check, info=found)
+
+
+def budget_s() -> float | None:
+    raw = os.environ.get("HOLLOWBENCH_CNF_BUDGET_S")
+    return float(raw) if raw else None
+
+
+def budget_task(sweep: Sweep, backend, point: CnfPoint, seconds: float) -> Task:
+    """Train for ``seconds``, then time the held-out batch evaluation; the check files the
+    exact held-out NLL and the spread of the method's estimate in Task.info."""
+    flows = _cnf(backend)
+    spec = flow_spec(point.d)
+    data = load_data(sweep, point.dataset)
+    result = flows.train(
+        backend.build(spec, seed=MODEL_SEED), data.train, point.config, budget_s=seconds,
+        batch=point.batch, lr=LR, seed=DATA_SEED,
+    )  # fmt: skip
+    net = result.field
+    found: dict[str, Any] = {
+        "budget_s": seconds,
+        "train_iterations": result.iterations,
+        "train_iter_ms": 1e3 * result.seconds / max(result.iterations, 1),
+        "train_loss": result.losses[-1] if result.losses else None,
+        "nfe_forward": result.nfe_forward[-1] if result.nfe_forward else None,
+        "nfe_backward": result.nfe_backward[-1] if result.nfe_backward else None,
+    }
+    held_out = _array(backend, held_out_batch(data, point.batch), spec.dtype)
+    evaluate = Evaluation(backend, net, held_out, point.config)
+    found["loglik_compile_s"] = evaluate.compile_s
+
+    def check(out, step) -> tuple[float | None, str | None]:
+        found["loglik_eval_ms"] = evaluate.time_ms()
+        exact = FlowConfig(method="hollow", rtol=RTOL, atol=ATOL)
+        logp = flows.held_out_log_likelihood(net, data.test, exact, batch=point.batch)
+        found.update(data.nll(logp))
+        if point.method != "hutchinson":
+            found["nll_estimate_nats"] = found["nll_nats"]
+            return None, None
+
+        def estimate(seed: int) -> np.ndarray:
+            return flows.held_out_log_likelihood(
+                net, data.test, point.config, seed=seed, batch=point.batch
+            )
+
+        estimates = np.stack([estimate(seed) for seed in range(SEEDS)])  # (seeds, n_test)
+        found["nll_estimate_nats"] = float(-(estimates + data.test_log_det).mean())
+        found["loglik"] = float(estimates.mean())
+        found["loglik_std"] = float(estimates.mean(1).std(ddof=1))
+        found["loglik_std_sample"] = float(estimates.std(0, ddof=1).mean())
+        return found["loglik_std"] / abs(found["loglik"]), "rel_std"
+
+    return Task(lambda: evaluate(PROBE_SEED), (), check, info=found)
+
+
+def need_bytes(point: CnfPoint) -> int:
+    """A rough guard against hopeless points: the divergence workload's training-step
+    estimate (bench/harness/operators.py) times the evaluations a backward keeps."""
+    spec = flow_spec(point.d)
+    probe = grid.Point(
+        "divergence", point.backend, point.device, point.method, "hollownet", point.d,
+        point.batch, 1, "train", point.n_probes,
+    )  # fmt: skip
+    return NFE_GUESS * predict_bytes(spec, probe)
+
+
+def describe(point: CnfPoint, preset: str) -> dict[str, Any]:
+    """The point's identity in extra_info: SCHEMA.md's keys plus the CNF ones."""
+    spec, config = flow_spec(point.d), point.config
+    return dict.fromkeys(CNF_KEYS) | {
+        "workload": "cnf",
+        "method": point.method,
+        "model": "hollownet",
+        "d": point.d,
+        "batch": point.batch,
+        "k": 1,
+        "n_probes": point.n_probes,
+        "mode": "train",
+        "dtype": spec.dtype,
+        "n_params": spec.n_params,
+        "flops": spec.flops,
+        "model_spec": {"type": "HollowSpec", **asdict(spec)},
+        "cnf_item": point.item,
+        "dataset": point.dataset,
+        "solver": config.solver,
+        "rtol": config.rtol,
+        "atol": config.atol,
+        "t1": config.t1,
+        "adjoint": config.adjoint,
+        "budget_s": (budget_s() or BUDGET_S.get(preset)) if point.item == "budget" else None,
+    }
+
+
+def test_cnf(sweep, benchmark, backend, device, item, dataset, d, method, n_probes, batch):
+    point = CnfPoint(backend, device, item, dataset, d, method, n_probes, batch)
+    preset = sweep.settings.preset.name
+    backend = sweep.backend(point.backend, point.device)
+    info = describe(point, preset)
+    benchmark.group = f"cnf {point.item} {point.dataset} d={point.d} b={point.batch}"
+
+    def make_task() -> Task:
+        if point.item == "iteration":
+            return iteration_task(sweep, backend, point)
+        return budget_task(sweep, backend, point, info["budget_s"])
+
+    sweep.run(benchmark, backend, make_task, info, need_bytes=need_bytes(point))

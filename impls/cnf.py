@@ -1,0 +1,450 @@
+"""Framework-free parts of the continuous normalizing flow (CNF) workload: data sets, the data
+transforms and their log-determinants, the flow's configuration, the model the benchmark uses,
+and the statistics both backends share.
+
+A CNF (FFJORD) integrates ``d/dt [x, a] = [f(t, x), -div f(t, x)]`` from ``x(0) = x`` (data,
+in model space) to ``z = x(t1)``, with ``a(0) = 0``; ``delta_logp = a(t1)`` and
+``log p(x) = log N(z; 0, I) - delta_logp``. Sampling integrates ``z ~ N(0, I)`` back to t = 0.
+The backends' ``cnf`` modules (``impls.torch_backend.cnf``, ``impls.jax_backend.cnf``) solve
+it with torchdiffeq and diffrax under the same names.
+
+>>> data = load_dataset("digits")            # 64-d, dequantised, logit-transformed
+>>> data.train.shape, data.dim               # (1437, 64) in model space, float64
+>>> data.nll(logp_test)                      # NLL in data space: nats and bits/dim
+
+Data sets: 2-D toys generated in code from a seed (``moons``, ``8gaussians``, ``checkerboard``,
+``rings``, as FFJORD defines them), scikit-learn's bundled ``digits`` (no download), and any
+``(n, d)`` array saved as ``.npy`` (:func:`load_npy`: POWER, GAS, MINIBOONE, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from impls._checks import NOISES
+from impls.spec import HollowSpec
+
+TOY_DATASETS = ("moons", "8gaussians", "checkerboard", "rings")
+DATASETS = (*TOY_DATASETS, "digits")
+# Divergence methods a flow can use: hollow needs a HollowNet, the others take any f(t, x).
+CNF_METHODS = ("hollow", "hutchinson", "dense_vectorized", "dense_loop")
+SOLVERS = ("dopri5", "tsit5")  # torchdiffeq has dopri5 only; diffrax both
+# New evaluations of f per step attempt of the FSAL Runge-Kutta pairs (7 stages, the last
+# reused as the next step's first). diffrax makes exactly 6 * num_steps + 1 evaluations per
+# solve with a PID controller, the initial-step heuristic included: checked in the tests.
+EVALS_PER_STEP = {"dopri5": 6, "tsit5": 6}
+
+DIGITS_LEVELS = 17  # load_digits' pixels are integers 0..16
+LOGIT_ALPHA = 0.05  # keeps the logit off 0 and 1, as RealNVP/FFJORD do (they use 1e-6..0.05)
+TOY_SIZES = (10_000, 2_000)  # default train and test sizes of a toy set
+
+
+# --- transforms: data space -> model space, elementwise bijections ------------------------
+
+
+class Transform(Protocol):
+    """An elementwise bijection from data space to model space. Written against an array
+    namespace ``xp`` (numpy, torch or jax.numpy) so autodiff can check its log-determinant."""
+
+    def forward(self, x: Any, xp: Any = np) -> Any:
+        """y = T(x), (n, d)."""
+
+    def inverse(self, y: Any, xp: Any = np) -> Any:
+        """x = T^-1(y), (n, d)."""
+
+    def log_det(self, x: Any, xp: Any = np) -> Any:
+        """log |det dT/dx| at each row of x, (n,)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Model space is data space (the 2-D toys)."""
+
+    def forward(self, x, xp=np):
+        return x
+
+    def inverse(self, y, xp=np):
+        return y
+
+    def log_det(self, x, xp=np):
+        return 0 * x[:, 0]
+
+
+@dataclass(frozen=True, eq=False)
+class Standardize:
+    """y = (x - mean) / std, per dimension (user arrays)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    def forward(self, x, xp=np):
+        return (x - xp.asarray(self.mean, dtype=x.dtype)) / xp.asarray(self.std, dtype=x.dtype)
+
+    def inverse(self, y, xp=np):
+        return y * xp.asarray(self.std, dtype=y.dtype) + xp.asarray(self.mean, dtype=y.dtype)
+
+    def log_det(self, x, xp=np):
+        return 0 * x[:, 0] - float(np.log(self.std).sum())
+
+
+@dataclass(frozen=True)
+class Logit:
+    """Dequantised pixels x in (0, levels) to R: ``s = alpha + (1 - 2 alpha) x / levels``,
+    ``y = log s - log(1 - s)`` (RealNVP's logit transform)."""
+
+    levels: float
+    alpha: float = LOGIT_ALPHA
+
+    def _scale(self) -> float:
+        return (1 - 2 * self.alpha) / self.levels
+
+    def forward(self, x, xp=np):
+        s = self.alpha + self._scale() * x
+        return xp.log(s) - xp.log(1 - s)
+
+    def inverse(self, y, xp=np):
+        s = 1 / (1 + xp.exp(-y))
+        return (s - self.alpha) / self._scale()
+
+    def log_det(self, x, xp=np):
+        # dy/dx = scale / (s (1 - s)), elementwise
+        s = self.alpha + self._scale() * x
+        return (math.log(self._scale()) - xp.log(s) - xp.log(1 - s)).sum(-1)
+
+
+# --- data sets ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Train and test rows in model space (float64), the transform from data space, and its
+    log-determinant at each test row, so held-out NLL is reported in data space."""
+
+    name: str
+    train: np.ndarray  # (n_train, d)
+    test: np.ndarray  # (n_test, d)
+    test_log_det: np.ndarray  # (n_test,)
+    transform: Transform = field(default_factory=Identity)
+
+    @property
+    def dim(self) -> int:
+        return self.train.shape[1]
+
+    def nll(self, logp_test: np.ndarray) -> dict[str, float]:
+        """Held-out NLL in data space from the model-space log-likelihoods of ``test``."""
+        if np.shape(logp_test) != (len(self.test),):
+            raise ValueError(
+                f"expected one log-likelihood per test row, shape ({len(self.test)},), "
+                f"got {np.shape(logp_test)}"
+            )
+        return nll_summary(logp_test, self.test_log_det, self.dim)
+
+
+def nll_summary(logp_model: np.ndarray, log_det: np.ndarray, dim: int) -> dict[str, float]:
+    """Mean negative log-likelihood in data space, ``-(log p_model(T(x)) + log|det T'(x)|)``:
+    nats per sample (``nll_nats``), its standard error (``nll_sem``) and bits per dimension."""
+    logp = np.asarray(logp_model, dtype=np.float64) + np.asarray(log_det, dtype=np.float64)
+    if logp.ndim != 1 or logp.size == 0:
+        raise ValueError(f"expected a non-empty (n,) array of log-likelihoods, got {logp.shape}")
+    nll = float(-logp.mean())
+    sem = float(logp.std(ddof=1) / math.sqrt(logp.size)) if logp.size > 1 else float("nan")
+    return {"nll_nats": nll, "nll_sem": sem, "bits_per_dim": bits_per_dim(nll, dim)}
+
+
+def bits_per_dim(nll_nats: float, dim: int) -> float:
+    return nll_nats / (dim * math.log(2))
+
+
+def load_dataset(
+    name: str, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0
+) -> Dataset:
+    """A named data set. Toys: ``n_train``/``n_test`` fresh samples (default 10 000 / 2 000).
+    ``digits``: scikit-learn's 1797 8x8 images, a seeded 80/20 split (``n_train``/``n_test``
+    take the first rows of each part), uniform dequantisation, then :class:`Logit`."""
+    if name not in DATASETS:
+        raise ValueError(
+            f"unknown dataset {name!r}; available: {', '.join(DATASETS)} "
+            "(or load_npy(path) for an array of your own)"
+        )
+    for value, label in ((n_train, "n_train"), (n_test, "n_test")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{label} must be an int or None, got {type(value).__name__}")
+        if value is not None and value < 1:
+            raise ValueError(f"{label} must be >= 1, got {value}")
+    if name == "digits":
+        return _digits(n_train, n_test, seed)
+    rng = np.random.default_rng(seed)
+    sizes = (n_train or TOY_SIZES[0], n_test or TOY_SIZES[1])
+    train, test = (TOYS[name](n, rng) for n in sizes)
+    return Dataset(name, train, test, np.zeros(len(test)))
+
+
+def load_npy(
+    path: str | Path,
+    *,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    standardize: bool = True,
+    name: str | None = None,
+) -> Dataset:
+    """An (n, d) float array from ``path``, split at random (``seed``) into train and test,
+    standardised with the train rows' mean and std unless ``standardize=False``."""
+    path = Path(path)
+    if path.suffix != ".npy":
+        raise ValueError(f"expected a .npy file, got {str(path)!r}")
+    data = np.load(path, allow_pickle=False)
+    if data.ndim != 2 or data.shape[0] < 2 or data.shape[1] < 1:
+        raise ValueError(f"{path}: expected an (n, d) array with n >= 2, got shape {data.shape}")
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        raise TypeError(f"{path}: expected real numbers, got dtype {data.dtype}")
+    data = data.astype(np.float64)
+    if not np.isfinite(data).all():
+        raise ValueError(f"{path}: the array contains NaN or inf")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    order = np.random.default_rng(seed).permutation(len(data))
+    n_test = min(max(round(test_fraction * len(data)), 1), len(data) - 1)
+    train, test = data[order[n_test:]], data[order[:n_test]]
+    transform: Transform = Identity()
+    if standardize:
+        std = train.std(0)
+        transform = Standardize(train.mean(0), np.where(std > 0, std, 1.0))
+    return Dataset(
+        name or path.stem,
+        transform.forward(train),
+        transform.forward(test),
+        transform.log_det(test),
+        transform,
+    )
+
+
+def _digits(n_train: int | None, n_test: int | None, seed: int) -> Dataset:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise ImportError(
+            "the 'digits' dataset needs scikit-learn: pip install 'hollowbench[cnf]'"
+        ) from err
+    pixels = load_digits().data.astype(np.float64)  # (1797, 64), integers 0..16
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pixels))
+    cut = len(pixels) // 5
+    test_rows, train_rows = order[:cut][:n_test], order[cut:][:n_train]
+    # Uniform dequantisation, once per load: the density of pixel + u upper-bounds the
+    # discrete data's NLL, so bits/dim compare with the literature's.
+    dequantised = pixels + rng.uniform(size=pixels.shape)
+    transform = Logit(DIGITS_LEVELS)
+    train, test = dequantised[train_rows], dequantised[test_rows]
+    return Dataset(
+        "digits",
+        transform.forward(train),
+        transform.forward(test),
+        transform.log_det(test),
+        transform,
+    )
+
+
+# The toys as FFJORD's lib/toy_data.py defines them, from a numpy Generator.
+
+
+def _moons(n: int, rng: np.random.Generator) -> np.ndarray:
+    """sklearn.datasets.make_moons(noise=0.1), written out so the toys need no scikit-learn,
+    then scaled as FFJORD does (* 2 + (-1, -0.2))."""
+    n_out = n // 2
+    outer, inner = np.linspace(0, np.pi, n_out), np.linspace(0, np.pi, n - n_out)
+    x = np.concatenate([np.cos(outer), 1 - np.cos(inner)])
+    y = np.concatenate([np.sin(outer), 1 - np.sin(inner) - 0.5])
+    data = np.stack([x, y], 1) + rng.normal(scale=0.1, size=(n, 2))
+    return rng.permutation(data) * 2 + np.array([-1.0, -0.2])
+
+
+def _eight_gaussians(n: int, rng: np.random.Generator) -> np.ndarray:
+    r = 1 / math.sqrt(2)
+    unit = [(1, 0), (-1, 0), (0, 1), (0, -1), (r, r), (r, -r), (-r, r), (-r, -r)]
+    centers = 4.0 * np.array(unit)
+    points = rng.normal(size=(n, 2)) * 0.5 + centers[rng.integers(0, 8, n)]
+    return points / 1.414
+
+
+def _checkerboard(n: int, rng: np.random.Generator) -> np.ndarray:
+    x1 = rng.uniform(size=n) * 4 - 2
+    x2 = rng.uniform(size=n) - rng.integers(0, 2, n) * 2 + np.floor(x1) % 2
+    return np.stack([x1, x2], 1) * 2
+
+
+def _rings(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Four concentric circles (radii 1, 0.75, 0.5, 0.25, times 3) with Gaussian noise 0.08."""
+    quarter = n // 4
+    counts, radii = (n - 3 * quarter, quarter, quarter, quarter), (0.25, 0.5, 0.75, 1.0)
+    circles = []
+    for count, radius in zip(counts, radii, strict=True):
+        angle = np.linspace(0, 2 * np.pi, count, endpoint=False)
+        circles.append(radius * np.stack([np.cos(angle), np.sin(angle)], 1))
+    data = rng.permutation(np.concatenate(circles)) * 3.0
+    return data + rng.normal(scale=0.08, size=data.shape)
+
+
+TOYS = {
+    "moons": _moons,
+    "8gaussians": _eight_gaussians,
+    "checkerboard": _checkerboard,
+    "rings": _rings,
+}
+
+
+def batches(data: np.ndarray, batch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Endless minibatches of ``data``'s rows: a fresh permutation each epoch, no short batch
+    (so compiled steps see one shape). The same rng gives the same batches in both backends."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    n = len(data)
+    while True:
+        order = rng.permutation(n)
+        if n < batch:  # fewer rows than a batch: sample with replacement
+            yield data[rng.integers(0, n, batch)]
+            continue
+        for start in range(0, n - batch + 1, batch):
+            yield data[order[start : start + batch]]
+
+
+# --- the flow's configuration and model -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """How a flow is solved and its divergence computed.
+
+    - ``method``: "hollow" (exact, HollowNets only), "hutchinson" (``n_probes`` probes of
+      ``noise``, drawn once per solve as in FFJORD), "dense_vectorized" or "dense_loop" (exact).
+    - ``solver`` with ``rtol``/``atol``: "dopri5" (torchdiffeq, diffrax) or "tsit5" (diffrax).
+    - ``adjoint``: False differentiates through the solver's steps (torchdiffeq ``odeint``,
+      diffrax ``RecursiveCheckpointAdjoint``); True solves the continuous adjoint backwards
+      (``odeint_adjoint``, diffrax ``BacksolveAdjoint``), in O(1) memory.
+    - ``t1``: the flow's end time; ``max_steps``: the solver's step limit.
+    """
+
+    method: str = "hollow"
+    n_probes: int = 1
+    noise: str = "rademacher"
+    solver: str = "dopri5"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    t1: float = 1.0
+    adjoint: bool = False
+    max_steps: int = 1000
+
+    def __post_init__(self):
+        if self.method not in CNF_METHODS:
+            raise ValueError(
+                f"unknown method {self.method!r} for a flow; available: {', '.join(CNF_METHODS)}"
+            )
+        n = self.n_probes
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n_probes must be a positive int, got {n!r}")
+        if self.noise not in NOISES:
+            raise ValueError(f"unknown noise {self.noise!r}; choose from {', '.join(NOISES)}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r}; available: {', '.join(SOLVERS)}")
+        for name in ("rtol", "atol"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+            if not 0 < value < 1:
+                raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+        if isinstance(self.t1, bool) or not isinstance(self.t1, int | float):
+            raise TypeError(f"t1 must be a real number, got {type(self.t1).__name__}")
+        if not (math.isfinite(self.t1) and self.t1 > 0):
+            raise ValueError(f"t1 must be a finite number > 0, got {self.t1!r}")
+        if not isinstance(self.adjoint, bool):
+            raise TypeError(f"adjoint must be a bool, got {type(self.adjoint).__name__}")
+        steps = self.max_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"max_steps must be a positive int, got {steps!r}")
+
+    @property
+    def exact(self) -> bool:
+        return self.method != "hutchinson"
+
+
+DEFAULT_CONFIG = FlowConfig()
+
+
+def flow_spec(dim: int, dtype: str = "float32") -> HollowSpec:
+    """The benchmark's CNF dynamics: a small time-dependent HollowNet (d_h = 8, a 16-wide
+    masked conditioner, a 32-32 tanh transformer over ``[x_i, h_i, t]``)."""
+    return HollowSpec(
+        dim=dim,
+        d_h=8,
+        cond_hidden=(16,),
+        trans_hidden=(32, 32),
+        activation="tanh",
+        time_dependent=True,
+        dtype=dtype,
+    )
+
+
+def standard_normal_logpdf(z: Any, xp: Any = np) -> Any:
+    """log N(z; 0, I) per row of z, (n,)."""
+    return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+
+
+def check_field_method(method: str, is_hollow: bool) -> None:
+    if method == "hollow" and not is_hollow:
+        raise ValueError(
+            "method 'hollow' needs a HollowNet built by this backend as the flow's f; "
+            "use hutchinson, dense_vectorized or dense_loop for other callables"
+        )
+
+
+def check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    return int(seed)
+
+
+def check_budget(steps: int | None, budget_s: float | None) -> None:
+    """A training run stops after ``steps`` iterations or ``budget_s`` seconds (the first
+    reached); at least one must be given."""
+    if steps is None and budget_s is None:
+        raise ValueError("give steps=..., budget_s=... or both")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if budget_s is not None and not (isinstance(budget_s, int | float) and budget_s > 0):
+        raise ValueError(f"budget_s must be a number > 0, got {budget_s!r}")
+
+
+def probe_seed(seed: int, iteration: int) -> int:
+    """The probe seed of one training iteration: fresh noise each step, reproducibly."""
+    return seed * 1_000_003 + iteration
+
+
+def check_data(data: Any, dim: int) -> np.ndarray:
+    array = np.asarray(data)
+    if array.ndim != 2 or array.shape[1] != dim or array.shape[0] < 1:
+        raise ValueError(f"data must have shape (n, {dim}) with n >= 1, got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError("data contains NaN or inf")
+    return array
+
+
+@dataclass
+class TrainResult:
+    """What a training run did: the trained ``field`` (the torch module, trained in place, or
+    the new JAX module), the loss (mean NLL in model space, nats) and NFE of each iteration,
+    and the wall seconds its iterations took (JAX compilation excluded)."""
+
+    field: Any
+    losses: list[float]
+    nfe_forward: list[int]
+    nfe_backward: list[int | None]
+    seconds: float
+
+    @property
+    def iterations(self) -> int:
+        return len(self.losses)

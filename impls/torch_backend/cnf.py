@@ -1,0 +1,266 @@
+"""Continuous normalizing flows in PyTorch: torchdiffeq's ``odeint`` / ``odeint_adjoint``.
+
+The flow's ``field`` is a time-dependent model built by this backend (``net(t, x)``; a
+HollowNet for method "hollow"), or any callable ``f(t, x)`` on (batch, d) tensors (then the
+dense methods or Hutchinson, computed by the operators' own code). See :mod:`impls.cnf` for
+the maths, the configuration and the data; the JAX backend's ``cnf`` module has the same API.
+
+>>> from impls.cnf import FlowConfig, flow_spec
+>>> net = TorchBackend("cpu").build(flow_spec(2), seed=0)
+>>> logp, stats = log_likelihood(net, x, FlowConfig(method="hollow"))   # (batch,)
+>>> loss, stats = nll(net, x, FlowConfig(method="hutchinson")); loss.backward()
+>>> stats["nfe_forward"], stats["nfe_backward"]                            # counted
+
+NFE (``stats``): ``nfe_forward`` counts evaluations of the dynamics during the solve;
+``nfe_backward`` counts vector-Jacobian products of the dynamics during ``backward()`` (an
+autograd hook on their output), which the dict gains while backward runs: one per forward
+evaluation the graph holds (``adjoint=False``), or one per evaluation of the adjoint solve
+(``adjoint=True``). Each evaluation runs f and, separately, the backend's divergence.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torchdiffeq import odeint, odeint_adjoint
+
+from impls import cnf
+from impls.cnf import DEFAULT_CONFIG, FlowConfig, TrainResult
+from impls.torch_backend import operators
+from impls.torch_backend.models import HollowNet
+
+__all__ = [
+    "SOLVERS",
+    "Dynamics",
+    "decode",
+    "encode",
+    "held_out_log_likelihood",
+    "log_likelihood",
+    "nll",
+    "sample",
+    "train",
+]
+
+SOLVERS = ("dopri5",)
+Tensor = torch.Tensor
+
+
+class _CountVJP(torch.autograd.Function):
+    """Identity on the dynamics' output whose backward counts one VJP of the dynamics."""
+
+    @staticmethod
+    def forward(ctx, stats: dict, dx: Tensor, dlogp: Tensor) -> tuple[Tensor, Tensor]:
+        ctx.stats = stats
+        return dx.view_as(dx), dlogp.view_as(dlogp)
+
+    @staticmethod
+    def backward(ctx, grad_dx: Tensor, grad_dlogp: Tensor):
+        ctx.stats["nfe_backward"] += 1
+        return None, grad_dx, grad_dlogp
+
+
+class Dynamics(nn.Module):
+    """``d/dt [x, a] = [f(t, x), -div f(t, x)]`` on the state ``(x (batch, d), a (batch,))``.
+
+    Hutchinson probes come from ``seed`` at every evaluation, so one solve (and its adjoint)
+    sees a single draw, as in FFJORD. ``calls`` counts evaluations.
+    """
+
+    def __init__(self, field: Callable, config: FlowConfig, seed: int, stats: dict):
+        super().__init__()
+        self.field = field  # a Module registers as a child: odeint_adjoint finds its params
+        self.config, self.seed, self.stats = config, seed, stats
+        self.calls = 0
+
+    def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        self.calls += 1
+        x = state[0]
+        dx = _evaluate(self.field, t, x)
+        dlogp = -_divergence(self.field, x, t, self.config, self.seed)
+        if torch.is_grad_enabled():
+            return _CountVJP.apply(self.stats, dx, dlogp)
+        return dx, dlogp
+
+
+def _is_model(field: Any) -> bool:
+    return isinstance(field, nn.Module) and hasattr(field, "spec")
+
+
+def _evaluate(field: Callable, t: Tensor, x: Tensor) -> Tensor:
+    if _is_model(field) and not field.spec.time_dependent:
+        return field(x)
+    return field(t, x)
+
+
+def _divergence(field: Callable, x: Tensor, t: Tensor, config: FlowConfig, seed: int) -> Tensor:
+    method = config.method
+    probes = {"n_probes": config.n_probes, "noise": config.noise, "seed": seed}
+    if _is_model(field):
+        opts = {"t": t} if field.spec.time_dependent else {}
+        if method == "hutchinson":
+            opts |= probes
+        return operators.divergence(field, x, method, **opts)
+    # A plain callable: the same operator code, on f(t, .)
+    fun = lambda y: field(t, y)  # noqa: E731
+    if method == "hutchinson":
+        return operators._hutchinson(fun, x, probes, trace=True)
+    if method == "dense_loop":
+        return operators._dense_loop(fun, x, 1).sum(-1)
+    return operators._dense_vectorized(fun, x, 1, None).sum(-1)
+
+
+def _check(field: Any, x: Any, config: FlowConfig, seed: Any, name: str = "x") -> None:
+    if not isinstance(config, FlowConfig):
+        raise TypeError(f"config must be an impls.cnf.FlowConfig, got {type(config).__name__}")
+    if config.solver not in SOLVERS:
+        raise ValueError(
+            f"solver {config.solver!r} is not available in torchdiffeq here; "
+            f"available: {', '.join(SOLVERS)}"
+        )
+    if not callable(field):
+        raise TypeError(f"field must be a model or a callable f(t, x), got {type(field).__name__}")
+    cnf.check_field_method(config.method, isinstance(field, HollowNet))
+    cnf.check_seed(seed)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 2 or x.shape[0] < 1 or not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating (batch, d) tensor, got {tuple(x.shape)}")
+    if _is_model(field):
+        spec = field.spec
+        if x.shape[1] != spec.dim:
+            raise ValueError(f"{name} must have shape (batch, {spec.dim}), got {tuple(x.shape)}")
+        if str(x.dtype).removeprefix("torch.") != spec.dtype:
+            raise TypeError(f"{name} has dtype {x.dtype} but the model is {spec.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def _integrate(
+    field: Callable, y0: Tensor, t0: float, t1: float, config: FlowConfig, seed: int
+) -> tuple[Tensor, Tensor, dict]:
+    """Solve from ``t0`` to ``t1``; (y(t1), a(t1), stats)."""
+    stats = {"nfe_forward": 0, "nfe_backward": 0}
+    dynamics = Dynamics(field, config, seed, stats)
+    ts = torch.tensor([t0, t1], dtype=y0.dtype, device=y0.device)
+    solve = odeint_adjoint if config.adjoint else odeint
+    ys, acc = solve(
+        dynamics,
+        (y0, y0.new_zeros(y0.shape[0])),
+        ts,
+        rtol=config.rtol,
+        atol=config.atol,
+        method=config.solver,
+        options={"max_num_steps": config.max_steps},
+    )
+    stats["nfe_forward"] = dynamics.calls
+    return ys[-1], acc[-1], stats
+
+
+def encode(
+    field: Callable, x: Tensor, config: FlowConfig = DEFAULT_CONFIG, *, seed: int = 0
+) -> tuple[Tensor, Tensor, dict]:
+    """x -> z = x(t1): (z, delta_logp, stats), with ``log p(x) = log N(z) - delta_logp``."""
+    _check(field, x, config, seed)
+    return _integrate(field, x, 0.0, config.t1, config, seed)
+
+
+def decode(
+    field: Callable, z: Tensor, config: FlowConfig = DEFAULT_CONFIG, *, seed: int = 0
+) -> tuple[Tensor, Tensor, dict]:
+    """z -> x = x(0), integrating back from t1: (x, delta_logp, stats), with the same
+    ``log p(x) = log N(z) - delta_logp``."""
+    _check(field, z, config, seed, name="z")
+    x, acc, stats = _integrate(field, z, config.t1, 0.0, config, seed)
+    return x, -acc, stats
+
+
+def log_likelihood(
+    field: Callable, x: Tensor, config: FlowConfig = DEFAULT_CONFIG, *, seed: int = 0
+) -> tuple[Tensor, dict]:
+    """log p(x) in model space, (batch,), and the solve's stats."""
+    z, delta_logp, stats = encode(field, x, config, seed=seed)
+    return cnf.standard_normal_logpdf(z, torch) - delta_logp, stats
+
+
+def nll(
+    field: Callable, x: Tensor, config: FlowConfig = DEFAULT_CONFIG, *, seed: int = 0
+) -> tuple[Tensor, dict]:
+    """The training loss: mean negative log-likelihood of the batch (nats, model space)."""
+    logp, stats = log_likelihood(field, x, config, seed=seed)
+    return -logp.mean(), stats
+
+
+def sample(
+    net: nn.Module, n: int, config: FlowConfig = DEFAULT_CONFIG, *, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """n samples of a built model's flow: z ~ N(0, I) from ``seed``, decoded; (x, log p(x))."""
+    if not _is_model(net):
+        raise TypeError("sample needs a model built by this backend; decode any z instead")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    param = next(net.parameters())
+    gen = torch.Generator(device=param.device).manual_seed(cnf.check_seed(seed))
+    z = torch.randn(n, net.spec.dim, generator=gen, dtype=param.dtype, device=param.device)
+    x, delta_logp, _ = decode(net, z, config, seed=seed)
+    return x, cnf.standard_normal_logpdf(z, torch) - delta_logp
+
+
+def held_out_log_likelihood(
+    field: nn.Module,
+    data: np.ndarray,
+    config: FlowConfig = DEFAULT_CONFIG,
+    *,
+    seed: int = 0,
+    batch: int = 512,
+) -> np.ndarray:
+    """Model-space log p of every row of ``data`` (n, d), in batches, without gradients."""
+    param = next(field.parameters())
+    data = cnf.check_data(data, field.spec.dim)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(data), batch):
+            x = torch.as_tensor(data[start : start + batch], dtype=param.dtype, device=param.device)
+            logp, _ = log_likelihood(field, x, config, seed=seed)
+            out.append(logp.double().cpu().numpy())
+    return np.concatenate(out)
+
+
+def train(
+    field: nn.Module,
+    data: np.ndarray,
+    config: FlowConfig = DEFAULT_CONFIG,
+    *,
+    steps: int | None = None,
+    budget_s: float | None = None,
+    batch: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> TrainResult:
+    """Adam on the mean NLL of minibatches of ``data`` (model space), in place, until
+    ``steps`` iterations or ``budget_s`` wall seconds. Batches and probes follow ``seed``."""
+    cnf.check_budget(steps, budget_s)
+    cnf.check_seed(seed)
+    param = next(field.parameters())
+    data = cnf.check_data(data, field.spec.dim)
+    source = cnf.batches(data, batch, np.random.default_rng(seed))
+    optimizer = torch.optim.Adam(field.parameters(), lr=lr)
+    result = TrainResult(field, [], [], [], 0.0)
+    start = time.perf_counter()
+    while (steps is None or result.iterations < steps) and (
+        budget_s is None or result.seconds < budget_s
+    ):
+        x = torch.as_tensor(next(source), dtype=param.dtype, device=param.device)
+        optimizer.zero_grad(set_to_none=True)
+        loss, stats = nll(field, x, config, seed=cnf.probe_seed(seed, result.iterations))
+        loss.backward()
+        optimizer.step()
+        result.losses.append(loss.item())  # syncs, so the clock below sees finished work
+        result.nfe_forward.append(stats["nfe_forward"])
+        result.nfe_backward.append(stats["nfe_backward"])
+        result.seconds = time.perf_counter() - start
+    return result

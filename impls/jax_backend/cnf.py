@@ -194,7 +194,7 @@ def log_likelihood(
 ) -> tuple[jax.Array, dict]:
     """log p(x) in model space, (batch,), and the solve's stats."""
     z, delta_logp, stats = encode(field, x, config, key=key, seed=seed)
-    return cnf.standard_normal_logpdf(z, jnp) - delta_logp, stats
+    return cnf.standard_normal_logpdf(z) - delta_logp, stats
 
 
 def nll(
@@ -228,7 +228,7 @@ def sample(
     key_z, key_probes = jax.random.split(_key(key, cnf.check_seed(seed), param))
     z = jax.random.normal(key_z, (n, net.spec.dim), dtype=param.dtype)
     x, delta_logp, _ = decode(net, z, config, key=key_probes)
-    return x, cnf.standard_normal_logpdf(z, jnp) - delta_logp
+    return x, cnf.standard_normal_logpdf(z) - delta_logp
 
 
 def held_out_log_likelihood(
@@ -240,16 +240,18 @@ def held_out_log_likelihood(
     batch: int = 512,
 ) -> np.ndarray:
     """Model-space log p of every row of ``data`` (n, d), in batches of one shape (the last
-    is padded), so one compilation serves them all."""
+    is padded), so one compilation serves them all. Batch i draws its Hutchinson probes from
+    ``probe_seed(seed, i)``: no two rows share one."""
     param = next(iter(field.params.values()))
     data = cnf.check_data(data, field.spec.dim)
-    key = _key(None, cnf.check_seed(seed), param)
+    cnf.check_seed(seed)
     batch = min(batch, len(data))
     out = []
-    for start in range(0, len(data), batch):
+    for i, start in enumerate(range(0, len(data), batch)):
         rows = data[start : start + batch]
         padded = np.concatenate([rows, np.repeat(rows[-1:], batch - len(rows), 0)])
         x = jax.device_put(jnp.asarray(padded, dtype=param.dtype), param.sharding)
+        key = _key(None, cnf.probe_seed(seed, i), param)
         logp, _ = log_likelihood(field, x, config, key=key)
         out.append(np.asarray(logp, dtype=np.float64)[: len(rows)])
     return np.concatenate(out)

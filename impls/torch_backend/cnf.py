@@ -184,7 +184,7 @@ def log_likelihood(
 ) -> tuple[Tensor, dict]:
     """log p(x) in model space, (batch,), and the solve's stats."""
     z, delta_logp, stats = encode(field, x, config, seed=seed)
-    return cnf.standard_normal_logpdf(z, torch) - delta_logp, stats
+    return cnf.standard_normal_logpdf(z) - delta_logp, stats
 
 
 def nll(
@@ -207,7 +207,7 @@ def sample(
     gen = torch.Generator(device=param.device).manual_seed(cnf.check_seed(seed))
     z = torch.randn(n, net.spec.dim, generator=gen, dtype=param.dtype, device=param.device)
     x, delta_logp, _ = decode(net, z, config, seed=seed)
-    return x, cnf.standard_normal_logpdf(z, torch) - delta_logp
+    return x, cnf.standard_normal_logpdf(z) - delta_logp
 
 
 def held_out_log_likelihood(
@@ -218,14 +218,16 @@ def held_out_log_likelihood(
     seed: int = 0,
     batch: int = 512,
 ) -> np.ndarray:
-    """Model-space log p of every row of ``data`` (n, d), in batches, without gradients."""
+    """Model-space log p of every row of ``data`` (n, d), in batches, without gradients.
+    Batch i draws its Hutchinson probes from ``probe_seed(seed, i)``: no two rows share one."""
     param = next(field.parameters())
     data = cnf.check_data(data, field.spec.dim)
+    cnf.check_seed(seed)
     out = []
     with torch.no_grad():
-        for start in range(0, len(data), batch):
+        for i, start in enumerate(range(0, len(data), batch)):
             x = torch.as_tensor(data[start : start + batch], dtype=param.dtype, device=param.device)
-            logp, _ = log_likelihood(field, x, config, seed=seed)
+            logp, _ = log_likelihood(field, x, config, seed=cnf.probe_seed(seed, i))
             out.append(logp.double().cpu().numpy())
     return np.concatenate(out)
 

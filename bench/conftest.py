@@ -13,6 +13,7 @@ import os
 # JAX would otherwise grab 75% of each GPU at import, starving torch points in the same process.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -73,18 +74,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     )
     points = grid.shard(points, *settings.shard)
     values = [pytest.param(*p.params, id=p.id) for p in points]
-    # A missing backend, or an empty selection, shows as one skipped test that says why.
-    values += [_skipped(f"{name}-unavailable", reason) for name, reason in missing.items()]
+    parametrize_points(metafunc, grid.PARAM_NAMES, values, missing, metafunc.module.GRID.workload)
+
+
+def parametrize_points(
+    metafunc: pytest.Metafunc, names: Sequence[str], values: list, missing: dict, workload: str
+) -> None:
+    """Parametrize ``names`` with ``values`` (a pytest.param per point). A missing backend
+    (``missing``: name -> import error), or an empty selection, shows as one skipped test that
+    says why, so no workload ever reports an empty parameter set."""
+
+    def skipped(name: str, reason: str):
+        blank = [None] * len(names)
+        return pytest.param(*blank, id=name, marks=pytest.mark.skip(reason=reason))
+
+    values = [*values, *(skipped(f"{name}-unavailable", why) for name, why in missing.items())]
     if not values:
-        workload = metafunc.module.GRID.workload
-        values = [_skipped("none", f"no {workload} points in this selection of options")]
-    metafunc.parametrize(grid.PARAM_NAMES, values)
-
-
-def _skipped(name: str, reason: str):
-    return pytest.param(
-        *[None] * len(grid.PARAM_NAMES), id=name, marks=pytest.mark.skip(reason=reason)
-    )
+        values = [skipped("none", f"no {workload} points in this selection of options")]
+    metafunc.parametrize(names, values)
 
 
 def _is_point(item: pytest.Item) -> bool:

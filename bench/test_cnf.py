@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench.conftest import DEVICES, SWEEP
+from bench.conftest import DEVICES, SWEEP, parametrize_points
 from bench.harness import grid
 from bench.harness.operators import predict_bytes
 from bench.harness.sweep import Sweep, Task
@@ -171,17 +171,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         for p in points
         for r in [unavailable(p)]
     ]
-    values += [  # a missing backend shows as one skipped test, with the import error
-        pytest.param(*[None] * len(PARAM_NAMES), id=f"{name}-unavailable",
-                     marks=pytest.mark.skip(reason=reason))
-        for name, reason in missing.items()
-    ]  # fmt: skip
-    if not values:
-        values = [
-            pytest.param(*[None] * len(PARAM_NAMES), id="none",
-                         marks=pytest.mark.skip(reason="no cnf points in this selection"))
-        ]  # fmt: skip
-    metafunc.parametrize(PARAM_NAMES, values)
+    parametrize_points(metafunc, PARAM_NAMES, values, missing, "cnf")
 
 
 # --- data, models and the timed tasks --------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench.conftest import DEVICES, SWEEP
+from bench.conftest import DEVICES, SWEEP, parametrize_points
 from bench.harness import grid
 from bench.harness.sweep import Sweep, Task
 from impls import _stiff
@@ -172,12 +172,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     ]
     points = grid.shard(points, *settings.shard)
     values = [pytest.param(*p.params, id=p.id) for p in points]
-    values += [  # a missing backend shows as one skipped test, with the import error
-        pytest.param(*[None] * len(PARAM_NAMES), id=f"{name}-unavailable",
-                     marks=pytest.mark.skip(reason=reason))
-        for name, reason in missing.items()
-    ]  # fmt: skip
-    metafunc.parametrize(PARAM_NAMES, values)
+    parametrize_points(metafunc, PARAM_NAMES, values, missing, "ode")
 
 
 # --- problems, references and the timed task -------------------------------------------------

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench.conftest import DEVICES, SWEEP
+from bench.conftest import DEVICES, SWEEP, parametrize_points
 from bench.harness import grid
-from bench.harness.operators import _float64_copy, activations, warm
+from bench.harness.operators import activations, float64_copy, warm
 from bench.harness.sweep import Sweep, Task
 from impls import HollowSpec
 from impls.sde import ROUTE_METHODS, ROUTES, ou_process, training_batch
@@ -120,17 +120,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     ]
     points = grid.shard(points, *settings.shard)
     values = [pytest.param(*p.params, id=p.id) for p in points]
-    values += [  # a missing backend shows as one skipped test, with the import error
-        pytest.param(*[None] * len(PARAM_NAMES), id=f"{name}-unavailable",
-                     marks=pytest.mark.skip(reason=reason))
-        for name, reason in missing.items()
-    ]  # fmt: skip
-    if not values:
-        values = [
-            pytest.param(*[None] * len(PARAM_NAMES), id="none",
-                         marks=pytest.mark.skip(reason="no sde points in this selection"))
-        ]  # fmt: skip
-    metafunc.parametrize(PARAM_NAMES, values)
+    parametrize_points(metafunc, PARAM_NAMES, values, missing, "sde")
 
 
 # --- data, models, the timed task and its check ----------------------------------------------
@@ -218,7 +208,7 @@ def reference(sweep: Sweep, point: SdePoint, spec, target, t_np, x_np) -> np.nda
     except (ImportError, ValueError):  # torch missing, or it cannot see this device
         backend = sweep.backend(point.backend, point.device)
     drift, diffusion = (
-        _float64_copy(backend, backend.build(spec, seed=seed)) for seed in SEEDS.values()
+        float64_copy(backend, backend.build(spec, seed=seed)) for seed in SEEDS.values()
     )
     t, x = (backend.asarray(a[:ROWS].astype(np.float64)) for a in (t_np, x_np))
     sde = _sde(backend)

@@ -245,7 +245,7 @@ def _reference_backend(sweep: Sweep, point: Point):
 def reference(backend, spec: ModelSpec, x_np: np.ndarray, k: int) -> np.ndarray:
     """D_dim^k of the model (spec, MODEL_SEED) at the first ROWS rows of ``x_np``, (ROWS, d)
     float64, by a dense Jacobian in float64 on ``backend``."""
-    net64 = _float64_copy(backend, backend.build(spec, seed=MODEL_SEED))
+    net64 = float64_copy(backend, backend.build(spec, seed=MODEL_SEED))
     x64 = backend.asarray(x_np[:ROWS].astype(np.float64))
     opts = {"k": k, "method": "dense_vectorized", "chunk_size": REFERENCE_CHUNK}
     if backend.name == "torch":
@@ -261,7 +261,7 @@ def reference(backend, spec: ModelSpec, x_np: np.ndarray, k: int) -> np.ndarray:
     return backend.to_numpy(out).astype(np.float64)
 
 
-def _float64_copy(backend, net):
+def float64_copy(backend, net):
     """The same model in float64 with the float32 weights upcast exactly (a float64 build from
     the seed would differ by the float32 rounding of the weights)."""
     spec64 = replace(net.spec, dtype="float64")

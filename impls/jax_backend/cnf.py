@@ -69,10 +69,10 @@ def _divergence(field: Callable, x, t, key, config: FlowConfig) -> jax.Array:
     # A plain callable: the same operator code, on f(t, .)
     fun = lambda y: field(t, y)  # noqa: E731
     if method == "hutchinson":
-        return operators._hutchinson(fun, x, key, config.n_probes, config.noise, trace=True)
+        return operators.hutchinson(fun, x, key, config.n_probes, config.noise, trace=True)
     if method == "dense_loop":
-        return operators._dense_loop(fun, x, 1).sum(-1)
-    return operators._dense_vectorized(fun, x, 1, None).sum(-1)
+        return operators.dense_loop(fun, x, 1).sum(-1)
+    return operators.dense_vectorized(fun, x, 1, None).sum(-1)
 
 
 @eqx.filter_jit
@@ -113,10 +113,6 @@ def _integrate(field, y0: jax.Array, t0: jax.Array, t1: jax.Array, key, config: 
     return sol.ys[0][-1], sol.ys[1][-1], stats
 
 
-def _concrete(a: Any) -> bool:
-    return not isinstance(a, jax.core.Tracer)
-
-
 def _check(field: Any, x: Any, config: FlowConfig, seed: Any, name: str = "x") -> None:
     if not isinstance(config, FlowConfig):
         raise TypeError(f"config must be an impls.cnf.FlowConfig, got {type(config).__name__}")
@@ -136,18 +132,14 @@ def _check(field: Any, x: Any, config: FlowConfig, seed: Any, name: str = "x") -
             raise ValueError(f"{name} must have shape (batch, {spec.dim}), got {x.shape}")
         if x.dtype.name != spec.dtype:
             raise TypeError(f"{name} has dtype {x.dtype} but the model is {spec.dtype}")
-    if _concrete(x):
-        with jax.ensure_compile_time_eval():
-            finite = bool(jnp.isfinite(x).all())
-        if not finite:
-            raise ValueError(f"{name} contains NaN or inf")
+    operators.check_finite(x, name)
 
 
 def _key(key: jax.Array | None, seed: int, like: jax.Array) -> jax.Array:
     """``key``, else one from ``seed``, on ``like``'s device when that is known."""
     if key is None:
         key = jax.random.key(seed)
-        if _concrete(like):
+        if operators.is_concrete(like):
             key = jax.device_put(key, like.sharding)
     return key
 

@@ -54,15 +54,15 @@ def _compute(
     """The checked call, compiled once per model structure and static option set, so eager
     calls run compiled code too (under an outer ``jit`` this simply inlines)."""
     if method == "hutchinson":
-        return _hutchinson(lambda y: net.evaluate(y, t), x, key, n_probes, noise, trace)
+        return hutchinson(lambda y: net.evaluate(y, t), x, key, n_probes, noise, trace)
     if method == "hollow":
         out = _hollow(net, x, t, k)
     elif method == "hollow_forward":
         out = _hollow_forward(net, x, t, k)
     elif method == "dense_loop":
-        out = _dense_loop(lambda y: net.evaluate(y, t), x, k)
+        out = dense_loop(lambda y: net.evaluate(y, t), x, k)
     else:
-        out = _dense_vectorized(lambda y: net.evaluate(y, t), x, k, chunk_size)
+        out = dense_vectorized(lambda y: net.evaluate(y, t), x, k, chunk_size)
     return out.sum(-1) if trace else out
 
 
@@ -83,24 +83,24 @@ def _prepare(net, x, k, method, opts) -> jax.Array | None:
     )
     _checks.check_input(shape=x.shape, dtype=x.dtype.name, dim=spec.dim, model_dtype=spec.dtype)
     _check_device(net, x)
-    _check_finite(x, "x")
+    check_finite(x, "x")
     t = opts.get("t")
     _checks.check_time(time_dependent=spec.time_dependent, t_given=t is not None)
     if t is not None:
         t = jnp.asarray(t, dtype=x.dtype)
         _checks.check_t_shape(t.shape, x.shape[0])
-        _check_finite(t, "t")
+        check_finite(t, "t")
     return t
 
 
-def _concrete(a: jax.Array) -> bool:
+def is_concrete(a: jax.Array) -> bool:
     return not isinstance(a, jax.core.Tracer)
 
 
-def _check_finite(a: jax.Array, name: str) -> None:
+def check_finite(a: jax.Array, name: str) -> None:
     # A traced input has no value yet, so only concrete ones are checked; eagerly, also when
     # a concrete input is closed over by a function being traced.
-    if not _concrete(a):
+    if not is_concrete(a):
         return
     with jax.ensure_compile_time_eval():
         finite = bool(jnp.isfinite(a).all())
@@ -110,7 +110,7 @@ def _check_finite(a: jax.Array, name: str) -> None:
 
 def _check_device(net, x: jax.Array) -> None:
     param = next(iter(net.params.values()))
-    if _concrete(x) and _concrete(param) and x.devices() != param.devices():
+    if is_concrete(x) and is_concrete(param) and x.devices() != param.devices():
         raise ValueError(f"x is on {x.devices()} but the model is on {param.devices()}")
 
 
@@ -156,7 +156,7 @@ def _jvp_along(g: Fn, tangent: jax.Array) -> Fn:
     return lambda y: jax.jvp(g, (y,), (tangent,))[1]
 
 
-def _dense_loop(fun: Fn, x: jax.Array, k: int) -> jax.Array:
+def dense_loop(fun: Fn, x: jax.Array, k: int) -> jax.Array:
     """FFJORD's divergence_bf: d sequential reverse passes (``lax.map``), k nested per output."""
     d = x.shape[1]
     if k == 1:  # one forward, shared by the d pullbacks
@@ -181,7 +181,7 @@ def _component(g: Fn, i: jax.Array) -> Fn:
     return lambda y: g(y)[:, i]
 
 
-def _dense_vectorized(fun: Fn, x: jax.Array, k: int, chunk_size: int | None) -> jax.Array:
+def dense_vectorized(fun: Fn, x: jax.Array, k: int, chunk_size: int | None) -> jax.Array:
     """vmap over the d basis directions e_i of k nested JVPs along e_i, keeping component i.
 
     For k=1 this is jacfwd's computation (the whole Jacobian) followed by its diagonal; for k>1
@@ -198,7 +198,7 @@ def _dense_vectorized(fun: Fn, x: jax.Array, k: int, chunk_size: int | None) -> 
     return jax.lax.map(along, basis, batch_size=chunk_size).T
 
 
-def _hutchinson(
+def hutchinson(
     fun: Fn, x: jax.Array, key: jax.Array, n_probes: int, noise: str, trace: bool
 ) -> jax.Array:
     """Unbiased estimates with m probes e: the trace e^T J e (one VJP each, as FFJORD) or the

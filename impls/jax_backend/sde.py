@@ -31,6 +31,7 @@ import numpy as np
 
 from impls import sde
 from impls.jax_backend.models import HollowNet
+from impls.jax_backend.operators import check_finite, is_concrete
 from impls.sde import DimwiseField, Target, UserTarget
 
 __all__ = [
@@ -87,13 +88,9 @@ def _prepare(drift, diffusion, target, t, x, route) -> jax.Array:
         _check_model(field, x, name)
     t = jnp.asarray(t, dtype=x.dtype)
     sde.check_times(t.shape, x.shape[0])
-    _check_finite(x, "x")
-    _check_finite(t, "t")
+    check_finite(x, "x")
+    check_finite(t, "t")
     return jnp.broadcast_to(t.reshape(-1), (x.shape[0],))
-
-
-def _concrete(a: jax.Array) -> bool:
-    return not isinstance(a, jax.core.Tracer)
 
 
 def _check_model(field: Any, x: jax.Array, name: str) -> None:
@@ -102,18 +99,8 @@ def _check_model(field: Any, x: jax.Array, name: str) -> None:
     if field.spec.dtype != x.dtype.name:
         raise TypeError(f"x has dtype {x.dtype} but {name} is {field.spec.dtype}; cast one")
     param = next(iter(field.params.values()))
-    if _concrete(x) and _concrete(param) and x.devices() != param.devices():
+    if is_concrete(x) and is_concrete(param) and x.devices() != param.devices():
         raise ValueError(f"x is on {x.devices()} but {name} is on {param.devices()}")
-
-
-def _check_finite(a: jax.Array, name: str) -> None:
-    # A traced input has no value yet, so only concrete ones are checked.
-    if not _concrete(a):
-        return
-    with jax.ensure_compile_time_eval():
-        finite = bool(jnp.isfinite(a).all())
-    if not finite:
-        raise ValueError(f"{name} contains NaN or inf")
 
 
 @eqx.filter_jit

@@ -108,10 +108,10 @@ def _divergence(field: Callable, x: Tensor, t: Tensor, config: FlowConfig, seed:
     # A plain callable: the same operator code, on f(t, .)
     fun = lambda y: field(t, y)  # noqa: E731
     if method == "hutchinson":
-        return operators._hutchinson(fun, x, probes, trace=True)
+        return operators.hutchinson(fun, x, probes, trace=True)
     if method == "dense_loop":
-        return operators._dense_loop(fun, x, 1).sum(-1)
-    return operators._dense_vectorized(fun, x, 1, None).sum(-1)
+        return operators.dense_loop(fun, x, 1).sum(-1)
+    return operators.dense_vectorized(fun, x, 1, None).sum(-1)
 
 
 def _check(field: Any, x: Any, config: FlowConfig, seed: Any, name: str = "x") -> None:
@@ -136,8 +136,7 @@ def _check(field: Any, x: Any, config: FlowConfig, seed: Any, name: str = "x") -
             raise ValueError(f"{name} must have shape (batch, {spec.dim}), got {tuple(x.shape)}")
         if str(x.dtype).removeprefix("torch.") != spec.dtype:
             raise TypeError(f"{name} has dtype {x.dtype} but the model is {spec.dtype}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or inf")
+    operators.check_finite(x, name)
 
 
 def _integrate(

@@ -146,4 +146,3 @@ def build(spec: ModelSpec, seed: int, device: str) -> _Model:
     if isinstance(spec, MLPSpec):
         return MLP(spec, seed, device)
     raise TypeError(f"expected a HollowSpec or MLPSpec, got {type(spec).__name__}")
-

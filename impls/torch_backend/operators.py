@@ -25,17 +25,17 @@ def ddim(net, x: torch.Tensor, k: int = 1, method: str = "hollow", **opts) -> to
     if method == "hollow_forward":
         return _hollow_forward(net, x, t, k)
     if method == "dense_loop":
-        return _dense_loop(fun, x, k)
+        return dense_loop(fun, x, k)
     if method == "dense_vectorized":
-        return _dense_vectorized(fun, x, k, opts.get("chunk_size"))
-    return _hutchinson(fun, x, opts, trace=False)
+        return dense_vectorized(fun, x, k, opts.get("chunk_size"))
+    return hutchinson(fun, x, opts, trace=False)
 
 
 def divergence(net, x: torch.Tensor, method: str = "hollow", **opts) -> torch.Tensor:
     """sum_i df_i/dx_i, shape (batch,)."""
     if method == "hutchinson":
         fun, _ = _prepare(net, x, 1, method, opts)
-        return _hutchinson(fun, x, opts, trace=True)
+        return hutchinson(fun, x, opts, trace=True)
     return ddim(net, x, 1, method, **opts).sum(-1)
 
 
@@ -61,17 +61,17 @@ def _prepare(net, x, k, method, opts) -> tuple[Fn, torch.Tensor | None]:
     param = next(iter(net.parameters()))
     if x.device != param.device:
         raise ValueError(f"x is on {x.device} but the model is on {param.device}")
-    _check_finite(x, "x")
+    check_finite(x, "x")
     t = opts.get("t")
     _checks.check_time(time_dependent=spec.time_dependent, t_given=t is not None)
     if t is not None:
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         _checks.check_t_shape(tuple(t.shape), x.shape[0])
-        _check_finite(t, "t")
+        check_finite(t, "t")
     return (lambda y: net.evaluate(y, t)), t
 
 
-def _check_finite(a: torch.Tensor, name: str) -> None:
+def check_finite(a: torch.Tensor, name: str) -> None:
     # Reading the flag syncs the device; a CUDA graph capture or torch.compile trace can't.
     if torch.compiler.is_compiling() or (a.is_cuda and torch.cuda.is_current_stream_capturing()):
         return
@@ -119,7 +119,7 @@ def _jvp_along(g: Fn, tangent: torch.Tensor) -> Fn:
     return lambda y: jvp(g, (y,), (tangent,))[1]
 
 
-def _dense_loop(fun: Fn, x: torch.Tensor, k: int) -> torch.Tensor:
+def dense_loop(fun: Fn, x: torch.Tensor, k: int) -> torch.Tensor:
     """FFJORD's divergence_bf: one forward, then k reverse passes per output dimension."""
     keep_graph = torch.is_grad_enabled()
     with torch.enable_grad():
@@ -137,7 +137,7 @@ def _dense_loop(fun: Fn, x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack(columns, dim=1)
 
 
-def _dense_vectorized(fun: Fn, x: torch.Tensor, k: int, chunk_size: int | None) -> torch.Tensor:
+def dense_vectorized(fun: Fn, x: torch.Tensor, k: int, chunk_size: int | None) -> torch.Tensor:
     """vmap over the d basis directions e_i of k nested JVPs along e_i, keeping component i.
 
     For k=1 this is jacfwd's computation (the whole Jacobian) followed by its diagonal; for k>1
@@ -151,7 +151,7 @@ def _dense_vectorized(fun: Fn, x: torch.Tensor, k: int, chunk_size: int | None) 
     return vmap(along, chunk_size=chunk_size)(basis).T
 
 
-def _hutchinson(fun: Fn, x: torch.Tensor, opts: dict, trace: bool) -> torch.Tensor:
+def hutchinson(fun: Fn, x: torch.Tensor, opts: dict, trace: bool) -> torch.Tensor:
     """Unbiased estimates with m probes e: the trace e^T J e (one VJP each, as FFJORD) or the
     diagonal e * (J e) (one JVP each). Probes come from ``seed``, else the global generator."""
     n_probes, noise = opts.get("n_probes", 1), opts.get("noise", "rademacher")

@@ -28,6 +28,7 @@ from torch.func import grad, jvp, vmap
 from impls import sde
 from impls.sde import DimwiseField, Target, UserTarget
 from impls.torch_backend.models import HollowNet
+from impls.torch_backend.operators import check_finite
 
 __all__ = [
     "FitResult",
@@ -80,8 +81,8 @@ def _prepare(drift, diffusion, target, t, x, route) -> Tensor:
         _check_model(field, x, name)
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     sde.check_times(tuple(t.shape), x.shape[0])
-    _check_finite(x, "x")
-    _check_finite(t, "t")
+    check_finite(x, "x")
+    check_finite(t, "t")
     return t.reshape(-1).expand(x.shape[0]).contiguous()
 
 
@@ -93,14 +94,6 @@ def _check_model(field: Any, x: Tensor, name: str) -> None:
     param = next(iter(field.parameters()))
     if param.device != x.device:
         raise ValueError(f"x is on {x.device} but {name} is on {param.device}")
-
-
-def _check_finite(a: Tensor, name: str) -> None:
-    # Reading the flag syncs the device; a CUDA graph capture or torch.compile trace can't.
-    if torch.compiler.is_compiling() or (a.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return
-    if not bool(torch.isfinite(a).all()):
-        raise ValueError(f"{name} contains NaN or inf")
 
 
 def dimwise_jet(

@@ -114,7 +114,7 @@ class _Done:
 def _figure_pool(frame: pd.DataFrame, out: Path) -> Iterator[_Done | AsyncResult]:
     """Every registered figure, drawn by forked workers while the caller goes on (most of a
     build's time is matplotlib drawing, and figures are independent); drawn in this process
-    on one core or off Linux."""
+    on one core, off Linux, or where JAX or torch is loaded."""
     # Imported here so that `compare` never pays for matplotlib and seaborn, and before the
     # fork so that the workers inherit them.
     from reports.figures import FIGURES, setup_style
@@ -122,8 +122,10 @@ def _figure_pool(frame: pd.DataFrame, out: Path) -> Iterator[_Done | AsyncResult
     setup_style()
     jobs = [(spec.key, frame, out) for spec in FIGURES]
     workers = min(os.cpu_count() or 1, len(jobs))
-    # fork only on Linux: macOS system libraries are not fork-safe, Windows cannot fork.
-    if workers < 2 or not sys.platform.startswith("linux"):
+    # fork only on Linux: macOS system libraries are not fork-safe, Windows cannot fork; and
+    # not from a process whose JAX or torch thread pools run (a child may inherit a held lock).
+    threaded = any(name in sys.modules for name in ("jax", "torch"))
+    if workers < 2 or threaded or not sys.platform.startswith("linux"):
         yield _Done([_figure(*job) for job in jobs])
         return
     # Forked workers share the frame with this process instead of unpickling a copy.

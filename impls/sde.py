@@ -335,6 +335,33 @@ def training_batch(
     return t, x
 
 
+def jet(
+    field: Any,
+    t: Any,
+    x: Any,
+    order: int,
+    route: str,
+    hollow_jet: Callable[[Any, Any, Any, int], list],
+    dense_jet: Callable[[Callable, Any, Any, int], list],
+    is_hollow_net: bool,
+) -> list:
+    """``[f, D_dim f, ..., D_dim^order f]`` at (t (batch,), x (batch, d)), each (batch, d), by
+    ``route``: "hollow" takes a backend's ``hollow_jet(net, t, x, order)`` for its HollowNets
+    or a DimwiseField's own callables; "dense" takes ``dense_jet(fn, t, x, order)`` for any
+    field. The backends' ``dimwise_jet`` pass their own jets."""
+    check_route(route)
+    if route == "hollow":
+        if is_hollow_net:
+            out = hollow_jet(field, t, x, order)
+        else:  # a DimwiseField (checked by the caller)
+            out = [field.fn(t, x), *(fn(t, x) for fn in field.ddim[:order])]
+    else:
+        out = dense_jet(field.fn if isinstance(field, DimwiseField) else field, t, x, order)
+    for k, value in enumerate(out):
+        check_output(value.shape, x.shape, f"D_dim^{k} of the field" if k else "the field")
+    return out
+
+
 # --- argument checks: both backends raise the same words -------------------------------------
 
 

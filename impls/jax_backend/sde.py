@@ -32,7 +32,7 @@ import numpy as np
 from impls import sde
 from impls.jax_backend.models import HollowNet
 from impls.jax_backend.operators import check_finite, is_concrete
-from impls.sde import DimwiseField, Target, UserTarget
+from impls.sde import Target, UserTarget
 
 __all__ = [
     "FitResult",
@@ -108,18 +108,16 @@ def dimwise_jet(
     field: Any, t: jax.Array, x: jax.Array, order: int, route: str, *, chunk_size=None
 ) -> list[jax.Array]:
     """``[f, D_dim f, ..., D_dim^order f]`` at (t (batch,), x (batch, d)), each (batch, d)."""
-    sde.check_route(route)
-    if route == "hollow":
-        if isinstance(field, HollowNet):
-            out = _hollow_jet(field, t, x, order)
-        else:  # a DimwiseField (checked by the caller)
-            out = [field.fn(t, x), *(fn(t, x) for fn in field.ddim[:order])]
-    else:
-        fn = field.fn if isinstance(field, DimwiseField) else field
-        out = _dense_jet(fn, t, x, order, chunk_size)
-    for k, value in enumerate(out):
-        sde.check_output(value.shape, x.shape, f"D_dim^{k} of the field" if k else "the field")
-    return out
+    return sde.jet(
+        field,
+        t,
+        x,
+        order,
+        route,
+        _hollow_jet,
+        lambda fn, t, x, order: _dense_jet(fn, t, x, order, chunk_size),
+        isinstance(field, HollowNet),
+    )
 
 
 def _hollow_jet(net: HollowNet, t: jax.Array, x: jax.Array, order: int) -> list[jax.Array]:

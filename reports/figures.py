@@ -119,7 +119,7 @@ def _panels(
     marked = False
     for ax, key in zip(axes, keys, strict=True):
         marked |= draw(ax, rows[rows[by].eq(key)])
-        ax.set(title=key, xlabel=labels[0], ylabel=labels[1])
+        ax.set(title=_wrapped(key), xlabel=labels[0], ylabel=labels[1])
         ax.title.set_fontsize(8)
         if not own_legends and ax.get_legend() is not None:
             ax.get_legend().remove()
@@ -127,6 +127,18 @@ def _panels(
         handles = _figure_legend_entries(axes, marked)
         fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=7, frameon=False)
     return fig
+
+
+def _wrapped(title: str, width: int = 58) -> str:
+    """A facet title on as many lines as it needs, broken between its " · " parts, so that
+    neighbouring panels' titles never run into each other."""
+    lines: list[str] = []
+    for part in str(title).split(" · "):
+        if lines and len(lines[-1]) + 3 + len(part) <= width:
+            lines[-1] += " · " + part
+        else:
+            lines.append(part)
+    return "\n".join(lines)
 
 
 def _figure_legend_entries(axes: list[Axes], marked: bool) -> dict[str, object]:
@@ -150,10 +162,13 @@ def _mark_not_run(ax: Axes, rows: pd.DataFrame, x: str, color) -> bool:
     missed = rows[rows["status"].ne("ok") & rows[x].notna()]
     edge = ax.get_xaxis_transform()  # x in data, y in axes fraction
     for xv, status in sorted(set(zip(missed[x].astype(float), missed["status"], strict=True))):
-        ax.plot([xv], [0.03], marker="x", ms=7, mew=2, color=color, transform=edge, clip_on=False)
+        # Lines that all missed the same x stack their marks instead of overprinting them.
+        level = sum(1 for text in ax.texts if getattr(text, "xy", (None,))[0] == xv)
+        y = 0.03 + 0.07 * level
+        ax.plot([xv], [y], marker="x", ms=7, mew=2, color=color, transform=edge, clip_on=False)
         ax.annotate(
             status,
-            (xv, 0.03),
+            (xv, y),
             xycoords=edge,
             xytext=(4, 3),
             textcoords="offset points",

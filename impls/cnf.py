@@ -20,6 +20,7 @@ Data sets: 2-D toys generated in code from a seed (``moons``, ``8gaussians``, ``
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -445,3 +446,20 @@ class TrainResult:
     @property
     def iterations(self) -> int:
         return len(self.losses)
+
+    def done(self, steps: int | None, budget_s: float | None) -> bool:
+        """Whether ``steps`` iterations or ``budget_s`` wall seconds are reached (None: no
+        bound on that side)."""
+        return (steps is not None and self.iterations >= steps) or (
+            budget_s is not None and self.seconds >= budget_s
+        )
+
+    def record(self, loss: Any, stats: dict, start: float) -> None:
+        """One iteration's loss and NFE, then the seconds since ``start``
+        (``time.perf_counter``): reading the loss waits for the step, so the clock sees it
+        done."""
+        self.losses.append(float(loss))
+        self.nfe_forward.append(int(stats["nfe_forward"]))
+        backward = stats["nfe_backward"]
+        self.nfe_backward.append(None if backward is None else int(backward))
+        self.seconds = time.perf_counter() - start

@@ -33,7 +33,7 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -333,6 +333,15 @@ def training_batch(
     if x.shape != (n, target.dim):
         raise ValueError(f"the sampler must return shape ({n}, {target.dim}), got {x.shape}")
     return t, x
+
+
+class FitResult(NamedTuple):
+    """What ``fit`` returns in both backends: the trained fields (torch: the same modules,
+    trained in place; JAX: new modules, the inputs unchanged) and the loss per step (steps,)."""
+
+    drift: Any
+    diffusion: Any
+    losses: np.ndarray
 
 
 def jet(

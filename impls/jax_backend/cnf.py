@@ -290,16 +290,10 @@ def train(
     compiled = jax.jit(step).lower(params, opt_state, x, key).compile()
     result = TrainResult(field, [], [], [], 0.0)
     start = time.perf_counter()
-    while (steps is None or result.iterations < steps) and (
-        budget_s is None or result.seconds < budget_s
-    ):
+    while not result.done(steps, budget_s):
         if result.iterations:
             x, key = inputs(result.iterations)
         params, opt_state, loss, stats = compiled(params, opt_state, x, key)
-        result.losses.append(float(loss))  # waits for the step, so the clock sees it done
-        result.nfe_forward.append(int(stats["nfe_forward"]))
-        backward = stats["nfe_backward"]
-        result.nfe_backward.append(None if backward is None else int(backward))
-        result.seconds = time.perf_counter() - start
+        result.record(loss, stats, start)
     result.field = eqx.combine(params, static)
     return result

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -32,7 +32,7 @@ import numpy as np
 from impls import sde
 from impls.jax_backend.models import HollowNet
 from impls.jax_backend.operators import check_finite, is_concrete
-from impls.sde import Target, UserTarget
+from impls.sde import FitResult, Target, UserTarget
 
 __all__ = [
     "FitResult",
@@ -186,14 +186,6 @@ def _autodiff_terms(log_prob, t: jax.Array, x: jax.Array) -> tuple[jax.Array, ..
     )(basis).T
     dt = jax.grad(lambda s: log_prob(s, x).sum())(t)
     return dt, score_fn(x), hess
-
-
-class FitResult(NamedTuple):
-    """The trained fields (JAX: new modules; the inputs are unchanged) and the loss per step."""
-
-    drift: Any
-    diffusion: Any
-    losses: np.ndarray
 
 
 def fit(

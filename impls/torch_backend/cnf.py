@@ -252,16 +252,11 @@ def train(
     optimizer = torch.optim.Adam(field.parameters(), lr=lr)
     result = TrainResult(field, [], [], [], 0.0)
     start = time.perf_counter()
-    while (steps is None or result.iterations < steps) and (
-        budget_s is None or result.seconds < budget_s
-    ):
+    while not result.done(steps, budget_s):
         x = torch.as_tensor(next(source), dtype=param.dtype, device=param.device)
         optimizer.zero_grad(set_to_none=True)
         loss, stats = nll(field, x, config, seed=cnf.probe_seed(seed, result.iterations))
         loss.backward()
         optimizer.step()
-        result.losses.append(loss.item())  # syncs, so the clock below sees finished work
-        result.nfe_forward.append(stats["nfe_forward"])
-        result.nfe_backward.append(stats["nfe_backward"])
-        result.seconds = time.perf_counter() - start
+        result.record(loss.detach(), stats, start)
     return result

@@ -19,14 +19,14 @@ fields' parameters when grad mode is on. The JAX backend's ``sde`` module has th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from torch.func import grad, jvp, vmap
 
 from impls import sde
-from impls.sde import Target, UserTarget
+from impls.sde import FitResult, Target, UserTarget
 from impls.torch_backend.models import HollowNet
 from impls.torch_backend.operators import check_finite
 
@@ -174,14 +174,6 @@ def _autodiff_terms(log_prob, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Ten
     hess = vmap(lambda e: (jvp(score_fn, (x,), (e.expand_as(x),))[1] * e).sum(-1))(basis).T
     dt = grad(lambda s: log_prob(s, x).sum())(t)
     return dt, score_fn(x), hess
-
-
-class FitResult(NamedTuple):
-    """The trained fields (torch: the same modules, trained in place) and the loss per step."""
-
-    drift: Any
-    diffusion: Any
-    losses: np.ndarray
 
 
 def fit(

@@ -173,19 +173,6 @@ def _verdict(value: Cell) -> str:
     return "—" if np.isnan(value) else ("met" if value <= 1.0 else "not met")
 
 
-def _listing(
-    frame: pd.DataFrame, workload: str, idents: Sequence[str], metrics: Sequence[str]
-) -> pd.DataFrame:
-    """The workload's points, one row each: identity, status, time and its own metrics."""
-    rows = _workload(frame, workload)
-    present = [c for c in (*facet_columns(rows), *idents) if c in rows and rows[c].notna().any()]
-    found = [c for c in metrics if c in rows and rows[c].notna().any()]
-    out = rows[[*present, "status", "time_ms", *found]].copy()
-    out["time_ms"] = out["time_ms"].astype(object).where(out["status"].eq("ok"), out["status"])
-    out = out.rename(columns={**FACET_NAMES, "time_ms": "ms (median)"})
-    return out.sort_values([FACET_NAMES.get(c, c) for c in present]).reset_index(drop=True)
-
-
 # One ODE case: the problem instance, the stepper and the tolerance. Root finders are compared
 # within a case. stiffness (HollowNet system) and t1 (presets shorten Robertson) are shown only
 # where they tell cases apart.

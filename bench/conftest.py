@@ -70,6 +70,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         batches=settings.batches,
         ks=settings.ks,
         n_probes=settings.n_probes,
+        variants=settings.variants,
         limits=settings.limits,
     )
     points = grid.shard(points, *settings.shard)
@@ -140,7 +141,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = [
         f"hollowbench: preset {s.preset.name}, shard {s.shard[0]}/{s.shard[1]}, dims "
         f"{','.join(map(str, s.dims))}, batch {','.join(map(str, s.batches))}, "
-        f"timeout {s.timeout_s:g}s, matmul precision {s.matmul_precision}",
+        f"timeout {s.timeout_s:g}s, matmul precision {s.matmul_precision}, variants "
+        f"{','.join(s.variants)}",
         f"hollowbench: timing ~{s.timing.budget_s:g}s per point in {s.timing.min_rounds}.."
         f"{s.timing.max_rounds} rounds after warm-up (replaces pytest-benchmark's calibration)",
         "hollowbench: devices "
@@ -190,7 +192,11 @@ def sweep(request: pytest.FixtureRequest) -> Sweep:
 
 
 @pytest.fixture
-def point(request, backend, device, method, model, d, batch, k, mode, n_probes) -> grid.Point:
+def point(
+    request, backend, device, method, model, d, batch, k, mode, n_probes, variant
+) -> grid.Point:
     """The parametrized point of the requesting module's GRID."""
     workload = request.module.GRID.workload
-    return grid.Point(workload, backend, device, method, model, d, batch, k, mode, n_probes)
+    return grid.Point(
+        workload, backend, device, method, model, d, batch, k, mode, n_probes, variant
+    )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from reports.goals import GOALS
 from reports.load import analysis_columns, load_results, warn
 from reports.render import Section, html_report, markdown_report
 from reports.tables import TABLES, NoData, Table
@@ -23,6 +24,7 @@ from reports.tables import TABLES, NoData, Table
 TITLE = "hollowbench report"
 PAPER = ("c1_ddim_k_passes", "c2_dense_diagonal", "c3_exact_vs_stochastic")
 WORKLOADS = ("ode_jacobi_newton", "cnf_exact_vs_stochastic", "sde_fp_residual")
+GOAL_KEYS = tuple(g.key for g in GOALS)
 
 
 @dataclass(frozen=True)
@@ -45,13 +47,17 @@ def build(inputs: Sequence[str], out: str | Path) -> Built:
     frame.to_csv(out / "tables" / "points.csv", index=False)
     slim = analysis_columns(frame)
     with _figure_pool(slim, out) as pending:  # figures are drawn while the tables are made
-        tables = {spec.key: _table(spec, frame if spec.details else slim, out) for spec in TABLES}
+        tables = {
+            spec.key: _table(spec, frame if spec.details else slim, out)
+            for spec in (*TABLES, *GOALS)
+        }
     figures = pending.get()
     parts = [
         ("Paper claims", [tables[k] for k in PAPER]),
+        ("Speed goals", [tables[g.key] for g in GOALS]),
         ("Workloads", [tables[k] for k in WORKLOADS]),
         ("Figures", figures),
-        ("Details", [t for k, t in tables.items() if k not in PAPER + WORKLOADS]),
+        ("Details", [t for k, t in tables.items() if k not in {*PAPER, *WORKLOADS, *GOAL_KEYS}]),
     ]
     intro = _intro(frame, inputs)
     (out / "report.md").write_text(markdown_report(TITLE, intro, parts), encoding="utf-8")

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+DEFAULT_VARIANT = {"torch": "eager", "jax": "jit"}  # bench/harness/grid.py's, without importing it
 STATS = ("min", "max", "mean", "stddev", "median", "iqr", "q1", "q3")
 COUNTS = ("rounds", "iterations", "ops")
 NOT_RUN = ("oom", "timeout", "skipped", "error")
@@ -33,6 +34,7 @@ EXPECTED = (
     "device_name",
     "workload",
     "method",
+    "variant",
     "model",
     "d",
     "batch",
@@ -310,7 +312,10 @@ def _ours(path: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             f"{' / '.join(OUR_KEYS)}); was it made by `pytest bench`?"
         )
     if len(mine) < len(records):
-        warn(f"{path}: skipped {len(records) - len(mine)} benchmarks without hollowbench fields")
+        warn(
+            f"{path}: skipped {len(records) - len(mine)} benchmarks without hollowbench fields "
+            "(a point interrupted before it finished, or not made by `pytest bench`)"
+        )
     return mine
 
 
@@ -339,6 +344,8 @@ def annotate(frame: pd.DataFrame) -> pd.DataFrame:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     for column in (*FLOAT_COLUMNS, *(f"{s}_s" for s in STATS)):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    # Files from before variants existed ran every step the backend's default way.
+    frame["variant"] = frame["variant"].fillna(frame["backend"].map(DEFAULT_VARIANT))
     frame["time_ms"] = frame["median_s"] * 1e3
     frame["device_id"] = _device_ids(frame)
     frame["series"] = [_series_label(*row) for row in frame[["method", "model", "n_probes"]].values]
@@ -369,8 +376,9 @@ def _series_label(method: Any, model: Any, n_probes: Any) -> str:
     return f"{label} [{short}]" if short else label
 
 
-# Keys that split facets only when the inputs hold several values of them.
-FACET_EXTRAS = ("dtype", "batch", "matmul_precision")
+# Keys that split facets only when the inputs hold several values of them. A variant gets its
+# own panels, so the eager figure stays visible beside the CUDA graph and compiled ones.
+FACET_EXTRAS = ("variant", "dtype", "batch", "matmul_precision")
 
 
 def facet_columns(frame: pd.DataFrame) -> list[str]:

@@ -64,6 +64,8 @@ def test_values_parse_with_ranges_and_aliases():
         ("shard", "0/2", "1 <= I <= N"),
         ("shard", "3/2", "1 <= I <= N"),
         ("timeout", "-1", ">= 0"),
+        ("variants", "graph", "choose from eager, cudagraph, compile, jit"),
+        ("matmul_precision", "tf16", "choose from default, tf32, highest"),
     ],
 )
 def test_bad_values_name_the_option(dest, value, words):
@@ -125,8 +127,34 @@ def _points(settings: options.Settings, workload: grid.Grid = DIVERGENCE) -> lis
         batches=settings.batches,
         ks=settings.ks,
         n_probes=settings.n_probes,
+        variants=settings.variants,
         limits=settings.limits,
     )
+
+
+def test_variants_run_only_where_they_can():
+    points = _points(options.resolve({"preset": "paper"}))
+    by_variant = {v: [p for p in points if p.variant == v] for v in grid.ALL_VARIANTS}
+    assert {p.backend for p in by_variant["jit"]} == {"jax"}
+    assert all(p.device.startswith("cuda") for p in by_variant["cudagraph"])
+    assert {p.mode for p in by_variant["compile"]} == {"eval"}
+    others = by_variant["cudagraph"] + by_variant["compile"]
+    assert {p.method for p in others} == set(grid.VARIANT_METHODS)
+    # Every variant point has its eager twin, named apart so the eager figure stays.
+    eager = {p.id for p in by_variant["eager"]}
+    for p in others:
+        twin = grid.Point(**{**p.__dict__, "variant": "eager"})
+        assert (
+            twin.id in eager and p.id == twin.id.replace(f"-{p.method}-", f"-{p.label}-") != twin.id
+        )
+        assert p.label == f"{p.method}+{p.variant}"
+
+
+def test_quick_preset_leaves_compile_out_and_variants_can_be_chosen():
+    quick = _points(options.resolve({}))
+    assert {p.variant for p in quick} == {"eager", "cudagraph", "jit"}
+    only = _points(options.resolve({"variants": "cudagraph"}))
+    assert only and {(p.backend, p.variant) for p in only} == {("torch", "cudagraph")}
 
 
 def test_grid_follows_the_rules():
@@ -418,3 +446,23 @@ def test_bad_option_is_a_usage_error():
     )  # fmt: skip
     assert run.returncode == pytest.ExitCode.USAGE_ERROR
     assert "--bench-dims" in run.stderr and "'a' is not an integer" in run.stderr
+
+
+def test_torch_variants_time_the_same_step():
+    torch = pytest.importorskip("torch")
+    from bench.harness import operators
+    from bench.harness.variants import torch_variant
+    from impls import HollowSpec, load_backend
+
+    backend = load_backend("torch", "cpu")
+    point = grid.Point("divergence", "torch", "cpu", "hollow", "hollownet", 4, 3, 1, "eval")
+    net = backend.build(HollowSpec(dim=4, d_h=2))
+    x = torch.randn(3, 4)
+    fn, args, _ = operators.step(backend, net, x, point)
+    eager, learned = torch_variant(fn, args, "eager")
+    assert eager is fn and learned == {}
+    compiled, learned = torch_variant(fn, args, "compile")
+    assert learned["compile_s"] > 0
+    torch.testing.assert_close(compiled(*args), fn(*args))
+    with pytest.raises(ValueError, match="unknown torch variant 'graph'"):
+        torch_variant(fn, args, "graph")

@@ -120,3 +120,11 @@ def test_activations_match_reference(backend, activation, rng):
         err, scale = _ddim_error(backend, spec, method, 3, rng)
         assert scale > 1e-4
         assert err < TOL
+
+
+@pytest.mark.parametrize("method", EXACT_METHODS)
+def test_affine_transformer_has_vanishing_higher_orders(backend, method, rng):
+    spec = HollowSpec(dim=3, d_h=2, cond_hidden=(), trans_hidden=(), dtype="float64")
+    for k in (1, 2, 3):
+        err, _ = _ddim_error(backend, spec, method, k, rng, batch=2)
+        assert err < TOL, f"k={k}"

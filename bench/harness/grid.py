@@ -14,9 +14,19 @@ from impls import HOLLOW_METHODS  # impls itself imports numpy only
 DENSE_METHODS = ("dense_loop", "dense_vectorized")
 MODELS = ("hollownet", "mlp_param_matched", "mlp_flop_matched")
 MODES = ("eval", "train")
+# How a step runs. torch: as written (eager), captured whole in one CUDA graph and replayed
+# (cudagraph: no per-kernel launch cost; CUDA devices only), or through torch.compile (eval
+# only: AOTAutograd cannot differentiate twice, and every train step here does). JAX: jit.
+VARIANTS = {"torch": ("eager", "cudagraph", "compile"), "jax": ("jit",)}
+DEFAULT_VARIANT = {"torch": "eager", "jax": "jit"}
+ALL_VARIANTS = tuple(v for variants in VARIANTS.values() for v in variants)
+# The methods other variants apply to: the exact hollow ones and the estimator they must beat.
+VARIANT_METHODS = ("hollow", "hollow_forward", "hutchinson")
 
 # The pytest parameters of every point, in id order; they also become the JSON's ``params``.
-PARAM_NAMES = ("backend", "device", "method", "model", "d", "batch", "k", "mode", "n_probes")
+PARAM_NAMES = (
+    "backend", "device", "method", "model", "d", "batch", "k", "mode", "n_probes", "variant"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -34,12 +44,24 @@ class Point:
     k: int
     mode: str
     n_probes: int | None = None
+    variant: str = ""  # "": the backend's default
+
+    def __post_init__(self):
+        if not self.variant:
+            object.__setattr__(self, "variant", DEFAULT_VARIANT.get(self.backend, ""))
+
+    @property
+    def label(self) -> str:
+        """The method as the results name it: ``hollow``, or ``hollow+cudagraph`` for a
+        variant other than the backend's default, so the default's figure stays apart."""
+        default = self.variant == DEFAULT_VARIANT.get(self.backend)
+        return self.method if default else f"{self.method}+{self.variant}"
 
     @property
     def id(self) -> str:
         probes = f"-m{self.n_probes}" if self.n_probes is not None else ""
         return (
-            f"{self.backend}-{self.device}-{self.model}-{self.method}{probes}"
+            f"{self.backend}-{self.device}-{self.model}-{self.label}{probes}"
             f"-d{self.d}-b{self.batch}-k{self.k}-{self.mode}"
         )
 
@@ -101,6 +123,7 @@ class Preset:
     limits: tuple[Limit, ...]
     timing: Timing
     timeout_s: float
+    variants: tuple[str, ...] = ALL_VARIANTS
 
 
 def _dense(p: Point) -> bool:
@@ -147,6 +170,8 @@ PRESETS = {
         ),
         timing=Timing(budget_s=0.2, min_rounds=3, max_rounds=30),
         timeout_s=60.0,
+        # torch.compile spends ~15 s compiling each point on this CPU; cudagraph is GPU-only.
+        variants=("eager", "cudagraph", "jit"),
     ),
     # The paper's comparison on a GPU: batch 512 up to d = 4096; dense methods where they fit.
     "paper": Preset(
@@ -186,6 +211,18 @@ def applicable(method: str, model: str) -> bool:
     return method not in HOLLOW_METHODS or model == "hollownet"
 
 
+def variant_applies(p: Point) -> bool:
+    """Whether ``p.variant`` can run ``p`` at all (see VARIANTS): these are not limits to
+    lift, so such points are never generated."""
+    if p.variant == DEFAULT_VARIANT[p.backend]:
+        return True
+    if p.method not in VARIANT_METHODS:
+        return False
+    if p.variant == "cudagraph":
+        return p.device.startswith("cuda")
+    return p.mode == "eval"  # compile
+
+
 def expand(
     grid: Grid,
     *,
@@ -197,26 +234,30 @@ def expand(
     batches: Iterable[int],
     ks: Iterable[int],
     n_probes: Iterable[int],
+    variants: Iterable[str] = ALL_VARIANTS,
     limits: Iterable[Limit] = (),
 ) -> list[Point]:
     """Every point of ``grid`` on the given axes (``devices``: backend -> its devices), in a
-    stable order, minus those a limit excludes. Hutchinson points take each ``n_probes``, and
-    k = 1 only; every other method takes ``n_probes=None``."""
-    limits = tuple(limits)
+    stable order, minus those a limit excludes or a variant cannot run. Hutchinson points take
+    each ``n_probes``, and k = 1 only; every other method takes ``n_probes=None``."""
+    limits, variants = tuple(limits), set(variants)
     wanted = [m for m in grid.methods if m in set(methods)]
     ks = grid.ks if grid.ks is not None else tuple(ks)
     points = []
     for backend, backend_devices in devices.items():
+        mine = [v for v in VARIANTS[backend] if v in variants]
         axes = itertools.product(
-            backend_devices, models, wanted, modes, sorted(set(dims)), batches, ks
+            backend_devices, models, wanted, mine, modes, sorted(set(dims)), batches, ks
         )
-        for device, model, method, mode, d, batch, k in axes:
+        for device, model, method, variant, mode, d, batch, k in axes:
             if not applicable(method, model) or (method == "hutchinson" and k != 1):
                 continue
             probes = n_probes if method == "hutchinson" else (None,)
             for m in probes:
-                p = Point(grid.workload, backend, device, method, model, d, batch, k, mode, m)
-                if not any(limit.excludes(p) for limit in limits):
+                p = Point(
+                    grid.workload, backend, device, method, model, d, batch, k, mode, m, variant
+                )
+                if variant_applies(p) and not any(limit.excludes(p) for limit in limits):
                     points.append(p)
     return points
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from bench.harness.grid import Point
 from bench.harness.sweep import Sweep, Task
+from bench.harness.variants import torch_variant
 from impls import HollowSpec, MLPSpec, flop_matched_mlp, param_matched_mlp
 
 ModelSpec = HollowSpec | MLPSpec
@@ -50,6 +51,7 @@ def run_operator(sweep: Sweep, benchmark, point: Point) -> None:
     info = {
         "workload": point.workload,
         "method": point.method,
+        "variant": point.variant,
         "model": point.model,
         "d": point.d,
         "batch": point.batch,
@@ -100,15 +102,24 @@ def make_task(sweep: Sweep, backend, spec: ModelSpec, point: Point) -> Task:
     net = backend.build(spec, seed=MODEL_SEED)
     x_np = data(point.batch, point.d, spec.dtype)
     x = backend.asarray(x_np)
-    build = _torch_step if backend.name == "torch" else _jax_step
-    fn, args, values_of = build(backend, net, x, point)
+    fn, args, values_of = step(backend, net, x, point)
+    learned: dict[str, Any] = {}
+    if backend.name == "torch":
+        fn, learned = torch_variant(fn, args, point.variant)
 
     def check(out: Any, step: Callable[..., Any]) -> tuple[float, str]:
         if point.method != "hutchinson":
             return max_abs_error(sweep, backend, spec, x_np, point, values_of(out))
         return rel_std(sweep, backend, net, x_np, point, _seeded(backend, net, x, point, step))
 
-    return Task(fn, args, check)
+    return Task(fn, args, check, info=learned)
+
+
+def step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable]:
+    """(fn, args, values_of_output): the point's step as written (eager torch, JAX to be
+    jitted) and how to find the operator's values in its outputs."""
+    build = _torch_step if backend.name == "torch" else _jax_step
+    return build(backend, net, x, point)
 
 
 def _seeded(backend, net, x, point: Point, step: Callable) -> Callable[[int], np.ndarray]:

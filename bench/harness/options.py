@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bench.harness.grid import MODELS, MODES, PRESETS, Limit, Preset, Timing
+from bench.harness.grid import ALL_VARIANTS, MODELS, MODES, PRESETS, Limit, Preset, Timing
 from impls import BACKENDS, MAX_K, METHODS
 
-PRECISIONS = ("default", "highest")
+PRECISIONS = ("default", "tf32", "highest")
 INJECT_ENV = "HOLLOWBENCH_INJECT"  # test hook, see Faults
 
 
@@ -49,6 +49,7 @@ class Settings:
     batches: tuple[int, ...]
     ks: tuple[int, ...]
     n_probes: tuple[int, ...]
+    variants: tuple[str, ...]
     devices: tuple[str, ...] | None
     shard: tuple[int, int]
     timing: Timing
@@ -73,6 +74,7 @@ class Settings:
             "batches": list(self.batches),
             "ks": list(self.ks),
             "n_probes": list(self.n_probes),
+            "variants": list(self.variants),
             "devices": list(self.devices) if self.devices else None,
             "shard": f"{self.shard[0]}/{self.shard[1]}",
             "limits": [limit.describe() for limit in self.limits],
@@ -200,6 +202,11 @@ OPTIONS = (
     Option("k", _ints(1, MAX_K), f"derivative orders for ddim, e.g. 1-3 (1..{MAX_K})"),
     Option("batch", _ints(1), "batch sizes (default: the preset's)"),
     Option("n_probes", _ints(1), "Hutchinson probe counts, e.g. 1,4,16"),
+    Option(
+        "variants",
+        _choices(ALL_VARIANTS),
+        "how steps run: torch eager,cudagraph,compile; JAX jit (default: the preset's)",
+    ),
     Option("devices", _devices, "cpu,cuda:0,... or all (default: cpu + every visible GPU)"),
     Option("shard", _shard, "run shard I of N (1-based) of the grid, e.g. 2/4", "I/N"),
     Option("timeout", _seconds, "per-point time limit in seconds, 0 = none", "SECONDS"),
@@ -207,7 +214,8 @@ OPTIONS = (
     Option(
         "matmul_precision",
         _precision,
-        "float32 matmuls: default (each framework's own) or highest (full fp32 in both)",
+        "float32 matmuls: default (each framework's own: TF32 in JAX on GPUs, full fp32 in "
+        "torch), tf32 (TF32 in both) or highest (full fp32 in both)",
         "NAME",
     ),
 )
@@ -271,6 +279,7 @@ def resolve(
         batches=values.get("batch", preset.batches),
         ks=values.get("k", preset.ks),
         n_probes=values.get("n_probes", preset.n_probes),
+        variants=values.get("variants", preset.variants),
         devices=values.get("devices"),
         shard=values.get("shard", (1, 1)),
         timing=timing,

@@ -36,7 +36,7 @@ from bench.harness.telemetry import EnergyMeter, PeakMemory, available_bytes, de
 
 # Keys every point's extra_info carries (bench/SCHEMA.md); None where they do not apply.
 INFO_KEYS = (
-    "backend", "device", "device_name", "workload", "method", "model", "d", "batch", "k",
+    "backend", "device", "device_name", "workload", "method", "variant", "model", "d", "batch", "k",
     "n_probes", "mode", "dtype", "matmul_precision", "n_params", "flops", "compile_s",
     "peak_mem_bytes", "peak_mem_kind", "error", "error_kind", "energy_j", "energy_kind",
     "predicted_bytes", "wall_s", "status", "reason",
@@ -177,8 +177,7 @@ class Sweep:
             from impls import load_backend
 
             backend = load_backend(name, device)
-            if self.settings.matmul_precision == "highest":
-                _set_highest_precision(name)
+            set_precision(name, self.settings.matmul_precision)
             self._backends[key] = backend
         return self._backends[key]
 
@@ -396,8 +395,18 @@ def _release(backend, failed: bool) -> None:
         torch.cuda.empty_cache()
 
 
-def _set_highest_precision(name: str) -> None:
+# --bench-matmul-precision in each framework's words; "default" leaves both alone.
+PRECISION_NAMES = {
+    "torch": {"tf32": "high", "highest": "highest"},
+    "jax": {"tf32": "tensorfloat32", "highest": "highest"},
+}
+
+
+def set_precision(name: str, precision: str) -> None:
+    value = PRECISION_NAMES[name].get(precision)
+    if value is None:
+        return
     if name == "torch":
-        sys.modules["torch"].set_float32_matmul_precision("highest")
+        sys.modules["torch"].set_float32_matmul_precision(value)
     else:
-        sys.modules["jax"].config.update("jax_default_matmul_precision", "highest")
+        sys.modules["jax"].config.update("jax_default_matmul_precision", value)

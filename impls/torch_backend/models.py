@@ -101,7 +101,9 @@ class HollowNet(_Model):
         w0 = self.params["cond0_w"]
         # Take x_i's own contribution back out instead of masking the (d_in, d, w) weight on
         # every call: O(batch*d*w) rather than O(d^2*w), and d h_i / d x_i is exactly zero.
-        own = w0[torch.arange(spec.dim), torch.arange(spec.dim)]  # (d, w)
+        # The diagonal as a view: no index tensor to copy to the device (a CUDA graph
+        # capture cannot copy from the host).
+        own = w0[: spec.dim].diagonal(dim1=0, dim2=1).T  # (d, w)
         z = (_with_time(x, t) @ w0.flatten(1)).view(batch, spec.dim, -1) - x[..., None] * own
         z = self.act(z + self.params["cond0_b"])
         for j in range(1, len(spec.cond_hidden) + 1):
@@ -113,11 +115,17 @@ class HollowNet(_Model):
         self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor | None = None
     ) -> torch.Tensor:
         """f, shape (batch, dim): one MLP shared by all dimensions, over rows [x_i, h_i, t]."""
+        z = self._dense("tau", self.transformer_rows(x, h, t), len(self.spec.trans_hidden) + 1)
+        return z[..., 0]
+
+    def transformer_rows(
+        self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The transformer's input rows [x_i, h_i, t], shape (batch, dim, 1 + d_h (+ 1))."""
         parts = [x[..., None], h]
         if t is not None:
             parts.append(t.reshape(-1, 1, 1).expand(x.shape[0], x.shape[1], 1))
-        z = self._dense("tau", torch.cat(parts, dim=-1), len(self.spec.trans_hidden) + 1)
-        return z[..., 0]
+        return torch.cat(parts, dim=-1)
 
     def _made_masks(self, direction: str, n: int) -> list[torch.Tensor]:
         return [getattr(self, f"mask_{direction}{j}") for j in range(n)]

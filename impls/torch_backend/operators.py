@@ -12,6 +12,7 @@ import torch
 from torch.func import jvp, vmap
 
 from impls import _checks
+from impls.torch_backend import taylor
 from impls.torch_backend.models import HollowNet
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
@@ -98,14 +99,25 @@ def _hollow(net: HollowNet, x: torch.Tensor, t, k: int) -> torch.Tensor:
         out = net.transformer(x_tau, h, t)
         for j in range(k):
             # tau is separable in x_tau, so the gradient of the sum is the diagonal.
-            (out,) = torch.autograd.grad(out.sum(), x_tau, create_graph=keep_graph or j < k - 1)
+            (out,) = torch.autograd.grad(
+                out.sum(),
+                x_tau,
+                create_graph=keep_graph or j < k - 1,
+                allow_unused=True,  # an affine tau (no hidden layer) leaves no x_tau path
+                materialize_grads=True,
+            )
+            if j < k - 1 and not out.requires_grad:  # constant in x: higher orders vanish
+                return torch.zeros_like(x)
     return out
 
 
 def _hollow_forward(net: HollowNet, x: torch.Tensor, t, k: int) -> torch.Tensor:
-    """k nested JVPs with tangent 1 through the transformer: exact since tau is separable."""
+    """One JVP with tangent 1 through the transformer (k=1), or Taylor mode for k>1: exact,
+    since tau is separable."""
     h = net.conditioner(x, t)
-    return _nested_jvp(lambda y: net.transformer(y, h, t), x, torch.ones_like(x), k)
+    if k == 1:
+        return _nested_jvp(lambda y: net.transformer(y, h, t), x, torch.ones_like(x), 1)
+    return taylor.ddim(net, x, h, t, k)
 
 
 def _nested_jvp(fun: Fn, x: torch.Tensor, tangent: torch.Tensor, k: int) -> torch.Tensor:

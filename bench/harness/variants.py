@@ -1,0 +1,58 @@
+"""A torch step run as one of its variants (``grid.VARIANTS``): as written, captured whole in
+one CUDA graph, or compiled by torch.compile. JAX steps have one variant, jit, which the sweep
+applies itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+WARMUP_CALLS = 3  # before a capture: lazy initialisation and cuBLAS workspaces happen here
+
+
+def torch_variant(
+    fn: Callable[..., Any], args: tuple, variant: str
+) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """(the callable to time, extra_info it learned). Its one-off cost, the warm-up and
+    capture of a CUDA graph or torch.compile's compilation, is ``compile_s``."""
+    if variant == "eager":
+        return fn, {}
+    import torch
+
+    start = time.perf_counter()
+    if variant == "cudagraph":
+        step = capture(fn, args)
+    elif variant == "compile":
+        step = torch.compile(fn)
+        step(*args)  # compiles
+    else:
+        raise ValueError(f"unknown torch variant {variant!r}; choose eager, cudagraph or compile")
+    if any(isinstance(a, torch.Tensor) and a.is_cuda for a in args):
+        torch.cuda.synchronize()
+    return step, {"compile_s": time.perf_counter() - start}
+
+
+def capture(fn: Callable[..., Any], args: tuple) -> Callable[..., Any]:
+    """``fn(*args)`` captured as one CUDA graph; the returned callable replays it and returns
+    the captured outputs, refreshed in place. The arguments are baked in: the callable ignores
+    its own. Gradients set to None inside ``fn`` are allocated once, in the graph's pool, and
+    refilled on every replay: PyTorch's whole-network capture recipe."""
+    import torch
+
+    side = torch.cuda.Stream()  # warm-up off the default stream, as the recipe asks
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(WARMUP_CALLS):
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(*args)
+
+    def replay(*_ignored):
+        graph.replay()
+        return out
+
+    return replay

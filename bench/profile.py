@@ -1,0 +1,255 @@
+"""Profile the steps the sweep times: where a hollow or Hutchinson step spends its time.
+
+    python -m bench.profile --backends torch,jax --device cuda:0 --dims 128,4096 \\
+        --methods hollow,hutchinson --mode train --out profiles/
+
+For each backend, variant, method and d it builds the very step ``pytest bench`` times
+(bench/harness/operators.py; ``hutchinson`` on the FLOP-matched MLP, the hollow methods on the
+HollowNet) and records:
+
+- wall ms per call, and from NVML the joules per call, mean power and GPU utilisation;
+- the top kernels (GPU) or ops (CPU) by time per call, from torch.profiler or jax.profiler,
+  and ``busy``: their summed time over the wall time. Far below 1 means the device waits on
+  the host (launch-bound); near 1 means the kernels themselves are the cost;
+- for JAX, XLA's cost analysis of the compiled step: FLOPs and bytes accessed per call.
+
+It writes ``profile.json`` (every figure) and ``profile.md`` (one table per step) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import itertools
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.harness import operators
+from bench.harness.grid import DEFAULT_VARIANT, VARIANTS, Point
+from bench.harness.sweep import set_precision
+from bench.harness.telemetry import NVML, EnergyMeter
+from bench.harness.variants import torch_variant
+from impls import load_backend
+
+WARMUP_CALLS = 3
+METER_S = 1.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for backend_name in args.backends.split(","):
+        backend = load_backend(backend_name, args.device)
+        set_precision(backend_name, args.matmul_precision)
+        for point in _points(backend_name, args):
+            print(f"profiling {point.id}", file=sys.stderr, flush=True)
+            try:
+                results.append(profile(backend, point, args.calls, args.rows))
+            except Exception as exc:  # one failing step must not lose the others' profiles
+                results.append({"id": point.id, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            # After every step: a run stopped at its time limit keeps what it profiled.
+            (out / "profile.json").write_text(json.dumps(results, indent=1))
+            (out / "profile.md").write_text(markdown(results))
+    print(f"wrote {out / 'profile.md'} and profile.json ({len(results)} steps)")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
+    p.add_argument("--backends", default="torch,jax")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dims", default="128")
+    p.add_argument("--methods", default="hollow,hutchinson")
+    p.add_argument("--mode", default="train", choices=("eval", "train"))
+    p.add_argument("--workload", default="divergence", choices=("divergence", "ddim"))
+    p.add_argument("--k", default="1", help="derivative orders (ddim), e.g. 1,4")
+    p.add_argument("--variants", default="eager,cudagraph,jit", help="those a backend has")
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--calls", type=int, default=20, help="calls timed, and profiled")
+    p.add_argument("--rows", type=int, default=10, help="top kernels listed per step")
+    p.add_argument("--matmul-precision", default="default", choices=("default", "tf32", "highest"))
+    p.add_argument("--out", default="profiles")
+    return p
+
+
+def _points(backend: str, args) -> list[Point]:
+    variants = [v for v in VARIANTS[backend] if v in args.variants.split(",")]
+    if args.device == "cpu" and "cudagraph" in variants:
+        variants.remove("cudagraph")
+    points = []
+    for variant in variants or [DEFAULT_VARIANT[backend]]:
+        for method in args.methods.split(","):
+            model = "mlp_flop_matched" if method == "hutchinson" else "hollownet"
+            probes = 1 if method == "hutchinson" else None
+            ks = [1] if args.workload == "divergence" else map(int, args.k.split(","))
+            for d, k in itertools.product(map(int, args.dims.split(",")), ks):
+                where = (backend, args.device, method, model, d, args.batch, k, args.mode)
+                points.append(Point(args.workload, *where, probes, variant))
+    return points
+
+
+def profile(backend, point: Point, calls: int, rows: int) -> dict[str, Any]:
+    """Time, meter and profile ``point``'s step; one JSON-ready dict."""
+    spec = operators.model_spec(point.model, point.d)
+    net = backend.build(spec, seed=operators.MODEL_SEED)
+    x = backend.asarray(operators.data(point.batch, point.d, spec.dtype))
+    fn, args, _ = operators.step(backend, net, x, point)
+    info: dict[str, Any] = {"id": point.id, "flops_model": spec.flops * point.batch}
+    if backend.name == "torch":
+        fn, learned = torch_variant(fn, args, point.variant)
+        info |= learned
+    else:
+        import jax
+
+        start = time.perf_counter()
+        fn = jax.jit(fn).lower(*args).compile()
+        info["compile_s"] = time.perf_counter() - start
+        info |= _xla_costs(fn)
+
+    def call():
+        out = fn(*args)
+        backend.sync(out)
+        return out
+
+    for _ in range(WARMUP_CALLS):
+        call()
+    info |= _metered(call, calls, backend.device)
+    kernels, busy_us = (_torch_kernels if backend.name == "torch" else _jax_kernels)(call, calls)
+    # Threads overlap on a CPU, so the sum of op times there says nothing about waiting.
+    on_gpu = backend.device.startswith("cuda")
+    info["busy"] = busy_us / 1e3 / calls / info["ms_per_call"] if on_gpu and busy_us else None
+    if not busy_us:
+        info["note"] = (
+            "the trace holds no kernel events (no CUPTI for this framework?)"
+            if on_gpu
+            else "no per-kernel times from XLA's CPU runtime"
+        )
+    info["top"] = [
+        {"name": name, "ms_per_call": us / 1e3 / calls, "share": us / busy_us if busy_us else None}
+        for name, us in kernels.most_common(rows)
+    ]
+    return info
+
+
+def _metered(call, calls: int, device: str) -> dict[str, Any]:
+    """At least ``calls`` calls and METER_S seconds: NVML's energy counter and utilisation
+    sample over tens of ms or more, so a few fast calls would read as zero."""
+    energy = EnergyMeter(device)
+    energy.start()
+    start, done = time.perf_counter(), 0
+    while done < calls or time.perf_counter() - start < METER_S:
+        call()
+        done += 1
+    seconds, calls = time.perf_counter() - start, done
+    joules, _kind = energy.stop()
+    handle = NVML.handle(device)
+    util = NVML.call("nvmlDeviceGetUtilizationRates", handle) if handle else None
+    return {
+        "ms_per_call": seconds / calls * 1e3,
+        "joules_per_call": joules / calls if joules is not None else None,
+        "mean_power_w": joules / seconds if joules is not None else None,
+        "gpu_util_pct": getattr(util, "gpu", None),
+    }
+
+
+def _xla_costs(compiled) -> dict[str, Any]:
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        return {"xla_flops": cost.get("flops"), "xla_bytes": cost.get("bytes accessed")}
+    except Exception:  # not every platform reports it
+        return {}
+
+
+def _torch_kernels(call, calls: int) -> tuple[collections.Counter, float]:
+    """Kernel (GPU) or op (CPU) self time in us over ``calls`` calls, and their sum."""
+    import torch
+    from torch.profiler import ProfilerActivity
+
+    gpu = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if gpu else [])]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(calls):
+            call()
+    times: collections.Counter = collections.Counter()
+    for evt in prof.key_averages():
+        # On a GPU only kernels and copies count: an aten op's device time is its kernels'.
+        if gpu and evt.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        us = evt.self_device_time_total if gpu else evt.self_cpu_time_total
+        if us > 0:
+            times[evt.key] += us
+    return times, float(sum(times.values()))
+
+
+def _jax_kernels(call, calls: int) -> tuple[collections.Counter, float]:
+    """The same from a jax.profiler trace: the events on the GPU's streams. XLA's CPU runtime
+    traces no per-kernel times (only markers and thread-pool waits), so on the CPU this is
+    empty and XLA's cost analysis stands alone."""
+    import jax
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+            for _ in range(calls):
+                call()
+        trace = next(Path(tmp).rglob("perfetto_trace.json.gz"))
+        with gzip.open(trace, "rt") as fh:
+            doc = json.load(fh)
+    events = doc["traceEvents"] if isinstance(doc, dict) else doc
+    device, threads = set(), {}
+    for e in events:
+        if e.get("ph") == "M" and e.get("name") == "process_name":
+            if e["args"]["name"].startswith("/device:"):
+                device.add(e["pid"])
+        elif e.get("ph") == "M" and e.get("name") == "thread_name":
+            threads[(e["pid"], e.get("tid"))] = e["args"]["name"]
+    streams = {k for k, name in threads.items() if k[0] in device and "stream" in name.lower()}
+    times: collections.Counter = collections.Counter()
+    for e in events:
+        key = (e.get("pid"), e.get("tid"))
+        if e.get("ph") == "X" and (key in streams or (not streams and key[0] in device)):
+            times[e["name"]] += float(e.get("dur", 0.0))
+    return times, float(sum(times.values()))
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    lines = ["# Profiles", ""]
+    for r in results:
+        lines += [f"## {r['id']}", ""]
+        if "error" in r:
+            lines += [f"failed: {r['error']}", ""]
+            continue
+        facts = [f"{r['ms_per_call']:.3f} ms/call"]
+        if r["busy"] is not None:
+            facts.append(f"busy {r['busy']:.2f}")
+        if r.get("joules_per_call") is not None:
+            facts.append(f"{r['joules_per_call'] * 1e3:.2f} mJ/call, {r['mean_power_w']:.0f} W")
+        if r.get("gpu_util_pct") is not None:
+            facts.append(f"NVML util {r['gpu_util_pct']}%")
+        if r.get("xla_flops"):
+            facts.append(
+                f"XLA {r['xla_flops'] / 1e9:.2f} GFLOP, {r['xla_bytes'] / 1e9:.3f} GB/call "
+                f"({r['xla_flops'] / r['xla_bytes']:.1f} FLOP/B)"
+            )
+        if r.get("compile_s") is not None:
+            facts.append(f"one-off {r['compile_s']:.1f} s")
+        if r.get("note"):
+            facts.append(r["note"])
+        lines += ["; ".join(facts), "", "| kernel / op | ms per call | share |", "|---|---:|---:|"]
+        for k in r["top"]:
+            name = k["name"].replace("|", "/")[:90]
+            share = f"{k['share']:.0%}" if k["share"] is not None else ""
+            lines.append(f"| `{name}` | {k['ms_per_call']:.4f} | {share} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

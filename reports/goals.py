@@ -1,0 +1,187 @@
+"""The speed goals (a)-(d) the suite holds its implementations to, each a table of measured
+ratios per d with a verdict, built from whatever points the inputs hold.
+
+A ratio cell is a number, the status of a side that did not run ("oom", ...), or NaN where the
+inputs lack a side. The verdict names every d where the goal was missed, so a miss can never
+hide in a wide table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from reports.tables import Cell, NoData, Table, cells, ratio
+
+EXACT = ("hollow", "hollow_forward")
+DENSE = ("dense_loop", "dense_vectorized")
+KEYS = ["backend", "device_id", "variant", "mode", "batch"]
+
+
+def _rows(frame: pd.DataFrame, workload: str, methods: Sequence[str], model: str) -> pd.DataFrame:
+    return frame[
+        frame["workload"].eq(workload)
+        & frame["method"].isin(methods)
+        & frame["model"].eq(model)
+        & frame["d"].notna()
+    ]
+
+
+def _best(values: pd.Series) -> Cell:
+    """The fastest measured cell, else the statuses of those that did not run."""
+    measured = [v for v in values if not isinstance(v, str) and pd.notna(v)]
+    if measured:
+        return min(measured)
+    statuses = sorted({v for v in values if isinstance(v, str)})
+    return "/".join(statuses) if statuses else float("nan")
+
+
+def _fastest(rows: pd.DataFrame, keys: Sequence[str], over: str) -> pd.Series:
+    """Per ``keys``: the fastest cell over the values of column ``over``."""
+    level = list(range(len(keys)))
+    return cells(rows, [*keys, over]).groupby(level=level, dropna=False).agg(_best)
+
+
+def _ratios(num: pd.Series, den: pd.Series) -> pd.DataFrame:
+    """num / den matched on the index levels both have; a level only one side has (e.g. the
+    method) stays a column. Long format, one row per pair, the ratio in ``ratio``."""
+    left, right = num.rename("num").reset_index(), den.rename("den").reset_index()
+    on = [c for c in right.columns if c in left.columns]
+    both = left.merge(right, on=on, how="inner")
+    both["ratio"] = [ratio(a, b) for a, b in zip(both["num"], both["den"], strict=True)]
+    return both.drop(columns=["num", "den"])
+
+
+def _by_d(pairs: pd.DataFrame, goal: str, target: Callable[[int], float], label: str, above: bool):
+    """One row per key, one column per d, and the verdict against ``target(d)``: a floor
+    when ``above``, else a ceiling."""
+    if pairs.empty:
+        raise NoData(f"no matching pairs of points for goal ({goal})")
+    keys = [c for c in pairs.columns if c not in ("d", "ratio")]
+    wide = pairs.set_index([*keys, "d"])["ratio"].unstack("d")
+    out = wide.rename(columns=lambda d: f"d={d}").reset_index()
+    out["target"] = label
+    out["verdict"] = [_verdict(row, target, above) for _, row in wide.iterrows()]
+    return out.rename(columns={"device_id": "device"})
+
+
+def _verdict(row: pd.Series, target: Callable[[int], float], above: bool) -> str:
+    missed, unknown = [], []
+    for d, value in row.items():
+        if isinstance(value, str):
+            unknown.append(f"d={d} ({value})")
+        elif pd.notna(value) and ((value < target(d)) if above else (value > target(d))):
+            missed.append(f"d={d} ({value:.3g} vs {target(d):g})")
+    measured = [v for v in row if not isinstance(v, str) and pd.notna(v)]
+    if missed:
+        verdict = f"missed at {', '.join(missed)}"
+    else:
+        verdict = "met at every measured d" if measured else "not measured"
+    return verdict + (f"; did not run at {', '.join(unknown)}" if unknown else "")
+
+
+def goal_a(frame: pd.DataFrame) -> pd.DataFrame:
+    """(a) each hollow method's divergence over Hutchinson-1 on the FLOP-matched MLP."""
+    exact = _rows(frame, "divergence", EXACT, "hollownet")
+    hutch = _rows(frame, "divergence", ["hutchinson"], "mlp_flop_matched")
+    hutch = hutch[hutch["n_probes"].eq(1).fillna(False)]
+    if exact.empty or hutch.empty:
+        raise NoData("needs hollow divergence points and hutchinson-1 on the FLOP-matched MLP")
+    pairs = _ratios(cells(exact, [*KEYS, "method", "d"]), cells(hutch, [*KEYS, "d"]))
+    return _by_d(pairs, "a", lambda d: 1.0, "<= 1", above=False)
+
+
+def goal_b(frame: pd.DataFrame) -> pd.DataFrame:
+    """(b) the faster dense method over each hollow method, for d >= 128."""
+    frame = frame[frame["d"].ge(128).fillna(False)]
+    dense = _rows(frame, "divergence", DENSE, "hollownet")
+    exact = _rows(frame, "divergence", EXACT, "hollownet")
+    if dense.empty or exact.empty:
+        raise NoData("needs dense and hollow divergence points at d >= 128")
+    exact_cells = cells(exact, [*KEYS, "method", "d"]).rename_axis(
+        index={"method": "hollow method"}
+    )
+    pairs = _ratios(_fastest(dense, [*KEYS, "d"], "method"), exact_cells)
+    return _by_d(pairs, "b", lambda d: d / 4, ">= d/4", above=True)
+
+
+def goal_c(frame: pd.DataFrame) -> pd.DataFrame:
+    """(c) D_dim^4 over D_dim^1, per hollow method."""
+    ddim = _rows(frame, "ddim", EXACT, "hollownet")
+    k4, k1 = (ddim[ddim["k"].eq(k).fillna(False)] for k in (4, 1))
+    if k4.empty or k1.empty:
+        raise NoData("needs hollow ddim points at k = 1 and k = 4")
+    keys = [*KEYS, "method", "d"]
+    return _by_d(_ratios(cells(k4, keys), cells(k1, keys)), "c", lambda d: 5.0, "<= 5", False)
+
+
+def goal_d(frame: pd.DataFrame) -> pd.DataFrame:
+    """(d) the fastest torch variant over JAX jit, per device, mode, batch and method."""
+    rows = _rows(frame, "divergence", EXACT, "hollownet")
+    torch, jax = rows[rows["backend"].eq("torch")], rows[rows["backend"].eq("jax")]
+    if torch.empty or jax.empty:
+        raise NoData("needs hollow divergence points from both backends")
+    keys = ["device_id", "mode", "batch", "method", "d"]
+    pairs = _ratios(_fastest(torch, keys, "variant"), cells(jax, keys))
+    table = _by_d(pairs, "d", lambda d: 1.5, "<= 1.5", above=False)
+    table["fastest torch variant"] = [
+        _fastest_variants(torch, dict(zip(keys[:-1], row, strict=True)))
+        for row in table[["device", *keys[1:-1]]].itertuples(index=False)
+    ]
+    return table
+
+
+def _fastest_variants(torch: pd.DataFrame, where: dict) -> str:
+    """Which torch variant was fastest at each d of one row of goal (d)."""
+    mask = np.logical_and.reduce([torch[k].eq(v).fillna(False) for k, v in where.items()])
+    ok = torch[mask & torch["status"].eq("ok")]
+    if ok.empty:
+        return "—"
+    best = ok.loc[ok.groupby("d")["time_ms"].idxmin(), ["d", "variant"]]
+    if best["variant"].nunique() == 1:
+        return str(best["variant"].iloc[0])
+    return ", ".join(f"d={d}: {v}" for d, v in best.itertuples(index=False))
+
+
+GOALS: tuple[Table, ...] = (
+    Table(
+        "goal_a_exact_vs_hutchinson",
+        "Goal (a): exact divergence at the cost of one Hutchinson probe",
+        "The hollow exact-divergence train step costs at most 1.0x the Hutchinson-1 train step "
+        "on the FLOP-matched MLP, for every d from 8 to 4096, on a GPU, in both backends.",
+        "Divergence workload: each hollow method's median time on the HollowNet over "
+        "hutchinson (n_probes=1) on the FLOP-matched MLP, same backend, device, variant, mode "
+        "and batch, one column per d. The goal concerns train mode; eval rows show the "
+        "operator alone.",
+        goal_a,
+    ),
+    Table(
+        "goal_b_dense_vs_hollow",
+        "Goal (b): dense / hollow >= d/4 for d >= 128",
+        "The exact hollow operator beats the dense diagonal by at least d/4 at every d >= 128.",
+        "Divergence workload on the HollowNet: the faster of dense_loop and dense_vectorized "
+        "over each hollow method, same backend, device, variant, mode and batch; the target "
+        "is d/4 for each column's d.",
+        goal_b,
+    ),
+    Table(
+        "goal_c_ddim_k4_vs_k1",
+        "Goal (c): D_dim^4 costs at most 5x D_dim^1",
+        "A k-th order dimension-wise derivative costs about k passes: cost(k=4) / cost(k=1) <= 5.",
+        "ddim workload on the HollowNet: each hollow method's median time at k=4 over its time "
+        "at k=1, same backend, device, variant, mode, batch and d.",
+        goal_c,
+    ),
+    Table(
+        "goal_d_torch_vs_jax",
+        "Goal (d): the best PyTorch variant within 1.5x of JAX jit",
+        "On a GPU the fastest PyTorch variant of each hollow method is within 1.5x of JAX's "
+        "jit at every d.",
+        "Divergence workload on the HollowNet: the fastest torch variant (eager, cudagraph, "
+        "compile) over JAX jit, per device, mode, batch, method and d; 'fastest torch variant' "
+        "names which one it was.",
+        goal_d,
+    ),
+)

@@ -1,0 +1,44 @@
+"""``python -m bench.profile`` on the CPU: it profiles the very steps the sweep times."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import profile
+
+pytest.importorskip("torch")
+pytest.importorskip("jax")
+
+
+def test_profile_times_and_breaks_down_each_step(tmp_path):
+    argv = ["--dims", "8", "--batch", "4", "--calls", "2", "--rows", "3", "--out", str(tmp_path)]
+    assert profile.main(argv) == 0
+    results = json.loads((tmp_path / "profile.json").read_text())
+    assert [r["id"] for r in results] == [
+        "torch-cpu-hollownet-hollow-d8-b4-k1-train",
+        "torch-cpu-mlp_flop_matched-hutchinson-m1-d8-b4-k1-train",
+        "jax-cpu-hollownet-hollow-d8-b4-k1-train",
+        "jax-cpu-mlp_flop_matched-hutchinson-m1-d8-b4-k1-train",
+    ]
+    for r in results:
+        assert "error" not in r, r
+        assert r["ms_per_call"] > 0
+        assert r["busy"] is None  # only a GPU's kernel time says whether it waited
+    for torch_step in results[:2]:
+        assert 1 <= len(torch_step["top"]) <= 3
+        assert all(k["ms_per_call"] > 0 for k in torch_step["top"])
+    for jax_step in results[2:]:  # XLA's CPU runtime times no kernels: its cost analysis
+        assert jax_step["top"] == [] and "no per-kernel times" in jax_step["note"]
+        assert jax_step["xla_flops"] > 0 and jax_step["xla_bytes"] > 0
+        assert jax_step["compile_s"] > 0
+    text = (tmp_path / "profile.md").read_text()
+    assert text.count("\n## ") == 4 and "| kernel / op | ms per call | share |" in text
+
+
+def test_a_failing_step_is_recorded_and_the_others_still_run(tmp_path):
+    argv = ["--backends", "torch", "--dims", "0,8", "--methods", "hollow", "--batch", "2"]
+    assert profile.main([*argv, "--calls", "1", "--out", str(tmp_path)]) == 0
+    first, second = json.loads((tmp_path / "profile.json").read_text())
+    assert "dim" in first["error"] and "error" not in second

@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for backend_name in args.backends.split(","):
-        backend = load_backend(backend_name, args.device)
+        try:
+            backend = load_backend(backend_name, args.device)
+        except (ImportError, ValueError) as exc:
+            print(f"python -m bench.profile: {exc}", file=sys.stderr)
+            return 2
         set_precision(backend_name, args.matmul_precision)
         for point in _points(backend_name, args):
             print(f"profiling {point.id}", file=sys.stderr, flush=True)
@@ -65,11 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
     p.add_argument("--backends", default="torch,jax")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dims", default="128")
+    p.add_argument("--dims", type=_ints, default="128", help="e.g. 128,4096")
     p.add_argument("--methods", default="hollow,hutchinson")
     p.add_argument("--mode", default="train", choices=("eval", "train"))
     p.add_argument("--workload", default="divergence", choices=("divergence", "ddim"))
-    p.add_argument("--k", default="1", help="derivative orders (ddim), e.g. 1,4")
+    p.add_argument("--k", type=_ints, default="1", help="derivative orders (ddim), e.g. 1,4")
     p.add_argument("--variants", default="eager,cudagraph,jit", help="those a backend has")
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--calls", type=int, default=20, help="calls timed, and profiled")
@@ -77,6 +81,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--matmul-precision", default="default", choices=("default", "tf32", "highest"))
     p.add_argument("--out", default="profiles")
     return p
+
+
+def _ints(raw: str) -> list[int]:
+    try:
+        values = [int(word) for word in raw.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is not a comma-separated list of integers"
+        ) from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r}: values must be >= 1")
+    return values
 
 
 def _points(backend: str, args) -> list[Point]:
@@ -88,8 +104,8 @@ def _points(backend: str, args) -> list[Point]:
         for method in args.methods.split(","):
             model = "mlp_flop_matched" if method == "hutchinson" else "hollownet"
             probes = 1 if method == "hutchinson" else None
-            ks = [1] if args.workload == "divergence" else map(int, args.k.split(","))
-            for d, k in itertools.product(map(int, args.dims.split(",")), ks):
+            ks = [1] if args.workload == "divergence" else args.k
+            for d, k in itertools.product(args.dims, ks):
                 where = (backend, args.device, method, model, d, args.batch, k, args.mode)
                 points.append(Point(args.workload, *where, probes, variant))
     return points

@@ -17,7 +17,9 @@ from reports.tables import Cell, NoData, Table, cells, ratio
 
 EXACT = ("hollow", "hollow_forward")
 DENSE = ("dense_loop", "dense_vectorized")
-KEYS = ["backend", "device_id", "variant", "mode", "batch"]
+# What a within-backend ratio holds fixed. (d) compares backends, whose precision settings
+# are named differently ("high" against "tensorfloat32" for TF32), so it leaves precision out.
+KEYS = ["backend", "device_id", "variant", "mode", "batch", "matmul_precision"]
 
 
 def _rows(frame: pd.DataFrame, workload: str, methods: Sequence[str], model: str) -> pd.DataFrame:

@@ -56,6 +56,7 @@ def entry(key: tuple, ms) -> dict:
         "k": k,
         "n_probes": 1 if method == "hutchinson" else None,
         "mode": mode,
+        "matmul_precision": "high" if backend == "torch" else "tensorfloat32",
         "status": "ok" if ran else ms,
     }
     out = {"name": name, "fullname": f"bench/x.py::{name}", "params": {}, "extra_info": info}

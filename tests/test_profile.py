@@ -38,7 +38,15 @@ def test_profile_times_and_breaks_down_each_step(tmp_path):
 
 
 def test_a_failing_step_is_recorded_and_the_others_still_run(tmp_path):
-    argv = ["--backends", "torch", "--dims", "0,8", "--methods", "hollow", "--batch", "2"]
+    argv = ["--backends", "torch", "--dims", "8", "--methods", "bogus,hollow", "--batch", "2"]
     assert profile.main([*argv, "--calls", "1", "--out", str(tmp_path)]) == 0
     first, second = json.loads((tmp_path / "profile.json").read_text())
-    assert "dim" in first["error"] and "error" not in second
+    assert "bogus" in first["error"] and "error" not in second
+
+
+def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        profile.main(["--dims", "8,x", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "'8,x' is not a comma-separated" in capsys.readouterr().err
+    assert profile.main(["--device", "tpu", "--out", str(tmp_path)]) == 2
+    assert "tpu" in capsys.readouterr().err

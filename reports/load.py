@@ -344,8 +344,11 @@ def annotate(frame: pd.DataFrame) -> pd.DataFrame:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     for column in (*FLOAT_COLUMNS, *(f"{s}_s" for s in STATS)):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
-    # Files from before variants existed ran every step the backend's default way.
-    frame["variant"] = frame["variant"].fillna(frame["backend"].map(DEFAULT_VARIANT))
+    # Operator points from before variants existed ran the backend's default way; the other
+    # workloads have no variants.
+    operator = frame["workload"].isin(["divergence", "ddim"])
+    default = frame["backend"].map(DEFAULT_VARIANT).where(operator)
+    frame["variant"] = frame["variant"].fillna(default)
     frame["time_ms"] = frame["median_s"] * 1e3
     frame["device_id"] = _device_ids(frame)
     frame["series"] = [_series_label(*row) for row in frame[["method", "model", "n_probes"]].values]
@@ -382,9 +385,17 @@ FACET_EXTRAS = ("variant", "dtype", "batch", "matmul_precision")
 
 
 def facet_columns(frame: pd.DataFrame) -> list[str]:
-    """backend, device and mode, plus any setting that varies across the inputs."""
+    """backend, device and mode, plus any setting that varies across the inputs (variant:
+    only where some point ran other than its backend's default way)."""
     extras = [c for c in FACET_EXTRAS if frame[c].nunique(dropna=True) > 1]
+    if "variant" in extras and not _other_variants(frame):
+        extras.remove("variant")
     return ["backend", "device_id", "mode", *extras]
+
+
+def _other_variants(frame: pd.DataFrame) -> bool:
+    variant = frame["variant"]
+    return bool((variant.notna() & variant.ne(frame["backend"].map(DEFAULT_VARIANT))).any())
 
 
 def facet_labels(frame: pd.DataFrame) -> pd.Series:

@@ -45,17 +45,13 @@ def _activation(name: str, act, z: Series, k: int) -> Series:
             minus_y.append(-y[m - 1])
             cos.append(_step(z, minus_y, m))
         return y
-    if name == "softplus":  # softplus' = sigmoid, sigmoid' = sigmoid - sigmoid^2
-        sig, dsig = [torch.sigmoid(z[0])], []
-        for m in range(1, k + 1):
-            dsig.append(sig[m - 1] - _cauchy(sig, sig, m - 1))
-            y.append(_step(z, sig, m))
-            sig.append(_step(z, dsig, m))
-        return y
+    if name == "softplus":  # softplus' = sigmoid
+        sig = _activation("sigmoid", torch.sigmoid, z, k - 1)
+        return y + [_step(z, sig, m) for m in range(1, k + 1)]
     g = []  # tanh' = 1 - tanh^2, sigmoid' = sigmoid - sigmoid^2
     for m in range(1, k + 1):
-        square = _cauchy(y, y, m - 1)
-        g.append((1 - square if m == 1 else -square) if name == "tanh" else y[m - 1] - square)
+        own = (1 if m == 1 else 0) if name == "tanh" else y[m - 1]
+        g.append(own - _cauchy(y, y, m - 1))
         y.append(_step(z, g, m))
     return y
 

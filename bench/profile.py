@@ -31,9 +31,8 @@ from typing import Any
 
 from bench.harness import operators
 from bench.harness.grid import DEFAULT_VARIANT, VARIANTS, Point
-from bench.harness.sweep import set_precision
+from bench.harness.sweep import compile_step, set_precision
 from bench.harness.telemetry import NVML, EnergyMeter
-from bench.harness.variants import torch_variant
 from impls import load_backend
 
 WARMUP_CALLS = 3
@@ -116,18 +115,11 @@ def profile(backend, point: Point, calls: int, rows: int) -> dict[str, Any]:
     spec = operators.model_spec(point.model, point.d)
     net = backend.build(spec, seed=operators.MODEL_SEED)
     x = backend.asarray(operators.data(point.batch, point.d, spec.dtype))
-    fn, args, _ = operators.step(backend, net, x, point)
-    info: dict[str, Any] = {"id": point.id, "flops_model": spec.flops * point.batch}
-    if backend.name == "torch":
-        fn, learned = torch_variant(fn, args, point.variant)
-        info |= learned
-    else:
-        import jax
-
-        start = time.perf_counter()
-        fn = jax.jit(fn).lower(*args).compile()
-        info["compile_s"] = time.perf_counter() - start
-        info |= _xla_costs(fn)
+    fn, args, _, learned = operators.step(backend, net, x, point)
+    fn, compile_s, _ = compile_step(backend, fn, args)
+    info: dict[str, Any] = {"id": point.id, "flops_model": spec.flops * point.batch, **learned}
+    if backend.name == "jax":
+        info |= {"compile_s": compile_s, **_xla_costs(fn)}
 
     def call():
         out = fn(*args)

@@ -458,7 +458,8 @@ def test_torch_variants_time_the_same_step():
     point = grid.Point("divergence", "torch", "cpu", "hollow", "hollownet", 4, 3, 1, "eval")
     net = backend.build(HollowSpec(dim=4, d_h=2))
     x = torch.randn(3, 4)
-    fn, args, _ = operators.step(backend, net, x, point)
+    fn, args, _, learned = operators.step(backend, net, x, point)
+    assert learned == {}  # the point's variant is eager
     eager, learned = torch_variant(fn, args, "eager")
     assert eager is fn and learned == {}
     compiled, learned = torch_variant(fn, args, "compile")

@@ -102,10 +102,7 @@ def make_task(sweep: Sweep, backend, spec: ModelSpec, point: Point) -> Task:
     net = backend.build(spec, seed=MODEL_SEED)
     x_np = data(point.batch, point.d, spec.dtype)
     x = backend.asarray(x_np)
-    fn, args, values_of = step(backend, net, x, point)
-    learned: dict[str, Any] = {}
-    if backend.name == "torch":
-        fn, learned = torch_variant(fn, args, point.variant)
+    fn, args, values_of, learned = step(backend, net, x, point)
 
     def check(out: Any, step: Callable[..., Any]) -> tuple[float, str]:
         if point.method != "hutchinson":
@@ -115,11 +112,15 @@ def make_task(sweep: Sweep, backend, spec: ModelSpec, point: Point) -> Task:
     return Task(fn, args, check, info=learned)
 
 
-def step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable]:
-    """(fn, args, values_of_output): the point's step as written (eager torch, JAX to be
-    jitted) and how to find the operator's values in its outputs."""
-    build = _torch_step if backend.name == "torch" else _jax_step
-    return build(backend, net, x, point)
+def step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable, dict[str, Any]]:
+    """(fn, args, values_of_output, learned): the point's step run as its variant (torch) or
+    to be jitted (JAX), how to find the operator's values in its outputs, and what setting
+    up the variant learned (extra_info: its ``compile_s``)."""
+    if backend.name == "jax":
+        return (*_jax_step(backend, net, x, point), {})
+    fn, args, values_of = _torch_step(backend, net, x, point)
+    fn, learned = torch_variant(fn, args, point.variant)
+    return fn, args, values_of, learned
 
 
 def _seeded(backend, net, x, point: Point, step: Callable) -> Callable[[int], np.ndarray]:

@@ -258,7 +258,7 @@ class Sweep:
         peak = PeakMemory(backend.name, backend.device)
         peak.start()
         task = make_task()
-        step, compile_s, static_peak = _compile(backend, task)
+        step, compile_s, static_peak = compile_step(backend, task.fn, task.args)
 
         def call():
             out = step(*task.args)
@@ -323,14 +323,17 @@ class Sweep:
         )
 
 
-def _compile(backend, task: Task) -> tuple[Callable[..., Any], float | None, tuple]:
-    """(the callable to time, JAX compile seconds or None, (static peak bytes, kind))."""
+def compile_step(
+    backend, fn: Callable[..., Any], args: tuple
+) -> tuple[Callable[..., Any], float | None, tuple]:
+    """(the callable to time, JAX compile seconds or None, (static peak bytes, kind)): JAX's
+    ``fn`` compiled ahead of time for ``args``; torch's as it is."""
     if backend.name != "jax":
-        return task.fn, None, (None, None)
+        return fn, None, (None, None)
     import jax
 
     start = time.perf_counter()
-    compiled = jax.jit(task.fn).lower(*task.args).compile()
+    compiled = jax.jit(fn).lower(*args).compile()
     seconds = time.perf_counter() - start
     return compiled, seconds, _xla_peak(compiled)
 

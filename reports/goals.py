@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import pandas as pd
 
 from reports.tables import Cell, NoData, Table, cells, ratio
@@ -40,10 +39,9 @@ def _best(values: pd.Series) -> Cell:
     return "/".join(statuses) if statuses else float("nan")
 
 
-def _fastest(rows: pd.DataFrame, keys: Sequence[str], over: str) -> pd.Series:
-    """Per ``keys``: the fastest cell over the values of column ``over``."""
-    level = list(range(len(keys)))
-    return cells(rows, [*keys, over]).groupby(level=level, dropna=False).agg(_best)
+def _fastest(per: pd.Series) -> pd.Series:
+    """Per index but its last level (e.g. per key over methods): the fastest cell."""
+    return per.groupby(level=list(range(per.index.nlevels - 1)), dropna=False).agg(_best)
 
 
 def _ratios(num: pd.Series, den: pd.Series) -> pd.DataFrame:
@@ -105,7 +103,7 @@ def goal_b(frame: pd.DataFrame) -> pd.DataFrame:
     exact_cells = cells(exact, [*KEYS, "method", "d"]).rename_axis(
         index={"method": "hollow method"}
     )
-    pairs = _ratios(_fastest(dense, [*KEYS, "d"], "method"), exact_cells)
+    pairs = _ratios(_fastest(cells(dense, [*KEYS, "d", "method"])), exact_cells)
     return _by_d(pairs, "b", lambda d: d / 4, ">= d/4", above=True)
 
 
@@ -126,25 +124,34 @@ def goal_d(frame: pd.DataFrame) -> pd.DataFrame:
     if torch.empty or jax.empty:
         raise NoData("needs hollow divergence points from both backends")
     keys = ["device_id", "mode", "batch", "method", "d"]
-    pairs = _ratios(_fastest(torch, keys, "variant"), cells(jax, keys))
+    per_variant = cells(torch, [*keys, "variant"])
+    pairs = _ratios(_fastest(per_variant), cells(jax, keys))
     table = _by_d(pairs, "d", lambda d: 1.5, "<= 1.5", above=False)
+    names = _fastest_names(per_variant)
     table["fastest torch variant"] = [
-        _fastest_variants(torch, dict(zip(keys[:-1], row, strict=True)))
+        _names_by_d(names, tuple(row))
         for row in table[["device", *keys[1:-1]]].itertuples(index=False)
     ]
     return table
 
 
-def _fastest_variants(torch: pd.DataFrame, where: dict) -> str:
-    """Which torch variant was fastest at each d of one row of goal (d)."""
-    mask = np.logical_and.reduce([torch[k].eq(v).fillna(False) for k, v in where.items()])
-    ok = torch[mask & torch["status"].eq("ok")]
-    if ok.empty:
+def _fastest_names(per: pd.Series) -> pd.Series:
+    """Per index but its last level: the name of the fastest measured value of that level."""
+    measured = per[per.map(lambda v: not isinstance(v, str) and pd.notna(v))].astype(float)
+    best = measured.groupby(level=list(range(per.index.nlevels - 1))).idxmin()
+    return best.map(lambda index: index[-1])
+
+
+def _names_by_d(names: pd.Series, key: tuple) -> str:
+    """For one row of goal (d): 'cudagraph' when one variant was fastest at every d, else
+    'd=8: eager, ...'."""
+    try:
+        over_d = names.xs(key, level=list(range(len(key))))
+    except KeyError:
         return "—"
-    best = ok.loc[ok.groupby("d")["time_ms"].idxmin(), ["d", "variant"]]
-    if best["variant"].nunique() == 1:
-        return str(best["variant"].iloc[0])
-    return ", ".join(f"d={d}: {v}" for d, v in best.itertuples(index=False))
+    if over_d.nunique() == 1:
+        return str(over_d.iloc[0])
+    return ", ".join(f"d={d}: {v}" for d, v in over_d.items())
 
 
 GOALS: tuple[Table, ...] = (

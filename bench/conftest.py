@@ -39,7 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except options.OptionError as exc:
         raise pytest.UsageError(str(exc)) from None
     json_file = config.getoption("benchmark_json", None)
-    path = journal_path(settings.journal, getattr(json_file, "name", None), config.rootpath)
+    path = journal_path(settings.journal, json_file, config.rootpath, config.invocation_params.dir)
     sweep = Sweep(settings, Journal(path, lambda: _machine_info(config)))
     try:
         config.stash[DEVICES] = sweep.discover()

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import operators
-from bench.harness.grid import DEFAULT_VARIANT, VARIANTS, Point
+from bench.harness.grid import ALL_VARIANTS, DEFAULT_VARIANT, VARIANTS, Point
 from bench.harness.sweep import compile_step, set_precision
 from bench.harness.telemetry import NVML, EnergyMeter
-from impls import load_backend
+from impls import METHODS, load_backend
 
 WARMUP_CALLS = 3
 METER_S = 1.0
@@ -69,11 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default="torch,jax")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dims", type=_ints, default="128", help="e.g. 128,4096")
-    p.add_argument("--methods", default="hollow,hutchinson")
+    p.add_argument("--methods", type=_choices(METHODS), default="hollow,hutchinson")
     p.add_argument("--mode", default="train", choices=("eval", "train"))
     p.add_argument("--workload", default="divergence", choices=("divergence", "ddim"))
     p.add_argument("--k", type=_ints, default="1", help="derivative orders (ddim), e.g. 1,4")
-    p.add_argument("--variants", default="eager,cudagraph,jit", help="those a backend has")
+    p.add_argument(
+        "--variants",
+        type=_choices(ALL_VARIANTS),
+        default="eager,cudagraph,jit",
+        help="those a backend has",
+    )
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--calls", type=int, default=20, help="calls timed, and profiled")
     p.add_argument("--rows", type=int, default=10, help="top kernels listed per step")
@@ -94,13 +99,28 @@ def _ints(raw: str) -> list[int]:
     return values
 
 
+def _choices(allowed: tuple[str, ...]):
+    """An argparse type: a comma-separated subset of ``allowed``, as a list."""
+
+    def parse(raw: str) -> list[str]:
+        words = raw.split(",")
+        bad = [w for w in words if w not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(map(repr, bad))}; choose from {', '.join(allowed)}"
+            )
+        return words
+
+    return parse
+
+
 def _points(backend: str, args) -> list[Point]:
-    variants = [v for v in VARIANTS[backend] if v in args.variants.split(",")]
+    variants = [v for v in VARIANTS[backend] if v in args.variants]
     if args.device == "cpu" and "cudagraph" in variants:
         variants.remove("cudagraph")
     points = []
     for variant in variants or [DEFAULT_VARIANT[backend]]:
-        for method in args.methods.split(","):
+        for method in args.methods:
             model = "mlp_flop_matched" if method == "hutchinson" else "hollownet"
             probes = 1 if method == "hutchinson" else None
             ks = [1] if args.workload == "divergence" else args.k
@@ -129,9 +149,12 @@ def profile(backend, point: Point, calls: int, rows: int) -> dict[str, Any]:
     for _ in range(WARMUP_CALLS):
         call()
     info |= _metered(call, calls, backend.device)
-    kernels, busy_us = (_torch_kernels if backend.name == "torch" else _jax_kernels)(call, calls)
-    # Threads overlap on a CPU, so the sum of op times there says nothing about waiting.
     on_gpu = backend.device.startswith("cuda")
+    if backend.name == "torch":
+        kernels, busy_us = _torch_kernels(call, calls, on_gpu)
+    else:
+        kernels, busy_us = _jax_kernels(call, calls)
+    # Threads overlap on a CPU, so the sum of op times there says nothing about waiting.
     info["busy"] = busy_us / 1e3 / calls / info["ms_per_call"] if on_gpu and busy_us else None
     if not busy_us:
         info["note"] = (
@@ -176,12 +199,13 @@ def _xla_costs(compiled) -> dict[str, Any]:
         return {}
 
 
-def _torch_kernels(call, calls: int) -> tuple[collections.Counter, float]:
-    """Kernel (GPU) or op (CPU) self time in us over ``calls`` calls, and their sum."""
+def _torch_kernels(call, calls: int, gpu: bool) -> tuple[collections.Counter, float]:
+    """Kernel (``gpu``: the profiled device is a GPU) or op (CPU) self time in us over
+    ``calls`` calls, and their sum. Decided by the device profiled, not by whether the
+    machine has a GPU: a CPU step on a GPU machine launches no kernels."""
     import torch
     from torch.profiler import ProfilerActivity
 
-    gpu = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if gpu else [])]
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(calls):

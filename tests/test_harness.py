@@ -77,13 +77,22 @@ def test_bad_values_name_the_option(dest, value, words):
 
 
 class _Config:
-    """The two pytest.Config methods options.from_config uses."""
+    """What options.from_config uses of a pytest.Config: options with pytest-benchmark's
+    defaults where not given, the ini's addopts and the command line's words."""
 
-    def __init__(self, **cli):
-        self.cli = cli
+    def __init__(self, args=(), addopts=(), **cli):
+        self.cli = {"benchmark_max_time": 1.0, "benchmark_min_rounds": 5} | cli
+        self.addopts = list(addopts)
+        self.invocation_params = pytest.Config.InvocationParams(
+            args=tuple(args), plugins=None, dir=ROOT
+        )
 
     def getoption(self, name, default=None):
         return self.cli.get(name, default)
+
+    def getini(self, name):
+        assert name == "addopts"
+        return self.addopts
 
 
 def test_command_line_beats_environment_beats_preset(monkeypatch):
@@ -94,10 +103,25 @@ def test_command_line_beats_environment_beats_preset(monkeypatch):
     assert s.batches == grid.PRESETS["paper"].batches
 
 
-def test_pytest_benchmark_timing_options_replace_the_budget():
-    s = options.from_config(_Config(benchmark_max_time=0.05, benchmark_min_rounds=2))
+def test_pytest_benchmark_timing_options_replace_the_budget(monkeypatch):
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
+    given = ["--benchmark-max-time", "0.05", "--benchmark-min-rounds=2"]
+    s = options.from_config(_Config(given, benchmark_max_time=0.05, benchmark_min_rounds=2))
     assert (s.timing.budget_s, s.timing.min_rounds) == (0.05, 2)
     assert options.from_config(_Config()).timing == grid.PRESETS["quick"].timing
+
+
+def test_pytest_benchmark_defaults_given_explicitly_still_count(monkeypatch):
+    """``--benchmark-max-time 1.0 --benchmark-min-rounds 5`` equal pytest-benchmark's own
+    defaults, yet were asked for: they replace the preset's budget (0.2 s, 3 rounds)."""
+    quick = grid.PRESETS["quick"].timing
+    assert (quick.budget_s, quick.min_rounds) != (1.0, 5)
+    monkeypatch.setenv("PYTEST_ADDOPTS", "--benchmark-min-rounds 5")
+    s = options.from_config(_Config(addopts=["--benchmark-max-time=1.0"]))
+    assert (s.timing.budget_s, s.timing.min_rounds) == (1.0, 5)
+    monkeypatch.delenv("PYTEST_ADDOPTS")
+    s = options.from_config(_Config(["bench", "--benchmark-max-time", "1.0"]))
+    assert (s.timing.budget_s, s.timing.min_rounds) == (1.0, quick.min_rounds)
 
 
 def test_faults_need_a_time_limit():
@@ -263,9 +287,18 @@ def test_journal_survives_a_torn_line(tmp_path):
 
 
 def test_journal_lives_beside_the_json(tmp_path):
-    assert journal.journal_path(None, "/x/out.json", tmp_path) == Path("/x/out.journal.jsonl")
-    assert journal.journal_path("/y/j.jsonl", "/x/out.json", tmp_path) == Path("/y/j.jsonl")
-    default = journal.journal_path(None, None, tmp_path)
+    """--benchmark-json arrives as an open file (pytest-benchmark <= 5.2), a Path (5.3 on) or
+    a str; relative paths are taken from the invocation directory, and the result is absolute."""
+    here = tmp_path / "cwd"
+    beside = Path("/x/out.journal.jsonl")
+    with open(tmp_path / "out.json", "wb") as opened:
+        for given in ("/x/out.json", Path("/x/out.json"), opened):
+            want = beside if given != opened else tmp_path / "out.journal.jsonl"
+            assert journal.journal_path(None, given, tmp_path, here) == want
+    for given in ("sub/out.json", Path("sub/out.json")):
+        assert journal.journal_path(None, given, tmp_path, here) == here / "sub/out.journal.jsonl"
+    assert journal.journal_path("j.jsonl", "/x/out.json", tmp_path, here) == here / "j.jsonl"
+    default = journal.journal_path(None, None, tmp_path, here)
     assert default.parent == tmp_path / ".benchmarks" and default.name.endswith(".journal.jsonl")
 
 
@@ -406,6 +439,23 @@ def test_kill_9_loses_no_finished_point(tmp_path):
         assert p["extra_info"]["status"] == "ok" and set(p["extra_info"]) >= SCHEMA_KEYS
         assert p["stats"]["median"] > 0 and p["stats"]["rounds"] >= 2
     assert not out.exists() or out.stat().st_size == 0  # the JSON is written only at the end
+
+
+def test_journal_lands_beside_a_json_in_another_directory(tmp_path):
+    """Run from one working directory, write the JSON to another by a relative path: the
+    journal must sit beside the JSON, not in the working directory."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    cmd = _sweep_command(Path("../elsewhere/out.json"), "2")
+    cmd[cmd.index("bench/test_divergence.py")] = str(ROOT / "bench/test_divergence.py")
+    run = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=120,
+                         env=_env(PYTHONPATH=str(ROOT)))  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads((elsewhere / "out.json").read_text())
+    assert Path(result["hollowbench"]["journal"]) == elsewhere / "out.journal.jsonl"
+    assert _points_in(elsewhere / "out.journal.jsonl") == len(result["benchmarks"]) == 2
+    assert not list(work.rglob("*.jsonl"))  # (pytest-benchmark makes its .benchmarks/ there)
 
 
 def _points_in(path: Path) -> int:

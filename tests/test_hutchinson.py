@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _reference import reference_derivative
-from conftest import SPECS
+from conftest import SPECS, backend_or_skip
 
 N_SEEDS = 600
 SPEC = SPECS["masked"]
@@ -89,3 +89,19 @@ def test_seed_reproducible(setup):
     other = {"seed": 4}
     c = B.to_numpy(B.divergence(net, x, method="hutchinson", **other))
     assert not np.allclose(a, c)
+
+
+def test_jax_needs_a_key_or_seed():
+    """JAX's convention: randomness is explicit. Without ``key`` or ``seed`` the JAX estimator
+    refuses, rather than reuse one hidden key, and so one probe, on every call."""
+    B = backend_or_skip("jax")
+    import jax
+
+    net = B.build(SPEC)
+    x = B.asarray(np.ones((2, SPEC.dim)))
+    for op in (B.divergence, B.ddim):
+        with pytest.raises(TypeError, match=r"hutchinson.*key=.*seed="):
+            op(net, x, method="hutchinson")
+    keys = jax.random.split(jax.random.key(0))
+    a, b = (B.to_numpy(B.divergence(net, x, method="hutchinson", key=k)) for k in keys)
+    assert not np.allclose(a, b)  # fresh keys, fresh probes

@@ -37,11 +37,31 @@ def test_profile_times_and_breaks_down_each_step(tmp_path):
     assert text.count("\n## ") == 4 and "| kernel / op | ms per call | share |" in text
 
 
-def test_a_failing_step_is_recorded_and_the_others_still_run(tmp_path):
-    argv = ["--backends", "torch", "--dims", "8", "--methods", "bogus,hollow", "--batch", "2"]
-    assert profile.main([*argv, "--calls", "1", "--out", str(tmp_path)]) == 0
+def test_a_failing_step_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
+    real_step = profile.operators.step
+
+    def step(backend, net, x, point):
+        if point.method == "hollow_forward":
+            raise RuntimeError("injected: hollow_forward broke")
+        return real_step(backend, net, x, point)
+
+    monkeypatch.setattr(profile.operators, "step", step)
+    argv = ["--backends", "torch", "--dims", "8", "--methods", "hollow_forward,hollow"]
+    assert profile.main([*argv, "--batch", "2", "--calls", "1", "--out", str(tmp_path)]) == 0
     first, second = json.loads((tmp_path / "profile.json").read_text())
-    assert "bogus" in first["error"] and "error" not in second
+    assert "hollow_forward broke" in first["error"] and "error" not in second
+
+
+def test_a_cpu_step_on_a_gpu_machine_lists_its_cpu_ops(tmp_path, monkeypatch):
+    """The kernel table follows the device profiled, not the machine: ``--device cpu`` where
+    CUDA is available still lists the CPU ops (there are no CUDA events to keep)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    argv = ["--backends", "torch", "--dims", "8", "--methods", "hollow", "--batch", "2"]
+    assert profile.main([*argv, "--calls", "2", "--out", str(tmp_path)]) == 0
+    (result,) = json.loads((tmp_path / "profile.json").read_text())
+    assert result["top"] and all(k["ms_per_call"] > 0 for k in result["top"])
 
 
 def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys):
@@ -50,3 +70,9 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys):
     assert exit_info.value.code == 2 and "'8,x' is not a comma-separated" in capsys.readouterr().err
     assert profile.main(["--device", "tpu", "--out", str(tmp_path)]) == 2
     assert "tpu" in capsys.readouterr().err
+    for flag, value in (("--methods", "hollow,bogus"), ("--variants", "graph")):
+        with pytest.raises(SystemExit) as exit_info:
+            profile.main([flag, value, "--out", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and flag in err and "unknown '" in err
+        assert "choose from" in err

@@ -14,15 +14,22 @@ from pathlib import Path
 from typing import Any
 
 
-def journal_path(explicit: str | None, json_path: str | None, rootdir: Path) -> Path:
-    """``--bench-journal`` if given; else beside ``--benchmark-json`` (``out.json`` ->
-    ``out.journal.jsonl``); else ``<rootdir>/.benchmarks/hollowbench-<UTC time>.journal.jsonl``."""
+def journal_path(explicit: str | None, json_file: Any, rootdir: Path, cwd: Path) -> Path:
+    """The journal's absolute path: ``--bench-journal`` if given; else beside
+    ``--benchmark-json`` (``out.json`` -> ``out.journal.jsonl``); else
+    ``<rootdir>/.benchmarks/hollowbench-<UTC time>.journal.jsonl``. Relative paths are taken
+    from ``cwd``, pytest's invocation directory, as pytest-benchmark takes its JSON's.
+
+    ``json_file`` is ``--benchmark-json`` as pytest-benchmark hands it over: an open file
+    (5.2 and older), a ``pathlib.Path`` (5.3 on) or a ``str``; None when not given.
+    """
     if explicit:
-        return Path(explicit)
-    if json_path:
-        return Path(json_path).with_suffix(".journal.jsonl")
+        return (cwd / explicit).absolute()
+    if json_file is not None:
+        path = json_file if isinstance(json_file, str | os.PathLike) else json_file.name
+        return (cwd / path).absolute().with_suffix(".journal.jsonl")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return rootdir / ".benchmarks" / f"hollowbench-{stamp}.journal.jsonl"
+    return (rootdir / ".benchmarks" / f"hollowbench-{stamp}.journal.jsonl").absolute()
 
 
 def _jsonable(value: Any) -> Any:

@@ -7,7 +7,9 @@ usage error. Nothing here imports torch or JAX.
 
 from __future__ import annotations
 
+import argparse
 import os
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -300,9 +302,24 @@ def from_config(config) -> Settings:
         for opt in OPTIONS
     }
     raw["inject"] = os.environ.get(INJECT_ENV)
-    # pytest-benchmark's defaults (1 s, 5 rounds) mean "not set": the preset decides then.
-    max_time = float(config.getoption("benchmark_max_time", 1.0))
-    min_rounds = int(config.getoption("benchmark_min_rounds", 5))
-    return resolve(
-        raw, None if max_time == 1.0 else max_time, None if min_rounds == 5 else min_rounds
-    )
+    given = _given(config, ("--benchmark-max-time", "--benchmark-min-rounds"))
+    max_time = float(config.getoption("benchmark_max_time")) if given[0] else None
+    min_rounds = int(config.getoption("benchmark_min_rounds")) if given[1] else None
+    return resolve(raw, max_time, min_rounds)
+
+
+def _given(config, flags: tuple[str, ...]) -> tuple[bool, ...]:
+    """Whether each flag was given at all, in any of the places pytest reads arguments from
+    (the ini's ``addopts``, ``$PYTEST_ADDOPTS``, the command line). pytest reports a default
+    and an explicit value alike, and pytest-benchmark's defaults mean "not set" (the preset
+    decides), while ``--benchmark-max-time 1.0`` given on purpose must count."""
+    args = [
+        *config.getini("addopts"),
+        *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")),
+        *config.invocation_params.args,
+    ]
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flag in flags:
+        parser.add_argument(flag)
+    known, _ = parser.parse_known_args(args)
+    return tuple(getattr(known, flag.lstrip("-").replace("-", "_")) is not None for flag in flags)

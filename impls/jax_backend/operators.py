@@ -38,11 +38,17 @@ def _static(opts: dict) -> dict:
 
 
 def _key(method: str, opts: dict) -> jax.Array | None:
-    """The probes' PRNG key: ``key``, else one from ``seed`` (default 0)."""
+    """The probes' PRNG key: ``key``, else one from ``seed``. Required, as everywhere in JAX:
+    a silent default key would draw the same probes on every call of a training loop."""
     if method != "hutchinson":
         return None
-    key = opts.get("key")
-    return jax.random.key(opts.get("seed") or 0) if key is None else key
+    key, seed = opts.get("key"), opts.get("seed")
+    if key is None and seed is None:
+        raise TypeError(
+            "method 'hutchinson' needs its probes' randomness in JAX: pass key= (a PRNG key, "
+            "e.g. a fresh jax.random.split of your key per call) or seed= (an int)"
+        )
+    return jax.random.key(seed) if key is None else key
 
 
 @functools.partial(

@@ -55,9 +55,9 @@ NFE_GUESS = 32  # graphs a backward through the solver keeps: an untrained flow 
 # Keys of extra_info this workload adds (bench/SCHEMA.md, "CNF keys").
 CNF_KEYS = (
     "cnf_item", "dataset", "solver", "rtol", "atol", "t1", "adjoint", "nfe_forward",
-    "nfe_backward", "n_steps", "loglik_eval_ms", "loglik_compile_s", "loglik", "loglik_std",
-    "loglik_std_sample", "budget_s", "train_iterations", "train_iter_ms", "train_loss", "nll_nats",
-    "nll_sem", "bits_per_dim", "nll_estimate_nats",
+    "nfe_backward", "nfe_kind", "n_steps", "loglik_eval_ms", "loglik_compile_s", "loglik",
+    "loglik_std", "loglik_std_sample", "budget_s", "train_iterations", "train_iter_ms",
+    "train_loss", "nll_nats", "nll_sem", "bits_per_dim", "nll_estimate_nats",
 )  # fmt: skip
 
 
@@ -286,11 +286,14 @@ def spread(evaluate: Evaluation, seeds: int = SEEDS) -> dict[str, float]:
     }
 
 
-def stats_info(stats: dict) -> dict[str, Any]:
+def stats_info(backend, stats: dict) -> dict[str, Any]:
+    """A solve's counters, with how the backend knows its NFE ("counted" or "derived")."""
+
     def plain(value):
         return None if value is None else int(value)
 
-    return {key: plain(stats.get(key)) for key in ("nfe_forward", "nfe_backward", "n_steps")}
+    counters = {key: plain(stats.get(key)) for key in ("nfe_forward", "nfe_backward", "n_steps")}
+    return counters | {"nfe_kind": _cnf(backend).NFE_KIND}
 
 
 def iteration_task(sweep: Sweep, backend, point: CnfPoint) -> Task:
@@ -305,7 +308,7 @@ def iteration_task(sweep: Sweep, backend, point: CnfPoint) -> Task:
     found: dict[str, Any] = {}
 
     def check(out, step) -> tuple[float | None, str | None]:
-        found.update(stats_info(stats_of(out)))
+        found.update(stats_info(backend, stats_of(out)))
         held_out = _array(backend, held_out_batch(data, point.batch), spec.dtype)
         evaluate = Evaluation(backend, net, held_out, point.config)
         found["loglik_compile_s"] = evaluate.compile_s
@@ -342,6 +345,7 @@ def budget_task(sweep: Sweep, backend, point: CnfPoint, seconds: float) -> Task:
         "train_loss": result.losses[-1] if result.losses else None,
         "nfe_forward": result.nfe_forward[-1] if result.nfe_forward else None,
         "nfe_backward": result.nfe_backward[-1] if result.nfe_backward else None,
+        "nfe_kind": flows.NFE_KIND,
     }
     held_out = _array(backend, held_out_batch(data, point.batch), spec.dtype)
     if backend.name == "torch":

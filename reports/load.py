@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 DEFAULT_VARIANT = {"torch": "eager", "jax": "jit"}  # bench/harness/grid.py's, without importing it
+NFE_KIND = {"torch": "counted", "jax": "derived"}  # each backend's cnf.NFE_KIND
 STATS = ("min", "max", "mean", "stddev", "median", "iqr", "q1", "q3")
 COUNTS = ("rounds", "iterations", "ops")
 NOT_RUN = ("oom", "timeout", "skipped", "error")
@@ -349,11 +350,24 @@ def annotate(frame: pd.DataFrame) -> pd.DataFrame:
     operator = frame["workload"].isin(["divergence", "ddim"])
     default = frame["backend"].map(DEFAULT_VARIANT).where(operator)
     frame["variant"] = frame["variant"].fillna(default)
+    _nfe_kind(frame)
     frame["time_ms"] = frame["median_s"] * 1e3
     frame["device_id"] = _device_ids(frame)
     frame["series"] = [_series_label(*row) for row in frame[["method", "model", "n_probes"]].values]
     frame["facet"] = facet_labels(frame)
     return frame
+
+
+def _nfe_kind(frame: pd.DataFrame) -> None:
+    """CNF points from before ``nfe_kind``: torch counted its NFE; JAX derived its forward
+    count and assumed its backward one equal to it, which is dropped rather than shown as a
+    measurement."""
+    if "nfe_kind" not in frame:
+        frame["nfe_kind"] = None
+    legacy = frame["workload"].eq("cnf") & frame["nfe_kind"].isna()
+    if "nfe_backward" in frame:
+        frame.loc[legacy & frame["backend"].eq("jax"), "nfe_backward"] = None
+    frame["nfe_kind"] = frame["nfe_kind"].where(~legacy, frame["backend"].map(NFE_KIND))
 
 
 def _device_ids(frame: pd.DataFrame) -> pd.Series:

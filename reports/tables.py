@@ -308,7 +308,7 @@ def cnf_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Per backend, device, data set, d and batch, one row per trace method: its training
     iteration (time, NFE), held-out evaluation time, and what a wall-clock budget reached."""
     rows = _workload(frame, "cnf")
-    needed = ["cnf_item", "dataset", *(c for c, _, _ in CNF_COLUMNS)]
+    needed = ["cnf_item", "dataset", "nfe_kind", *(c for c, _, _ in CNF_COLUMNS)]
     rows = rows.assign(**{c: np.nan for c in needed if c not in rows})
     rows = rows.assign(**{c: pd.to_numeric(rows[c], errors="coerce") for c, _, _ in CNF_COLUMNS})
     keys = [*dict.fromkeys([*facet_columns(rows), "dataset", "d", "batch"])]
@@ -316,6 +316,8 @@ def cnf_table(frame: pd.DataFrame) -> pd.DataFrame:
         heading: cells(rows[rows["cnf_item"].eq(item)], [*keys, "series"], column)
         for column, item, heading in CNF_COLUMNS
     }
+    iterations = rows[rows["cnf_item"].eq("iteration")]
+    parts["NFE kind"] = iterations.groupby([*keys, "series"], dropna=False)["nfe_kind"].first()
     table = pd.DataFrame(parts).reset_index().rename(columns={"series": "method"})
     exact = table["method"].isin(CNF_EXACT)
     table.insert(len(keys) + 1, "trace", np.where(exact, "exact", "stochastic"))

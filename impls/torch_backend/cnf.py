@@ -16,6 +16,7 @@ NFE (``stats``): ``nfe_forward`` counts evaluations of the dynamics during the s
 autograd hook on their output), which the dict gains while backward runs: one per forward
 evaluation the graph holds (``adjoint=False``), or one per evaluation of the adjoint solve
 (``adjoint=True``). Each evaluation runs f and, separately, the backend's divergence.
+Both are counted (``NFE_KIND``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from impls.torch_backend import operators
 from impls.torch_backend.models import HollowNet
 
 __all__ = [
+    "NFE_KIND",
     "SOLVERS",
     "Dynamics",
     "decode",
@@ -47,6 +49,7 @@ __all__ = [
 ]
 
 SOLVERS = ("dopri5",)
+NFE_KIND = "counted"  # both NFE figures count real calls (see the module docstring)
 Tensor = torch.Tensor
 
 

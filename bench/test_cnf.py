@@ -39,6 +39,7 @@ from bench.conftest import DEVICES, SWEEP, parametrize_points
 from bench.harness import grid
 from bench.harness.operators import predict_bytes
 from bench.harness.sweep import Sweep, Task
+from bench.schema import WORKLOAD_KEYS
 from impls import cnf
 from impls.cnf import FlowConfig, flow_spec
 
@@ -52,13 +53,7 @@ EVAL_ROUNDS = 5  # timed held-out evaluations (after one warm-up)
 LR = 1e-3
 BUDGET_S = {"paper": 60.0, "full": 300.0}
 NFE_GUESS = 32  # graphs a backward through the solver keeps: an untrained flow takes 20-32 NFE
-# Keys of extra_info this workload adds (bench/SCHEMA.md, "CNF keys").
-CNF_KEYS = (
-    "cnf_item", "dataset", "solver", "rtol", "atol", "t1", "adjoint", "nfe_forward",
-    "nfe_backward", "nfe_kind", "n_steps", "loglik_eval_ms", "loglik_compile_s", "loglik",
-    "loglik_std", "loglik_std_sample", "budget_s", "train_iterations", "train_iter_ms",
-    "train_loss", "nll_nats", "nll_sem", "bits_per_dim", "nll_estimate_nats",
-)  # fmt: skip
+CNF_KEYS = WORKLOAD_KEYS["cnf"][1:]  # bench/SCHEMA.md, "CNF keys"
 
 
 @dataclass(frozen=True)

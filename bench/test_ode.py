@@ -27,7 +27,7 @@ import pytest
 from bench.conftest import DEVICES, SWEEP, parametrize_points
 from bench.harness import grid
 from bench.harness.sweep import Sweep, Task
-from impls import _stiff
+from impls._stiff import STATS
 from impls.stiff_problems import (
     RTOL_SWEEP,
     HollowProblem,
@@ -47,7 +47,7 @@ DIFFRAX_METHODS = ("kvaerno5",)
 HOLLOW_STIFFNESS = 1e3  # the default ratio of the fastest to the slowest decay rate
 BATCH = 1
 # Solver counters copied into extra_info (bench/SCHEMA.md, "ODE keys").
-ODE_KEYS = (*_stiff.STATS, "iters_per_step", "success", "t_final", "error_rel")
+ODE_KEYS = (*STATS, "iters_per_step", "success", "t_final", "error_rel")
 
 
 @dataclass(frozen=True)
@@ -187,12 +187,12 @@ def build_problem(point: OdePoint, preset: str) -> Problem | HollowProblem:
     return make_problem(point.problem, **args)
 
 
-def _stiff(backend):
+def stiff_module(backend):
     return importlib.import_module(f"impls.{backend.name}_backend.stiff")
 
 
 def make_system(backend, problem: Problem | HollowProblem):
-    stiff = _stiff(backend)
+    stiff = stiff_module(backend)
     if isinstance(problem, HollowProblem):
         return stiff.HollowSystem.from_problem(problem, backend.device)
     return stiff.ProblemSystem(problem)
@@ -236,7 +236,7 @@ def _hollow_reference(sweep: Sweep, backend, problem: HollowProblem) -> np.ndarr
 def make_task(sweep: Sweep, backend, point: OdePoint, preset: str) -> Task:
     """The solve to time; its check computes the error and files the counters in Task.info."""
     problem = build_problem(point, preset)
-    stiff, system = _stiff(backend), make_system(backend, problem)
+    stiff, system = stiff_module(backend), make_system(backend, problem)
     y0 = backend.asarray(np.repeat(problem.y0[None], BATCH, axis=0))
     options = solver_options(point, problem, preset)
     if point.method in DIFFRAX_METHODS:

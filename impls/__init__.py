@@ -14,7 +14,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from impls._checks import EXACT_METHODS, HOLLOW_METHODS, MAX_K, METHODS
+from impls._checks import (
+    DEFAULT_VARIANT,
+    DENSE_METHODS,
+    EXACT_METHODS,
+    HOLLOW_METHODS,
+    MAX_K,
+    METHODS,
+    VARIANTS,
+)
 from impls.spec import (
     HollowSpec,
     MLPSpec,
@@ -24,14 +32,17 @@ from impls.spec import (
     param_matched_mlp,
 )
 
-BACKENDS = ("torch", "jax")
+BACKENDS = tuple(VARIANTS)
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_VARIANT",
+    "DENSE_METHODS",
     "EXACT_METHODS",
     "HOLLOW_METHODS",
     "MAX_K",
     "METHODS",
+    "VARIANTS",
     "Backend",
     "HollowSpec",
     "MLPSpec",

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-METHODS = ("hollow", "hollow_forward", "dense_loop", "dense_vectorized", "hutchinson")
 HOLLOW_METHODS = ("hollow", "hollow_forward")
-EXACT_METHODS = ("hollow", "hollow_forward", "dense_loop", "dense_vectorized")
+DENSE_METHODS = ("dense_loop", "dense_vectorized")
+EXACT_METHODS = (*HOLLOW_METHODS, *DENSE_METHODS)
+METHODS = (*EXACT_METHODS, "hutchinson")
 MAX_K = 4
+# How a step runs. torch: as written (eager), captured whole in one CUDA graph and replayed
+# (cudagraph: no per-kernel launch cost; CUDA devices only), or through torch.compile (eval
+# only: AOTAutograd cannot differentiate twice, and every train step here does). JAX: jit.
+VARIANTS = {"torch": ("eager", "cudagraph", "compile"), "jax": ("jit",)}
+DEFAULT_VARIANT = {name: variants[0] for name, variants in VARIANTS.items()}
 
 # Options each method takes besides ``t``; the JAX backend's hutchinson also takes a PRNG ``key``.
 METHOD_OPTS = {

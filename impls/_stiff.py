@@ -21,7 +21,6 @@ ROOT_FINDERS = ("fixed_point", "newton", "jacobi_newton")
 # When newton / jacobi_newton re-evaluate their Jacobian (diagonal): every iteration, once per
 # step attempt (at the predictor), or only after the iteration failed ("always" reuse).
 REUSE = ("never", "step", "always")
-ORDER = {"backward_euler": 1, "bdf2": 2}
 
 SAFETY = 0.9
 FAC_MIN = 0.2
@@ -41,18 +40,6 @@ STATS = (
     "n_diag",
     "n_lu",
 )
-STATS_DOC = {
-    "n_steps": "step attempts (accepted + rejected + root-finder failures)",
-    "n_accepted": "accepted steps",
-    "n_rejected": "steps rejected by the error test",
-    "n_failed": "step attempts whose root finder did not converge",
-    "n_iters": "root-finder iterations, all attempts",
-    "nfe": "evaluations of f (batched), the initial-step heuristic included",
-    "n_jac": "dense Jacobian evaluations (newton)",
-    "n_diag": "Jacobian-diagonal evaluations (jacobi_newton)",
-    "n_lu": "LU factorisations of I - c J (newton)",
-}
-
 DEFAULTS = {
     "rtol": 1e-6,
     "atol": 1e-9,

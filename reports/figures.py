@@ -25,11 +25,11 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
+from impls import HOLLOW_METHODS
 from reports.fit import loglog_fits
 from reports.load import text
 from reports.tables import NoData, cells, ode_points, ratio, tolerance
 
-HOLLOW = ("hollow", "hollow_forward")
 NOT_RUN_NOTE = "x at the bottom edge: the point did not run (status beside it)"
 
 
@@ -293,12 +293,12 @@ def speedup_vs_d(frame: pd.DataFrame) -> MplFigure:
 def _speedups(div: pd.DataFrame) -> pd.DataFrame:
     """One row per facet, d, hollow method and baseline series: the speedup (baseline time over
     hollow time) with status 'ok', or the status of the side that did not run."""
-    exact = div[div["method"].isin(HOLLOW) & div["model"].eq("hollownet")]
+    exact = div[div["method"].isin(HOLLOW_METHODS) & div["model"].eq("hollownet")]
     if exact.empty:
         raise NoData("no hollow divergence points on a HollowNet in the inputs")
     keys = ["facet", "d", "series"]
     refs = cells(exact, keys).rename("ref").reset_index().rename(columns={"series": "exact"})
-    bases = cells(div[~div["method"].isin(HOLLOW)], keys).rename("base").reset_index()
+    bases = cells(div[~div["method"].isin(HOLLOW_METHODS)], keys).rename("base").reset_index()
     both = refs.merge(bases.rename(columns={"series": "baseline"}), on=["facet", "d"])
     if both.empty:
         raise NoData("no baseline (dense or hutchinson) divergence points beside hollow")

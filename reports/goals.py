@@ -12,10 +12,9 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
+from impls import DENSE_METHODS, HOLLOW_METHODS
 from reports.tables import Cell, NoData, Table, cells, ratio
 
-EXACT = ("hollow", "hollow_forward")
-DENSE = ("dense_loop", "dense_vectorized")
 # What a within-backend ratio holds fixed. (d) compares backends, whose precision settings
 # are named differently ("high" against "tensorfloat32" for TF32), so it leaves precision out.
 KEYS = ["backend", "device_id", "variant", "mode", "batch", "matmul_precision"]
@@ -84,7 +83,7 @@ def _verdict(row: pd.Series, target: Callable[[int], float], above: bool) -> str
 
 def goal_a(frame: pd.DataFrame) -> pd.DataFrame:
     """(a) each hollow method's divergence over Hutchinson-1 on the FLOP-matched MLP."""
-    exact = _rows(frame, "divergence", EXACT, "hollownet")
+    exact = _rows(frame, "divergence", HOLLOW_METHODS, "hollownet")
     hutch = _rows(frame, "divergence", ["hutchinson"], "mlp_flop_matched")
     hutch = hutch[hutch["n_probes"].eq(1).fillna(False)]
     if exact.empty or hutch.empty:
@@ -96,8 +95,8 @@ def goal_a(frame: pd.DataFrame) -> pd.DataFrame:
 def goal_b(frame: pd.DataFrame) -> pd.DataFrame:
     """(b) the faster dense method over each hollow method, for d >= 128."""
     frame = frame[frame["d"].ge(128).fillna(False)]
-    dense = _rows(frame, "divergence", DENSE, "hollownet")
-    exact = _rows(frame, "divergence", EXACT, "hollownet")
+    dense = _rows(frame, "divergence", DENSE_METHODS, "hollownet")
+    exact = _rows(frame, "divergence", HOLLOW_METHODS, "hollownet")
     if dense.empty or exact.empty:
         raise NoData("needs dense and hollow divergence points at d >= 128")
     exact_cells = cells(exact, [*KEYS, "method", "d"]).rename_axis(
@@ -109,7 +108,7 @@ def goal_b(frame: pd.DataFrame) -> pd.DataFrame:
 
 def goal_c(frame: pd.DataFrame) -> pd.DataFrame:
     """(c) D_dim^4 over D_dim^1, per hollow method."""
-    ddim = _rows(frame, "ddim", EXACT, "hollownet")
+    ddim = _rows(frame, "ddim", HOLLOW_METHODS, "hollownet")
     k4, k1 = (ddim[ddim["k"].eq(k).fillna(False)] for k in (4, 1))
     if k4.empty or k1.empty:
         raise NoData("needs hollow ddim points at k = 1 and k = 4")
@@ -119,7 +118,7 @@ def goal_c(frame: pd.DataFrame) -> pd.DataFrame:
 
 def goal_d(frame: pd.DataFrame) -> pd.DataFrame:
     """(d) the fastest torch variant over JAX jit, per device, mode, batch and method."""
-    rows = _rows(frame, "divergence", EXACT, "hollownet")
+    rows = _rows(frame, "divergence", HOLLOW_METHODS, "hollownet")
     torch, jax = rows[rows["backend"].eq("torch")], rows[rows["backend"].eq("jax")]
     if torch.empty or jax.empty:
         raise NoData("needs hollow divergence points from both backends")

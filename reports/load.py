@@ -21,39 +21,11 @@ from typing import Any
 
 import pandas as pd
 
-DEFAULT_VARIANT = {"torch": "eager", "jax": "jit"}  # bench/harness/grid.py's, without importing it
-NFE_KIND = {"torch": "counted", "jax": "derived"}  # each backend's cnf.NFE_KIND
-STATS = ("min", "max", "mean", "stddev", "median", "iqr", "q1", "q3")
-COUNTS = ("rounds", "iterations", "ops")
-NOT_RUN = ("oom", "timeout", "skipped", "error")
-# extra_info keys whose presence marks a benchmark as hollowbench's (SCHEMA.md: always present).
-OUR_KEYS = ("backend", "workload")
-# Columns the figures and tables read; absent ones are added as empty so old files still load.
-EXPECTED = (
-    "backend",
-    "device",
-    "device_name",
-    "workload",
-    "method",
-    "variant",
-    "model",
-    "d",
-    "batch",
-    "k",
-    "n_probes",
-    "mode",
-    "dtype",
-    "matmul_precision",
-    "n_params",
-    "flops",
-    "compile_s",
-    "peak_mem_bytes",
-    "error",
-    "error_kind",
-    "energy_j",
-    "status",
-    "reason",
-)
+from bench.harness import journal
+from bench.schema import COUNTS, INFO_KEYS, NOT_RUN, OUR_KEYS, STATS
+from impls import DEFAULT_VARIANT  # impls itself imports numpy only
+
+NFE_KIND = {"torch": "counted", "jax": "derived"}  # each backend's cnf.NFE_KIND, for old files
 INT_COLUMNS = ("d", "batch", "k", "n_probes")
 FLOAT_COLUMNS = ("n_params", "flops", "compile_s", "peak_mem_bytes", "error", "energy_j")
 # Record fields that extra_info keys must not overwrite.
@@ -199,19 +171,20 @@ def _stats(path: Path, where: str, bench: Any) -> dict[str, Any]:
 
 
 def _journal_records(path: Path, text: str) -> list[dict[str, Any]]:
-    lines = [(no, line) for no, line in enumerate(text.splitlines(), 1) if line.strip()]
     records: list[dict[str, Any]] = []
     context: dict[str, Any] | None = None
-    for no, line in lines:
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if no == lines[-1][0] and context is not None:
-                # The journal is written point by point so that it survives a crash; a torn
-                # last line is that crash's signature, not a corrupt file.
-                warn(f"{path}: line {no} is cut short (an interrupted write?); skipped it")
-                continue
-            raise InputError(f"{path}: line {no} is not valid JSON ({exc.msg})") from None
+    try:
+        lines = list(journal.parse(text))
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    for no, obj in lines:
+        if obj is None:
+            if context is None:
+                raise InputError(f"{path}: line {no} is not valid JSON (cut short)")
+            # The journal is written point by point so that it survives a crash; a torn
+            # last line is that crash's signature, not a corrupt file.
+            warn(f"{path}: line {no} is cut short (an interrupted write?); skipped it")
+            continue
         kind = obj.get("kind") if isinstance(obj, dict) else None
         if kind == "session":
             if not isinstance(obj.get("machine_info"), dict):
@@ -335,7 +308,7 @@ def dedupe(frame: pd.DataFrame) -> pd.DataFrame:
 
 def annotate(frame: pd.DataFrame) -> pd.DataFrame:
     """Typed schema columns plus the derived ones the figures and tables group by."""
-    for column in EXPECTED:
+    for column in INFO_KEYS:  # absent ones are added as empty, so old files still load
         if column not in frame:
             frame[column] = None
     for column in (*(f"{s}_s" for s in STATS), *COUNTS):

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from impls import DENSE_METHODS, HOLLOW_METHODS
 from reports.fit import loglog_fits
 from reports.load import facet_columns
 
 Cell = float | str
 FACET_NAMES = {"device_id": "device"}
-DENSE_AND_ONE_VJP = ("dense_loop", "dense_vectorized", "hutchinson")
+DENSE_AND_ONE_VJP = (*DENSE_METHODS, "hutchinson")
 MATCHED = (("mlp_flop_matched", "FLOP-matched"), ("mlp_param_matched", "param-matched"))
 
 
@@ -124,7 +125,7 @@ def _c1_row(head: dict, times: pd.Series, flops: pd.Series, k1: pd.Series) -> di
 def c2_dense_diagonal(frame: pd.DataFrame) -> pd.DataFrame:
     """C2: the dense diagonal against the full Jacobian and against one vector-Jacobian pass."""
     div = _workload(frame, "divergence")
-    dense = div["method"].isin(["dense_loop", "dense_vectorized"])
+    dense = div["method"].isin(DENSE_METHODS)
     if not dense.any():
         raise NoData("no dense_loop or dense_vectorized divergence points in the inputs")
     one_vjp = div["method"].eq("hutchinson") & div["n_probes"].eq(1).fillna(False)
@@ -150,7 +151,7 @@ def _ratios(num: pd.Series, den: pd.Series) -> list[Cell]:
 def c3_exact_vs_stochastic(frame: pd.DataFrame) -> pd.DataFrame:
     """C3: hollow (exact) on the HollowNet against Hutchinson-1 on the matched MLPs."""
     div = _workload(frame, "divergence")
-    exact = div[div["method"].isin(["hollow", "hollow_forward"]) & div["model"].eq("hollownet")]
+    exact = div[div["method"].isin(HOLLOW_METHODS) & div["model"].eq("hollownet")]
     one = div["method"].eq("hutchinson") & div["n_probes"].eq(1).fillna(False)
     hutch = div[one & div["model"].isin([m for m, _ in MATCHED])]
     if exact.empty or hutch.empty:

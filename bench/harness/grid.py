@@ -9,19 +9,14 @@ import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from impls import HOLLOW_METHODS  # impls itself imports numpy only
+# impls itself imports numpy only
+from impls import DEFAULT_VARIANT, DENSE_METHODS, HOLLOW_METHODS, VARIANTS
 
-DENSE_METHODS = ("dense_loop", "dense_vectorized")
 MODELS = ("hollownet", "mlp_param_matched", "mlp_flop_matched")
 MODES = ("eval", "train")
-# How a step runs. torch: as written (eager), captured whole in one CUDA graph and replayed
-# (cudagraph: no per-kernel launch cost; CUDA devices only), or through torch.compile (eval
-# only: AOTAutograd cannot differentiate twice, and every train step here does). JAX: jit.
-VARIANTS = {"torch": ("eager", "cudagraph", "compile"), "jax": ("jit",)}
-DEFAULT_VARIANT = {"torch": "eager", "jax": "jit"}
 ALL_VARIANTS = tuple(v for variants in VARIANTS.values() for v in variants)
 # The methods other variants apply to: the exact hollow ones and the estimator they must beat.
-VARIANT_METHODS = ("hollow", "hollow_forward", "hutchinson")
+VARIANT_METHODS = (*HOLLOW_METHODS, "hutchinson")
 
 # The pytest parameters of every point, in id order; they also become the JSON's ``params``.
 PARAM_NAMES = (

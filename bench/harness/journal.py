@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,13 +69,19 @@ class Journal:
             os.close(fd)
 
 
+def parse(text: str) -> Iterator[tuple[int, Any]]:
+    """(line number, record) for each non-blank line of a journal's text. A torn last line (a
+    crash mid-write) gives None as its record; a bad line elsewhere raises ValueError."""
+    lines = [(no, line) for no, line in enumerate(text.splitlines(), 1) if line.strip()]
+    for no, line in lines:
+        try:
+            yield no, json.loads(line)
+        except json.JSONDecodeError as exc:
+            if no != lines[-1][0]:
+                raise ValueError(f"line {no} is not valid JSON ({exc.msg})") from None
+            yield no, None
+
+
 def read(path: Path) -> list[dict[str, Any]]:
-    """Every complete record in a journal; a torn last line (a crash mid-write) is dropped."""
-    records = []
-    with open(path) as fh:
-        for line in fh:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+    """Every complete record in a journal; a torn last line is dropped."""
+    return [record for _, record in parse(Path(path).read_text()) if record is not None]

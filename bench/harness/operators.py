@@ -21,7 +21,7 @@ import numpy as np
 from bench.harness.grid import Point
 from bench.harness.sweep import Sweep, Task
 from bench.harness.variants import torch_variant
-from impls import HollowSpec, MLPSpec, flop_matched_mlp, param_matched_mlp
+from impls import EXACT_METHODS, HollowSpec, MLPSpec, flop_matched_mlp, param_matched_mlp
 
 ModelSpec = HollowSpec | MLPSpec
 ROWS = 4  # batch rows the error is checked on
@@ -87,7 +87,7 @@ def warm(backend) -> None:
     net = backend.build(HollowSpec(dim=2, d_h=1, cond_hidden=(), trans_hidden=(2,)))
     x = backend.asarray(np.zeros((1, 2), dtype="float32"))
     with torch.no_grad():
-        for method in ("hollow", "hollow_forward", "dense_loop", "dense_vectorized"):
+        for method in EXACT_METHODS:
             backend.ddim(net, x, k=2, method=method)
         backend.divergence(net, x, method="hutchinson")
 

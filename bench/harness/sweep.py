@@ -33,15 +33,8 @@ import pytest
 from bench.harness.journal import Journal
 from bench.harness.options import OptionError, Settings
 from bench.harness.telemetry import EnergyMeter, PeakMemory, available_bytes, device_name
+from bench.schema import INFO_KEYS, STATS
 
-# Keys every point's extra_info carries (bench/SCHEMA.md); None where they do not apply.
-INFO_KEYS = (
-    "backend", "device", "device_name", "workload", "method", "variant", "model", "d", "batch", "k",
-    "n_probes", "mode", "dtype", "matmul_precision", "n_params", "flops", "compile_s",
-    "peak_mem_bytes", "peak_mem_kind", "error", "error_kind", "energy_j", "energy_kind",
-    "predicted_bytes", "wall_s", "status", "reason",
-)  # fmt: skip
-STAT_KEYS = ("min", "max", "mean", "stddev", "median", "iqr", "q1", "q3", "rounds", "ops")
 # Predictions are rough. On the CPU a point that does not fit summons the OOM killer, which
 # ends the sweep: it must be predicted to fit in 80% of the free RAM. On a GPU an OOM is caught
 # and recorded, so only points predicted to need over 1.5x the free memory are not tried.
@@ -379,7 +372,7 @@ def _stats(benchmark) -> dict[str, Any] | None:
     if benchmark.stats is None:  # --benchmark-disable
         return None
     stats = benchmark.stats.stats
-    return {key: getattr(stats, key) for key in STAT_KEYS} | {
+    return {key: getattr(stats, key) for key in (*STATS, "rounds", "ops")} | {
         "iterations": benchmark.stats.iterations
     }
 

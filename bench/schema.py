@@ -1,0 +1,40 @@
+"""The results format's keys, the one place the harness and the report builder take them from.
+
+bench/SCHEMA.md describes each key; tests/test_schema.py checks that it names every key here.
+No imports beyond the standard library, so ``reports`` reads this without torch or JAX.
+"""
+
+from __future__ import annotations
+
+# Keys every point's extra_info carries; None where they do not apply.
+INFO_KEYS = (
+    "backend", "device", "device_name", "workload", "method", "variant", "model", "d", "batch", "k",
+    "n_probes", "mode", "dtype", "matmul_precision", "n_params", "flops", "compile_s",
+    "peak_mem_bytes", "peak_mem_kind", "error", "error_kind", "energy_j", "energy_kind",
+    "predicted_bytes", "wall_s", "status", "reason",
+)  # fmt: skip
+# extra_info keys whose presence marks a benchmark as hollowbench's.
+OUR_KEYS = ("backend", "workload")
+# Each workload's own extra_info keys, besides INFO_KEYS ("model_spec" is every workload's).
+WORKLOAD_KEYS = {
+    "divergence": ("model_spec",),
+    "ddim": ("model_spec",),
+    "cnf": (
+        "model_spec", "cnf_item", "dataset", "solver", "rtol", "atol", "t1", "adjoint",
+        "nfe_forward", "nfe_backward", "nfe_kind", "n_steps", "loglik_eval_ms", "loglik_compile_s", "loglik",
+        "loglik_std", "loglik_std_sample", "budget_s", "train_iterations", "train_iter_ms",
+        "train_loss", "nll_nats", "nll_sem", "bits_per_dim", "nll_estimate_nats",
+    ),
+    "ode": (
+        "model_spec", "problem", "root_finder", "reuse", "stepper", "adaptive", "rtol", "atol",
+        "t1", "stiffness", "max_steps", "reference", "n_steps", "n_accepted", "n_rejected",
+        "n_failed", "n_iters", "nfe", "n_jac", "n_diag", "n_lu", "iters_per_step", "success",
+        "t_final", "error_rel",
+    ),
+    "sde": ("model_spec", "route", "target", "t_span"),
+}  # fmt: skip
+# pytest-benchmark's timing statistics (seconds per call) and its counts, as the journal keeps them.
+STATS = ("min", "max", "mean", "stddev", "median", "iqr", "q1", "q3")
+COUNTS = ("rounds", "iterations", "ops")
+STATUSES = ("ok", "oom", "timeout", "skipped", "error")
+NOT_RUN = STATUSES[1:]

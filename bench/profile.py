@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import argparse
 import collections
-import gzip
 import itertools
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.harness import operators
-from bench.harness.grid import ALL_VARIANTS, DEFAULT_VARIANT, VARIANTS, Point
-from bench.harness.sweep import compile_step, set_precision
+from bench.harness.grid import ALL_VARIANTS, Point
 from bench.harness.telemetry import NVML, EnergyMeter
 from impls import METHODS, load_backend
 
@@ -50,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ImportError, ValueError) as exc:
             print(f"python -m bench.profile: {exc}", file=sys.stderr)
             return 2
-        set_precision(backend_name, args.matmul_precision)
-        for point in _points(backend_name, args):
+        backend.set_matmul_precision(args.matmul_precision)
+        for point in _points(backend, args):
             print(f"profiling {point.id}", file=sys.stderr, flush=True)
             try:
                 results.append(profile(backend, point, args.calls, args.rows))
@@ -114,18 +111,18 @@ def _choices(allowed: tuple[str, ...]):
     return parse
 
 
-def _points(backend: str, args) -> list[Point]:
-    variants = [v for v in VARIANTS[backend] if v in args.variants]
+def _points(backend, args) -> list[Point]:
+    variants = [v for v in backend.variants if v in args.variants]
     if args.device == "cpu" and "cudagraph" in variants:
         variants.remove("cudagraph")
     points = []
-    for variant in variants or [DEFAULT_VARIANT[backend]]:
+    for variant in variants or [backend.default_variant]:
         for method in args.methods:
             model = "mlp_flop_matched" if method == "hutchinson" else "hollownet"
             probes = 1 if method == "hutchinson" else None
             ks = [1] if args.workload == "divergence" else args.k
             for d, k in itertools.product(args.dims, ks):
-                where = (backend, args.device, method, model, d, args.batch, k, args.mode)
+                where = (backend.name, args.device, method, model, d, args.batch, k, args.mode)
                 points.append(Point(args.workload, *where, probes, variant))
     return points
 
@@ -135,10 +132,10 @@ def profile(backend, point: Point, calls: int, rows: int) -> dict[str, Any]:
     spec = operators.model_spec(point.model, point.d)
     net = backend.build(spec, seed=operators.MODEL_SEED)
     x = backend.asarray(operators.data(point.batch, point.d, spec.dtype))
-    fn, args, _, learned = operators.step(backend, net, x, point)
-    fn, compile_s, _ = compile_step(backend, fn, args)
-    info: dict[str, Any] = {"id": point.id, "flops_model": spec.flops * point.batch, **learned}
-    if backend.name == "jax":
+    fn, args, _ = operators.step(backend, net, x, point)
+    fn, compile_s, _ = backend.compile_step(fn, args, point.variant)
+    info: dict[str, Any] = {"id": point.id, "flops_model": spec.flops * point.batch}
+    if compile_s is not None:
         info |= {"compile_s": compile_s, **_xla_costs(fn)}
 
     def call():
@@ -149,11 +146,9 @@ def profile(backend, point: Point, calls: int, rows: int) -> dict[str, Any]:
     for _ in range(WARMUP_CALLS):
         call()
     info |= _metered(call, calls, backend.device)
+    times, busy_us = backend.kernel_times(call, calls)
+    kernels = collections.Counter(times)
     on_gpu = backend.device.startswith("cuda")
-    if backend.name == "torch":
-        kernels, busy_us = _torch_kernels(call, calls, on_gpu)
-    else:
-        kernels, busy_us = _jax_kernels(call, calls)
     # Threads overlap on a CPU, so the sum of op times there says nothing about waiting.
     info["busy"] = busy_us / 1e3 / calls / info["ms_per_call"] if on_gpu and busy_us else None
     if not busy_us:
@@ -197,58 +192,6 @@ def _xla_costs(compiled) -> dict[str, Any]:
         return {"xla_flops": cost.get("flops"), "xla_bytes": cost.get("bytes accessed")}
     except Exception:  # not every platform reports it
         return {}
-
-
-def _torch_kernels(call, calls: int, gpu: bool) -> tuple[collections.Counter, float]:
-    """Kernel (``gpu``: the profiled device is a GPU) or op (CPU) self time in us over
-    ``calls`` calls, and their sum. Decided by the device profiled, not by whether the
-    machine has a GPU: a CPU step on a GPU machine launches no kernels."""
-    import torch
-    from torch.profiler import ProfilerActivity
-
-    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if gpu else [])]
-    with torch.profiler.profile(activities=activities) as prof:
-        for _ in range(calls):
-            call()
-    times: collections.Counter = collections.Counter()
-    for evt in prof.key_averages():
-        # On a GPU only kernels and copies count: an aten op's device time is its kernels'.
-        if gpu and evt.device_type != torch.autograd.DeviceType.CUDA:
-            continue
-        us = evt.self_device_time_total if gpu else evt.self_cpu_time_total
-        if us > 0:
-            times[evt.key] += us
-    return times, float(sum(times.values()))
-
-
-def _jax_kernels(call, calls: int) -> tuple[collections.Counter, float]:
-    """The same from a jax.profiler trace: the events on the GPU's streams. XLA's CPU runtime
-    traces no per-kernel times (only markers and thread-pool waits), so on the CPU this is
-    empty and XLA's cost analysis stands alone."""
-    import jax
-
-    with tempfile.TemporaryDirectory() as tmp:
-        with jax.profiler.trace(tmp, create_perfetto_trace=True):
-            for _ in range(calls):
-                call()
-        trace = next(Path(tmp).rglob("perfetto_trace.json.gz"))
-        with gzip.open(trace, "rt") as fh:
-            doc = json.load(fh)
-    events = doc["traceEvents"] if isinstance(doc, dict) else doc
-    device, threads = set(), {}
-    for e in events:
-        if e.get("ph") == "M" and e.get("name") == "process_name":
-            if e["args"]["name"].startswith("/device:"):
-                device.add(e["pid"])
-        elif e.get("ph") == "M" and e.get("name") == "thread_name":
-            threads[(e["pid"], e.get("tid"))] = e["args"]["name"]
-    streams = {k for k, name in threads.items() if k[0] in device and "stream" in name.lower()}
-    times: collections.Counter = collections.Counter()
-    for e in events:
-        key = (e.get("pid"), e.get("tid"))
-        if e.get("ph") == "X" and (key in streams or (not streams and key[0] in device)):
-            times[e["name"]] += float(e.get("dur", 0.0))
-    return times, float(sum(times.values()))
 
 
 def markdown(results: list[dict[str, Any]]) -> str:

@@ -190,69 +190,40 @@ def _array(backend, rows: np.ndarray, dtype: str):
     return backend.asarray(np.ascontiguousarray(rows, dtype=dtype))
 
 
-def _key(backend, seed: int):
-    import jax
-
-    return jax.device_put(jax.random.key(seed), backend.jax_device)
-
-
 def train_step(backend, net, x, config: FlowConfig) -> tuple[Callable, tuple, Callable]:
     """(fn, args, stats_of): fn(*args) is one forward solve plus backward; ``stats_of`` reads
-    the NFE of the last call from its output."""
+    the solve's counters (NFE) from its output."""
     flows = _cnf(backend)
-    if backend.name == "torch":
-        last: dict[str, Any] = {}
 
-        def step():
-            net.zero_grad(set_to_none=True)
-            loss, stats = flows.nll(net, x, config, seed=PROBE_SEED)
-            loss.backward()
-            last["stats"] = stats
-            return loss
+    def loss(net, x, rng):
+        return flows.nll(net, x, config, **rng)
 
-        return step, (), lambda out: last["stats"]
-    import equinox as eqx
-
-    loss_and_grad = eqx.filter_value_and_grad(flows.nll, has_aux=True)
-
-    def jax_step(net, x, key):
-        return loss_and_grad(net, x, config, key=key)
-
-    return jax_step, (net, x, _key(backend, PROBE_SEED)), lambda out: out[0][1]
+    args = (net, x, backend.random_opts(PROBE_SEED))
+    return backend.grad_step(loss), args, lambda out: out[0][1]
 
 
-def jax_loglik(backend, config: FlowConfig) -> Callable:
-    """The pure ``(net, x, key) -> log p(x)`` that JAX compiles for held-out evaluations."""
+def loglik(backend, config: FlowConfig) -> Callable:
+    """``(net, x, rng) -> log p(x)``, the held-out evaluation (no autograd graph)."""
     flows = _cnf(backend)
-    return lambda net, x, key: flows.log_likelihood(net, x, config, key=key)[0]
+
+    def evaluate(net, x, rng):
+        with backend.no_grad():
+            return flows.log_likelihood(net, x, config, **rng)[0]
+
+    return evaluate
 
 
 class Evaluation:
     """The held-out batch log-likelihood under ``config``, callable as ``run(seed)`` ->
-    (batch,) numpy. JAX runs ``compiled`` (the harness's executable of :func:`jax_loglik`),
-    else compiles it here once (``compile_s``), reused for every seed."""
+    (batch,) numpy. It runs ``compiled`` (the harness's step of :func:`loglik`), else compiles
+    :func:`loglik` here once (``compile_s``; JAX), reused for every seed."""
 
     def __init__(self, backend, net, x, config: FlowConfig, compiled: Callable | None = None):
         self.backend, self.compile_s = backend, None
-        if backend.name == "torch":
-            import torch
-
-            flows = _cnf(backend)
-
-            def run(seed: int):
-                with torch.no_grad():
-                    return flows.log_likelihood(net, x, config, seed=seed)[0]
-
-            self._run = run
-            return
         if compiled is None:
-            import jax
-
-            start = time.perf_counter()
-            lowered = jax.jit(jax_loglik(backend, config)).lower(net, x, _key(backend, 0))
-            compiled = lowered.compile()
-            self.compile_s = time.perf_counter() - start
-        self._run = lambda seed: compiled(net, x, _key(backend, seed))
+            fn, args = loglik(backend, config), (net, x, backend.random_opts(0))
+            compiled, self.compile_s, _ = backend.compile_step(fn, args)
+        self._run = lambda seed: compiled(net, x, backend.random_opts(seed))
 
     def __call__(self, seed: int) -> np.ndarray:
         out = self._run(seed)
@@ -343,11 +314,8 @@ def budget_task(sweep: Sweep, backend, point: CnfPoint, seconds: float) -> Task:
         "nfe_kind": flows.NFE_KIND,
     }
     held_out = _array(backend, held_out_batch(data, point.batch), spec.dtype)
-    if backend.name == "torch":
-        evaluate = Evaluation(backend, net, held_out, point.config)
-        fn, args = (lambda: evaluate(PROBE_SEED)), ()
-    else:  # the harness compiles the evaluation (compile_s) and times it
-        fn, args = jax_loglik(backend, point.config), (net, held_out, _key(backend, PROBE_SEED))
+    # the harness compiles the evaluation (compile_s) and times it
+    fn, args = loglik(backend, point.config), (net, held_out, backend.random_opts(PROBE_SEED))
 
     def check(out, step) -> tuple[float | None, str | None]:
         timed = Evaluation(backend, net, held_out, point.config, compiled=step)

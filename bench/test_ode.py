@@ -216,11 +216,7 @@ def _hollow_reference(sweep: Sweep, backend, problem: HollowProblem) -> np.ndarr
     system = make_system(backend, problem)
 
     def row_call(method):
-        call = lambda y: method(0.0, y[None])[0]  # noqa: E731
-        if backend.name == "jax":
-            import jax
-
-            call = jax.jit(call)
+        call = backend.jit(lambda y: method(0.0, y[None])[0])
         return lambda t, y: backend.to_numpy(call(backend.asarray(y))).astype(np.float64)
 
     return reference_solution(
@@ -245,10 +241,7 @@ def make_task(sweep: Sweep, backend, point: OdePoint, preset: str) -> Task:
     else:
         options |= {"stepper": point.method, "reuse": point.reuse}
         solve = stiff.solve
-    if backend.name == "jax":
-        fn, args = (lambda system, y0: solve(system, y0, problem.t_span, **options)), (system, y0)
-    else:
-        fn, args = (lambda: solve(system, y0, problem.t_span, **options)), ()
+    fn, args = (lambda system, y0: solve(system, y0, problem.t_span, **options)), (system, y0)
 
     found: dict[str, Any] = {}
 

@@ -27,7 +27,7 @@ import pytest
 
 from bench.conftest import DEVICES, SWEEP, parametrize_points
 from bench.harness import grid
-from bench.harness.operators import activations, float64_copy, warm
+from bench.harness.operators import activations
 from bench.harness.sweep import Sweep, Task
 from impls import HollowSpec
 from impls.sde import ROUTE_METHODS, ROUTES, ou_process, training_batch
@@ -141,9 +141,26 @@ def make_task(sweep: Sweep, backend, point: SdePoint) -> Task:
     spec, target = model_spec(point.d), ou_process(point.d)
     drift, diffusion = (backend.build(spec, seed=seed) for seed in SEEDS.values())
     t_np, x_np = data(point, target)
-    t, x = backend.asarray(t_np), backend.asarray(x_np)
-    build = _torch_step if backend.name == "torch" else _jax_step
-    fn, args, residual_of = build(_sde(backend), target, point, drift, diffusion, t, x)
+    args = (drift, diffusion, backend.asarray(t_np), backend.asarray(x_np))
+    sde = _sde(backend)
+
+    def residual(drift, diffusion, t, x):
+        return sde.fp_residual(drift, diffusion, target, t, x, route=point.route)
+
+    if point.mode == "eval":
+
+        def fn(*args):
+            with backend.no_grad():
+                return residual(*args)
+
+        residual_of = lambda out: out  # noqa: E731
+    else:  # the mean squared residual, then the backward pass into both nets
+
+        def loss(*args):
+            r = residual(*args)
+            return (r**2).mean(), r
+
+        fn, residual_of = backend.grad_step(loss, argnums=(0, 1)), lambda out: out[0][1]
 
     def check(out: Any, step) -> tuple[float, str]:
         ref = sweep.memo(
@@ -156,49 +173,6 @@ def make_task(sweep: Sweep, backend, point: SdePoint) -> Task:
     return Task(fn, args, check)
 
 
-def _torch_step(sde, target, point: SdePoint, drift, diffusion, t, x):
-    import torch
-
-    def residual():
-        return sde.fp_residual(drift, diffusion, target, t, x, route=point.route)
-
-    if point.mode == "eval":
-
-        def evaluate():
-            with torch.no_grad():
-                return residual()
-
-        return evaluate, (), lambda out: out
-
-    def train():
-        drift.zero_grad(set_to_none=True)
-        diffusion.zero_grad(set_to_none=True)
-        r = residual()
-        r.square().mean().backward()
-        return r.detach()
-
-    return train, (), lambda out: out
-
-
-def _jax_step(sde, target, point: SdePoint, drift, diffusion, t, x):
-    import jax
-    import jax.numpy as jnp
-
-    def residual(drift, diffusion, t, x):
-        return sde.fp_residual(drift, diffusion, target, t, x, route=point.route)
-
-    args = (drift, diffusion, t, x)
-    if point.mode == "eval":
-        return residual, args, lambda out: out
-
-    def loss(drift, diffusion, t, x):
-        r = residual(drift, diffusion, t, x)
-        return jnp.mean(r**2), r
-
-    step = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
-    return step, args, lambda out: out[0][1]  # ((loss, r), grads)
-
-
 def reference(sweep: Sweep, point: SdePoint, spec, target, t_np, x_np) -> np.ndarray:
     """The float64 dense-route residual at the first ROWS rows, from float64 copies of the very
     same float32 weights (same spec and seeds give them in every backend), computed in torch
@@ -208,7 +182,7 @@ def reference(sweep: Sweep, point: SdePoint, spec, target, t_np, x_np) -> np.nda
     except (ImportError, ValueError):  # torch missing, or it cannot see this device
         backend = sweep.backend(point.backend, point.device)
     drift, diffusion = (
-        float64_copy(backend, backend.build(spec, seed=seed)) for seed in SEEDS.values()
+        backend.astype(backend.build(spec, seed=seed), "float64") for seed in SEEDS.values()
     )
     t, x = (backend.asarray(a[:ROWS].astype(np.float64)) for a in (t_np, x_np))
     sde = _sde(backend)
@@ -250,7 +224,6 @@ def describe(point: SdePoint, spec: HollowSpec, target) -> dict[str, Any]:
 def test_sde(sweep, benchmark, backend, device, route, d, batch, mode):
     point = SdePoint(backend, device, route, d, batch, mode)
     backend = sweep.backend(point.backend, point.device)
-    sweep.memo(("warm", backend.name, backend.device), lambda: warm(backend))
     spec = model_spec(point.d)
     benchmark.group = f"sde d={point.d} b={point.batch} {point.mode}"
     sweep.run(

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -56,13 +58,21 @@ __all__ = [
 
 @runtime_checkable
 class Backend(Protocol):
-    """What every backend offers. Arrays are (batch, dim); models are plain callables."""
+    """What every backend offers, so that no caller asks which one it holds. Arrays are
+    (batch, dim); models are plain callables. A *step* is ``fn(*args)``; ``compile_step`` turns
+    it into what a benchmark times (JAX: jit; torch: a variant, ``VARIANTS``)."""
 
-    name: str
-    device: str
+    name: str  # "torch" | "jax": for labels and file names only
+    device: str  # "cpu" | "cuda:N"
+    variants: tuple[str, ...]  # how its steps can run; the first is the default
+    default_variant: str
+    pure_steps: bool  # a compiled step is a pure function of its arguments (JAX)
 
     def build(self, spec: ModelSpec, seed: int = 0) -> Any:
         """A model callable as ``net(x)``, or ``net(t, x)`` when ``spec.time_dependent``."""
+
+    def astype(self, net: Any, dtype: str) -> Any:
+        """The same model in ``dtype``, its weights cast exactly."""
 
     def asarray(self, a: np.ndarray) -> Any:
         """``a`` on this backend's device, dtype kept."""
@@ -75,8 +85,56 @@ class Backend(Protocol):
     def devices(self) -> list[str]:
         """Device names this backend can use, e.g. ``["cpu", "cuda:0"]``."""
 
+    def device_name(self) -> str | None:
+        """The GPU's name; None on the CPU."""
+
+    def random_opts(self, seed: int | None) -> dict[str, Any]:
+        """Keyword options that seed a random operator (torch ``seed``, JAX a device ``key``);
+        seed None: torch's global RNG, JAX's key 0."""
+
     def matmul_precision(self) -> str:
         """The float32 matmul precision in force ("highest", "high", "default", ...)."""
+
+    def set_matmul_precision(self, precision: str) -> None:
+        """ "default" (leave it), "tf32" or "highest" (full fp32) for float32 matmuls."""
+
+    def memory_available(self) -> tuple[int | None, str] | None:
+        """(bytes a new computation may use, source), or None where the framework cannot say."""
+
+    def reset_peak_memory(self) -> bool:
+        """Start a peak-memory window; False where the framework tracks none."""
+
+    def peak_memory(self) -> tuple[int | None, str | None]:
+        """(peak bytes since :meth:`reset_peak_memory`, how they were measured)."""
+
+    def release_memory(self) -> None:
+        """Return cached device memory, so the next computation sees what is really free."""
+
+    def no_grad(self) -> AbstractContextManager:
+        """Where a step runs without recording an autograd graph."""
+
+    def reference_mode(self) -> AbstractContextManager:
+        """Where a float64 reference is computed (no graph; full-precision matmuls)."""
+
+    def grad_step(self, loss: Callable, argnums: tuple[int, ...] = (0,)) -> Callable:
+        """``step(*args) -> ((loss, aux), grads)`` from ``loss(*args) -> (loss, aux)``: the
+        backward pass into the parameters of ``args[argnums]`` (torch: grads into ``.grad``,
+        ``grads`` None)."""
+
+    def jit(self, fn: Callable) -> Callable:
+        """``fn`` compiled on first call (JAX), or as it is."""
+
+    def compile_step(
+        self, fn: Callable, args: tuple, variant: str = ...
+    ) -> tuple[Callable, float | None, tuple[int | None, str | None] | None]:
+        """(the callable to time, seconds of one-off compilation or capture, or None, and the
+        compiled step's static footprint (bytes, kind), or None where it is measured)."""
+
+    def warm_up(self) -> None:
+        """Pay one-off import and initialisation costs outside any timing."""
+
+    def kernel_times(self, call: Callable[[], Any], calls: int) -> tuple[dict[str, float], float]:
+        """Kernel (GPU) or op (CPU) self time in us by name over ``calls`` calls, and the sum."""
 
     def ddim(self, net: Any, x: Any, k: int = 1, method: str = "hollow", **opts: Any) -> Any:
         """D_dim^k f(x) = [d^k f_i / dx_i^k]_i, shape (batch, dim)."""

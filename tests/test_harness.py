@@ -330,13 +330,30 @@ class _FakeBenchmark:
 
 
 class _FakeBackend:
-    name, device = "torch", "cpu"
+    name, device, default_variant = "torch", "cpu", "eager"
 
     def matmul_precision(self) -> str:
         return "highest"
 
+    def compile_step(self, fn, args, variant):
+        return fn, None, None
+
+    def memory_available(self):
+        return None
+
+    def reset_peak_memory(self) -> bool:
+        return False
+
+    def device_name(self):
+        return None
+
     def sync(self, *arrays) -> None:
         pass
+
+    def warm_up(self) -> None:
+        pass
+
+    release_memory = warm_up
 
 
 def _sweep(tmp_path, **raw) -> Sweep:
@@ -501,19 +518,17 @@ def test_bad_option_is_a_usage_error():
 def test_torch_variants_time_the_same_step():
     torch = pytest.importorskip("torch")
     from bench.harness import operators
-    from bench.harness.variants import torch_variant
     from impls import HollowSpec, load_backend
 
     backend = load_backend("torch", "cpu")
     point = grid.Point("divergence", "torch", "cpu", "hollow", "hollownet", 4, 3, 1, "eval")
     net = backend.build(HollowSpec(dim=4, d_h=2))
     x = torch.randn(3, 4)
-    fn, args, _, learned = operators.step(backend, net, x, point)
-    assert learned == {}  # the point's variant is eager
-    eager, learned = torch_variant(fn, args, "eager")
-    assert eager is fn and learned == {}
-    compiled, learned = torch_variant(fn, args, "compile")
-    assert learned["compile_s"] > 0
+    fn, args, _ = operators.step(backend, net, x, point)
+    eager, compile_s, peak = backend.compile_step(fn, args, "eager")
+    assert eager is fn and compile_s is None and peak is None
+    compiled, compile_s, _ = backend.compile_step(fn, args, "compile")
+    assert compile_s > 0
     torch.testing.assert_close(compiled(*args), fn(*args))
     with pytest.raises(ValueError, match="unknown torch variant 'graph'"):
-        torch_variant(fn, args, "graph")
+        backend.compile_step(fn, args, "graph")

@@ -13,15 +13,14 @@ and for Hutchinson the std across ``SEEDS`` probe seeds over the mean |exact val
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from bench.harness.grid import Point
 from bench.harness.sweep import Sweep, Task
-from bench.harness.variants import torch_variant
-from impls import EXACT_METHODS, HollowSpec, MLPSpec, flop_matched_mlp, param_matched_mlp
+from impls import HollowSpec, MLPSpec, flop_matched_mlp, param_matched_mlp
 
 ModelSpec = HollowSpec | MLPSpec
 ROWS = 4  # batch rows the error is checked on
@@ -45,7 +44,6 @@ def model_spec(model: str, d: int) -> ModelSpec:
 def run_operator(sweep: Sweep, benchmark, point: Point) -> None:
     """Benchmark ``point`` (a divergence or ddim point) through ``sweep.run``."""
     backend = sweep.backend(point.backend, point.device)
-    sweep.memo(("warm", backend.name, backend.device), lambda: warm(backend))
     spec = model_spec(point.model, point.d)
     benchmark.group = f"{point.workload} d={point.d} b={point.batch} k={point.k} {point.mode}"
     info = {
@@ -72,26 +70,6 @@ def run_operator(sweep: Sweep, benchmark, point: Point) -> None:
     )
 
 
-def warm(backend) -> None:
-    """Call every method once on a tiny model, outside any point's time limit.
-
-    torch imports ~800 modules (sympy among them) lazily on the first torch.func call: that
-    ~3 s must not count against the first point's limit, and a time-out must not interrupt
-    it. JAX imports its transformations up front, and tiny eager calls would only cost
-    compilation, so it is left alone.
-    """
-    if backend.name != "torch":
-        return
-    import torch
-
-    net = backend.build(HollowSpec(dim=2, d_h=1, cond_hidden=(), trans_hidden=(2,)))
-    x = backend.asarray(np.zeros((1, 2), dtype="float32"))
-    with torch.no_grad():
-        for method in EXACT_METHODS:
-            backend.ddim(net, x, k=2, method=method)
-        backend.divergence(net, x, method="hutchinson")
-
-
 def data(batch: int, d: int, dtype: str) -> np.ndarray:
     """The (batch, d) standard-normal input; the same for every backend."""
     return np.random.default_rng(DATA_SEED).standard_normal((batch, d)).astype(dtype)
@@ -102,53 +80,57 @@ def make_task(sweep: Sweep, backend, spec: ModelSpec, point: Point) -> Task:
     net = backend.build(spec, seed=MODEL_SEED)
     x_np = data(point.batch, point.d, spec.dtype)
     x = backend.asarray(x_np)
-    fn, args, values_of, learned = step(backend, net, x, point)
+    fn, args, values_of = step(backend, net, x, point)
 
     def check(out: Any, step: Callable[..., Any]) -> tuple[float, str]:
         if point.method != "hutchinson":
             return max_abs_error(sweep, backend, spec, x_np, point, values_of(out))
-        return rel_std(sweep, backend, net, x_np, point, _seeded(backend, net, x, point, step))
+        estimate = _seeded(backend, net, x, point, step, values_of)
+        return rel_std(sweep, backend, net, x_np, point, estimate)
 
-    return Task(fn, args, check, info=learned)
-
-
-def step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable, dict[str, Any]]:
-    """(fn, args, values_of_output, learned): the point's step run as its variant (torch) or
-    to be jitted (JAX), how to find the operator's values in its outputs, and what setting
-    up the variant learned (extra_info: its ``compile_s``)."""
-    if backend.name == "jax":
-        return (*_jax_step(backend, net, x, point), {})
-    fn, args, values_of = _torch_step(backend, net, x, point)
-    fn, learned = torch_variant(fn, args, point.variant)
-    return fn, args, values_of, learned
+    return Task(fn, args, check, variant=point.variant)
 
 
-def _seeded(backend, net, x, point: Point, step: Callable) -> Callable[[int], np.ndarray]:
+def step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable]:
+    """(fn, args, values_of_output): the point's step, to run as its variant, and how to find
+    the operator's values in its outputs. The probes' seed (JAX: a key) is an argument, so XLA
+    cannot fold the probes into constants; torch draws them from its global RNG.
+
+    eval: the operator alone, without an autograd graph. train: the loss, then the backward
+    pass into every parameter (outputs ``((loss, values), grads)``)."""
+    op = _operator(backend, point)
+    args = (net, x, backend.random_opts(None) if point.method == "hutchinson" else {})
+    if point.mode == "eval":
+
+        def evaluate(net, x, rng):
+            with backend.no_grad():
+                return op(net, x, **rng)
+
+        return evaluate, args, lambda out: out
+
+    def loss(net, x, rng):
+        values = op(net, x, **rng)
+        return (net(x) ** 2).mean() + values.sum() / x.shape[0], values
+
+    return backend.grad_step(loss), args, lambda out: out[0][1]
+
+
+def _seeded(backend, net, x, point: Point, step: Callable, values_of: Callable) -> Callable:
     """seed -> the point's Hutchinson estimate at the first ROWS rows with that seed's probes.
 
-    torch runs the estimator eagerly on those rows; JAX reruns the compiled step (the probe
-    key is its last argument), since any new JAX function would cost a fresh compilation.
-    """
-    if backend.name == "torch":
-        import torch
+    Where a compiled step is pure (JAX), it reruns with the seed's key: any new function would
+    cost a fresh compilation. Elsewhere (torch) the estimator runs eagerly on those rows."""
+    if backend.pure_steps:
+        return lambda seed: backend.to_numpy(values_of(step(net, x, backend.random_opts(seed))))[
+            :ROWS
+        ]
+    op, rows = _operator(backend, point), x[:ROWS]
 
-        op, rows = _operator(backend, point), x[:ROWS]
+    def estimate(seed: int) -> np.ndarray:
+        with backend.no_grad():
+            return backend.to_numpy(op(net, rows, **backend.random_opts(seed)))
 
-        def estimate(seed: int) -> np.ndarray:
-            with torch.no_grad():
-                return backend.to_numpy(op(net, rows, seed=seed))
-
-        return estimate
-
-    values_of = _jax_values_of(point)
-    return lambda seed: backend.to_numpy(values_of(step(net, x, _key(backend, seed))))[:ROWS]
-
-
-def _key(backend, seed: int):
-    """A PRNG key on the point's device: the compiled step takes its arguments there."""
-    import jax
-
-    return jax.device_put(jax.random.key(seed), backend.jax_device)
+    return estimate
 
 
 def _operator(backend, point: Point) -> Callable[..., Any]:
@@ -157,57 +139,6 @@ def _operator(backend, point: Point) -> Callable[..., Any]:
     if point.workload == "divergence":
         return lambda net, x, **kw: backend.divergence(net, x, method=point.method, **opts, **kw)
     return lambda net, x, **kw: backend.ddim(net, x, k=point.k, method=point.method, **opts, **kw)
-
-
-def _torch_step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable]:
-    """(fn, args, values_of_output) for torch; Hutchinson draws probes from the global RNG."""
-    import torch
-
-    op = _operator(backend, point)
-    if point.mode == "eval":
-
-        def evaluate(net, x):
-            with torch.no_grad():
-                return op(net, x)
-
-        return evaluate, (net, x), lambda out: out
-
-    def train(net, x):
-        net.zero_grad(set_to_none=True)
-        values = op(net, x)
-        loss = net(x).square().mean() + values.sum() / x.shape[0]
-        loss.backward()
-        return values.detach()
-
-    return train, (net, x), lambda out: out
-
-
-def _jax_step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable]:
-    """(fn, args, values_of_output) for JAX. The probe key is an argument, so XLA cannot fold
-    the probes into constants."""
-    import jax
-    import jax.numpy as jnp
-
-    op = _operator(backend, point)
-    uses_key = point.method == "hutchinson"
-
-    def values(net, x, key):
-        return op(net, x, key=key) if uses_key else op(net, x)
-
-    args = (net, x, _key(backend, 0))
-    if point.mode == "eval":
-        return values, args, _jax_values_of(point)
-
-    def loss(net, x, key):
-        v = values(net, x, key)
-        return jnp.mean(net(x) ** 2) + v.sum() / x.shape[0], v
-
-    return jax.value_and_grad(loss, has_aux=True), args, _jax_values_of(point)
-
-
-def _jax_values_of(point: Point) -> Callable[[Any], Any]:
-    """The operator's values in a JAX step's outputs: ``((loss, values), grads)`` in train."""
-    return (lambda out: out) if point.mode == "eval" else (lambda out: out[0][1])
 
 
 def max_abs_error(
@@ -257,36 +188,11 @@ def _reference_backend(sweep: Sweep, point: Point):
 def reference(backend, spec: ModelSpec, x_np: np.ndarray, k: int) -> np.ndarray:
     """D_dim^k of the model (spec, MODEL_SEED) at the first ROWS rows of ``x_np``, (ROWS, d)
     float64, by a dense Jacobian in float64 on ``backend``."""
-    net64 = float64_copy(backend, backend.build(spec, seed=MODEL_SEED))
+    net64 = backend.astype(backend.build(spec, seed=MODEL_SEED), "float64")
     x64 = backend.asarray(x_np[:ROWS].astype(np.float64))
-    opts = {"k": k, "method": "dense_vectorized", "chunk_size": REFERENCE_CHUNK}
-    if backend.name == "torch":
-        import torch
-
-        with torch.no_grad():
-            out = backend.ddim(net64, x64, **opts)
-    else:
-        import jax
-
-        with jax.default_matmul_precision("highest"):
-            out = backend.ddim(net64, x64, **opts)
+    with backend.reference_mode():
+        out = backend.ddim(net64, x64, k=k, method="dense_vectorized", chunk_size=REFERENCE_CHUNK)
     return backend.to_numpy(out).astype(np.float64)
-
-
-def float64_copy(backend, net):
-    """The same model in float64 with the float32 weights upcast exactly (a float64 build from
-    the seed would differ by the float32 rounding of the weights)."""
-    spec64 = replace(net.spec, dtype="float64")
-    net64 = backend.build(spec64, seed=MODEL_SEED)
-    if backend.name == "torch":
-        state = {k: v.double() if v.is_floating_point() else v for k, v in net.state_dict().items()}
-        net64.load_state_dict(state)
-        return net64
-    import equinox as eqx
-    import jax.numpy as jnp
-
-    params = {k: v.astype(jnp.float64) for k, v in net.params.items()}
-    return eqx.tree_at(lambda m: m.params, net64, params)
 
 
 def activations(spec: ModelSpec) -> int:

@@ -19,7 +19,6 @@ import fnmatch
 import gc
 import math
 import signal
-import sys
 import threading
 import time
 from collections import Counter
@@ -58,12 +57,14 @@ class Task:
     is the callable being timed (JAX: the compiled executable), for checks that need more calls
     of it on the same argument shapes. ``info`` holds extra_info entries the task learns while
     it runs (e.g. solver counters its check reads off the outputs): it is merged into the
-    point's extra_info after the check, before the point is journaled."""
+    point's extra_info after the check, before the point is journaled. ``variant``: how the
+    backend runs ``fn`` (``impls.VARIANTS``; None: its default)."""
 
     fn: Callable[..., Any]
     args: tuple
     check: Callable[[Any, Callable[..., Any]], tuple[float | None, str | None]] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    variant: str | None = None
 
 
 IMPORT_FRAMES = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
@@ -170,7 +171,7 @@ class Sweep:
             from impls import load_backend
 
             backend = load_backend(name, device)
-            set_precision(name, self.settings.matmul_precision)
+            backend.set_matmul_precision(self.settings.matmul_precision)
             self._backends[key] = backend
         return self._backends[key]
 
@@ -197,6 +198,7 @@ class Sweep:
         it is predicted to need. Not-run points are recorded, then skipped (oom, timeout,
         predicted not to fit) or re-raised (any other error).
         """
+        self.memo(("warm", backend.name, backend.device), backend.warm_up)
         info = dict.fromkeys(INFO_KEYS) | extra_info
         info |= {
             "backend": backend.name,
@@ -248,10 +250,11 @@ class Sweep:
     def _measure(self, benchmark, backend, make_task: Callable[[], Task]) -> dict[str, Any]:
         # From before the build: on the CPU, memory freed by the warm-up stays in the heap,
         # so a peak taken over the timed calls alone would read ~0.
-        peak = PeakMemory(backend.name, backend.device)
+        peak = PeakMemory(backend)
         peak.start()
         task = make_task()
-        step, compile_s, static_peak = compile_step(backend, task.fn, task.args)
+        variant = task.variant or backend.default_variant
+        step, compile_s, static_peak = backend.compile_step(task.fn, task.args, variant)
 
         def call():
             out = step(*task.args)
@@ -272,7 +275,7 @@ class Sweep:
             benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
         finally:  # a time-out must not leave the power sampler running
             joules, energy_kind = energy.stop()
-        peak_bytes, peak_kind = static_peak if backend.name == "jax" else peak.stop()
+        peak_bytes, peak_kind = static_peak if static_peak is not None else peak.stop()
         measured = {
             "compile_s": compile_s,
             "peak_mem_bytes": peak_bytes,
@@ -314,34 +317,6 @@ class Sweep:
                 "stats": stats,
             }
         )
-
-
-def compile_step(
-    backend, fn: Callable[..., Any], args: tuple
-) -> tuple[Callable[..., Any], float | None, tuple]:
-    """(the callable to time, JAX compile seconds or None, (static peak bytes, kind)): JAX's
-    ``fn`` compiled ahead of time for ``args``; torch's as it is."""
-    if backend.name != "jax":
-        return fn, None, (None, None)
-    import jax
-
-    start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    seconds = time.perf_counter() - start
-    return compiled, seconds, _xla_peak(compiled)
-
-
-def _xla_peak(compiled) -> tuple[int | None, str | None]:
-    """Arguments + outputs + temporaries of an XLA executable (its device footprint)."""
-    try:
-        m = compiled.memory_analysis()
-        total = (
-            m.argument_size_in_bytes + m.output_size_in_bytes
-            + m.temp_size_in_bytes - m.alias_size_in_bytes
-        )  # fmt: skip
-    except Exception:  # not every platform reports it
-        return None, None
-    return int(total), "xla_memory_analysis"
 
 
 def _warm_up(call: Callable[[], Any], budget_s: float) -> tuple[Any, float]:
@@ -386,23 +361,4 @@ def _release(backend, failed: bool) -> None:
     on_gpu = backend.device.startswith("cuda")
     if failed or on_gpu:
         gc.collect()
-    torch = sys.modules.get("torch")
-    if on_gpu and backend.name == "torch" and torch is not None:
-        torch.cuda.empty_cache()
-
-
-# --bench-matmul-precision in each framework's words; "default" leaves both alone.
-PRECISION_NAMES = {
-    "torch": {"tf32": "high", "highest": "highest"},
-    "jax": {"tf32": "tensorfloat32", "highest": "highest"},
-}
-
-
-def set_precision(name: str, precision: str) -> None:
-    value = PRECISION_NAMES[name].get(precision)
-    if value is None:
-        return
-    if name == "torch":
-        sys.modules["torch"].set_float32_matmul_precision(value)
-    else:
-        sys.modules["jax"].config.update("jax_default_matmul_precision", value)
+    backend.release_memory()

@@ -224,21 +224,21 @@ def _malloc_trim() -> None:
 class PeakMemory:
     """Peak memory between :meth:`start` and :meth:`stop`.
 
-    CUDA (torch): ``torch.cuda.max_memory_allocated`` after a reset. CPU: growth of the peak
-    resident set over the resident set at start (Linux resets the peak through
-    /proc/self/clear_refs), after glibc's malloc_trim returns freed heap to the OS; memory the
-    allocator still holds is reused unseen, so this can under-read. JAX points use XLA's own
-    memory analysis (see Sweep).
+    Where the backend tracks its device (torch on CUDA: ``torch.cuda.max_memory_allocated``
+    after a reset), its figure. Else: growth of the peak resident set over the resident set at
+    start (Linux resets the peak through /proc/self/clear_refs), after glibc's malloc_trim
+    returns freed heap to the OS; memory the allocator still holds is reused unseen, so this
+    can under-read. JAX points use XLA's own memory analysis (see Sweep).
     """
 
-    def __init__(self, backend_name: str, device: str):
-        self._cuda = backend_name == "torch" and device.startswith("cuda")
-        self._device = device
+    def __init__(self, backend):
+        self._backend = backend
+        self._tracked = False
         self._base: int | None = None
 
     def start(self) -> None:
-        if self._cuda:
-            sys.modules["torch"].cuda.reset_peak_memory_stats(self._device)
+        self._tracked = self._backend.reset_peak_memory()
+        if self._tracked:
             return
         _malloc_trim()
         try:
@@ -249,9 +249,8 @@ class PeakMemory:
             self._base = None
 
     def stop(self) -> tuple[int | None, str | None]:
-        if self._cuda:
-            peak = sys.modules["torch"].cuda.max_memory_allocated(self._device)
-            return peak, "torch.cuda.max_memory_allocated"
+        if self._tracked:
+            return self._backend.peak_memory()
         peak = _proc_status_bytes("VmHWM")
         if self._base is None or peak is None:
             return None, None
@@ -260,17 +259,11 @@ class PeakMemory:
 
 def available_bytes(backend) -> tuple[int | None, str]:
     """Memory a new point may still use on ``backend``'s device, and where the figure came from."""
-    device = backend.device
-    if device.startswith("cuda") and backend.name == "torch":
-        torch = sys.modules["torch"]
-        free, _ = torch.cuda.mem_get_info(device)
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return free + cached, "torch.cuda.mem_get_info"
-    if device.startswith("cuda"):
-        stats = backend.jax_device.memory_stats() or {}
-        if "bytes_limit" in stats:
-            return stats["bytes_limit"] - stats.get("bytes_in_use", 0), "jax memory_stats"
-        info = NVML.call("nvmlDeviceGetMemoryInfo", NVML.handle(device))
+    known = backend.memory_available()
+    if known is not None:
+        return known
+    if backend.device.startswith("cuda"):
+        info = NVML.call("nvmlDeviceGetMemoryInfo", NVML.handle(backend.device))
         return (info.free if info else None), "nvml"
     return _proc_meminfo_available(), "MemAvailable"
 
@@ -291,8 +284,4 @@ def _proc_meminfo_available() -> int | None:
 
 def device_name(backend) -> str:
     """The GPU's marketing name, or the CPU model for ``cpu``."""
-    if not backend.device.startswith("cuda"):
-        return cpu_name()
-    if backend.name == "torch":
-        return sys.modules["torch"].cuda.get_device_name(backend.device)
-    return backend.jax_device.device_kind
+    return backend.device_name() or cpu_name()

@@ -6,6 +6,11 @@ this package creates carries an explicit dtype, so float32 models stay float32.
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import numpy as np
 
@@ -16,9 +21,15 @@ from impls.spec import ModelSpec
 
 __all__ = ["MLP", "HollowNet", "JaxBackend"]
 
+# --bench-matmul-precision's words in JAX's
+PRECISIONS = {"tf32": "tensorfloat32", "highest": "highest"}
+
 
 class JaxBackend:
     name = "jax"
+    variants = _checks.VARIANTS["jax"]
+    default_variant = _checks.DEFAULT_VARIANT["jax"]
+    pure_steps = True  # a compiled step is a pure function of its arguments
 
     def __init__(self, device: str | None = None):
         jax.config.update("jax_enable_x64", True)
@@ -32,6 +43,16 @@ class JaxBackend:
     def build(self, spec: ModelSpec, seed: int = 0):
         return build(spec, seed, self.jax_device)
 
+    def astype(self, net, dtype: str):
+        """The same model in ``dtype`` with the weights cast exactly."""
+        from dataclasses import replace
+
+        import equinox as eqx
+
+        copy = build(replace(net.spec, dtype=dtype), 0, self.jax_device)
+        params = {k: v.astype(dtype) for k, v in net.params.items()}
+        return eqx.tree_at(lambda m: m.params, copy, params)
+
     def asarray(self, a: np.ndarray) -> jax.Array:
         return jax.device_put(np.asarray(a), self.jax_device)
 
@@ -42,11 +63,103 @@ class JaxBackend:
     def sync(self, *arrays) -> None:
         jax.block_until_ready(arrays)
 
+    def random_opts(self, seed: int | None) -> dict[str, Any]:
+        """Options that seed a random operator: a PRNG ``key`` on this device (seed None: 0)."""
+        return {"key": jax.device_put(jax.random.key(seed or 0), self.jax_device)}
+
+    # --- precision, memory, device --------------------------------------------------------
+
     def matmul_precision(self) -> str:
         return str(jax.config.jax_default_matmul_precision or "default")
 
+    def set_matmul_precision(self, precision: str) -> None:
+        """ "default" (leave it), "tf32" or "highest" for float32 matmuls."""
+        if precision in PRECISIONS:
+            jax.config.update("jax_default_matmul_precision", PRECISIONS[precision])
+
+    def device_name(self) -> str | None:
+        """The GPU's name; None on the CPU (the caller knows the CPU's)."""
+        return self.jax_device.device_kind if self.device.startswith("cuda") else None
+
+    def memory_available(self) -> tuple[int | None, str] | None:
+        """(bytes a new computation may still use, where the figure came from); None where
+        JAX does not say (the CPU, or a GPU without a limit in memory_stats)."""
+        if not self.device.startswith("cuda"):
+            return None
+        stats = self.jax_device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return stats["bytes_limit"] - stats.get("bytes_in_use", 0), "jax memory_stats"
+        return None
+
+    def reset_peak_memory(self) -> bool:
+        """False: JAX's peak counter is process-wide and cannot be reset; a compiled step's
+        footprint comes from :meth:`compile_step` instead."""
+        return False
+
+    def peak_memory(self) -> tuple[int | None, str | None]:
+        return None, None
+
+    def release_memory(self) -> None:
+        pass
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def no_grad(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def reference_mode(self) -> contextlib.AbstractContextManager:
+        """Where a float64 reference is computed: full-precision matmuls."""
+        return jax.default_matmul_precision("highest")
+
+    def grad_step(
+        self, loss: Callable[..., tuple[Any, Any]], argnums: tuple[int, ...] = (0,)
+    ) -> Callable[..., Any]:
+        """``step(*args) -> ((loss, aux), grads)``: ``loss(*args) -> (loss, aux)`` and its
+        gradient with respect to ``args[argnums]`` (pure: the harness jits it)."""
+        if argnums == (0,):  # equinox's filter: non-array leaves of the module are static
+            import equinox as eqx
+
+            step = eqx.filter_value_and_grad(loss, has_aux=True)
+            return lambda *args: step(*args)  # a function: jax.jit hashes a Module's fields
+        return jax.value_and_grad(loss, argnums=argnums, has_aux=True)
+
+    jit = staticmethod(jax.jit)
+
+    def compile_step(
+        self, fn: Callable[..., Any], args: tuple, variant: str = "jit"
+    ) -> tuple[Callable[..., Any], float, tuple[int | None, str | None]]:
+        """(``fn`` compiled ahead of time for ``args``, compile seconds, the executable's
+        device footprint (bytes, kind) from XLA's memory analysis)."""
+        if variant != "jit":
+            raise ValueError(f"unknown JAX variant {variant!r}; JAX steps run as jit")
+        start = time.perf_counter()
+        compiled = jax.jit(fn).lower(*args).compile()
+        return compiled, time.perf_counter() - start, _xla_peak(compiled)
+
+    def warm_up(self) -> None:
+        """Nothing: JAX imports its transformations up front, and tiny eager calls would only
+        cost compilation."""
+
+    def kernel_times(self, call: Callable[[], Any], calls: int) -> tuple[dict[str, float], float]:
+        from impls.jax_backend.profiling import kernel_times
+
+        return kernel_times(call, calls)
+
     ddim = staticmethod(operators.ddim)
     divergence = staticmethod(operators.divergence)
+
+
+def _xla_peak(compiled) -> tuple[int | None, str | None]:
+    """Arguments + outputs + temporaries of an XLA executable (its device footprint)."""
+    try:
+        m = compiled.memory_analysis()
+        total = (
+            m.argument_size_in_bytes + m.output_size_in_bytes
+            + m.temp_size_in_bytes - m.alias_size_in_bytes
+        )  # fmt: skip
+    except Exception:  # not every platform reports it
+        return None, None
+    return int(total), "xla_memory_analysis"
 
 
 def _jax_devices() -> dict[str, jax.Device]:

@@ -1,6 +1,6 @@
-"""A torch step run as one of its variants (``grid.VARIANTS``): as written, captured whole in
-one CUDA graph, or compiled by torch.compile. JAX steps have one variant, jit, which the sweep
-applies itself.
+"""A torch step run as one of its variants (``impls.VARIANTS``): as written, captured whole in
+one CUDA graph, or compiled by torch.compile. JAX steps have one variant, jit
+(``JaxBackend.compile_step``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """pytest plumbing of the hollowbench sweep (``pytest bench``).
 
 Options and presets: bench/harness/options.py and grid.py. Each test module declares a
-``GRID``; this file expands it into parametrized points (the JSON's ``params``), shards it,
+``WORKLOAD`` (bench/harness/workload.py); this file asks it for its points (the JSON's
+``params``), shards them,
 orders the run, and wires the sweep's state into pytest-benchmark's JSON, the journal, the
 terminal header, progress lines and the summary.
 """
@@ -13,7 +14,6 @@ import os
 # JAX would otherwise grab 75% of each GPU at import, starving torch points in the same process.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -56,42 +56,31 @@ def _machine_info(config: pytest.Config) -> dict:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "point" not in metafunc.fixturenames:
+    """Parametrize a module's test with its WORKLOAD's points (bench/harness/workload.py),
+    under the point's parameter names, so they are the JSON's ``params``. A missing backend
+    (name -> import error), an unavailable optional package or an empty selection shows as a
+    skipped test that says why, so no workload ever reports an empty parameter set."""
+    workload = getattr(metafunc.module, "WORKLOAD", None)
+    if workload is None or "point" not in metafunc.fixturenames:
         return
     config = metafunc.config
     settings, (devices, missing) = config.stash[SWEEP].settings, config.stash[DEVICES]
-    points = grid.expand(
-        metafunc.module.GRID,
-        devices=devices,
-        methods=settings.methods,
-        models=settings.models,
-        modes=settings.modes,
-        dims=settings.dims,
-        batches=settings.batches,
-        ks=settings.ks,
-        n_probes=settings.n_probes,
-        variants=settings.variants,
-        limits=settings.limits,
-    )
-    points = grid.shard(points, *settings.shard)
-    values = [pytest.param(*p.params, id=p.id) for p in points]
-    parametrize_points(metafunc, grid.PARAM_NAMES, values, missing, metafunc.module.GRID.workload)
-
-
-def parametrize_points(
-    metafunc: pytest.Metafunc, names: Sequence[str], values: list, missing: dict, workload: str
-) -> None:
-    """Parametrize ``names`` with ``values`` (a pytest.param per point). A missing backend
-    (``missing``: name -> import error), or an empty selection, shows as one skipped test that
-    says why, so no workload ever reports an empty parameter set."""
+    points = grid.shard(workload.points(settings, devices), *settings.shard)
+    values = [
+        pytest.param(*p.params, id=p.id, marks=[pytest.mark.skip(reason=r)] if r else [])
+        for p in points
+        for r in [workload.unavailable(p)]
+    ]
+    names = workload.point_type.param_names()
 
     def skipped(name: str, reason: str):
         blank = [None] * len(names)
         return pytest.param(*blank, id=name, marks=pytest.mark.skip(reason=reason))
 
-    values = [*values, *(skipped(f"{name}-unavailable", why) for name, why in missing.items())]
+    values += [skipped(f"{name}-unavailable", why) for name, why in missing.items()]
     if not values:
-        values = [skipped("none", f"no {workload} points in this selection of options")]
+        values = [skipped("none", f"no {workload.name} points in this selection of options")]
+    metafunc.fixturenames.extend(n for n in names if n not in metafunc.fixturenames)
     metafunc.parametrize(names, values)
 
 
@@ -192,11 +181,6 @@ def sweep(request: pytest.FixtureRequest) -> Sweep:
 
 
 @pytest.fixture
-def point(
-    request, backend, device, method, model, d, batch, k, mode, n_probes, variant
-) -> grid.Point:
-    """The parametrized point of the requesting module's GRID."""
-    workload = request.module.GRID.workload
-    return grid.Point(
-        workload, backend, device, method, model, d, batch, k, mode, n_probes, variant
-    )
+def point(request):
+    """The point the test's parameters stand for, as its module's WORKLOAD generated it."""
+    return request.module.WORKLOAD.point(request.node.callspec.params)

@@ -33,17 +33,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import pytest
 
-from bench.conftest import DEVICES, SWEEP, parametrize_points
 from bench.harness import grid
 from bench.harness.operators import predict_bytes
 from bench.harness.sweep import Sweep, Task
+from bench.harness.workload import PointBase, Workload
 from bench.schema import WORKLOAD_KEYS
 from impls import cnf
 from impls.cnf import FlowConfig, flow_spec
 
-PARAM_NAMES = ("backend", "device", "item", "dataset", "d", "method", "n_probes", "batch")
 DIMS = {"digits": 64, **dict.fromkeys(cnf.TOY_DATASETS, 2)}
 RTOL = ATOL = 1e-5
 ADJOINT = False  # differentiate through the steps: diffrax's advice, and JAX then counts NFE-B
@@ -57,7 +55,7 @@ CNF_KEYS = WORKLOAD_KEYS["cnf"][1:]  # bench/SCHEMA.md, "CNF keys"
 
 
 @dataclass(frozen=True)
-class CnfPoint:
+class CnfPoint(PointBase):
     """One CNF point: ``item`` ("iteration" or "budget") of a flow on ``dataset`` (dimension
     ``d``) whose divergence is ``method`` (``n_probes`` for Hutchinson), on batches of
     ``batch``."""
@@ -78,10 +76,6 @@ class CnfPoint:
             f"{self.backend}-{self.device}-{self.item}-{self.dataset}-d{self.d}-"
             f"{self.method}{probes}-b{self.batch}"
         )
-
-    @property
-    def params(self) -> tuple:
-        return tuple(getattr(self, name) for name in PARAM_NAMES)
 
     @property
     def config(self) -> FlowConfig:
@@ -144,29 +138,6 @@ def unavailable(point: CnfPoint) -> str | None:
     if not missing:
         return None
     return f"needs {', '.join(missing)}: pip install 'hollowbench[cnf]'"
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "dataset" not in metafunc.fixturenames:
-        return
-    config = metafunc.config
-    settings, (devices, missing) = config.stash[SWEEP].settings, config.stash[DEVICES]
-    preset = settings.preset.name
-    points = [
-        CnfPoint(backend, device, item, dataset, DIMS[dataset], method, m, batch)
-        for backend, backend_devices in devices.items()
-        for device in backend_devices
-        for only, item, dataset, method, m in plan(preset)
-        if (only is None or backend in only) and method in settings.methods
-        for batch in settings.batches
-    ]
-    points = grid.shard(points, *settings.shard)
-    values = [
-        pytest.param(*p.params, id=p.id, marks=[pytest.mark.skip(reason=r)] if r else [])
-        for p in points
-        for r in [unavailable(p)]
-    ]
-    parametrize_points(metafunc, PARAM_NAMES, values, missing, "cnf")
 
 
 # --- data, models and the timed tasks --------------------------------------------------------
@@ -380,16 +351,36 @@ def describe(point: CnfPoint, preset: str) -> dict[str, Any]:
     }
 
 
-def test_cnf(sweep, benchmark, backend, device, item, dataset, d, method, n_probes, batch):
-    point = CnfPoint(backend, device, item, dataset, d, method, n_probes, batch)
-    preset = sweep.settings.preset.name
-    backend = sweep.backend(point.backend, point.device)
-    info = describe(point, preset)
-    benchmark.group = f"cnf {point.item} {point.dataset} d={point.d} b={point.batch}"
+class CnfWorkload(Workload):
+    name, point_type = "cnf", CnfPoint
 
-    def make_task() -> Task:
-        if point.item == "iteration":
-            return iteration_task(sweep, backend, point)
-        return budget_task(sweep, backend, point, info["budget_s"])
+    def points(self, settings, devices: dict[str, tuple[str, ...]]) -> list[CnfPoint]:
+        return [
+            CnfPoint(backend, device, item, dataset, DIMS[dataset], method, m, batch)
+            for backend, backend_devices in devices.items()
+            for device in backend_devices
+            for only, item, dataset, method, m in plan(settings.preset.name)
+            if (only is None or backend in only) and method in settings.methods
+            for batch in settings.batches
+        ]
 
-    sweep.run(benchmark, backend, make_task, info, need_bytes=need_bytes(point))
+    unavailable = staticmethod(unavailable)
+
+    def run(self, sweep: Sweep, benchmark, point: CnfPoint) -> None:
+        backend = sweep.backend(point.backend, point.device)
+        info = describe(point, sweep.settings.preset.name)
+        benchmark.group = f"cnf {point.item} {point.dataset} d={point.d} b={point.batch}"
+
+        def make_task() -> Task:
+            if point.item == "iteration":
+                return iteration_task(sweep, backend, point)
+            return budget_task(sweep, backend, point, info["budget_s"])
+
+        sweep.run(benchmark, backend, make_task, info, need_bytes=need_bytes(point))
+
+
+WORKLOAD = CnfWorkload()
+
+
+def test_cnf(sweep, benchmark, point):
+    WORKLOAD.run(sweep, benchmark, point)

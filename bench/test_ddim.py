@@ -3,12 +3,11 @@
 Hutchinson's diagonal estimator is left to test_divergence.py, where its variance is measured.
 """
 
-from bench.harness.grid import Grid
-from bench.harness.operators import run_operator
+from bench.harness.operators import OperatorWorkload
 from impls import EXACT_METHODS
 
-GRID = Grid(workload="ddim", methods=EXACT_METHODS)
+WORKLOAD = OperatorWorkload("ddim", EXACT_METHODS)
 
 
 def test_ddim(sweep, benchmark, point):
-    run_operator(sweep, benchmark, point)
+    WORKLOAD.run(sweep, benchmark, point)

@@ -22,11 +22,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import pytest
 
-from bench.conftest import DEVICES, SWEEP, parametrize_points
-from bench.harness import grid
 from bench.harness.sweep import Sweep, Task
+from bench.harness.workload import PointBase, Workload
 from impls._stiff import STATS
 from impls.stiff_problems import (
     RTOL_SWEEP,
@@ -39,9 +37,6 @@ from impls.stiff_problems import (
     reference_solution,
 )
 
-PARAM_NAMES = (
-    "backend", "device", "problem", "d", "stiffness", "method", "root_finder", "reuse", "rtol",
-)  # fmt: skip
 FINDERS = (("fixed_point", "never"), ("newton", "never"), ("jacobi_newton", "never"))
 DIFFRAX_METHODS = ("kvaerno5",)
 HOLLOW_STIFFNESS = 1e3  # the default ratio of the fastest to the slowest decay rate
@@ -51,7 +46,7 @@ ODE_KEYS = (*STATS, "iters_per_step", "success", "t_final", "error_rel")
 
 
 @dataclass(frozen=True)
-class OdePoint:
+class OdePoint(PointBase):
     """One solve: ``problem`` at state dimension ``d`` (the HollowNet system's ``stiffness``,
     else None) by ``method`` (a stepper, or a diffrax solver) with ``root_finder`` (Jacobian
     ``reuse``) at tolerance ``rtol``."""
@@ -74,10 +69,6 @@ class OdePoint:
             f"{self.backend}-{self.device}-{self.problem}-d{self.d}{stiff}-{self.method}-"
             f"{self.root_finder}{reuse}-rtol{self.rtol:.0e}"
         )
-
-    @property
-    def params(self) -> tuple:
-        return tuple(getattr(self, name) for name in PARAM_NAMES)
 
 
 # --- the grid per preset ---------------------------------------------------------------------
@@ -155,24 +146,6 @@ def _too_costly(row: tuple, preset: str) -> bool:
     at d = 512."""
     _, d, _, _, finder, reuse, _ = row
     return preset == "paper" and (finder, reuse) == ("newton", "never") and d > 128
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "root_finder" not in metafunc.fixturenames:
-        return
-    config = metafunc.config
-    settings, (devices, missing) = config.stash[SWEEP].settings, config.stash[DEVICES]
-    preset = settings.preset.name
-    points = [
-        OdePoint(backend, device, *row)
-        for backend, backend_devices in devices.items()
-        for device in backend_devices
-        for row in plan(preset)
-        if not _too_costly(row, preset) and (backend == "jax" or row[3] not in DIFFRAX_METHODS)
-    ]
-    points = grid.shard(points, *settings.shard)
-    values = [pytest.param(*p.params, id=p.id) for p in points]
-    parametrize_points(metafunc, PARAM_NAMES, values, missing, "ode")
 
 
 # --- problems, references and the timed task -------------------------------------------------
@@ -309,16 +282,34 @@ def describe(point: OdePoint, problem, preset: str) -> dict[str, Any]:
     }
 
 
-def test_ode(sweep, benchmark, backend, device, problem, d, stiffness, method, root_finder, reuse,
-             rtol):  # fmt: skip
-    point = OdePoint(backend, device, problem, d, stiffness, method, root_finder, reuse, rtol)
-    preset = sweep.settings.preset.name
-    backend = sweep.backend(point.backend, point.device)
-    instance = build_problem(point, preset)
-    benchmark.group = f"ode {point.problem} d={point.d} {point.method} rtol={point.rtol:.0e}"
-    sweep.run(
-        benchmark,
-        backend,
-        lambda: make_task(sweep, backend, point, preset),
-        describe(point, instance, preset) | dict.fromkeys(ODE_KEYS),
-    )
+class OdeWorkload(Workload):
+    name, point_type = "ode", OdePoint
+
+    def points(self, settings, devices: dict[str, tuple[str, ...]]) -> list[OdePoint]:
+        preset = settings.preset.name
+        return [
+            OdePoint(backend, device, *row)
+            for backend, backend_devices in devices.items()
+            for device in backend_devices
+            for row in plan(preset)
+            if not _too_costly(row, preset) and (backend == "jax" or row[3] not in DIFFRAX_METHODS)
+        ]
+
+    def run(self, sweep: Sweep, benchmark, point: OdePoint) -> None:
+        preset = sweep.settings.preset.name
+        backend = sweep.backend(point.backend, point.device)
+        instance = build_problem(point, preset)
+        benchmark.group = f"ode {point.problem} d={point.d} {point.method} rtol={point.rtol:.0e}"
+        sweep.run(
+            benchmark,
+            backend,
+            lambda: make_task(sweep, backend, point, preset),
+            describe(point, instance, preset) | dict.fromkeys(ODE_KEYS),
+        )
+
+
+WORKLOAD = OdeWorkload()
+
+
+def test_ode(sweep, benchmark, point):
+    WORKLOAD.run(sweep, benchmark, point)

@@ -23,16 +23,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import pytest
 
-from bench.conftest import DEVICES, SWEEP, parametrize_points
-from bench.harness import grid
 from bench.harness.operators import activations
 from bench.harness.sweep import Sweep, Task
+from bench.harness.workload import PointBase, Workload
 from impls import HollowSpec
 from impls.sde import ROUTE_METHODS, ROUTES, ou_process, training_batch
 
-PARAM_NAMES = ("backend", "device", "route", "d", "batch", "mode")
 ROWS = 4  # batch rows the error is checked on
 REFERENCE_CHUNK = 64  # basis directions per vmap chunk of the reference: bounds its memory
 SEEDS = {"drift": 0, "diffusion": 1}
@@ -52,7 +49,7 @@ QUICK_TRAIN_DIMS = (8,)
 
 
 @dataclass(frozen=True)
-class SdePoint:
+class SdePoint(PointBase):
     """The residual (eval) or a training step (train) by ``route`` at dimension ``d``."""
 
     backend: str
@@ -65,10 +62,6 @@ class SdePoint:
     @property
     def id(self) -> str:
         return f"{self.backend}-{self.device}-{self.route}-d{self.d}-b{self.batch}-{self.mode}"
-
-    @property
-    def params(self) -> tuple:
-        return tuple(getattr(self, name) for name in PARAM_NAMES)
 
     @property
     def method(self) -> str:
@@ -105,22 +98,6 @@ def plan(settings) -> list[tuple]:
                     continue
                 rows += [(route, d, batch, mode) for batch in batches]
     return rows
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "route" not in metafunc.fixturenames:
-        return
-    config = metafunc.config
-    settings, (devices, missing) = config.stash[SWEEP].settings, config.stash[DEVICES]
-    points = [
-        SdePoint(backend, device, *row)
-        for backend, backend_devices in devices.items()
-        for device in backend_devices
-        for row in plan(settings)
-    ]
-    points = grid.shard(points, *settings.shard)
-    values = [pytest.param(*p.params, id=p.id) for p in points]
-    parametrize_points(metafunc, PARAM_NAMES, values, missing, "sde")
 
 
 # --- data, models, the timed task and its check ----------------------------------------------
@@ -221,15 +198,32 @@ def describe(point: SdePoint, spec: HollowSpec, target) -> dict[str, Any]:
     }
 
 
-def test_sde(sweep, benchmark, backend, device, route, d, batch, mode):
-    point = SdePoint(backend, device, route, d, batch, mode)
-    backend = sweep.backend(point.backend, point.device)
-    spec = model_spec(point.d)
-    benchmark.group = f"sde d={point.d} b={point.batch} {point.mode}"
-    sweep.run(
-        benchmark,
-        backend,
-        lambda: make_task(sweep, backend, point),
-        describe(point, spec, ou_process(point.d)),
-        need_bytes=predict_bytes(spec, point),
-    )
+class SdeWorkload(Workload):
+    name, point_type = "sde", SdePoint
+
+    def points(self, settings, devices: dict[str, tuple[str, ...]]) -> list[SdePoint]:
+        return [
+            SdePoint(backend, device, *row)
+            for backend, backend_devices in devices.items()
+            for device in backend_devices
+            for row in plan(settings)
+        ]
+
+    def run(self, sweep: Sweep, benchmark, point: SdePoint) -> None:
+        backend = sweep.backend(point.backend, point.device)
+        spec = model_spec(point.d)
+        benchmark.group = f"sde d={point.d} b={point.batch} {point.mode}"
+        sweep.run(
+            benchmark,
+            backend,
+            lambda: make_task(sweep, backend, point),
+            describe(point, spec, ou_process(point.d)),
+            need_bytes=predict_bytes(spec, point),
+        )
+
+
+WORKLOAD = SdeWorkload()
+
+
+def test_sde(sweep, benchmark, point):
+    WORKLOAD.run(sweep, benchmark, point)

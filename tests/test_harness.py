@@ -141,19 +141,7 @@ DIVERGENCE = grid.Grid("divergence", METHODS, (1,))
 
 
 def _points(settings: options.Settings, workload: grid.Grid = DIVERGENCE) -> list[grid.Point]:
-    return grid.expand(
-        workload,
-        devices=DEVICES,
-        methods=settings.methods,
-        models=settings.models,
-        modes=settings.modes,
-        dims=settings.dims,
-        batches=settings.batches,
-        ks=settings.ks,
-        n_probes=settings.n_probes,
-        variants=settings.variants,
-        limits=settings.limits,
-    )
+    return grid.expand(workload, settings, DEVICES)
 
 
 def test_variants_run_only_where_they_can():

@@ -6,8 +6,11 @@ No torch or JAX here, so options can be checked and shards planned before either
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
+
+from bench.harness.workload import PointBase
 
 # impls itself imports numpy only
 from impls import DEFAULT_VARIANT, DENSE_METHODS, HOLLOW_METHODS, VARIANTS
@@ -25,7 +28,7 @@ PARAM_NAMES = (
 
 
 @dataclass(frozen=True)
-class Point:
+class Point(PointBase):
     """One benchmark: ``method`` computing ``workload`` (D_dim^k or the divergence) of ``model``
     at dimension ``d`` on a (batch, d) input, alone (eval) or inside a training step (train)."""
 
@@ -40,6 +43,8 @@ class Point:
     mode: str
     n_probes: int | None = None
     variant: str = ""  # "": the backend's default
+
+    PARAMS: ClassVar[tuple[str, ...]] = PARAM_NAMES
 
     def __post_init__(self):
         if not self.variant:
@@ -59,10 +64,6 @@ class Point:
             f"{self.backend}-{self.device}-{self.model}-{self.label}{probes}"
             f"-d{self.d}-b{self.batch}-k{self.k}-{self.mode}"
         )
-
-    @property
-    def params(self) -> tuple:
-        return tuple(getattr(self, name) for name in PARAM_NAMES)
 
 
 @dataclass(frozen=True)
@@ -218,36 +219,25 @@ def variant_applies(p: Point) -> bool:
     return p.mode == "eval"  # compile
 
 
-def expand(
-    grid: Grid,
-    *,
-    devices: dict[str, tuple[str, ...]],
-    methods: Iterable[str],
-    models: Iterable[str],
-    modes: Iterable[str],
-    dims: Iterable[int],
-    batches: Iterable[int],
-    ks: Iterable[int],
-    n_probes: Iterable[int],
-    variants: Iterable[str] = ALL_VARIANTS,
-    limits: Iterable[Limit] = (),
-) -> list[Point]:
-    """Every point of ``grid`` on the given axes (``devices``: backend -> its devices), in a
-    stable order, minus those a limit excludes or a variant cannot run. Hutchinson points take
-    each ``n_probes``, and k = 1 only; every other method takes ``n_probes=None``."""
-    limits, variants = tuple(limits), set(variants)
-    wanted = [m for m in grid.methods if m in set(methods)]
-    ks = grid.ks if grid.ks is not None else tuple(ks)
+def expand(grid: Grid, settings, devices: dict[str, tuple[str, ...]]) -> list[Point]:
+    """Every point of ``grid`` on the axes of ``settings`` (``devices``: backend -> its
+    devices), in a stable order, minus those a limit excludes or a variant cannot run.
+    Hutchinson points take each ``n_probes``, and k = 1 only; every other method takes
+    ``n_probes=None``."""
+    limits, variants = tuple(settings.limits), set(settings.variants)
+    wanted = [m for m in grid.methods if m in set(settings.methods)]
+    ks = grid.ks if grid.ks is not None else tuple(settings.ks)
     points = []
     for backend, backend_devices in devices.items():
         mine = [v for v in VARIANTS[backend] if v in variants]
         axes = itertools.product(
-            backend_devices, models, wanted, mine, modes, sorted(set(dims)), batches, ks
-        )
+            backend_devices, settings.models, wanted, mine, settings.modes,
+            sorted(set(settings.dims)), settings.batches, ks,
+        )  # fmt: skip
         for device, model, method, variant, mode, d, batch, k in axes:
             if not applicable(method, model) or (method == "hutchinson" and k != 1):
                 continue
-            probes = n_probes if method == "hutchinson" else (None,)
+            probes = settings.n_probes if method == "hutchinson" else (None,)
             for m in probes:
                 p = Point(
                     grid.workload, backend, device, method, model, d, batch, k, mode, m, variant
@@ -257,7 +247,7 @@ def expand(
     return points
 
 
-def shard(points: list[Point], index: int, count: int) -> list[Point]:
+def shard(points: list, index: int, count: int) -> list:
     """Shard ``index`` (1-based) of ``count``: every count-th point in id order, so shards are
     disjoint, cover the grid, and mix cheap and costly points alike. Order is preserved."""
     ranked = sorted(points, key=lambda p: p.id)

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness.grid import Point
+from bench.harness.grid import Grid, Point, expand
 from bench.harness.sweep import Sweep, Task
+from bench.harness.workload import Workload
 from impls import HollowSpec, MLPSpec, flop_matched_mlp, param_matched_mlp
 
 ModelSpec = HollowSpec | MLPSpec
@@ -27,6 +28,25 @@ ROWS = 4  # batch rows the error is checked on
 SEEDS = 16  # probe seeds behind Hutchinson's rel_std
 REFERENCE_CHUNK = 64  # directions per vmap chunk of the dense reference: bounds its memory
 MODEL_SEED = DATA_SEED = 0
+
+
+class OperatorWorkload(Workload):
+    """divergence or ddim: ``methods`` over the grid of the settings' axes (``ks``: the
+    workload's own k values, or None for ``--bench-k`` / the preset's)."""
+
+    point_type = Point
+
+    def __init__(self, name: str, methods: tuple[str, ...], ks: tuple[int, ...] | None = None):
+        self.name, self.grid = name, Grid(name, methods, ks)
+
+    def points(self, settings, devices: dict[str, tuple[str, ...]]) -> list[Point]:
+        return expand(self.grid, settings, devices)
+
+    def point(self, params: dict[str, Any]) -> Point:
+        return Point(self.name, **params)
+
+    def run(self, sweep: Sweep, benchmark, point: Point) -> None:
+        run_operator(sweep, benchmark, point)
 
 
 def model_spec(model: str, d: int) -> ModelSpec:

@@ -21,9 +21,10 @@ WORKLOAD_KEYS = {
     "ddim": ("model_spec",),
     "cnf": (
         "model_spec", "cnf_item", "dataset", "solver", "rtol", "atol", "t1", "adjoint",
-        "nfe_forward", "nfe_backward", "nfe_kind", "n_steps", "loglik_eval_ms", "loglik_compile_s", "loglik",
-        "loglik_std", "loglik_std_sample", "budget_s", "train_iterations", "train_iter_ms",
-        "train_loss", "nll_nats", "nll_sem", "bits_per_dim", "nll_estimate_nats",
+        "nfe_forward", "nfe_backward", "nfe_kind", "n_steps", "loglik_eval_ms",
+        "loglik_compile_s", "loglik", "loglik_std", "loglik_std_sample", "budget_s",
+        "train_iterations", "train_iter_ms", "train_loss", "nll_nats", "nll_sem", "bits_per_dim",
+        "nll_estimate_nats",
     ),
     "ode": (
         "model_spec", "problem", "root_finder", "reuse", "stepper", "adaptive", "rtol", "atol",

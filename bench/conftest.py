@@ -9,6 +9,7 @@ terminal header, progress lines and the summary.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 # JAX would otherwise grab 75% of each GPU at import, starving torch points in the same process.
@@ -22,6 +23,7 @@ from bench.harness import grid, options, telemetry
 from bench.harness.journal import Journal, journal_path
 from bench.harness.progress import Progress
 from bench.harness.sweep import Sweep
+from bench.harness.timing import describe_rule
 
 SWEEP = pytest.StashKey[Sweep]()
 DEVICES = pytest.StashKey[tuple[dict[str, tuple[str, ...]], dict[str, str]]]()
@@ -133,7 +135,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"timeout {s.timeout_s:g}s, matmul precision {s.matmul_precision}, variants "
         f"{','.join(s.variants)}",
         f"hollowbench: timing ~{s.timing.budget_s:g}s per point in {s.timing.min_rounds}.."
-        f"{s.timing.max_rounds} rounds after warm-up (replaces pytest-benchmark's calibration)",
+        f"{s.timing.max_rounds} rounds after warm-up (replaces pytest-benchmark's calibration); "
+        + describe_rule(sweep.rule),
         "hollowbench: devices "
         + "; ".join(f"{b}: {', '.join(d) or 'none'}" for b, d in devices.items()),
         f"hollowbench: journal {sweep.journal.path}",
@@ -170,7 +173,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     output_json["hollowbench"] = {
         "not_run": sweep.not_run,
         "journal": str(Path(sweep.journal.path).resolve()),
-        "settings": sweep.settings.describe(),
+        "settings": sweep.settings.describe() | {"noise_rule": dataclasses.asdict(sweep.rule)},
         "command": ["pytest", *config.invocation_params.args],
     }
 

@@ -6,12 +6,15 @@ No imports beyond the standard library, so ``reports`` reads this without torch 
 
 from __future__ import annotations
 
+# The timing's noise test and the conditions it ran in (bench/harness/timing.py, telemetry.py).
+NOISE_KEYS = ("noise", "remeasured", "noisy", "cpu_share")
+CONDITION_KEYS = ("load_1m", "gpu_processes", "sm_clock_mhz", "throttle_reasons")
 # Keys every point's extra_info carries; None where they do not apply.
 INFO_KEYS = (
     "backend", "device", "device_name", "workload", "method", "variant", "model", "d", "batch", "k",
     "n_probes", "mode", "dtype", "matmul_precision", "n_params", "flops", "compile_s",
     "peak_mem_bytes", "peak_mem_kind", "error", "error_kind", "energy_j", "energy_kind",
-    "predicted_bytes", "wall_s", "status", "reason",
+    "predicted_bytes", "wall_s", "status", "reason", *NOISE_KEYS, *CONDITION_KEYS,
 )  # fmt: skip
 # extra_info keys whose presence marks a benchmark as hollowbench's.
 OUR_KEYS = ("backend", "workload")

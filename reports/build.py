@@ -74,6 +74,7 @@ def build(inputs: Sequence[str], out: str | Path) -> Built:
 
 def _intro(frame: pd.DataFrame, inputs: Sequence[str]) -> list[str]:
     missed = int(frame["status"].ne("ok").sum())
+    noisy = int(frame["noisy"].sum()) if "noisy" in frame else 0
     machines = ", ".join(sorted(frame["machine"].astype(str).unique()))
     devices = ", ".join(sorted(frame["device_id"].astype(str).unique()))
     lines = [
@@ -81,6 +82,12 @@ def _intro(frame: pd.DataFrame, inputs: Sequence[str]) -> list[str]:
         f"{len(frame)} measurement points ({missed} did not run) from machine(s) {machines}; "
         f"devices: {devices}.",
     ]
+    if noisy:
+        lines.append(
+            f"{noisy} point{' is' if noisy == 1 else 's are'} noisy: other work on the machine "
+            "disturbed the timing. Noisy points are drawn hollow, left out of the fitted "
+            "exponents and the goal verdicts, and listed under 'Noisy points'."
+        )
     if "sweep.preset" in frame:
         sweeps = frame[["machine", "sweep.preset", "sweep.limits"]].dropna(subset="sweep.preset")
         for machine, preset, limits in sweeps.drop_duplicates().itertuples(index=False):

@@ -4,8 +4,10 @@ Benchmarks are matched by pytest's fullname, which does not name the machine, so
 machines or two commits compare directly. The noise rule: a change is *beyond the noise* when
 the two runs' interquartile ranges [q1, q3] do not overlap. A benchmark fails the comparison
 when it is beyond the noise *and* NEW median / BASE median exceeds ``--fail-above``; a point
-that ran in BASE but ran out of memory, timed out or errored in NEW fails too. Exit status: 0
-when nothing failed, 1 when something did, 2 on bad input.
+that ran in BASE but ran out of memory, timed out or errored in NEW fails too. A timing
+change where either side is noisy (bench/SCHEMA.md ``noisy``: measured while other work
+disturbed it) is "inconclusive", never a failure. Exit status: 0 when nothing failed (clean
+regressions only), 1 when something did, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from reports.load import InputError, load_results
 from reports.render import markdown_table
 
 FAILING_STATUS = ("oom", "timeout", "error")
-COLUMNS = ("status", "median_s", "q1_s", "q3_s", "iqr_s", "machine", "commit.id", "source")
+COLUMNS = (
+    *("status", "median_s", "q1_s", "q3_s", "iqr_s", "noisy"),
+    *("machine", "commit.id", "source"),
+)
 
 
 def load_side(arg: str) -> pd.DataFrame:
@@ -86,6 +91,9 @@ def _verdict(row, ratio: float, slower: bool, faster: bool, fail_above: float):
         if base == "ok":
             return f"now {new}", new in FAILING_STATUS
         return ("now runs", False) if new == "ok" else (f"{base} -> {new}", False)
+    noisy = [side for side, flag in (("BASE", row.noisy_base), ("NEW", row.noisy_new)) if flag]
+    if noisy:
+        return f"inconclusive: noisy in {' and '.join(noisy)}", False
     if slower and ratio > fail_above:
         return f"SLOWER beyond noise and {fail_above:g}x", True
     if slower:
@@ -112,7 +120,13 @@ def run_compare(base_arg: str, new_arg: str, fail_above: float, csv: str | None)
     if csv:
         table.to_csv(csv, index=False)
     failed = int(table["fails"].sum())
+    inconclusive = int(table["verdict"].str.startswith("inconclusive").sum())
     print()
+    if inconclusive:
+        print(
+            f"{inconclusive} inconclusive: measured noisily (other work disturbed the timing) "
+            "in BASE or NEW, so neither failed nor passed; re-run them on a quiet machine"
+        )
     print(
         f"{failed} of {len(table)} benchmarks failed (slower than {fail_above:g}x beyond the "
         "IQR noise, or newly out of memory / timed out / errored)"

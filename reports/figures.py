@@ -3,7 +3,8 @@
 Each figure is registered in :data:`FIGURES`; its ``draw(frame)`` returns a matplotlib figure
 or raises :class:`~reports.tables.NoData` with the reason, which the report prints instead.
 Points that did not run are drawn as an 'x' at the bottom edge of the axes, labelled with their
-status (oom, timeout, ...), so they are never confused with a measured value.
+status (oom, timeout, ...), so they are never confused with a measured value. Noisy points
+(bench/SCHEMA.md ``noisy``: timed while other work disturbed them) are drawn hollow.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ from reports.load import text
 from reports.tables import NoData, cells, ode_points, ratio, tolerance
 
 NOT_RUN_NOTE = "x at the bottom edge: the point did not run (status beside it)"
+NOISY_NOTE = (
+    "A hollow marker is a noisy point: other work on the machine disturbed its timing "
+    "(bench/SCHEMA.md, 'noisy'), so read it as an upper bound"
+)
+NOISY_LABEL = "noisy (hollow)"
 
 
 @dataclass(frozen=True)
@@ -150,11 +156,40 @@ def _figure_legend_entries(axes: list[Axes], marked: bool) -> dict[str, object]:
             entries.setdefault(label, handle)
     if marked:
         entries["did not run"] = _NOT_RUN_HANDLE()
+    if any(getattr(ax, NOISY_ATTR, False) for ax in axes):
+        entries[NOISY_LABEL] = _NOISY_HANDLE()
     return entries
 
 
 def _NOT_RUN_HANDLE() -> Line2D:
     return Line2D([], [], marker="x", ls="", mew=2, color="0.3")
+
+
+def _NOISY_HANDLE() -> Line2D:
+    return Line2D([], [], marker="o", ls="", mfc="white", mec="0.3")
+
+
+NOISY_ATTR = "_hollowbench_noisy"  # set on an Axes that drew a hollow marker
+
+
+def _mark_noisy(ax: Axes, rows: pd.DataFrame, x: str, y: str, hue: str, palette: dict) -> None:
+    """A hollow marker over each noisy point (measured rows only), in its line's colour."""
+    if "noisy" not in rows:
+        return
+    noisy = rows[rows["noisy"].fillna(False).astype(bool)]
+    for name, points in noisy.groupby(hue):
+        ax.scatter(
+            points[x].astype(float),
+            points[y].astype(float),
+            s=30,
+            marker="o",
+            facecolors="white",
+            edgecolors=[palette[str(name)]],
+            linewidths=1.2,
+            zorder=5,
+        )
+    if not noisy.empty:
+        setattr(ax, NOISY_ATTR, True)
 
 
 def _mark_not_run(ax: Axes, rows: pd.DataFrame, x: str, color) -> bool:
@@ -186,11 +221,18 @@ def _mark_each(ax: Axes, rows: pd.DataFrame, x: str, hue: str, palette: dict) ->
 
 
 def _lines_by_facet(
-    rows: pd.DataFrame, y: str, ylabel: str, *, fit: bool = False, scale: float = 1.0
+    rows: pd.DataFrame,
+    y: str,
+    ylabel: str,
+    *,
+    fit: bool = False,
+    scale: float = 1.0,
+    timed: bool = True,
 ) -> MplFigure:
     """y against d on log-log axes: a panel per facet, a line per series (only series with y).
 
-    With ``fit``, each panel keeps its own legend, whose labels carry the fitted exponents."""
+    With ``fit``, each panel keeps its own legend, whose labels carry the fitted exponents.
+    ``timed``: y comes from the timed calls, so noisy points are drawn hollow."""
     positive = rows[y].gt(0).groupby([rows["facet"], rows["series"]]).transform("any")
     rows = rows[positive]
     if rows.empty:
@@ -211,6 +253,8 @@ def _lines_by_facet(
             estimator="median",
             errorbar=None,
         )
+        if timed:
+            _mark_noisy(ax, ok, "d", y, "series", palette)
         marked = _mark_each(ax, sub, "d", "series", palette)
         _log_axes(ax, base_x=2)
         if fit:
@@ -228,6 +272,8 @@ def _fit_legend(ax: Axes, rows: pd.DataFrame, y: str, marked: bool) -> None:
     labels = [names.get(label, label) for label in labels]
     if marked:
         handles, labels = [*handles, _NOT_RUN_HANDLE()], [*labels, "did not run"]
+    if getattr(ax, NOISY_ATTR, False):
+        handles, labels = [*handles, _NOISY_HANDLE()], [*labels, NOISY_LABEL]
     ax.legend(
         handles,
         labels,
@@ -283,6 +329,8 @@ def speedup_vs_d(frame: pd.DataFrame) -> MplFigure:
             markers=True,
             errorbar=None,
         )
+        ok = sub[sub["status"].eq("ok")]
+        _mark_noisy(ax, ok, "d", "speedup", "baseline", palette)
         ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
         _log_axes(ax, base_x=2)
         return _mark_each(ax, sub, "d", "baseline", palette)
@@ -297,13 +345,27 @@ def _speedups(div: pd.DataFrame) -> pd.DataFrame:
     if exact.empty:
         raise NoData("no hollow divergence points on a HollowNet in the inputs")
     keys = ["facet", "d", "series"]
-    refs = cells(exact, keys).rename("ref").reset_index().rename(columns={"series": "exact"})
-    bases = cells(div[~div["method"].isin(HOLLOW_METHODS)], keys).rename("base").reset_index()
+    base = div[~div["method"].isin(HOLLOW_METHODS)]
+    refs = _with_noisy(cells(exact, keys).rename("ref"), exact, keys)
+    refs = refs.rename(columns={"series": "exact", "noisy": "ref noisy"})
+    bases = _with_noisy(cells(base, keys).rename("base"), base, keys)
     both = refs.merge(bases.rename(columns={"series": "baseline"}), on=["facet", "d"])
     if both.empty:
         raise NoData("no baseline (dense or hutchinson) divergence points beside hollow")
     values = [_split(ratio(b, r)) for r, b in zip(both["ref"], both["base"], strict=True)]
+    both["noisy"] = both["ref noisy"] | both["noisy"]
     return both.assign(d=both["d"].astype(float), **pd.DataFrame(values, index=both.index))
+
+
+def _with_noisy(values: pd.Series, rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``values`` (cells per ``keys``) as a frame, with ``noisy``: whether a measured point of
+    the cell was noisy."""
+    flags = rows["noisy"] if "noisy" in rows else pd.Series(False, index=rows.index)
+    ok = rows["status"].eq("ok")
+    noisy = (flags.fillna(False).astype(bool) & ok).groupby([rows[k] for k in keys]).any()
+    frame = values.to_frame().join(noisy.rename("noisy"))
+    frame["noisy"] = frame["noisy"].fillna(False).astype(bool)
+    return frame.reset_index()
 
 
 def _split(value: float | str) -> dict[str, float | str]:
@@ -315,11 +377,12 @@ def _split(value: float | str) -> dict[str, float | str]:
 
 def peak_memory_vs_d(frame: pd.DataFrame) -> MplFigure:
     rows = frame[frame["workload"].isin(["divergence", "ddim"]) & frame["k"].fillna(1).eq(1)]
-    return _lines_by_facet(rows, "peak_mem_bytes", "peak memory (MiB)", scale=2.0**-20)
+    return _lines_by_facet(rows, "peak_mem_bytes", "peak memory (MiB)", scale=2.0**-20, timed=False)
 
 
 def compile_time_vs_d(frame: pd.DataFrame) -> MplFigure:
-    return _lines_by_facet(_workload(frame, "divergence"), "compile_s", "compile time (s)")
+    div = _workload(frame, "divergence")
+    return _lines_by_facet(div, "compile_s", "compile time (s)", timed=False)
 
 
 def energy_vs_d(frame: pd.DataFrame) -> MplFigure:
@@ -347,6 +410,7 @@ def ddim_cost_vs_k(frame: pd.DataFrame) -> MplFigure:
             errorbar=None,
             estimator="median",
         )
+        _mark_noisy(ax, ok, "k", "time_ms", "series", palette)
         _log_axes(ax, base_x=None)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         return _mark_each(ax, sub, "k", "series", palette)
@@ -433,9 +497,10 @@ def device_comparison(frame: pd.DataFrame) -> MplFigure:
     palette = _palette(div["device"])
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
+        ok = _measured(sub, "time_ms")
         _plot(
             sns.lineplot,
-            data=_measured(sub, "time_ms"),
+            data=ok,
             x="d",
             y="time_ms",
             hue="device",
@@ -446,6 +511,7 @@ def device_comparison(frame: pd.DataFrame) -> MplFigure:
             estimator="median",
             errorbar=None,
         )
+        _mark_noisy(ax, ok, "d", "time_ms", "device", palette)
         _log_axes(ax, base_x=2)
         return _mark_each(ax, sub, "d", "device", palette)
 
@@ -581,6 +647,7 @@ def ode_time_vs_d(frame: pd.DataFrame) -> MplFigure:
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
         ok = _measured(sub[sub["ran"].eq("ok")], "time_ms")
         _plot(sns.lineplot, data=ok, x="d", y="time_ms", ax=ax, estimator="median", **style)
+        _mark_noisy(ax, ok, "d", "time_ms", "root finder", style["palette"])
         _log_axes(ax, base_x=2)
         return _mark_each(ax, sub.assign(status=sub["ran"]), "d", "root finder", style["palette"])
 
@@ -602,7 +669,8 @@ FIGURES: tuple[Figure, ...] = (
         "Divergence time against d",
         "Median time per call on log-log axes, a line per method (and model), a panel per "
         "backend, device and mode. The legend gives each line's fitted exponent b of "
-        f"time ~ d^b with its 95% CI (OLS on the log-log points). {NOT_RUN_NOTE}.",
+        "time ~ d^b with its 95% CI (OLS on the log-log points; noisy points are left out, "
+        f"and the legend says how many). {NOT_RUN_NOTE}. {NOISY_NOTE}.",
         time_vs_d,
     ),
     Figure(
@@ -610,7 +678,8 @@ FIGURES: tuple[Figure, ...] = (
         "Speedup of hollow over each baseline",
         "Baseline time over hollow time at the same d, backend, device and mode (solid: hollow, "
         "the paper's k reverse passes; dashed: hollow_forward, one forward-mode pass). Above the "
-        f"dotted line at 1, the exact hollow operator is faster. {NOT_RUN_NOTE}.",
+        f"dotted line at 1, the exact hollow operator is faster. {NOT_RUN_NOTE}. {NOISY_NOTE} "
+        "(here: either side of the ratio was noisy).",
         speedup_vs_d,
     ),
     Figure(
@@ -626,7 +695,8 @@ FIGURES: tuple[Figure, ...] = (
         "ddim_cost_vs_k",
         "D_dim^k cost against k",
         "Median time of D_dim^k against the order k: colour per method, marker per d. The "
-        f"hollow methods should grow about linearly in k at every d. {NOT_RUN_NOTE}.",
+        f"hollow methods should grow about linearly in k at every d. {NOT_RUN_NOTE}. "
+        f"{NOISY_NOTE}.",
         ddim_cost_vs_k,
     ),
     Figure(
@@ -658,7 +728,8 @@ FIGURES: tuple[Figure, ...] = (
         "Jacobian takes d autodiff passes (jacfwd in JAX, jacrev in PyTorch) and its LU O(d^3) "
         "work; Jacobi-Newton's diagonal (the hollow operator on the HollowNet system, analytic "
         "on the classic problems) a fixed number of passes. One tolerance per panel: the one "
-        f"with the most points. {NOT_RUN_NOTE}; 'stopped': the solve hit max_steps before t1.",
+        f"with the most points. {NOT_RUN_NOTE}; 'stopped': the solve hit max_steps before t1. "
+        f"{NOISY_NOTE}.",
         ode_time_vs_d,
     ),
     Figure(
@@ -671,7 +742,8 @@ FIGURES: tuple[Figure, ...] = (
     Figure(
         "energy_vs_d",
         "Energy per call against d",
-        "Joules per call from the NVML energy counter, where the GPU reports it.",
+        "Joules per call from the NVML energy counter, where the GPU reports it, over the kept "
+        f"measurement's timed calls. {NOISY_NOTE}.",
         energy_vs_d,
     ),
     Figure(
@@ -679,7 +751,8 @@ FIGURES: tuple[Figure, ...] = (
         "Device against device",
         "The headline divergence methods (hollow, hutchinson-1 on the HollowNet, "
         "dense_vectorized) on each device and machine in the inputs: colour per device, marker "
-        f"per method, a panel per backend and mode. {NOT_RUN_NOTE}.",
+        f"per method, a panel per backend and mode. {NOT_RUN_NOTE}. "
+        f"{NOISY_NOTE}.",
         device_comparison,
     ),
 )

@@ -1,9 +1,13 @@
-"""The scaling exponent b of time ~ d^b: an OLS on the log-log points with a 95% CI."""
+"""The scaling exponent b of time ~ d^b: an OLS on the log-log points with a 95% CI.
+
+Noisy points (bench/SCHEMA.md ``noisy``: timed while other work disturbed them) are left out
+of the fit, and the fit says how many were.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -11,18 +15,24 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class Fit:
-    """Slope of log time against log d; ``low``/``high`` are NaN with fewer than 3 points."""
+    """Slope of log time against log d; ``low``/``high`` are NaN with fewer than 3 points, and
+    the slope too where leaving out the ``noisy`` points left fewer than 2."""
 
     slope: float
     low: float
     high: float
     n: int
+    noisy: int = 0
 
     def label(self) -> str:
-        """'d^0.52 [0.41, 0.63]', or 'd^0.52 (2 points, no CI)'."""
+        """'d^0.52 [0.41, 0.63]', 'd^0.52 (2 points, no CI)', each with '; 1 noisy left out'
+        where it applies, or 'no fit: 3 noisy points left out'."""
+        left_out = f"; {self.noisy} noisy left out" if self.noisy else ""
+        if np.isnan(self.slope):
+            return f"no fit: {self.noisy} noisy point{'s' * (self.noisy != 1)} left out"
         if np.isnan(self.low):
-            return f"d^{self.slope:.2f} ({self.n} points, no CI)"
-        return f"d^{self.slope:.2f} [{self.low:.2f}, {self.high:.2f}]"
+            return f"d^{self.slope:.2f} ({self.n} points, no CI{left_out})"
+        return f"d^{self.slope:.2f} [{self.low:.2f}, {self.high:.2f}]{left_out}"
 
     def as_dict(self) -> dict[str, float | int]:
         return {
@@ -30,23 +40,35 @@ class Fit:
             "95% CI low": self.low,
             "95% CI high": self.high,
             "points": self.n,
+            "noisy points left out": self.noisy,
         }
 
 
 def loglog_fits(
     rows: pd.DataFrame, keys: Sequence[str], x: str = "d", y: str = "time_ms"
 ) -> dict[tuple, Fit]:
-    """A fit per group of ``keys`` over its measured rows (median per x); groups with fewer
-    than two x values get none."""
+    """A fit per group of ``keys`` over its measured rows that are not noisy (median per x);
+    groups with fewer than two such x values get none, or, where noisy rows were left out, a
+    Fit with a NaN slope that says so."""
     ok = rows[rows["status"].eq("ok") & rows[y].gt(0) & rows[x].gt(0).fillna(False)]
-    medians = ok.groupby([*keys, x], dropna=False)[y].median()
+    noisy = ok["noisy"].fillna(False).astype(bool) if "noisy" in ok else pd.Series(False, ok.index)
+    by_key = noisy.groupby([ok[k] for k in keys], dropna=False).sum()
+    left_out = {_key(key): int(count) for key, count in by_key.items()}
+    medians = ok[~noisy].groupby([*keys, x], dropna=False)[y].median()
     fits = {}
     for key, points in medians.groupby(level=list(range(len(keys))), dropna=False):
         xs = points.index.get_level_values(-1).to_numpy(dtype=float)
         fit = fit_points(xs, points.to_numpy(dtype=float))
         if fit is not None:
-            fits[key if isinstance(key, tuple) else (key,)] = fit
+            fits[_key(key)] = replace(fit, noisy=left_out.get(_key(key), 0))
+    for key, count in left_out.items():
+        if count and key not in fits:
+            fits[key] = Fit(float("nan"), float("nan"), float("nan"), 0, count)
     return fits
+
+
+def _key(key) -> tuple:
+    return key if isinstance(key, tuple) else (key,)
 
 
 def fit_points(xs: np.ndarray, ys: np.ndarray) -> Fit | None:

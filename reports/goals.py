@@ -1,9 +1,10 @@
 """The speed goals (a)-(d) the suite holds its implementations to, each a table of measured
 ratios per d with a verdict, built from whatever points the inputs hold.
 
-A ratio cell is a number, the status of a side that did not run ("oom", ...), or NaN where the
-inputs lack a side. The verdict names every d where the goal was missed, so a miss can never
-hide in a wide table.
+A ratio cell is a number, the status of a side that did not run ("oom", ...), "noisy" where a
+side was measured only noisily (bench/SCHEMA.md ``noisy``), or NaN where the inputs lack a side.
+Noisy points are left out of every ratio and verdict, and the verdict says where. The verdict
+names every d where the goal was missed, so a miss can never hide in a wide table.
 """
 
 from __future__ import annotations
@@ -20,13 +21,20 @@ from reports.tables import Cell, NoData, Table, cells, ratio
 KEYS = ["backend", "device_id", "variant", "mode", "batch", "matmul_precision"]
 
 
+NOISY = "noisy"
+
+
 def _rows(frame: pd.DataFrame, workload: str, methods: Sequence[str], model: str) -> pd.DataFrame:
-    return frame[
+    """The matching points; a noisy one counts as not measured, with the status "noisy"."""
+    rows = frame[
         frame["workload"].eq(workload)
         & frame["method"].isin(methods)
         & frame["model"].eq(model)
         & frame["d"].notna()
     ]
+    if "noisy" not in rows:
+        return rows
+    return rows.assign(status=rows["status"].mask(rows["noisy"].fillna(False).astype(bool), NOISY))
 
 
 def _best(values: pd.Series) -> Cell:
@@ -67,9 +75,11 @@ def _by_d(pairs: pd.DataFrame, goal: str, target: Callable[[int], float], label:
 
 
 def _verdict(row: pd.Series, target: Callable[[int], float], above: bool) -> str:
-    missed, unknown = [], []
+    missed, unknown, noisy = [], [], []
     for d, value in row.items():
-        if isinstance(value, str):
+        if isinstance(value, str) and NOISY in value.split("/"):
+            noisy.append(f"d={d}")
+        elif isinstance(value, str):
             unknown.append(f"d={d} ({value})")
         elif pd.notna(value) and ((value < target(d)) if above else (value > target(d))):
             missed.append(f"d={d} ({value:.3g} vs {target(d):g})")
@@ -78,7 +88,8 @@ def _verdict(row: pd.Series, target: Callable[[int], float], above: bool) -> str
         verdict = f"missed at {', '.join(missed)}"
     else:
         verdict = "met at every measured d" if measured else "not measured"
-    return verdict + (f"; did not run at {', '.join(unknown)}" if unknown else "")
+    verdict += f"; did not run at {', '.join(unknown)}" if unknown else ""
+    return verdict + (f"; noisy, left out at {', '.join(noisy)}" if noisy else "")
 
 
 def goal_a(frame: pd.DataFrame) -> pd.DataFrame:

@@ -27,7 +27,13 @@ from impls import DEFAULT_VARIANT  # impls itself imports numpy only
 
 NFE_KIND = {"torch": "counted", "jax": "derived"}  # each backend's cnf.NFE_KIND, for old files
 INT_COLUMNS = ("d", "batch", "k", "n_probes")
-FLOAT_COLUMNS = ("n_params", "flops", "compile_s", "peak_mem_bytes", "error", "energy_j")
+FLOAT_COLUMNS = (
+    *("n_params", "flops", "compile_s", "peak_mem_bytes", "error", "energy_j"),
+    *("cpu_share", "load_1m"),
+)
+# True/False flags; files from before the noise test (bench/harness/timing.py) lack them, and
+# their points read as neither noisy nor re-measured.
+BOOL_COLUMNS = ("noisy", "remeasured")
 # Record fields that extra_info keys must not overwrite.
 RESERVED = frozenset(
     (
@@ -318,6 +324,10 @@ def annotate(frame: pd.DataFrame) -> pd.DataFrame:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     for column in (*FLOAT_COLUMNS, *(f"{s}_s" for s in STATS)):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    for column in BOOL_COLUMNS:
+        frame[column] = frame[column].map(lambda v: v is True or v == 1).astype(bool)
+    # Only a timed point can be noisy.
+    frame["noisy"] &= frame["status"].eq("ok")
     # Operator points from before variants existed ran the backend's default way; the other
     # workloads have no variants.
     operator = frame["workload"].isin(["divergence", "ddim"])

@@ -9,6 +9,7 @@ when the inputs have no such point; a point that did not run is never a zero.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -396,6 +397,28 @@ def not_run_table(frame: pd.DataFrame) -> pd.DataFrame:
     return missed[columns].rename(columns=FACET_NAMES).reset_index(drop=True)
 
 
+def noisy_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every noisy point, with what the harness saw while timing it."""
+    noisy = frame[frame["noisy"]] if "noisy" in frame else frame.iloc[:0]
+    if noisy.empty:
+        raise NoData("no point in the inputs is flagged noisy (or the files predate the flag)")
+    columns = [
+        *("machine", "backend", "device_id", "workload", "method", "model", "d", "k"),
+        *("n_probes", "mode", "time_ms", "remeasured", "load_1m", "cpu_share", "noise"),
+    ]
+    table = noisy.assign(**{c: None for c in columns if c not in noisy})[columns]
+    table["noise"] = table["noise"].map(_failed_checks)
+    return table.rename(columns={**FACET_NAMES, "noise": "failed checks"}).reset_index(drop=True)
+
+
+def _failed_checks(noise) -> str:
+    """'max_min, cpu_share' from a point's ``noise`` record (JSON text in the frame)."""
+    try:
+        return ", ".join(json.loads(noise).get("failed") or [])
+    except (TypeError, ValueError, AttributeError):
+        return ""
+
+
 def machines_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Which machine and device each point came from, with versions and commit."""
     fields = {
@@ -516,8 +539,9 @@ TABLES: tuple[Table, ...] = (
         "scaling_exponents",
         "Fitted scaling exponents",
         "The exponent b of time ~ d^b for each line of the time-vs-d figure.",
-        "OLS of log time on log d over the measured points of each line; the 95% CI uses the "
-        "t distribution with n-2 degrees of freedom (none with two points).",
+        "OLS of log time on log d over the measured points of each line that are not noisy "
+        "(their count is in 'noisy points left out'); the 95% CI uses the t distribution with "
+        "n-2 degrees of freedom (none with two points).",
         scaling_fits,
     ),
     Table(
@@ -527,6 +551,17 @@ TABLES: tuple[Table, ...] = (
         "and marked in the figures; it is never counted as zero.",
         "Every input point whose status is not 'ok'.",
         not_run_table,
+    ),
+    Table(
+        "noisy",
+        "Noisy points",
+        "A point timed while other work disturbed it (its spread, or the CPU share the process "
+        "got, failed the harness's noise test twice) is drawn hollow in the figures and left "
+        "out of the fitted exponents and the goal verdicts; its time is an upper bound.",
+        "Every input point flagged 'noisy' (bench/SCHEMA.md): its median ms, whether it was "
+        "re-measured, the 1-minute load average and the process's CPU share while it was "
+        "timed, and which checks of the noise test it failed.",
+        noisy_table,
     ),
     Table(
         "machines",

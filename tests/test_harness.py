@@ -494,6 +494,35 @@ def test_oom_timeout_and_error_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert "test_divergence[" in compare.stdout
 
 
+def test_an_injected_burst_is_flagged_and_remeasured_in_a_sweep(tmp_path):
+    out = tmp_path / "out.json"
+    # A budget well above the injected sleeps, so the burst lands inside the timed rounds.
+    cmd = [*_sweep_command(out, "8"), "--benchmark-max-time", "0.5"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180,
+                         env=_env(HOLLOWBENCH_INJECT="noise=*-hollow-d8-*"))  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "noisy when IQR/median > " in run.stdout  # the rule is in the header
+    result = json.loads(out.read_text())
+    assert result["hollowbench"]["settings"]["noise_rule"]["max_min"] > 1
+    points = {b["extra_info"]["method"]: b for b in result["benchmarks"]}
+    journaled = {
+        r["extra_info"]["method"]: r for r in journal.read(tmp_path / "out.journal.jsonl")[1:]
+    }
+    hit = points["hollow"]["extra_info"]
+    assert hit["remeasured"] is True and hit["noise"]["measurements"][0]["failed"]
+    for method, point in points.items():
+        info, stats = point["extra_info"], point["stats"]
+        noise = info["noise"]
+        kept = noise["measurements"][noise["kept"]]
+        # The JSON's and the journal's stats are the kept measurement's, whichever it was.
+        assert (stats["rounds"], stats["median"]) == (kept["rounds"], kept["median_s"])
+        assert journaled[method]["stats"]["median"] == stats["median"]
+        assert info["remeasured"] == (len(noise["measurements"]) == 2)
+        assert info["noisy"] == bool(kept["failed"]) == bool(noise["failed"])
+        assert info["cpu_share"] == kept["cpu_share"] and info["load_1m"] is not None
+        assert info["gpu_processes"] is None and info["sm_clock_mhz"] is None  # CPU points
+
+
 def test_bad_option_is_a_usage_error():
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "bench", "-p", "no:cacheprovider", "--bench-dims", "8,a"],

@@ -295,6 +295,71 @@ def test_not_run_points_are_listed_and_marked_in_the_figures(report, tmp_path):
     assert "oom" in texts
 
 
+# --- noisy points (bench/SCHEMA.md "noisy") -----------------------------------------------
+
+HOLLOW_D32 = (
+    "bench/test_divergence.py::test_divergence[torch-cpu-hollownet-hollow-mNone-d32-k1-eval]"
+)
+
+
+def flagged(doc: dict, *fullnames: str) -> dict:
+    """``doc`` with every point marked as measured twice, the ``fullnames`` still noisy."""
+    doc = json.loads(json.dumps(doc))
+    for b in doc["benchmarks"]:
+        noisy = b["fullname"] in fullnames
+        b["extra_info"] |= {"noisy": noisy, "remeasured": noisy, "cpu_share": 0.4, "load_1m": 3.0}
+        b["extra_info"]["noise"] = {"failed": ["cpu_share"] if noisy else [], "kept": 1}
+    return doc
+
+
+def test_files_without_the_noise_keys_read_as_not_noisy(tmp_path):
+    frame = load_results([str(write_json(tmp_path / "a.json", results_json("alpha")))])
+    assert not frame["noisy"].any() and not frame["remeasured"].any()
+    assert frame["cpu_share"].isna().all()
+
+
+def test_noisy_points_are_drawn_hollow_and_left_out_of_fits_and_goals(tmp_path):
+    from reports.figures import NOISY_ATTR, NOISY_LABEL, time_vs_d
+    from reports.goals import goal_a
+
+    doc = flagged(results_json("alpha"), HOLLOW_D32)
+    frame = load_results([str(write_json(tmp_path / "a.json", doc))])
+    assert frame.loc[frame["fullname"].eq(HOLLOW_D32), "noisy"].all()
+    assert frame["noisy"].sum() == 1
+    fig = time_vs_d(frame)
+    (ax,) = [ax for ax in fig.axes if getattr(ax, NOISY_ATTR, False)]
+    hollow = [c for c in ax.collections if tuple(c.get_facecolors()[0]) == (1.0, 1.0, 1.0, 1.0)]
+    assert [tuple(c.get_offsets()[0]) for c in hollow] == [(32.0, 1.2)]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert NOISY_LABEL in labels and "hollow: no fit: 1 noisy point left out" in labels
+    # The fit of the other lines is untouched; hollow's has only its d=8 point left.
+    assert main(["build", str(tmp_path / "a.json"), "--out", str(tmp_path / "out")]) == 0
+    fits = table(tmp_path / "out", "scaling_exponents")
+    assert row(fits, series="hollow")["noisy points left out"] == 1
+    assert math.isnan(row(fits, series="hollow")["exponent"])
+    clean = row(fits, series="dense_vectorized")
+    assert clean["exponent"] > 0 and clean["noisy points left out"] == 0
+    listed = table(tmp_path / "out", "noisy")
+    assert list(listed["method"]) == ["hollow"] and list(listed["failed checks"]) == ["cpu_share"]
+    assert "1 point is noisy" in (tmp_path / "out" / "report.md").read_text()
+    # Goal (a): hollow over hutchinson-1 (FLOP-matched) leaves d=32 out, and says so.
+    goal = goal_a(frame).iloc[0]
+    assert goal["d=8"] == pytest.approx(1.0 / 0.8) and goal["d=32"] == "noisy"
+    assert goal["verdict"] == "missed at d=8 (1.25 vs 1); noisy, left out at d=32"
+
+
+def test_compare_calls_a_change_involving_a_noisy_point_inconclusive(tmp_path, capsys):
+    slower = scaled(results_json("alpha"), 3.0, only=HOLLOW_D32)
+    assert compare(tmp_path, flagged(slower, HOLLOW_D32)) == 0  # noisy: not a failure
+    out = capsys.readouterr().out
+    assert "inconclusive: noisy in NEW" in out and "1 inconclusive" in out
+    # A clean regression beside it still fails the comparison.
+    other = results_json("alpha")["benchmarks"][0]["fullname"]
+    both = scaled(scaled(results_json("alpha"), 3.0, only=HOLLOW_D32), 3.0, only=other)
+    assert other != HOLLOW_D32 and compare(tmp_path, flagged(both, HOLLOW_D32)) == 1
+    assert "SLOWER" in capsys.readouterr().out
+
+
 def test_odd_but_valid_input_gives_every_table_and_figure_or_a_no_data_note(tmp_path):
     import matplotlib.pyplot as plt
 

@@ -29,13 +29,16 @@ class OptionError(ValueError):
 class Faults:
     """Faults injected into matching points, for the harness's own tests (``HOLLOWBENCH_INJECT``,
     e.g. ``oom=*dense_loop*,timeout=*-d8-*,delay=0.5``): raise MemoryError, sleep past the
-    time limit, raise an unexpected RuntimeError, or sleep ``delay`` seconds before every
-    point. Patterns are fnmatch globs on the test name."""
+    time limit, raise an unexpected RuntimeError, sleep ``delay`` seconds before every
+    point, or ``noise``: sleep inside the first warm-up call and the first timed calls (a
+    burst of load the noise test must catch; see Sweep._disturbance). Patterns are fnmatch
+    globs on the test name."""
 
     oom: str | None = None
     timeout: str | None = None
     error: str | None = None
     delay: float = 0.0
+    noise: str | None = None
 
 
 @dataclass(frozen=True)
@@ -233,15 +236,17 @@ def add_options(parser) -> None:
 
 
 def parse_faults(raw: str | None) -> Faults:
-    """``HOLLOWBENCH_INJECT`` -> Faults (``oom=GLOB,timeout=GLOB,error=GLOB,delay=SECONDS``)."""
+    """``HOLLOWBENCH_INJECT`` -> Faults (``oom=GLOB,timeout=GLOB,error=GLOB,noise=GLOB,delay=S``,
+    any subset)."""
     if not raw:
         return Faults()
     values: dict[str, Any] = {}
     for word in _words(raw):
         key, sep, value = word.partition("=")
-        if not sep or key not in ("oom", "timeout", "error", "delay"):
+        if not sep or key not in ("oom", "timeout", "error", "noise", "delay"):
             raise OptionError(
-                f"{INJECT_ENV}: {word!r} is not oom=GLOB, timeout=GLOB, error=GLOB or delay=S"
+                f"{INJECT_ENV}: {word!r} is not oom=GLOB, timeout=GLOB, error=GLOB, noise=GLOB "
+                "or delay=S"
             )
         values[key] = _seconds(value) if key == "delay" else value
     return Faults(**values)

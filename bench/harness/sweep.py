@@ -6,9 +6,10 @@
 2. under a per-point time limit (SIGALRM), build the task and, for JAX, compile it ahead of
    time (``jax.jit(fn).lower(*args).compile()``), timing compilation apart;
 3. warm up, then time synchronised calls with ``benchmark.pedantic``, rounds calibrated from
-   the warm-up so each point costs about the preset's budget;
-4. read peak memory over the point and NVML energy over the timed calls, and the task's
-   error figure;
+   the median of several warm-up calls so each point costs about the preset's budget; judge
+   the measurement's noise and re-measure a noisy point once (bench/harness/timing.py);
+4. read peak memory over the point, NVML energy over the kept timed calls, the conditions
+   (load, CPU share; GPU clocks, throttling and other processes), and the task's error figure;
 5. turn OOMs and time-outs into recorded statuses (the test is skipped, the sweep goes on),
    let other failures fail the test, and append every outcome to the journal at once.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import fnmatch
 import gc
-import math
 import signal
 import threading
 import time
@@ -31,7 +31,14 @@ import pytest
 
 from bench.harness.journal import Journal
 from bench.harness.options import OptionError, Settings
-from bench.harness.telemetry import EnergyMeter, PeakMemory, available_bytes, device_name
+from bench.harness.telemetry import (
+    Conditions,
+    EnergyMeter,
+    PeakMemory,
+    available_bytes,
+    device_name,
+)
+from bench.harness.timing import RULE, measure, rounds_for, warm_up
 from bench.schema import INFO_KEYS, STATS
 
 # Predictions are rough. On the CPU a point that does not fit summons the OOM killer, which
@@ -39,6 +46,10 @@ from bench.schema import INFO_KEYS, STATS
 # and recorded, so only points predicted to need over 1.5x the free memory are not tried.
 FIT_FRACTION = {"cpu": 0.8, "gpu": 1.5}
 OOM_MARKERS = ("resource_exhausted", "out of memory", "can't allocate memory", "failed to allocate")
+# HOLLOWBENCH_INJECT noise=GLOB: seconds slept in the first warm-up call after the one-off call
+# and in the first NOISE_CALLS timed calls of the first measurement of a matching point.
+NOISE_S = 0.1
+NOISE_CALLS = 2
 
 
 class PointTimeout(BaseException):
@@ -137,6 +148,7 @@ class Sweep:
         self.counts: Counter[str] = Counter()
         self._backends: dict[tuple[str, str], Any] = {}
         self._memo: dict[Any, Any] = {}
+        self.rule = RULE  # the noise test (bench/harness/timing.py)
 
     # --- backends and devices -------------------------------------------------------------
 
@@ -247,6 +259,18 @@ class Sweep:
         if faults.timeout and fnmatch.fnmatch(name, faults.timeout):
             time.sleep(2 * self.settings.timeout_s + 1)
 
+    def _disturbance(self, name: str) -> Callable[[str, int], None] | None:
+        """HOLLOWBENCH_INJECT noise=GLOB: a deterministic burst of load in a matching point."""
+        pattern = self.settings.faults.noise
+        if not pattern or not fnmatch.fnmatch(name, pattern):
+            return None
+
+        def disturb(phase: str, index: int) -> None:
+            if (phase == "warmup" and index == 0) or (phase == "timed" and index < NOISE_CALLS):
+                time.sleep(NOISE_S)
+
+        return disturb
+
     def _measure(self, benchmark, backend, make_task: Callable[[], Task]) -> dict[str, Any]:
         # From before the build: on the CPU, memory freed by the warm-up stays in the heap,
         # so a peak taken over the timed calls alone would read ~0.
@@ -264,25 +288,31 @@ class Sweep:
         if not benchmark.enabled:  # --benchmark-disable: run once, measure nothing
             checked = _checked(task, benchmark.pedantic(call), step)
             return {"compile_s": compile_s} | checked | task.info
-        out, seconds = _warm_up(call, self.settings.timing.budget_s)
         timing = self.settings.timing
-        rounds = min(
-            max(math.ceil(timing.budget_s / seconds), timing.min_rounds), timing.max_rounds
+        disturb = self._disturbance(benchmark.name)
+        out, seconds = warm_up(call, timing.budget_s, disturb)
+        conditions = Conditions(backend.device)
+        conditions.start()
+        outcome = measure(
+            benchmark,
+            call,
+            rounds_for(seconds, timing),
+            timing,
+            rule=self.rule,
+            disturb=disturb,
+            probe=lambda: _energy(backend.device),
         )
-        energy = EnergyMeter(backend.device)
-        energy.start()
-        try:
-            benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
-        finally:  # a time-out must not leave the power sampler running
-            joules, energy_kind = energy.stop()
+        kept = outcome.chosen
+        joules = kept.extra.get("joules")
         peak_bytes, peak_kind = static_peak if static_peak is not None else peak.stop()
         measured = {
             "compile_s": compile_s,
             "peak_mem_bytes": peak_bytes,
             "peak_mem_kind": peak_kind,
-            "energy_j": joules / rounds if joules is not None else None,
-            "energy_kind": energy_kind,
+            "energy_j": joules / len(kept.data) if joules is not None else None,
+            "energy_kind": kept.extra.get("energy_kind"),
         }
+        measured |= outcome.info() | conditions.stop()
         return measured | _checked(task, out, step) | task.info
 
     def _finish(
@@ -319,17 +349,15 @@ class Sweep:
         )
 
 
-def _warm_up(call: Callable[[], Any], budget_s: float) -> tuple[Any, float]:
-    """Call twice (the first call pays one-off costs) and time the second; a call slower than
-    the whole budget is called once, since its one-off costs are comparatively small."""
-    start = time.perf_counter()
-    out = call()
-    seconds = time.perf_counter() - start
-    if seconds < budget_s:
-        start = time.perf_counter()
-        out = call()
-        seconds = time.perf_counter() - start
-    return out, max(seconds, 1e-9)
+@contextmanager
+def _energy(device: str) -> Iterator[dict[str, Any]]:
+    """NVML energy over one measurement's timed calls: ``joules`` and ``energy_kind``."""
+    meter, extra = EnergyMeter(device), {}
+    meter.start()
+    try:
+        yield extra
+    finally:  # a time-out must not leave the power sampler running
+        extra["joules"], extra["energy_kind"] = meter.stop()
 
 
 def _checked(task: Task, out: Any, step: Callable[..., Any]) -> dict[str, Any]:

@@ -17,6 +17,8 @@ import threading
 import time
 from typing import Any
 
+from bench.schema import CONDITION_KEYS
+
 POWER_SAMPLE_S = 0.01
 
 
@@ -285,3 +287,111 @@ def _proc_meminfo_available() -> int | None:
 def device_name(backend) -> str:
     """The GPU's marketing name, or the CPU model for ``cpu``."""
     return backend.device_name() or cpu_name()
+
+
+# --- the conditions of one point (bench/harness/timing.py judges noise with cpu_share) -------
+
+
+def cpu_snapshot() -> dict[str, tuple[int, int]] | None:
+    """Per thread of this process: (ns on a CPU, ns ready but waiting for one), from Linux's
+    /proc/self/task/*/schedstat; None where the kernel does not report it."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    out = {}
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as fh:
+                run, wait = fh.read().split()[:2]
+            out[tid] = (int(run), int(wait))
+        except (OSError, ValueError):
+            continue
+    return out or None
+
+
+MIN_READY_NS = 1_000_000  # under 1 ms of CPU demand there is nothing to judge
+
+
+def cpu_share(before: dict | None, after: dict | None) -> float | None:
+    """The process's CPU share between two snapshots: of the time its threads were ready to
+    run, the fraction they ran. 1.0: never waited for a CPU; 0.5: other work held the CPUs as
+    long as this process used them. Threads that ended in between are not counted."""
+    if before is None or after is None:
+        return None
+    run = wait = 0
+    for tid, (r1, w1) in after.items():
+        r0, w0 = before.get(tid, (0, 0))
+        run, wait = run + max(r1 - r0, 0), wait + max(w1 - w0, 0)
+    if run + wait < MIN_READY_NS:
+        return None
+    return round(run / (run + wait), 4)
+
+
+# nvmlClocksEventReason* / nvmlClocksThrottleReason* bits (nvml.h), named as SCHEMA.md says.
+THROTTLE_REASONS = {
+    0x1: "gpu_idle",
+    0x2: "applications_clocks_setting",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal_slowdown",
+    0x40: "hw_thermal_slowdown",
+    0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+
+
+def throttle_names(mask: int | None) -> list[str] | None:
+    """The names of the set bits of an NVML throttle-reason mask (unknown bits in hex)."""
+    if mask is None:
+        return None
+    names = [name for bit, name in THROTTLE_REASONS.items() if mask & bit]
+    rest = mask & ~sum(THROTTLE_REASONS)
+    return names + ([hex(rest)] if rest else [])
+
+
+class Conditions:
+    """What else was happening while one point was timed (:meth:`start` to :meth:`stop`): the
+    1-minute load average at the end, and on a CUDA device, through NVML, the other compute
+    processes on it and its SM clock and throttle reasons at the start and at the end."""
+
+    def __init__(self, device: str):
+        self._handle = NVML.handle(device)
+        self._start: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        self._start = self._gpu()
+
+    def stop(self) -> dict[str, Any]:
+        load = load_avg()
+        info: dict[str, Any] = dict.fromkeys(CONDITION_KEYS)
+        info["load_1m"] = load[0] if load else None
+        if self._handle is None:
+            return info
+        start, end = self._start or self._gpu(), self._gpu()
+        procs = {p["pid"]: p for p in [*start["procs"], *end["procs"]]}
+        info["gpu_processes"] = sorted(procs.values(), key=lambda p: p["pid"])
+        info["sm_clock_mhz"] = [start["sm_clock"], end["sm_clock"]]
+        info["throttle_reasons"] = [start["throttle"], end["throttle"]]
+        return info
+
+    def _gpu(self) -> dict[str, Any]:
+        if self._handle is None:
+            return {}
+        lib, h = NVML.lib, self._handle
+        running = NVML.call("nvmlDeviceGetComputeRunningProcesses", h) or []
+        me = os.getpid()
+        procs = [
+            {"pid": p.pid, "used_memory_bytes": getattr(p, "usedGpuMemory", None)}
+            for p in running
+            if getattr(p, "pid", me) != me
+        ]
+        mask = NVML.call("nvmlDeviceGetCurrentClocksEventReasons", h)
+        if mask is None:  # the older name, before NVML 12.2
+            mask = NVML.call("nvmlDeviceGetCurrentClocksThrottleReasons", h)
+        return {
+            "procs": procs,
+            "sm_clock": NVML.call("nvmlDeviceGetClockInfo", h, lib.NVML_CLOCK_SM),
+            "throttle": throttle_names(mask),
+        }

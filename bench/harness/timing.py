@@ -1,0 +1,290 @@
+"""Timing you can trust on a busy machine: calibration, the noise test and one re-measurement.
+
+:meth:`Sweep._measure <bench.harness.sweep.Sweep._measure>` times every point through here:
+
+1. **Calibration** (:func:`warm_up`, :func:`rounds_for`): after one call that pays the one-off
+   costs, up to ``WARMUP_CALLS`` more calls, bounded in time; their median sets the rounds, so
+   one call caught in a burst of load no longer cuts a point to its minimum of rounds. A call
+   slower than the whole budget is not called again for calibration, and is still timed;
+   a call shorter than a fifth of the budget gets at least ``FAST_MIN_ROUNDS`` rounds.
+2. **The noise test** (:data:`RULE`, :func:`failures`): a measurement is noisy when its IQR
+   over its median or its max over its min is above the limit, or when the process got less
+   than ``cpu_share`` of the CPU time it was ready to use (other work took the CPUs: torch's
+   OpenMP threads can then run uniformly 100x slower, a slowdown no spread figure sees).
+3. **One re-measurement** (:func:`measure`): a noisy point is timed once more after a short
+   pause, with its rounds recalibrated from the first measurement's median (and cut short
+   past AGAIN_MAX_BUDGETS budgets, should the machine have turned slower). The quieter one
+   is kept: the one that passes the test, else the one with the lower median (load only ever
+   adds time). pytest-benchmark's stats (the JSON's, the journal's) are the kept one's.
+
+The thresholds live in :data:`RULE` and nowhere else; bench/SCHEMA.md and the README quote them.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.harness import telemetry
+from bench.harness.grid import Timing
+
+WARMUP_CALLS = 5  # calibration calls after the first, at most
+WARMUP_MIN_CALLS = 3  # ... and at least, unless their time reaches the budget
+FAST_FRACTION = 5  # a call shorter than budget / FAST_FRACTION is "fast" ...
+FAST_MIN_ROUNDS = 5  # ... and gets at least this many rounds
+# The re-measurement stops early once it has taken AGAIN_MAX_BUDGETS budgets and 3 rounds: a
+# machine that turned slower since the first measurement must not stretch a point tenfold.
+AGAIN_MAX_BUDGETS = 3
+
+# A disturbance hook for fault injection: called before every call with the phase ("first",
+# "warmup", "timed", "again") and the call's index within that phase.
+Disturb = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class NoiseRule:
+    """When a measurement is noisy: ``iqr_median`` and ``max_min`` are ceilings on its spread
+    figures, ``cpu_share`` a floor on the process's CPU share over its timed calls (None: not
+    measured, not judged); ``pause_s`` is the pause before the one re-measurement."""
+
+    iqr_median: float = 0.25
+    max_min: float = 4.0
+    cpu_share: float = 0.75
+    pause_s: float = 0.5
+
+    def limits(self) -> dict[str, float]:
+        return {"iqr_median": self.iqr_median, "max_min": self.max_min, "cpu_share": self.cpu_share}
+
+
+RULE = NoiseRule()  # THE thresholds (bench/SCHEMA.md, README "Timing on a busy machine")
+
+
+@dataclass
+class Measurement:
+    """One timed run of a point: seconds per round, and the process's CPU share over it."""
+
+    data: list[float]
+    cpu_share: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. energy over these rounds
+
+    def figures(self) -> dict[str, Any]:
+        """rounds, median_s, iqr_median, max_min, cpu_share: pytest-benchmark's own median and
+        IQR (so they match the JSON's), and max/min."""
+        from pytest_benchmark.stats import Stats
+
+        stats = Stats()
+        for seconds in self.data:
+            stats.update(seconds)
+        median, low = stats.median, stats.min
+        return {
+            "rounds": len(self.data),
+            "median_s": median,
+            "iqr_median": stats.iqr / median if median > 0 else math.inf,
+            "max_min": stats.max / low if low > 0 else math.inf,
+            "cpu_share": self.cpu_share,
+        }
+
+
+def failures(figures: dict[str, Any], rule: NoiseRule = RULE) -> list[str]:
+    """The names of the checks ``figures`` fail: "iqr_median", "max_min", "cpu_share"."""
+    failed = [name for name in ("iqr_median", "max_min") if figures[name] > getattr(rule, name)]
+    share = figures.get("cpu_share")
+    if share is not None and share < rule.cpu_share:
+        failed.append("cpu_share")
+    return failed
+
+
+@dataclass
+class Outcome:
+    """Every measurement of a point, in order, and which one was kept."""
+
+    measurements: list[Measurement]
+    kept: int
+    rule: NoiseRule
+
+    @property
+    def chosen(self) -> Measurement:
+        return self.measurements[self.kept]
+
+    def info(self) -> dict[str, Any]:
+        """The point's ``noise``, ``remeasured`` and ``noisy`` extra_info (bench/SCHEMA.md)."""
+        runs = [m.figures() for m in self.measurements]
+        runs = [figures | {"failed": failures(figures, self.rule)} for figures in runs]
+        kept = runs[self.kept]
+        return {
+            "noise": {
+                **{k: kept[k] for k in ("iqr_median", "max_min", "cpu_share", "failed")},
+                "kept": self.kept,
+                "measurements": runs,
+                "limits": self.rule.limits(),
+            },
+            "remeasured": len(runs) > 1,
+            "noisy": bool(kept["failed"]),
+            "cpu_share": kept["cpu_share"],
+        }
+
+
+def _timed(call: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = call()
+    return out, time.perf_counter() - start
+
+
+def warm_up(
+    call: Callable[[], Any], budget_s: float, disturb: Disturb | None = None
+) -> tuple[Any, float]:
+    """(the last call's output, the call time to calibrate from).
+
+    The first call pays one-off costs and is not used, unless it is slower than the whole
+    budget: then it is the figure, and the point is not called again before it is timed.
+    Then up to WARMUP_CALLS calls, stopping once WARMUP_MIN_CALLS ran and took half the budget,
+    or once they took the whole budget; the figure is their median.
+    """
+    _disturb(disturb, "first", 0)
+    out, first = _timed(call)
+    if first >= budget_s:
+        return out, max(first, 1e-9)
+    times: list[float] = []
+    while len(times) < WARMUP_CALLS:
+        _disturb(disturb, "warmup", len(times))
+        out, seconds = _timed(call)
+        times.append(seconds)
+        spent = sum(times)
+        if spent >= budget_s or (len(times) >= WARMUP_MIN_CALLS and spent >= budget_s / 2):
+            break
+    return out, max(statistics.median(times), 1e-9)
+
+
+def rounds_for(seconds: float, timing: Timing) -> int:
+    """Rounds for a call of ``seconds``: the budget's worth, within [min_rounds, max_rounds],
+    and at least FAST_MIN_ROUNDS for a call shorter than budget / FAST_FRACTION. A call
+    slower than the whole budget still runs (min_rounds times, at least once)."""
+    rounds = min(max(math.ceil(timing.budget_s / seconds), timing.min_rounds), timing.max_rounds)
+    if seconds < timing.budget_s / FAST_FRACTION:
+        rounds = max(rounds, FAST_MIN_ROUNDS)
+    return max(rounds, 1)
+
+
+def _disturb(disturb: Disturb | None, phase: str, index: int) -> None:
+    if disturb is not None:
+        disturb(phase, index)
+
+
+@contextmanager
+def _no_probe() -> Iterator[dict[str, Any]]:
+    yield {}
+
+
+def measure(
+    benchmark,
+    call: Callable[[], Any],
+    rounds: int,
+    timing: Timing,
+    *,
+    rule: NoiseRule = RULE,
+    disturb: Disturb | None = None,
+    probe: Callable[[], AbstractContextManager[dict[str, Any]]] = _no_probe,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Outcome:
+    """Time ``call`` for ``rounds`` rounds through ``benchmark.pedantic``; if that measurement
+    is noisy, pause and time it once more, and keep the quieter of the two (its data become
+    pytest-benchmark's stats). ``probe()`` wraps each measurement and fills a dict of its own
+    figures (energy, ...) that lands in ``Measurement.extra``."""
+    first = _measure_once(benchmark, call, rounds, disturb, probe, again=False)
+    outcome = Outcome([first], 0, rule)
+    if not failures(first.figures(), rule):
+        return outcome
+    sleep(rule.pause_s)
+    again_rounds = rounds_for(first.figures()["median_s"], timing)
+    second = _measure_once(
+        benchmark, call, again_rounds, disturb, probe, again=True, budget_s=timing.budget_s
+    )
+    outcome.measurements.append(second)
+    outcome.kept = quieter(first, second, rule)
+    if outcome.kept == 1:
+        _replace_stats(benchmark, second.data)
+    return outcome
+
+
+def quieter(first: Measurement, second: Measurement, rule: NoiseRule = RULE) -> int:
+    """0 or 1: the measurement that passes the noise test; if both or neither do, the one with
+    the lower median (load on a machine only ever adds time)."""
+    a, b = first.figures(), second.figures()
+    passes = (not failures(a, rule), not failures(b, rule))
+    if passes[0] != passes[1]:
+        return 0 if passes[0] else 1
+    return 0 if a["median_s"] <= b["median_s"] else 1
+
+
+def _measure_once(
+    benchmark, call, rounds, disturb, probe, *, again: bool, budget_s: float = math.inf
+) -> Measurement:
+    with probe() as extra:
+        start = telemetry.cpu_snapshot()
+        if again:
+            data = _time_rounds(benchmark, call, rounds, disturb, AGAIN_MAX_BUDGETS * budget_s)
+        else:
+            index = iter(range(rounds))
+
+            def timed():
+                _disturb(disturb, "timed", next(index))
+                return call()
+
+            # pytest-benchmark times only the target's own call, so the hook's sleep counts
+            # (that is the injected noise), and nothing else of ours does.
+            benchmark.pedantic(timed if disturb else call, rounds=rounds, iterations=1)
+            data = list(benchmark.stats.stats.data)
+        share = telemetry.cpu_share(start, telemetry.cpu_snapshot())
+    return Measurement(data, share, dict(extra))
+
+
+def _time_rounds(
+    benchmark, call, rounds: int, disturb: Disturb | None, limit_s: float = math.inf
+) -> list[float]:
+    """``rounds`` timed calls as pytest-benchmark's pedantic runner makes them: its timer, its
+    garbage-collector setting, one call per round (pedantic cannot be called twice); fewer
+    once at least 3 rounds took ``limit_s``."""
+    options = getattr(benchmark.stats, "options", {}) or {}
+    timer = options.get("timer") or time.perf_counter
+    timer = getattr(timer, "target", timer)  # pytest-benchmark may wrap it in a NameWrapper
+    data = []
+    gc_was_enabled = gc.isenabled()
+    if options.get("disable_gc"):
+        gc.disable()
+    try:
+        for index in range(rounds):
+            _disturb(disturb, "again", index)
+            start = timer()
+            call()
+            data.append(timer() - start)
+            if len(data) >= 3 and sum(data) >= limit_s:
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return data
+
+
+def _replace_stats(benchmark, data: list[float]) -> None:
+    """Make ``data`` the benchmark's stats (the same Metadata, so the session's list, the JSON
+    and ``pytest-benchmark compare`` see only the kept measurement)."""
+    from pytest_benchmark.stats import Stats
+
+    stats = Stats()
+    for seconds in data:
+        stats.update(seconds)
+    benchmark.stats.stats = stats
+
+
+def describe_rule(rule: NoiseRule = RULE) -> str:
+    """The rule in words, for the session header."""
+    return (
+        f"noisy when IQR/median > {rule.iqr_median:g}, max/min > {rule.max_min:g} or CPU share "
+        f"< {rule.cpu_share:g}; re-measured once after {rule.pause_s:g} s"
+    )

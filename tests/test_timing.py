@@ -134,6 +134,15 @@ def test_a_noisy_measurement_is_taken_again_and_the_quieter_kept():
     assert again["rounds"] == QUICK.max_rounds  # recalibrated from the first median
 
 
+def test_no_remeasurement_runs_past_the_point_s_time_limit():
+    bench = FakeBenchmark()
+    rule = timing.NoiseRule(iqr_median=-1, max_min=0)  # every measurement fails
+    soon = timing.time.perf_counter() + rule.pause_s / 2
+    outcome = timing.measure(bench, lambda: None, 3, QUICK, rule=rule, deadline=soon)
+    info = outcome.info()
+    assert not info["remeasured"] and info["noisy"] and "max_min" in info["noise"]["failed"]
+
+
 def test_a_quiet_measurement_is_taken_once():
     bench = FakeBenchmark()
     rule = timing.NoiseRule(max_min=50, iqr_median=5, cpu_share=0.0)

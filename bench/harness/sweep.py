@@ -149,6 +149,7 @@ class Sweep:
         self._backends: dict[tuple[str, str], Any] = {}
         self._memo: dict[Any, Any] = {}
         self.rule = RULE  # the noise test (bench/harness/timing.py)
+        self._deadline: float | None = None  # the running point's time limit (perf_counter)
 
     # --- backends and devices -------------------------------------------------------------
 
@@ -224,8 +225,10 @@ class Sweep:
         if skip:
             self._finish(benchmark, info, "skipped", skip, start)
             pytest.skip(f"skipped: {skip}")
+        limit = self.settings.timeout_s
+        self._deadline = time.perf_counter() + limit if limit else None
         try:
-            with time_limit(self.settings.timeout_s):
+            with time_limit(limit):
                 self._inject_faults(benchmark.name)
                 info |= self._measure(benchmark, backend, make_task)
         except (Exception, PointTimeout) as exc:
@@ -301,6 +304,7 @@ class Sweep:
             rule=self.rule,
             disturb=disturb,
             probe=lambda: _energy(backend.device),
+            deadline=self._deadline,
         )
         kept = outcome.chosen
         joules = kept.extra.get("joules")

@@ -191,14 +191,19 @@ def measure(
     disturb: Disturb | None = None,
     probe: Callable[[], AbstractContextManager[dict[str, Any]]] = _no_probe,
     sleep: Callable[[float], None] = time.sleep,
+    deadline: float | None = None,
 ) -> Outcome:
     """Time ``call`` for ``rounds`` rounds through ``benchmark.pedantic``; if that measurement
     is noisy, pause and time it once more, and keep the quieter of the two (its data become
     pytest-benchmark's stats). ``probe()`` wraps each measurement and fills a dict of its own
-    figures (energy, ...) that lands in ``Measurement.extra``."""
+    figures (energy, ...) that lands in ``Measurement.extra``. ``deadline`` (perf_counter
+    seconds): the per-point time limit; no re-measurement that would likely run past it (the
+    point stays noisy rather than turn into a time-out)."""
     first = _measure_once(benchmark, call, rounds, disturb, probe, again=False)
     outcome = Outcome([first], 0, rule)
     if not failures(first.figures(), rule):
+        return outcome
+    if deadline is not None and time.perf_counter() + rule.pause_s + 2 * sum(first.data) > deadline:
         return outcome
     sleep(rule.pause_s)
     again_rounds = rounds_for(first.figures()["median_s"], timing)

@@ -47,6 +47,8 @@ class JaxBackend:
 
     ddim = staticmethod(operators.ddim)
     divergence = staticmethod(operators.divergence)
+    value_and_ddim = staticmethod(operators.value_and_ddim)
+    value_and_divergence = staticmethod(operators.value_and_divergence)
 
 
 def _jax_devices() -> dict[str, jax.Device]:

@@ -99,11 +99,25 @@ class HollowNet(_Model):
 
     def transformer(self, x: jax.Array, h: jax.Array, t: jax.Array | None = None) -> jax.Array:
         """f, shape (batch, dim): one MLP shared by all dimensions, over rows [x_i, h_i, t]."""
-        parts = [x[..., None], h]
-        if t is not None:
-            parts.append(jnp.broadcast_to(jnp.reshape(t, (-1, 1, 1)), (*x.shape, 1)))
-        z = self._dense("tau", jnp.concatenate(parts, axis=-1), len(self.spec.trans_hidden) + 1)
+        z = self.transformer_first(x, h, t)
+        for j in range(1, len(self.spec.trans_hidden) + 1):
+            z = self.act(z) @ self.params[f"tau{j}_w"] + self.params[f"tau{j}_b"]
         return z[..., 0]
+
+    def transformer_first(
+        self, x: jax.Array, h: jax.Array, t: jax.Array | None = None
+    ) -> jax.Array:
+        """The transformer's first pre-activation, (batch, dim, width).
+
+        Split by input rather than over concatenated rows [x_i, h_i, t]: h's block is one
+        matmul, x's column (and t's) a broadcast multiply-add, so no row copy is made.
+        """
+        d_h = self.spec.d_h
+        w0 = self.params["tau0_w"]
+        z = h @ w0[1 : 1 + d_h] + x[..., None] * w0[0] + self.params["tau0_b"]
+        if t is not None:
+            z = z + jnp.reshape(t, (-1, 1, 1)) * w0[1 + d_h]
+        return z
 
 
 @functools.cache

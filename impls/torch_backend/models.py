@@ -115,17 +115,27 @@ class HollowNet(_Model):
         self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor | None = None
     ) -> torch.Tensor:
         """f, shape (batch, dim): one MLP shared by all dimensions, over rows [x_i, h_i, t]."""
-        z = self._dense("tau", self.transformer_rows(x, h, t), len(self.spec.trans_hidden) + 1)
-        return z[..., 0]
+        z = self.transformer_first(x, h, t)
+        for j in range(1, len(self.spec.trans_hidden) + 1):
+            z = torch.addmm(self.params[f"tau{j}_b"], self.act(z), self.params[f"tau{j}_w"])
+        return z[:, 0].view(x.shape)
 
-    def transformer_rows(
+    def transformer_first(
         self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The transformer's input rows [x_i, h_i, t], shape (batch, dim, 1 + d_h (+ 1))."""
-        parts = [x[..., None], h]
+        """The transformer's first pre-activation over its rows, (batch * dim, width).
+
+        Split by input rather than over concatenated rows [x_i, h_i, t]: h's block is one
+        matmul, x's column (and t's) a broadcast multiply-add, so no row copy is made.
+        """
+        d_h = self.spec.d_h
+        w0, b0 = self.params["tau0_w"], self.params["tau0_b"]
+        z = torch.addmm(b0, h.reshape(-1, d_h), w0[1 : 1 + d_h])
+        z = torch.addcmul(z, x.reshape(-1, 1), w0[0])
         if t is not None:
-            parts.append(t.reshape(-1, 1, 1).expand(x.shape[0], x.shape[1], 1))
-        return torch.cat(parts, dim=-1)
+            batch, dim = x.shape
+            z = (z.view(batch, dim, -1) + t.reshape(-1, 1, 1) * w0[1 + d_h]).view(batch * dim, -1)
+        return z
 
     def _made_masks(self, direction: str, n: int) -> list[torch.Tensor]:
         return [getattr(self, f"mask_{direction}{j}") for j in range(n)]

@@ -1,12 +1,18 @@
-"""Taylor mode through a HollowNet's transformer: D_dim^k in one pass of truncated series.
+"""Value and tangent (Taylor mode) through a HollowNet's transformer, carried by hand.
 
-PyTorch has no ``jax.experimental.jet``, and k nested JVPs cost 2^k passes. The transformer is
-linear layers with an elementwise activation between them, so the Taylor series of
-tau(x_i + s, h_i) in s propagate in closed form: a linear layer maps every coefficient (the
-bias only the constant one), and an activation y = a(z) with y' = g(z) z' gets
-``y_m = (1/m) sum_{j=1..m} j z_j g_{m-j}``, g's own series built alongside. That is O(k^2)
-elementwise work and k matmuls per layer. Plain tensor ops, so gradients to x and every
-parameter are exact and the pass works under CUDA graphs and torch.compile.
+Along x_i + s only the first input column of tau's first layer moves, so the series of
+tau(x_i + s, h_i) in s propagate in closed form: the first layer's pre-activation is
+``z = z_0 + s W0[0]``, a linear layer maps every coefficient (the bias only the constant one),
+and an activation y = a(z) with y' = g(z) z' gets ``y_m = (1/m) sum_{j=1..m} j z_j g_{m-j}``,
+g's own series built alongside. For k = 1 that is the tangent ``t = a'(z) * (t_prev W)``: one
+extra matmul per hidden layer, no reverse pass. O(k^2) elementwise work and k matmuls per
+layer in general.
+
+These are plain tensor ops: there is no nested ``autograd.grad`` and no dual tensor, so one
+ordinary reverse pass trains through them, exactly, into x and every parameter (the
+conditioner's share through h included, since nothing is detached), and the pass runs under
+CUDA graphs and torch.compile. PyTorch has no ``jax.experimental.jet``, and k nested JVPs
+would cost 2^k passes. The JAX backend's ``taylor`` module is the same code.
 """
 
 from __future__ import annotations
@@ -17,27 +23,44 @@ import torch
 
 Series = list[torch.Tensor]  # coefficients c_0, c_1, ...: the j-th derivative is j! c_j
 
+# Fused y' * z' for the k = 1 tangent, y = act(z) (differentiable: autograd has their rules).
+_TANGENT = {
+    "tanh": torch.ops.aten.tanh_backward,
+    "sigmoid": torch.ops.aten.sigmoid_backward,
+}
 
-def ddim(net, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor | None, k: int) -> torch.Tensor:
-    """d^k tau_i / dx_i^k at h held fixed, shape (batch, dim)."""
+
+def jet(net, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor | None, k: int) -> Series:
+    """``[tau, d tau/dx_i, ..., d^k tau/dx_i^k]`` at h held fixed, each (batch, dim)."""
     spec = net.spec
-    rows = net.transformer_rows(x, h, t)
-    w0, b0 = net.params["tau0_w"], net.params["tau0_b"]
-    # Along x_i + s only the first input column moves: z = rows @ W0 + b0 + s * W0[0], a
-    # series whose higher coefficients are zero (left out: a series may stop short of k).
-    z = [rows @ w0 + b0, w0[0]]
+    batch, dim = x.shape
+    w0 = net.params["tau0_w"]
+    # Along x_i + s only the first input column moves; higher coefficients are zero and left
+    # out (a series may stop short of k).
+    z = [net.transformer_first(x, h, t), w0[0]]
     for j in range(1, len(spec.trans_hidden) + 1):
         y = _activation(spec.activation, net.act, z, k)
         w, b = net.params[f"tau{j}_w"], net.params[f"tau{j}_b"]
-        z = [y[0] @ w + b, *(c @ w for c in y[1:])]
-    if k >= len(z):  # no activation: tau is affine in x_i
-        return torch.zeros_like(x)
-    return math.factorial(k) * z[k][..., 0]
+        z = [torch.addmm(b, y[0], w), *(c @ w for c in y[1:])]
+    out = [z[0][:, 0].view(batch, dim)]
+    for m in range(1, k + 1):
+        if m >= len(z):  # tau is a polynomial of lower degree in x_i
+            out.append(torch.zeros_like(x))
+        else:
+            out.append((math.factorial(m) * z[m][..., 0]).expand(batch * dim).view(batch, dim))
+    return out
+
+
+def ddim(net, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor | None, k: int) -> torch.Tensor:
+    """d^k tau_i / dx_i^k at h held fixed, shape (batch, dim)."""
+    return jet(net, x, h, t, k)[k]
 
 
 def _activation(name: str, act, z: Series, k: int) -> Series:
     """The series of act(z) to order k from the series z."""
     y = [act(z[0])]
+    if k == 1 and name in _TANGENT and len(z) > 1:
+        return [y[0], _TANGENT[name](z[1].expand_as(y[0]), y[0])]
     if name == "sin":  # sin' = cos, cos' = -sin
         cos, minus_y = [torch.cos(z[0])], []
         for m in range(1, k + 1):

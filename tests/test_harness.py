@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.harness import grid, journal, options
@@ -26,7 +27,7 @@ from impls import EXACT_METHODS, HOLLOW_METHODS, METHODS, HollowSpec
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_KEYS = {
     "backend", "device", "device_name", "workload", "method", "model", "d", "batch", "k",
-    "n_probes", "mode", "dtype", "matmul_precision", "n_params", "flops", "compile_s",
+    "n_probes", "mode", "step", "dtype", "matmul_precision", "n_params", "flops", "compile_s",
     "peak_mem_bytes", "error", "error_kind", "energy_j", "status", "reason",
 }  # fmt: skip
 
@@ -467,3 +468,45 @@ def test_torch_variants_time_the_same_step():
     torch.testing.assert_close(compiled(*args), fn(*args))
     with pytest.raises(ValueError, match="unknown torch variant 'graph'"):
         torch_variant(fn, args, "graph")
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "jax"])
+@pytest.mark.parametrize("method", ["hollow", "hollow_forward", "hutchinson"])
+def test_train_step_is_fair(backend_name, method):
+    """The train step runs the model's forward once: f comes from the operator's own pass
+    (value_and_*), not from a second net(x). Counted on the forward's first op, the
+    conditioner for a HollowNet and the whole MLP for Hutchinson."""
+    pytest.importorskip(backend_name)
+    from bench.harness import operators
+    from impls import MLPSpec, load_backend
+
+    backend = load_backend(backend_name, "cpu")
+    hollow = method != "hutchinson"
+    model = "hollownet" if hollow else "mlp_flop_matched"
+    point = grid.Point("divergence", backend_name, "cpu", method, model, 4, 3, 1, "train",
+                       n_probes=None if hollow else 1)  # fmt: skip
+    spec = HollowSpec(dim=4, d_h=2) if hollow else MLPSpec(dim=4)
+    net = backend.build(spec)
+    x = backend.asarray(np.zeros((3, 4), dtype="float32"))
+    calls = []
+    cls = type(net)
+    name = "conditioner" if hollow else "evaluate"
+    original = getattr(cls, name)
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    setattr(cls, name, counted)
+    try:
+        fn, args, _, _ = operators.step(backend, net, x, point)
+        if backend_name == "jax":
+            import jax
+
+            with jax.disable_jit():  # no cached trace of the inner jit skips the count
+                jax.make_jaxpr(fn)(*args)
+        else:
+            fn(*args)
+    finally:
+        setattr(cls, name, original)
+    assert len(calls) == 1

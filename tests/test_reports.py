@@ -279,6 +279,22 @@ def test_not_run_points_are_rows_with_nan_times_never_zeros(tmp_path):
     assert len(frame) == len(points("alpha"))
 
 
+def test_train_points_without_a_step_read_as_the_old_separate_forward_step(tmp_path):
+    doc = results_json("alpha")
+    old, new, evaluated = (json.loads(json.dumps(doc["benchmarks"][0])) for _ in range(3))
+    old["extra_info"]["mode"] = "train"
+    old["extra_info"].pop("step", None)
+    new["extra_info"] |= {"mode": "train", "step": "value_and"}
+    new["name"] = new["fullname"] = "new"
+    evaluated["name"] = evaluated["fullname"] = "evaluated"
+    doc["benchmarks"] = [old, new, evaluated]
+    doc["hollowbench"]["not_run"] = []
+    frame = load_results([str(write_json(tmp_path / "a.json", doc))]).set_index("name")
+    assert frame.loc[old["name"], "step"] == "separate_forward"
+    assert frame.loc["new", "step"] == "value_and"
+    assert pd.isna(frame.loc["evaluated", "step"])
+
+
 def test_not_run_points_are_listed_and_marked_in_the_figures(report, tmp_path):
     listed = table(report, "not_run")
     assert sorted(listed["status"]) == ["oom", "oom", "timeout", "timeout"]

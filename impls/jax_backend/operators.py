@@ -162,7 +162,10 @@ def _grad_of_sum_with_aux(g):
 def _hollow_forward(net: HollowNet, x: jax.Array, t, k: int) -> tuple[jax.Array, jax.Array]:
     """Value and tangent (Taylor series for k > 1) carried by hand through the transformer
     (:mod:`taylor`): exact, since tau is separable, and trained by one ordinary reverse pass."""
-    series = taylor.jet(net, x, net.conditioner(x, t), t, k)
+    h = net.conditioner(x, t)
+    if k == 1:  # in cache-sized chunks, with a backward that recomputes each one
+        return taylor.value_and_tangent(net, x, h, t)
+    series = taylor.jet(net, x, h, t, k)
     return series[0], series[k]
 
 

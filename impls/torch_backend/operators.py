@@ -134,7 +134,10 @@ def _hollow_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Value and tangent (Taylor series for k > 1) carried by hand through the transformer
     (:mod:`taylor`): exact, since tau is separable, and trained by one ordinary reverse pass."""
-    series = taylor.jet(net, x, net.conditioner(x, t), t, k)
+    h = net.conditioner(x, t)
+    if k == 1:  # in cache-sized chunks, with a backward that recomputes each one
+        return taylor.value_and_tangent(net, x, h, t)
+    series = taylor.jet(net, x, h, t, k)
     return series[0], series[k]
 
 

@@ -109,6 +109,8 @@ def value_and_tangent(
     """(tau, d tau / dx_i) at h held fixed, each (batch, dim): :func:`jet` for k = 1, run in
     cache-sized chunks of rows with a backward that recomputes each chunk."""
     spec = net.spec
+    if not spec.trans_hidden:  # an affine tau: nothing to chunk
+        return tuple(jet(net, x, h, t, 1))
     n = len(spec.trans_hidden) + 1
     layers = tuple((net.params[f"tau{j}_w"], net.params[f"tau{j}_b"]) for j in range(n))
     batch, dim = x.shape

@@ -129,6 +129,8 @@ def value_and_tangent(
     cache-sized chunks of rows with a backward that recomputes each chunk. Differentiable once
     (a train step's backward), not twice."""
     spec = net.spec
+    if not spec.trans_hidden:  # an affine tau: nothing to chunk
+        return tuple(jet(net, x, h, t, 1))
     batch, dim = x.shape
     weights = []
     for j in range(len(spec.trans_hidden) + 1):

@@ -138,7 +138,9 @@ def test_variants_run_only_where_they_can():
     by_variant = {v: [p for p in points if p.variant == v] for v in grid.ALL_VARIANTS}
     assert {p.backend for p in by_variant["jit"]} == {"jax"}
     assert all(p.device.startswith("cuda") for p in by_variant["cudagraph"])
-    assert {p.mode for p in by_variant["compile"]} == {"eval"}
+    # compile trains only where the train step differentiates once
+    compiled_train = {p.method for p in by_variant["compile"] if p.mode == "train"}
+    assert compiled_train == set(grid.COMPILE_TRAIN_METHODS) == {"hollow_forward"}
     others = by_variant["cudagraph"] + by_variant["compile"]
     assert {p.method for p in others} == set(grid.VARIANT_METHODS)
     # Every variant point has its eager twin, named apart so the eager figure stays.
@@ -151,9 +153,14 @@ def test_variants_run_only_where_they_can():
         assert p.label == f"{p.method}+{p.variant}"
 
 
-def test_quick_preset_leaves_compile_out_and_variants_can_be_chosen():
+def test_quick_preset_compiles_a_few_points_and_variants_can_be_chosen():
     quick = _points(options.resolve({}))
-    assert {p.variant for p in quick} == {"eager", "cudagraph", "jit"}
+    assert {p.variant for p in quick} == {"eager", "cudagraph", "compile", "jit"}
+    compiled = [p for p in quick if p.variant == "compile" and p.device == "cpu"]
+    assert {p.d for p in compiled} == {128, 512}
+    assert {p.method for p in compiled} == set(grid.VARIANT_METHODS)
+    assert {p.mode for p in compiled} == {"eval", "train"}
+    assert len(compiled) <= 10  # 15-60 s of compilation each on a 2-core CPU
     only = _points(options.resolve({"variants": "cudagraph"}))
     assert only and {(p.backend, p.variant) for p in only} == {("torch", "cudagraph")}
 
@@ -466,6 +473,18 @@ def test_torch_variants_time_the_same_step():
     compiled, learned = torch_variant(fn, args, "compile")
     assert learned["compile_s"] > 0
     torch.testing.assert_close(compiled(*args), fn(*args))
+    # hollow_forward's train step differentiates once, so it compiles: same values, same grads
+    point = grid.Point("divergence", "torch", "cpu", "hollow_forward", "hollownet", 4, 3, 1,
+                       "train", variant="compile")  # fmt: skip
+    fn, args, _, learned = operators.step(backend, net, x, point)
+    assert learned["compile_s"] > 0
+    compiled_values = fn(*args)
+    compiled_grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+    eager_point = grid.Point(**{**point.__dict__, "variant": ""})
+    eager, _, _, _ = operators.step(backend, net, x, eager_point)
+    torch.testing.assert_close(compiled_values, eager(*args))
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(compiled_grads[n], p.grad)
     with pytest.raises(ValueError, match="unknown torch variant 'graph'"):
         torch_variant(fn, args, "graph")
 

@@ -12,7 +12,7 @@ CONDITION_KEYS = ("load_1m", "gpu_processes", "sm_clock_mhz", "throttle_reasons"
 # Keys every point's extra_info carries; None where they do not apply.
 INFO_KEYS = (
     "backend", "device", "device_name", "workload", "method", "variant", "model", "d", "batch", "k",
-    "n_probes", "mode", "dtype", "matmul_precision", "n_params", "flops", "compile_s",
+    "n_probes", "mode", "step", "dtype", "matmul_precision", "n_params", "flops", "compile_s",
     "peak_mem_bytes", "peak_mem_kind", "error", "error_kind", "energy_j", "energy_kind",
     "predicted_bytes", "wall_s", "status", "reason", *NOISE_KEYS, *CONDITION_KEYS,
 )  # fmt: skip

@@ -6,6 +6,7 @@
 >>> x = B.asarray(np.random.randn(32, 8).astype("float32"))
 >>> B.divergence(net, x)                            # (32,), exact, costs ~1 pass
 >>> B.ddim(net, x, k=2, method="hollow_forward")    # (32, 8): d^2 f_i / dx_i^2
+>>> f, div = B.value_and_divergence(net, x)         # f and its divergence from one pass
 """
 
 from __future__ import annotations
@@ -141,6 +142,17 @@ class Backend(Protocol):
 
     def divergence(self, net: Any, x: Any, method: str = "hollow", **opts: Any) -> Any:
         """sum_i df_i/dx_i, shape (batch,)."""
+
+    def value_and_ddim(
+        self, net: Any, x: Any, k: int = 1, method: str = "hollow", **opts: Any
+    ) -> tuple[Any, Any]:
+        """(f(x), D_dim^k f(x)), both (batch, dim), from one forward pass."""
+
+    def value_and_divergence(
+        self, net: Any, x: Any, method: str = "hollow", **opts: Any
+    ) -> tuple[Any, Any]:
+        """(f(x) (batch, dim), its divergence (batch,)), from one forward pass: the fair train
+        step's loss takes both and runs one backward."""
 
 
 def load_backend(name: str, device: str | None = None) -> Backend:

@@ -334,6 +334,9 @@ def annotate(frame: pd.DataFrame) -> pd.DataFrame:
     default = frame["backend"].map(DEFAULT_VARIANT).where(operator)
     frame["variant"] = frame["variant"].fillna(default)
     _nfe_kind(frame)
+    # Train points from before the fair step took the loss's f from a second net(x).
+    old_train = operator & frame["mode"].eq("train") & frame["step"].isna()
+    frame["step"] = frame["step"].where(~old_train, "separate_forward")
     frame["time_ms"] = frame["median_s"] * 1e3
     frame["device_id"] = _device_ids(frame)
     frame["series"] = [_series_label(*row) for row in frame[["method", "model", "n_probes"]].values]

@@ -9,6 +9,7 @@ when the inputs have no such point; a point that did not run is never a zero.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -449,6 +450,66 @@ def scaling_fits(frame: pd.DataFrame) -> pd.DataFrame:
     return _display(pd.DataFrame(rows))
 
 
+def step_flops(row: pd.Series) -> float:
+    """The analytic FLOPs of one divergence step (k = 1) of ``row``'s method: NaN otherwise.
+
+    With F the model's forward FLOPs per sample (``flops``): Hutchinson with m probes is a
+    forward and m input VJPs, (1 + m) F; a hollow method is the forward plus the tangent
+    through tau's layers after the first (one extra pass of each of those matmuls, either
+    carried forward or, for ``hollow``, taken in reverse); a dense method is the forward and
+    d passes. A train step adds its reverse pass: 3x, as for any graph of matmuls (and F
+    for the second forward of a "separate_forward" step).
+    """
+    if row.get("workload") != "divergence" or row.get("k") != 1 or pd.isna(row.get("flops")):
+        return float("nan")
+    flops, d, method = float(row["flops"]), int(row["d"]), row["method"]
+    if method == "hutchinson":
+        per_sample = (1 + int(row["n_probes"] if pd.notna(row["n_probes"]) else 1)) * flops
+    elif method in ("hollow", "hollow_forward"):
+        try:
+            hidden = [*json.loads(row["model_spec"])["trans_hidden"], 1]
+        except (TypeError, KeyError, ValueError):
+            return float("nan")
+        per_sample = flops + 2 * d * sum(a * b for a, b in itertools.pairwise(hidden))
+    else:
+        per_sample = (1 + d) * flops
+    if row["mode"] == "train":
+        # the reverse pass; a step from before the fair one also ran a second forward
+        per_sample = 3 * per_sample + (flops if row.get("step") == "separate_forward" else 0)
+    return per_sample * int(row["batch"])
+
+
+def efficiency_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Achieved FLOP/s of each divergence point and its fraction of the FLOP-matched MLP's
+    Hutchinson-1 step's on the same device, backend, variant, mode, step, batch and d."""
+    div = _workload(frame, "divergence")
+    div = div[div["k"].eq(1).fillna(False) & div["status"].eq("ok")]
+    if div.empty or "model_spec" not in div:
+        raise NoData("needs measured divergence points")
+    div = div.assign(step_gflop=[step_flops(r) / 1e9 for _, r in div.iterrows()])
+    div = div[div["step_gflop"].notna()]
+    if div.empty:
+        raise NoData("no divergence point has analytic step FLOPs")
+    keys = [*facet_columns(div), "step", "d"]
+    rows = ["method", "model", "n_probes"]
+    per = div.groupby([*keys, *rows], dropna=False).agg(
+        time_ms=("time_ms", "median"), step_gflop=("step_gflop", "first")
+    )
+    per = per.reset_index()
+    per["gflop_per_s"] = per["step_gflop"] / (per["time_ms"] / 1e3)
+    mlp = per[
+        per["method"].eq("hutchinson")
+        & per["model"].eq("mlp_flop_matched")
+        & per["n_probes"].eq(1).fillna(False)
+    ][[*keys, "gflop_per_s"]].rename(columns={"gflop_per_s": "mlp_gflop_per_s"})
+    table = per.merge(mlp, on=keys, how="left")
+    table["fraction of FLOP-matched MLP step"] = table["gflop_per_s"] / table["mlp_gflop_per_s"]
+    table = table.drop(columns=["mlp_gflop_per_s"]).rename(
+        columns={"time_ms": "ms", "step_gflop": "step GFLOP", "gflop_per_s": "GFLOP/s"}
+    )
+    return _display(table)
+
+
 TABLES: tuple[Table, ...] = (
     Table(
         "c1_ddim_k_passes",
@@ -534,6 +595,22 @@ TABLES: tuple[Table, ...] = (
         "train is the mean squared residual plus the backward pass into both nets. A cell "
         "holds the status of a point that did not run; 'missing' names a side the inputs lack.",
         sde_table,
+    ),
+    Table(
+        "efficiency",
+        "Efficiency: achieved FLOP/s against the FLOP-matched MLP step",
+        "A method is as fast as its FLOPs allow when it runs at the machine's matmul rate: "
+        "the FLOP-matched MLP's Hutchinson-1 step, nearly all GEMMs, stands for that rate, so "
+        "a fraction well below 1 is time lost to layout, memory traffic or launches, not to "
+        "arithmetic.",
+        "Divergence workload, k = 1, measured points: 'step GFLOP' is the step's analytic "
+        "FLOPs (F the model's forward FLOPs per sample, times the batch: Hutchinson with m "
+        "probes (1 + m) F; a hollow method F plus one pass of tau's matmuls after its first "
+        "layer; a dense method (1 + d) F; a train step 3x that, for its reverse pass); "
+        "'GFLOP/s' is that over the median time, and the fraction divides it by the "
+        "FLOP-matched MLP Hutchinson-1 step's GFLOP/s at the same backend, device, variant, "
+        "mode, train step definition ('step'), batch and d.",
+        efficiency_table,
     ),
     Table(
         "scaling_exponents",

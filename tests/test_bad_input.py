@@ -39,6 +39,12 @@ def test_bad_call(backend, case, rng):
     x = backend.asarray((make_x or (lambda r: r.standard_normal((3, 5))))(rng))
     with pytest.raises(error, match=pattern):
         backend.ddim(net, x, **kwargs)
+    # value_and_ddim checks the same way and says the same words.
+    with pytest.raises(error, match=pattern):
+        backend.value_and_ddim(net, x, **kwargs)
+    if "k" not in kwargs:
+        with pytest.raises(error, match=pattern):
+            backend.value_and_divergence(net, x, **kwargs)
 
 
 def test_non_array_input(backend):
@@ -47,6 +53,8 @@ def test_non_array_input(backend):
         backend.divergence(net, np.zeros((2, 5)))
     with pytest.raises(TypeError, match="net must be a model"):
         backend.divergence(object(), backend.asarray(np.zeros((2, 5))))
+    with pytest.raises(TypeError, match="x must be a"):
+        backend.value_and_divergence(net, np.zeros((2, 5)))
 
 
 def test_hollow_methods_reject_mlps(backend, rng):
@@ -55,6 +63,8 @@ def test_hollow_methods_reject_mlps(backend, rng):
     for method in ("hollow", "hollow_forward"):
         with pytest.raises(ValueError, match="needs a HollowNet, got MLPSpec"):
             backend.divergence(mlp, x, method=method)
+        with pytest.raises(ValueError, match="needs a HollowNet, got MLPSpec"):
+            backend.value_and_ddim(mlp, x, k=2, method=method)
 
 
 def test_time_argument_checked(backend, rng):

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.harness import grid, journal, options
@@ -26,7 +27,7 @@ from impls import EXACT_METHODS, HOLLOW_METHODS, METHODS, HollowSpec
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_KEYS = {
     "backend", "device", "device_name", "workload", "method", "model", "d", "batch", "k",
-    "n_probes", "mode", "dtype", "matmul_precision", "n_params", "flops", "compile_s",
+    "n_probes", "mode", "step", "dtype", "matmul_precision", "n_params", "flops", "compile_s",
     "peak_mem_bytes", "error", "error_kind", "energy_j", "status", "reason",
 }  # fmt: skip
 
@@ -149,7 +150,9 @@ def test_variants_run_only_where_they_can():
     by_variant = {v: [p for p in points if p.variant == v] for v in grid.ALL_VARIANTS}
     assert {p.backend for p in by_variant["jit"]} == {"jax"}
     assert all(p.device.startswith("cuda") for p in by_variant["cudagraph"])
-    assert {p.mode for p in by_variant["compile"]} == {"eval"}
+    # compile trains only where the train step differentiates once
+    compiled_train = {p.method for p in by_variant["compile"] if p.mode == "train"}
+    assert compiled_train == set(grid.COMPILE_TRAIN_METHODS) == {"hollow_forward"}
     others = by_variant["cudagraph"] + by_variant["compile"]
     assert {p.method for p in others} == set(grid.VARIANT_METHODS)
     # Every variant point has its eager twin, named apart so the eager figure stays.
@@ -162,9 +165,14 @@ def test_variants_run_only_where_they_can():
         assert p.label == f"{p.method}+{p.variant}"
 
 
-def test_quick_preset_leaves_compile_out_and_variants_can_be_chosen():
+def test_quick_preset_compiles_a_few_points_and_variants_can_be_chosen():
     quick = _points(options.resolve({}))
-    assert {p.variant for p in quick} == {"eager", "cudagraph", "jit"}
+    assert {p.variant for p in quick} == {"eager", "cudagraph", "compile", "jit"}
+    compiled = [p for p in quick if p.variant == "compile" and p.device == "cpu"]
+    assert {p.d for p in compiled} == {128, 512}
+    assert {p.method for p in compiled} == set(grid.VARIANT_METHODS)
+    assert {p.mode for p in compiled} == {"eval", "train"}
+    assert len(compiled) <= 10  # 15-60 s of compilation each on a 2-core CPU
     only = _points(options.resolve({"variants": "cudagraph"}))
     assert only and {(p.backend, p.variant) for p in only} == {("torch", "cudagraph")}
 
@@ -547,5 +555,58 @@ def test_torch_variants_time_the_same_step():
     compiled, compile_s, _ = backend.compile_step(fn, args, "compile")
     assert compile_s > 0
     torch.testing.assert_close(compiled(*args), fn(*args))
+    # hollow_forward's train step differentiates once, so it compiles: same values, same grads
+    point = grid.Point("divergence", "torch", "cpu", "hollow_forward", "hollownet", 4, 3, 1,
+                       "train")  # fmt: skip
+    fn, args, values_of = operators.step(backend, net, x, point)
+    compiled, compile_s, _ = backend.compile_step(fn, args, "compile")
+    assert compile_s > 0
+    compiled_values = values_of(compiled(*args))
+    compiled_grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+    torch.testing.assert_close(compiled_values, values_of(fn(*args)))
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(compiled_grads[n], p.grad)
     with pytest.raises(ValueError, match="unknown torch variant 'graph'"):
         backend.compile_step(fn, args, "graph")
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "jax"])
+@pytest.mark.parametrize("method", ["hollow", "hollow_forward", "hutchinson"])
+def test_train_step_is_fair(backend_name, method):
+    """The train step runs the model's forward once: f comes from the operator's own pass
+    (value_and_*), not from a second net(x). Counted on the forward's first op, the
+    conditioner for a HollowNet and the whole MLP for Hutchinson."""
+    pytest.importorskip(backend_name)
+    from bench.harness import operators
+    from impls import MLPSpec, load_backend
+
+    backend = load_backend(backend_name, "cpu")
+    hollow = method != "hutchinson"
+    model = "hollownet" if hollow else "mlp_flop_matched"
+    point = grid.Point("divergence", backend_name, "cpu", method, model, 4, 3, 1, "train",
+                       n_probes=None if hollow else 1)  # fmt: skip
+    spec = HollowSpec(dim=4, d_h=2) if hollow else MLPSpec(dim=4)
+    net = backend.build(spec)
+    x = backend.asarray(np.zeros((3, 4), dtype="float32"))
+    calls = []
+    cls = type(net)
+    name = "conditioner" if hollow else "evaluate"
+    original = getattr(cls, name)
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    setattr(cls, name, counted)
+    try:
+        fn, args, _ = operators.step(backend, net, x, point)
+        if backend_name == "jax":
+            import jax
+
+            with jax.disable_jit():  # no cached trace of the inner jit skips the count
+                jax.make_jaxpr(fn)(*args)
+        else:
+            fn(*args)
+    finally:
+        setattr(cls, name, original)
+    assert len(calls) == 1

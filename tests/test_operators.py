@@ -128,3 +128,42 @@ def test_affine_transformer_has_vanishing_higher_orders(backend, method, rng):
     for k in (1, 2, 3):
         err, _ = _ddim_error(backend, spec, method, k, rng, batch=2)
         assert err < TOL, f"k={k}"
+
+
+def _call_opts_for(spec, method):
+    opts = call_opts(spec)
+    if method == "hutchinson":
+        opts |= {"seed": 3, "n_probes": 2}
+    return opts
+
+
+@pytest.mark.parametrize("method", (*EXACT_METHODS, "hutchinson"))
+@pytest.mark.parametrize("spec_name", sorted(SPECS))
+def test_value_and_agrees_with_separate_calls(backend, spec_name, method, rng):
+    """value_and_* returns f(x) and exactly what divergence/ddim return on their own."""
+    spec = SPECS[spec_name]
+    net = backend.build(spec, seed=4)
+    x = backend.asarray(rng.standard_normal((3, spec.dim)))
+    opts = _call_opts_for(spec, method)
+    t = opts.get("t")
+    f_want = backend.to_numpy(net(t, x) if t is not None else net(x))
+    ks = (1,) if method == "hutchinson" else (1, 2)
+    for k in ks:
+        f, diag = backend.value_and_ddim(net, x, k=k, method=method, **opts)
+        assert np.abs(backend.to_numpy(f) - f_want).max() < TOL
+        want = backend.to_numpy(backend.ddim(net, x, k=k, method=method, **opts))
+        np.testing.assert_allclose(backend.to_numpy(diag), want, rtol=0, atol=TOL)
+    f, div = backend.value_and_divergence(net, x, method=method, **opts)
+    assert np.abs(backend.to_numpy(f) - f_want).max() < TOL
+    want = backend.to_numpy(backend.divergence(net, x, method=method, **opts))
+    np.testing.assert_allclose(backend.to_numpy(div), want, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("spec_name", sorted(SPECS))
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_value_and_tangent_by_hand(backend, spec_name, k, rng):
+    """hollow_forward, the value and Taylor series carried by hand through tau, to order 4 on
+    every test model (the other exact methods are checked to order 3 above)."""
+    err, scale = _ddim_error(backend, SPECS[spec_name], "hollow_forward", k, rng)
+    assert scale > 1e-3
+    assert err < TOL, f"{backend.name} k={k}: max error {err:.3g}"

@@ -280,6 +280,52 @@ def test_not_run_points_are_rows_with_nan_times_never_zeros(tmp_path):
     assert len(frame) == len(points("alpha"))
 
 
+def test_train_points_without_a_step_read_as_the_old_separate_forward_step(tmp_path):
+    doc = results_json("alpha")
+    old, new, evaluated = (json.loads(json.dumps(doc["benchmarks"][0])) for _ in range(3))
+    old["extra_info"]["mode"] = "train"
+    old["extra_info"].pop("step", None)
+    new["extra_info"] |= {"mode": "train", "step": "value_and"}
+    new["name"] = new["fullname"] = "new"
+    evaluated["name"] = evaluated["fullname"] = "evaluated"
+    doc["benchmarks"] = [old, new, evaluated]
+    doc["hollowbench"]["not_run"] = []
+    frame = load_results([str(write_json(tmp_path / "a.json", doc))]).set_index("name")
+    assert frame.loc[old["name"], "step"] == "separate_forward"
+    assert frame.loc["new", "step"] == "value_and"
+    assert pd.isna(frame.loc["evaluated", "step"])
+
+
+def test_efficiency_is_analytic_step_flops_over_time_against_the_mlp_step(tmp_path):
+    from reports.tables import efficiency_table, step_flops
+
+    doc = results_json("alpha")
+    for entry in doc["benchmarks"]:
+        entry["extra_info"]["model_spec"] = {"type": "HollowSpec", "trans_hidden": [4, 3]}
+    frame = load_results([str(write_json(tmp_path / "a.json", doc))])
+    table = efficiency_table(frame)
+    at = table.set_index(["method", "model", "d"])
+    mlp = at.loc[("hutchinson", "mlp_flop_matched", 32)]
+    assert mlp["fraction of FLOP-matched MLP step"] == pytest.approx(1.0)
+    assert mlp["step GFLOP"] == pytest.approx(2 * flops(32) * 16 / 1e9)  # (1 + 1 probe) F b
+    hollow = at.loc[("hollow", "hollownet", 32)]
+    tangent = 2 * 32 * (4 * 3 + 3 * 1)  # tau's matmuls after its first layer, per sample
+    assert hollow["step GFLOP"] == pytest.approx((flops(32) + tangent) * 16 / 1e9)
+    assert hollow["GFLOP/s"] == pytest.approx(hollow["step GFLOP"] / (hollow["ms"] / 1e3))
+    assert hollow["fraction of FLOP-matched MLP step"] == pytest.approx(
+        hollow["GFLOP/s"] / mlp["GFLOP/s"]
+    )
+    # a train step counts its reverse pass; the old step also its second forward
+    row = frame.iloc[0].copy()
+    row[["workload", "k", "method", "mode", "step"]] = ["divergence", 1, "hutchinson", "eval", None]
+    row[["n_probes", "flops", "batch", "d"]] = [1, 10.0, 2, 8]
+    assert step_flops(row) == 40.0
+    row[["mode", "step"]] = ["train", "value_and"]
+    assert step_flops(row) == 120.0
+    row["step"] = "separate_forward"
+    assert step_flops(row) == 140.0
+
+
 def test_not_run_points_are_listed_and_marked_in_the_figures(report, tmp_path):
     listed = table(report, "not_run")
     assert sorted(listed["status"]) == ["oom", "oom", "timeout", "timeout"]

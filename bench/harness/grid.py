@@ -20,6 +20,9 @@ MODES = ("eval", "train")
 ALL_VARIANTS = tuple(v for variants in VARIANTS.values() for v in variants)
 # The methods other variants apply to: the exact hollow ones and the estimator they must beat.
 VARIANT_METHODS = (*HOLLOW_METHODS, "hutchinson")
+# Methods whose train step is one ordinary backward (value and tangent carried by hand), the
+# only train steps torch.compile takes: AOTAutograd cannot differentiate twice.
+COMPILE_TRAIN_METHODS = ("hollow_forward",)
 
 # The pytest parameters of every point, in id order; they also become the JSON's ``params``.
 PARAM_NAMES = (
@@ -138,6 +141,10 @@ def _ddim(p: Point) -> bool:
     return p.workload == "ddim"
 
 
+def _compiled(p: Point) -> bool:
+    return p.variant == "compile"
+
+
 def _many_probes(p: Point) -> bool:
     return (p.n_probes or 1) > 1
 
@@ -163,11 +170,18 @@ PRESETS = {
             Limit("ddim", _ddim, 32),
             Limit("ddim in train mode", lambda p: _ddim(p) and _train(p), 0),
             Limit("ddim, dense methods", lambda p: _ddim(p) and _dense(p), 8),
+            # torch.compile spends 15-60 s compiling each point on a 2-core CPU: a few points.
+            Limit("torch.compile", _compiled, 512, min_d=128),
+            Limit(
+                "torch.compile: >1 probe, or the param-matched MLP",
+                lambda p: _compiled(p) and (_many_probes(p) or p.model == "mlp_param_matched"),
+                0,
+            ),
         ),
         timing=Timing(budget_s=0.2, min_rounds=3, max_rounds=30),
-        timeout_s=60.0,
-        # torch.compile spends ~15 s compiling each point on this CPU; cudagraph is GPU-only.
-        variants=("eager", "cudagraph", "jit"),
+        timeout_s=120.0,  # a compiled point's compilation counts against it
+        # cudagraph is GPU-only.
+        variants=("eager", "cudagraph", "compile", "jit"),
     ),
     # The paper's comparison on a GPU: batch 512 up to d = 4096; dense methods where they fit.
     "paper": Preset(
@@ -216,7 +230,7 @@ def variant_applies(p: Point) -> bool:
         return False
     if p.variant == "cudagraph":
         return p.device.startswith("cuda")
-    return p.mode == "eval"  # compile
+    return p.mode == "eval" or p.method in COMPILE_TRAIN_METHODS  # compile
 
 
 def expand(grid: Grid, settings, devices: dict[str, tuple[str, ...]]) -> list[Point]:

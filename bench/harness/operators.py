@@ -1,8 +1,10 @@
 """The operator workloads, divergence and D_dim^k, as the harness times them.
 
-eval: the operator alone (torch under ``no_grad``). train: ``mean(f(x)^2) + sum(values)/batch``
-(the mean divergence, or the mean of D_dim^k summed over dimensions), then the backward pass into
-every parameter (torch: grads set to None first, each call; JAX: ``value_and_grad``, jitted).
+eval: the operator alone (torch under ``no_grad``). train, the *fair* step (``STEP``): f and the
+operator's values from one pass (``value_and_divergence`` / ``value_and_ddim``), the loss
+``mean(f^2) + sum(values)/batch`` (the mean divergence, or the mean of D_dim^k summed over
+dimensions), then the backward pass into every parameter (torch: grads set to None first, each
+call; JAX: ``value_and_grad``, jitted). No method calls ``net(x)`` a second time for the loss.
 
 Error figures are computed on the first ``ROWS`` rows of the batch against a float64 dense
 reference (``dense_vectorized`` on a float64 copy of the very same float32 weights, computed
@@ -28,6 +30,9 @@ ROWS = 4  # batch rows the error is checked on
 SEEDS = 16  # probe seeds behind Hutchinson's rel_std
 REFERENCE_CHUNK = 64  # directions per vmap chunk of the dense reference: bounds its memory
 MODEL_SEED = DATA_SEED = 0
+# extra_info["step"] of a train point: f and the operator from one pass. Files written before
+# this field read as "separate_forward" (the loss's f from a second net(x)).
+STEP = "value_and"
 
 
 class OperatorWorkload(Workload):
@@ -76,6 +81,7 @@ def run_operator(sweep: Sweep, benchmark, point: Point) -> None:
         "k": point.k,
         "n_probes": point.n_probes,
         "mode": point.mode,
+        "step": STEP if point.mode == "train" else None,
         "dtype": spec.dtype,
         "n_params": spec.n_params,
         "flops": spec.flops,
@@ -128,9 +134,11 @@ def step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable]:
 
         return evaluate, args, lambda out: out
 
-    def loss(net, x, rng):
-        values = op(net, x, **rng)
-        return (net(x) ** 2).mean() + values.sum() / x.shape[0], values
+    value_and_op = _operator(backend, point, with_value=True)
+
+    def loss(net, x, rng):  # the fair step: f and the operator from one pass
+        f, values = value_and_op(net, x, **rng)
+        return (f**2).mean() + values.sum() / x.shape[0], values
 
     return backend.grad_step(loss), args, lambda out: out[0][1]
 
@@ -153,12 +161,16 @@ def _seeded(backend, net, x, point: Point, step: Callable, values_of: Callable) 
     return estimate
 
 
-def _operator(backend, point: Point) -> Callable[..., Any]:
-    """op(net, x, **extra) -> the point's values: (batch,) divergence or (batch, d) D_dim^k."""
+def _operator(backend, point: Point, with_value: bool = False) -> Callable[..., Any]:
+    """op(net, x, **extra) -> the point's values: (batch,) divergence or (batch, d) D_dim^k;
+    ``with_value``: (f, values) from one pass."""
     opts = {"n_probes": point.n_probes} if point.method == "hutchinson" else {}
+    m = point.method
     if point.workload == "divergence":
-        return lambda net, x, **kw: backend.divergence(net, x, method=point.method, **opts, **kw)
-    return lambda net, x, **kw: backend.ddim(net, x, k=point.k, method=point.method, **opts, **kw)
+        fn = backend.value_and_divergence if with_value else backend.divergence
+        return lambda net, x, **kw: fn(net, x, method=m, **opts, **kw)
+    fn = backend.value_and_ddim if with_value else backend.ddim
+    return lambda net, x, **kw: fn(net, x, k=point.k, method=m, **opts, **kw)
 
 
 def max_abs_error(

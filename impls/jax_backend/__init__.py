@@ -147,6 +147,8 @@ class JaxBackend:
 
     ddim = staticmethod(operators.ddim)
     divergence = staticmethod(operators.divergence)
+    value_and_ddim = staticmethod(operators.value_and_ddim)
+    value_and_divergence = staticmethod(operators.value_and_divergence)
 
 
 def _xla_peak(compiled) -> tuple[int | None, str | None]:

@@ -54,27 +54,25 @@ def _is_model(field: Any) -> bool:
     return isinstance(field, _Model)
 
 
-def _evaluate(field: Callable, t: jax.Array, x: jax.Array) -> jax.Array:
-    if _is_model(field) and not field.spec.time_dependent:
-        return field(x)
-    return field(t, x)
-
-
-def _divergence(field: Callable, x, t, key, config: FlowConfig) -> jax.Array:
+def _value_and_divergence(field: Callable, x, t, key, config: FlowConfig):
+    """(f(t, x), div f(t, x)) from one pass of the field: the divergence's own forward."""
     method = config.method
     probes = {"n_probes": config.n_probes, "noise": config.noise}
     if _is_model(field):
         opts = {"t": t} if field.spec.time_dependent else {}
         if method == "hutchinson":
             opts |= {"key": key, **probes}
-        return operators.divergence(field, x, method, **opts)
+        return operators.value_and_divergence(field, x, method, **opts)
     # A plain callable: the same operator code, on f(t, .)
     fun = lambda y: field(t, y)  # noqa: E731
     if method == "hutchinson":
-        return operators.hutchinson(fun, x, key, config.n_probes, config.noise, trace=True)
+        n, noise = config.n_probes, config.noise
+        return operators.hutchinson(fun, x, key, n, noise, trace=True, with_value=True)
     if method == "dense_loop":
-        return operators.dense_loop(fun, x, 1).sum(-1)
-    return operators.dense_vectorized(fun, x, 1, None).sum(-1)
+        f, diag = operators.dense_loop(fun, x, 1, with_value=True)
+    else:
+        f, diag = operators.dense_vectorized(fun, x, 1, None, with_value=True)
+    return f, diag.sum(-1)
 
 
 @eqx.filter_jit
@@ -88,7 +86,8 @@ def _integrate(field, y0: jax.Array, t0: jax.Array, t1: jax.Array, key, config: 
         params, key = args
         f = eqx.combine(params, static)
         x = state[0]
-        return _evaluate(f, t, x), -_divergence(f, x, t, key, config)
+        dx, div = _value_and_divergence(f, x, t, key, config)
+        return dx, -div
 
     adjoint = diffrax.BacksolveAdjoint() if config.adjoint else diffrax.RecursiveCheckpointAdjoint()
     sol = diffrax.diffeqsolve(

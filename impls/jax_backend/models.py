@@ -78,6 +78,16 @@ class HollowNet(_Model):
 
     def conditioner(self, x: jax.Array, t: jax.Array | None = None) -> jax.Array:
         """h, shape (batch, dim, d_h); h[:, i] never depends on x[:, i]."""
+        return jnp.swapaxes(self._conditioner_dim_major(x, t), 0, 1)
+
+    def _conditioner_dim_major(self, x: jax.Array, t: jax.Array | None) -> jax.Array:
+        """h as (dim, batch, d_h): the order the per-dimension layers and tau's rows use.
+
+        The per-dimension layers are batched matmuls over d, whose batch dimension XLA wants
+        leading: in (batch, dim, w) order every layer would transpose its input and output.
+        The public (batch, dim, d_h) is a transpose of this, which cancels against the
+        transformer's own.
+        """
         spec, batch = self.spec, x.shape[0]
         if spec.conditioner == "made":
             n = len(spec.cond_hidden) + 1
@@ -85,25 +95,48 @@ class HollowNet(_Model):
                 self._dense(f"made_{dn}", _with_time(x, t), n, _made_masks(spec, dn))
                 for dn in ("fwd", "rev")
             )
-            return self.act(z).reshape(batch, spec.dim, spec.d_h)
+            return jnp.swapaxes(self.act(z).reshape(batch, spec.dim, spec.d_h), 0, 1)
         w0 = self.params["cond0_w"]
         # Take x_i's own contribution back out instead of masking the (d_in, d, w) weight on
         # every call: O(batch*d*w) rather than O(d^2*w), and d h_i / d x_i is exactly zero.
         own = w0[jnp.arange(spec.dim), jnp.arange(spec.dim)]  # (d, w)
         z = (_with_time(x, t) @ w0.reshape(w0.shape[0], -1)).reshape(batch, spec.dim, -1)
-        z = self.act(z - x[..., None] * own + self.params["cond0_b"])
+        z = jnp.swapaxes(z, 0, 1) - x.T[..., None] * own[:, None, :]
+        z = self.act(z + self.params["cond0_b"][:, None, :])
         for j in range(1, len(spec.cond_hidden) + 1):
-            z = jnp.einsum("bdi,dio->bdo", z, self.params[f"cond{j}_w"])
-            z = self.act(z + self.params[f"cond{j}_b"])
+            z = jnp.einsum("dbi,dio->dbo", z, self.params[f"cond{j}_w"])
+            z = self.act(z + self.params[f"cond{j}_b"][:, None, :])
         return z
 
     def transformer(self, x: jax.Array, h: jax.Array, t: jax.Array | None = None) -> jax.Array:
         """f, shape (batch, dim): one MLP shared by all dimensions, over rows [x_i, h_i, t]."""
-        parts = [x[..., None], h]
+        z = self.transformer_first(x, h, t)
+        for j in range(1, len(self.spec.trans_hidden) + 1):
+            z = self.act(z) @ self.params[f"tau{j}_w"] + self.params[f"tau{j}_b"]
+        return self.from_rows(z[..., 0])
+
+    def transformer_first(
+        self, x: jax.Array, h: jax.Array, t: jax.Array | None = None
+    ) -> jax.Array:
+        """The transformer's first pre-activation over its rows, (dim, batch, width).
+
+        Rows run dimension-major, the order the conditioner computes h in. Split by input
+        rather than over concatenated rows [x_i, h_i, t]: h's block is one matmul, x's column
+        (and t's) a broadcast multiply-add, so no row copy is made. :meth:`from_rows` maps a
+        per-row value back to (batch, dim).
+        """
+        d_h = self.spec.d_h
+        w0 = self.params["tau0_w"]
+        z = jnp.swapaxes(h, 0, 1) @ w0[1 : 1 + d_h] + x.T[..., None] * w0[0]
+        z = z + self.params["tau0_b"]
         if t is not None:
-            parts.append(jnp.broadcast_to(jnp.reshape(t, (-1, 1, 1)), (*x.shape, 1)))
-        z = self._dense("tau", jnp.concatenate(parts, axis=-1), len(self.spec.trans_hidden) + 1)
-        return z[..., 0]
+            z = z + jnp.reshape(t, (1, -1, 1)) * w0[1 + d_h]
+        return z
+
+    @staticmethod
+    def from_rows(values: jax.Array) -> jax.Array:
+        """(dim, batch) per-row values of :meth:`transformer_first`'s rows as (batch, dim)."""
+        return values.T
 
 
 @functools.cache

@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.jet import jet
 
 from impls import _checks
+from impls.jax_backend import taylor
 from impls.jax_backend.models import HollowNet
 
 Fn = Callable[[jax.Array], jax.Array]
@@ -23,12 +23,28 @@ _EXTRA_OPTS = {"hutchinson": ("key",)}
 
 def ddim(net, x: jax.Array, k: int = 1, method: str = "hollow", **opts) -> jax.Array:
     """D_dim^k f(x), shape (batch, dim)."""
-    t = _prepare(net, x, k, method, opts)
-    return _compute(net, x, t, _key(method, opts), method=method, k=k, **_static(opts))
+    return value_and_ddim(net, x, k, method, **opts)[1]
 
 
 def divergence(net, x: jax.Array, method: str = "hollow", **opts) -> jax.Array:
     """sum_i df_i/dx_i, shape (batch,)."""
+    return value_and_divergence(net, x, method, **opts)[1]
+
+
+def value_and_ddim(
+    net, x: jax.Array, k: int = 1, method: str = "hollow", **opts
+) -> tuple[jax.Array, jax.Array]:
+    """(f(x), D_dim^k f(x)), both (batch, dim), from one forward pass: a train step takes its
+    loss on both and differentiates once, with no second ``net(x)``. (Under ``jit`` an unused
+    f costs nothing: ``ddim`` is this, less f.)"""
+    t = _prepare(net, x, k, method, opts)
+    return _compute(net, x, t, _key(method, opts), method=method, k=k, **_static(opts))
+
+
+def value_and_divergence(
+    net, x: jax.Array, method: str = "hollow", **opts
+) -> tuple[jax.Array, jax.Array]:
+    """(f(x) (batch, dim), its divergence (batch,)) from one forward pass."""
     t = _prepare(net, x, 1, method, opts)
     return _compute(net, x, t, _key(method, opts), method=method, k=1, trace=True, **_static(opts))
 
@@ -56,20 +72,21 @@ def _key(method: str, opts: dict) -> jax.Array | None:
 )
 def _compute(
     net, x, t, key, *, method, k, trace=False, n_probes=1, noise="rademacher", chunk_size=None
-) -> jax.Array:
-    """The checked call, compiled once per model structure and static option set, so eager
-    calls run compiled code too (under an outer ``jit`` this simply inlines)."""
+) -> tuple[jax.Array, jax.Array]:
+    """(f, values) of the checked call, compiled once per model structure and static option
+    set, so eager calls run compiled code too (under an outer ``jit`` this simply inlines)."""
     if method == "hutchinson":
-        return hutchinson(lambda y: net.evaluate(y, t), x, key, n_probes, noise, trace)
+        fun = lambda y: net.evaluate(y, t)  # noqa: E731
+        return hutchinson(fun, x, key, n_probes, noise, trace, with_value=True)
     if method == "hollow":
-        out = _hollow(net, x, t, k)
+        f, out = _hollow(net, x, t, k)
     elif method == "hollow_forward":
-        out = _hollow_forward(net, x, t, k)
+        f, out = _hollow_forward(net, x, t, k)
     elif method == "dense_loop":
-        out = dense_loop(lambda y: net.evaluate(y, t), x, k)
+        f, out = dense_loop(lambda y: net.evaluate(y, t), x, k, with_value=True)
     else:
-        out = dense_vectorized(lambda y: net.evaluate(y, t), x, k, chunk_size)
-    return out.sum(-1) if trace else out
+        f, out = dense_vectorized(lambda y: net.evaluate(y, t), x, k, chunk_size, with_value=True)
+    return f, (out.sum(-1) if trace else out)
 
 
 def _prepare(net, x, k, method, opts) -> jax.Array | None:
@@ -120,35 +137,42 @@ def _check_device(net, x: jax.Array) -> None:
         raise ValueError(f"x is on {x.devices()} but the model is on {param.devices()}")
 
 
-def _hollow(net: HollowNet, x: jax.Array, t, k: int) -> jax.Array:
-    """The paper's way: k reverse passes through the transformer alone.
+def _hollow(net: HollowNet, x: jax.Array, t, k: int) -> tuple[jax.Array, jax.Array]:
+    """The paper's way: k reverse passes through the transformer alone; f is their forward.
 
     h is computed from x outside the differentiated function, so ``grad`` with respect to the
     transformer's input holds it fixed, while an outer ``grad`` still reaches the conditioner
     through h. (A ``stop_gradient`` on h would drop the conditioner's parameter gradients.)
     """
     h = net.conditioner(x, t)
-    fun = lambda y: net.transformer(y, h, t)  # noqa: E731
+
+    def fun(y):
+        value = net.transformer(y, h, t)
+        return value, value  # (the function differentiated, f riding along as aux)
+
     for _ in range(k):
         # tau is separable in its x input, so the gradient of the sum is the diagonal.
-        fun = _grad_of_sum(fun)
-    return fun(x)
+        fun = _grad_of_sum_with_aux(fun)
+    deriv, value = fun(x)
+    return value, deriv
 
 
 def _grad_of_sum(g: Fn) -> Fn:
     return jax.grad(lambda y: g(y).sum())
 
 
-def _hollow_forward(net: HollowNet, x: jax.Array, t, k: int) -> jax.Array:
-    """One JVP with tangent 1 (k=1), or Taylor mode (``jet``) for k>1: exact, tau is separable."""
+def _grad_of_sum_with_aux(g):
+    return jax.grad(lambda y: (lambda out, aux: (out.sum(), aux))(*g(y)), has_aux=True)
+
+
+def _hollow_forward(net: HollowNet, x: jax.Array, t, k: int) -> tuple[jax.Array, jax.Array]:
+    """Value and tangent (Taylor series for k > 1) carried by hand through the transformer
+    (:mod:`taylor`): exact, since tau is separable, and trained by one ordinary reverse pass."""
     h = net.conditioner(x, t)
-    fun = lambda y: net.transformer(y, h, t)  # noqa: E731
-    ones = jnp.ones_like(x)
-    if k == 1:
-        return jax.jvp(fun, (x,), (ones,))[1]
-    # jet's series are derivatives along x + s*1: term j is the (j+1)-th.
-    _, series = jet(fun, (x,), ((ones, *[jnp.zeros_like(x)] * (k - 1)),))
-    return series[k - 1]
+    if k == 1:  # in cache-sized chunks, with a backward that recomputes each one
+        return taylor.value_and_tangent(net, x, h, t)
+    series = taylor.jet(net, x, h, t, k)
+    return series[0], series[k]
 
 
 def _nested_jvp(fun: Fn, x: jax.Array, tangent: jax.Array, k: int) -> jax.Array:
@@ -158,21 +182,47 @@ def _nested_jvp(fun: Fn, x: jax.Array, tangent: jax.Array, k: int) -> jax.Array:
     return fun(x)
 
 
+def _nested_jvp_with_value(
+    fun: Fn, x: jax.Array, tangent: jax.Array, k: int
+) -> tuple[jax.Array, jax.Array]:
+    """(fun(x), d^k/ds^k fun(x + s*tangent) at s=0): the value rides along as ``aux``."""
+
+    def g(y):
+        value = fun(y)
+        return value, value
+
+    for _ in range(k):
+        g = _jvp_along_with_aux(g, tangent)
+    deriv, value = g(x)
+    return value, deriv
+
+
+def _jvp_along_with_aux(g, tangent: jax.Array):
+    def along(y):
+        _, deriv, aux = jax.jvp(g, (y,), (tangent,), has_aux=True)
+        return deriv, aux
+
+    return along
+
+
 def _jvp_along(g: Fn, tangent: jax.Array) -> Fn:
     return lambda y: jax.jvp(g, (y,), (tangent,))[1]
 
 
-def dense_loop(fun: Fn, x: jax.Array, k: int) -> jax.Array:
-    """FFJORD's divergence_bf: d sequential reverse passes (``lax.map``), k nested per output."""
+def dense_loop(fun: Fn, x: jax.Array, k: int, with_value: bool = False):
+    """FFJORD's divergence_bf: d sequential reverse passes (``lax.map``), k nested per output.
+    ``with_value``: (f, D_dim^k f); for k = 1 f is the forward the pullbacks share, for k > 1
+    (each output's nested passes rerun their own forward) one more forward."""
     d = x.shape[1]
     if k == 1:  # one forward, shared by the d pullbacks
-        _, pullback = jax.vjp(fun, x)
+        f, pullback = jax.vjp(fun, x)
 
         def column(i):
             e = jnp.broadcast_to(jax.nn.one_hot(i, d, dtype=x.dtype), x.shape)
             return pullback(e)[0][:, i]
 
     else:
+        f = fun(x) if with_value else None
 
         def column(i):
             g = _component(fun, i)
@@ -180,42 +230,60 @@ def dense_loop(fun: Fn, x: jax.Array, k: int) -> jax.Array:
                 g = _component(_grad_of_sum(g), i)
             return g(x)
 
-    return jax.lax.map(column, jnp.arange(d)).T
+    out = jax.lax.map(column, jnp.arange(d)).T
+    return (f, out) if with_value else out
 
 
 def _component(g: Fn, i: jax.Array) -> Fn:
     return lambda y: g(y)[:, i]
 
 
-def dense_vectorized(fun: Fn, x: jax.Array, k: int, chunk_size: int | None) -> jax.Array:
+def dense_vectorized(
+    fun: Fn, x: jax.Array, k: int, chunk_size: int | None, with_value: bool = False
+):
     """vmap over the d basis directions e_i of k nested JVPs along e_i, keeping component i.
 
     For k=1 this is jacfwd's computation (the whole Jacobian) followed by its diagonal; for k>1
     it is the diagonal of each output's k-th derivative tensor without materialising it.
-    ``chunk_size`` bounds memory by mapping over chunks of directions.
+    ``chunk_size`` bounds memory by mapping over chunks of directions. ``with_value``:
+    (f, D_dim^k f), f the primal those JVPs compute anyway.
     """
     basis = jnp.eye(x.shape[1], dtype=x.dtype)
 
-    def along(e: jax.Array) -> jax.Array:
-        return (_nested_jvp(fun, x, jnp.broadcast_to(e, x.shape), k) * e).sum(-1)
+    def along(e: jax.Array):
+        tangent = jnp.broadcast_to(e, x.shape)
+        if not with_value:
+            return (_nested_jvp(fun, x, tangent, k) * e).sum(-1)
+        value, deriv = _nested_jvp_with_value(fun, x, tangent, k)
+        return value, (deriv * e).sum(-1)
 
     if chunk_size is None:
-        return jax.vmap(along)(basis).T
-    return jax.lax.map(along, basis, batch_size=chunk_size).T
+        out = jax.vmap(along)(basis)
+    else:
+        out = jax.lax.map(along, basis, batch_size=chunk_size)
+    return (out[0][0], out[1].T) if with_value else out.T
 
 
 def hutchinson(
-    fun: Fn, x: jax.Array, key: jax.Array, n_probes: int, noise: str, trace: bool
-) -> jax.Array:
+    fun: Fn,
+    x: jax.Array,
+    key: jax.Array,
+    n_probes: int,
+    noise: str,
+    trace: bool,
+    with_value: bool = False,
+):
     """Unbiased estimates with m probes e: the trace e^T J e (one VJP each, as FFJORD) or the
-    diagonal e * (J e) (one JVP each)."""
+    diagonal e * (J e) (one JVP each). ``with_value``: (f, estimate), f from the forward the
+    VJP (or JVP) runs anyway."""
     probes = _probes(key, (n_probes, *x.shape), noise, x)
     if trace:
-        _, pullback = jax.vjp(fun, x)
+        f, pullback = jax.vjp(fun, x)
         estimates = jax.vmap(lambda e: (pullback(e)[0] * e).sum(-1))(probes)
     else:
-        estimates = jax.vmap(lambda e: e * jax.jvp(fun, (x,), (e,))[1])(probes)
-    return estimates.mean(0)
+        f, tangents = jax.vmap(lambda e: jax.jvp(fun, (x,), (e,)), out_axes=(None, 0))(probes)
+        estimates = probes * tangents
+    return (f, estimates.mean(0)) if with_value else estimates.mean(0)
 
 
 def _probes(key: jax.Array, shape: tuple, noise: str, like: jax.Array) -> jax.Array:

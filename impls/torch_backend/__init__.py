@@ -172,3 +172,5 @@ class TorchBackend:
 
     ddim = staticmethod(operators.ddim)
     divergence = staticmethod(operators.divergence)
+    value_and_ddim = staticmethod(operators.value_and_ddim)
+    value_and_divergence = staticmethod(operators.value_and_divergence)

@@ -15,8 +15,8 @@ NFE (``stats``): ``nfe_forward`` counts evaluations of the dynamics during the s
 ``nfe_backward`` counts vector-Jacobian products of the dynamics during ``backward()`` (an
 autograd hook on their output), which the dict gains while backward runs: one per forward
 evaluation the graph holds (``adjoint=False``), or one per evaluation of the adjoint solve
-(``adjoint=True``). Each evaluation runs f and, separately, the backend's divergence.
-Both are counted (``NFE_KIND``).
+(``adjoint=True``). Each evaluation takes f and its divergence from one pass of the field
+(``value_and_divergence``). Both NFE figures are counted (``NFE_KIND``).
 """
 
 from __future__ import annotations
@@ -82,9 +82,8 @@ class Dynamics(nn.Module):
 
     def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         self.calls += 1
-        x = state[0]
-        dx = _evaluate(self.field, t, x)
-        dlogp = -_divergence(self.field, x, t, self.config, self.seed)
+        dx, div = _value_and_divergence(self.field, state[0], t, self.config, self.seed)
+        dlogp = -div
         if torch.is_grad_enabled():
             return _CountVJP.apply(self.stats, dx, dlogp)
         return dx, dlogp
@@ -94,27 +93,26 @@ def _is_model(field: Any) -> bool:
     return isinstance(field, nn.Module) and hasattr(field, "spec")
 
 
-def _evaluate(field: Callable, t: Tensor, x: Tensor) -> Tensor:
-    if _is_model(field) and not field.spec.time_dependent:
-        return field(x)
-    return field(t, x)
-
-
-def _divergence(field: Callable, x: Tensor, t: Tensor, config: FlowConfig, seed: int) -> Tensor:
+def _value_and_divergence(
+    field: Callable, x: Tensor, t: Tensor, config: FlowConfig, seed: int
+) -> tuple[Tensor, Tensor]:
+    """(f(t, x), div f(t, x)) from one pass of the field: the divergence's own forward."""
     method = config.method
     probes = {"n_probes": config.n_probes, "noise": config.noise, "seed": seed}
     if _is_model(field):
         opts = {"t": t} if field.spec.time_dependent else {}
         if method == "hutchinson":
             opts |= probes
-        return operators.divergence(field, x, method, **opts)
+        return operators.value_and_divergence(field, x, method, **opts)
     # A plain callable: the same operator code, on f(t, .)
     fun = lambda y: field(t, y)  # noqa: E731
     if method == "hutchinson":
-        return operators.hutchinson(fun, x, probes, trace=True)
+        return operators.hutchinson(fun, x, probes, trace=True, with_value=True)
     if method == "dense_loop":
-        return operators.dense_loop(fun, x, 1).sum(-1)
-    return operators.dense_vectorized(fun, x, 1, None).sum(-1)
+        f, diag = operators.dense_loop(fun, x, 1, with_value=True)
+    else:
+        f, diag = operators.dense_vectorized(fun, x, 1, None, with_value=True)
+    return f, diag.sum(-1)
 
 
 def _check(field: Any, x: Any, config: FlowConfig, seed: Any, name: str = "x") -> None:

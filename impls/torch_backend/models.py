@@ -104,28 +104,51 @@ class HollowNet(_Model):
         # The diagonal as a view: no index tensor to copy to the device (a CUDA graph
         # capture cannot copy from the host).
         own = w0[: spec.dim].diagonal(dim1=0, dim2=1).T  # (d, w)
-        z = (_with_time(x, t) @ w0.flatten(1)).view(batch, spec.dim, -1) - x[..., None] * own
-        z = self.act(z + self.params["cond0_b"])
+        z = (_with_time(x, t) @ w0.flatten(1)).view(batch, spec.dim, -1)
+        z = self.act(torch.addcmul(z + self.params["cond0_b"], x[..., None], own, value=-1))
+        # The per-dimension layers run dimension-major, (d, batch, w): one batched matmul over
+        # d, reading the (batch, d, w) first layer through a transposed view (no copy) and
+        # writing contiguous blocks. h comes back as a (batch, d, d_h) view of them, which the
+        # transformer reads in the same order, again without a copy.
+        z = z.transpose(0, 1)
         for j in range(1, len(spec.cond_hidden) + 1):
-            z = torch.einsum("bdi,dio->bdo", z, self.params[f"cond{j}_w"])
-            z = self.act(z + self.params[f"cond{j}_b"])
-        return z
+            bias = self.params[f"cond{j}_b"][:, None, :]
+            z = self.act(torch.baddbmm(bias, z, self.params[f"cond{j}_w"]))
+        return z.transpose(0, 1)
 
     def transformer(
         self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor | None = None
     ) -> torch.Tensor:
         """f, shape (batch, dim): one MLP shared by all dimensions, over rows [x_i, h_i, t]."""
-        z = self._dense("tau", self.transformer_rows(x, h, t), len(self.spec.trans_hidden) + 1)
-        return z[..., 0]
+        z = self.transformer_first(x, h, t)
+        for j in range(1, len(self.spec.trans_hidden) + 1):
+            z = torch.addmm(self.params[f"tau{j}_b"], self.act(z), self.params[f"tau{j}_w"])
+        return self.from_rows(z[:, 0], x.shape[0])
 
-    def transformer_rows(
+    def transformer_first(
         self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The transformer's input rows [x_i, h_i, t], shape (batch, dim, 1 + d_h (+ 1))."""
-        parts = [x[..., None], h]
+        """The transformer's first pre-activation over its rows, (dim * batch, width).
+
+        Rows run dimension-major (row i * batch + b is sample b's dimension i), the order
+        the conditioner writes h in. Split by input rather than over concatenated rows
+        [x_i, h_i, t]: h's block is one matmul, x's column (and t's) a broadcast
+        multiply-add, so no row copy is made. :meth:`from_rows` maps a per-row value back.
+        """
+        d_h = self.spec.d_h
+        batch, dim = x.shape
+        w0, b0 = self.params["tau0_w"], self.params["tau0_b"]
+        z = torch.addmm(b0, h.transpose(0, 1).reshape(-1, d_h), w0[1 : 1 + d_h])
+        z = torch.addcmul(z, x.T.reshape(-1, 1), w0[0])
         if t is not None:
-            parts.append(t.reshape(-1, 1, 1).expand(x.shape[0], x.shape[1], 1))
-        return torch.cat(parts, dim=-1)
+            z = z.view(dim, batch, -1) + t.reshape(1, -1, 1) * w0[1 + d_h]
+            z = z.view(dim * batch, -1)
+        return z
+
+    @staticmethod
+    def from_rows(values: torch.Tensor, batch: int) -> torch.Tensor:
+        """(dim * batch,) per-row values of :meth:`transformer_first`'s rows as (batch, dim)."""
+        return values.view(-1, batch).T
 
     def _made_masks(self, direction: str, n: int) -> list[torch.Tensor]:
         return [getattr(self, f"mask_{direction}{j}") for j in range(n)]

@@ -20,24 +20,40 @@ Fn = Callable[[torch.Tensor], torch.Tensor]
 
 def ddim(net, x: torch.Tensor, k: int = 1, method: str = "hollow", **opts) -> torch.Tensor:
     """D_dim^k f(x), shape (batch, dim)."""
+    return value_and_ddim(net, x, k, method, **opts)[1]
+
+
+def divergence(net, x: torch.Tensor, method: str = "hollow", **opts) -> torch.Tensor:
+    """sum_i df_i/dx_i, shape (batch,)."""
+    return value_and_divergence(net, x, method, **opts)[1]
+
+
+def value_and_ddim(
+    net, x: torch.Tensor, k: int = 1, method: str = "hollow", **opts
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f(x), D_dim^k f(x)), both (batch, dim), from one forward pass: a train step takes its
+    loss on both and runs one backward, with no second ``net(x)``."""
     fun, t = _prepare(net, x, k, method, opts)
     if method == "hollow":
         return _hollow(net, x, t, k)
     if method == "hollow_forward":
         return _hollow_forward(net, x, t, k)
     if method == "dense_loop":
-        return dense_loop(fun, x, k)
+        return dense_loop(fun, x, k, with_value=True)
     if method == "dense_vectorized":
-        return dense_vectorized(fun, x, k, opts.get("chunk_size"))
-    return hutchinson(fun, x, opts, trace=False)
+        return dense_vectorized(fun, x, k, opts.get("chunk_size"), with_value=True)
+    return hutchinson(fun, x, opts, trace=False, with_value=True)
 
 
-def divergence(net, x: torch.Tensor, method: str = "hollow", **opts) -> torch.Tensor:
-    """sum_i df_i/dx_i, shape (batch,)."""
+def value_and_divergence(
+    net, x: torch.Tensor, method: str = "hollow", **opts
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f(x) (batch, dim), its divergence (batch,)) from one forward pass."""
     if method == "hutchinson":
         fun, _ = _prepare(net, x, 1, method, opts)
-        return hutchinson(fun, x, opts, trace=True)
-    return ddim(net, x, 1, method, **opts).sum(-1)
+        return hutchinson(fun, x, opts, trace=True, with_value=True)
+    f, diag = value_and_ddim(net, x, 1, method, **opts)
+    return f, diag.sum(-1)
 
 
 def _prepare(net, x, k, method, opts) -> tuple[Fn, torch.Tensor | None]:
@@ -90,34 +106,39 @@ def _leaf_for_tau(x: torch.Tensor) -> torch.Tensor:
     return x.clone() if x.requires_grad else x.detach().requires_grad_()
 
 
-def _hollow(net: HollowNet, x: torch.Tensor, t, k: int) -> torch.Tensor:
-    """The paper's way: k reverse passes through the transformer alone."""
+def _hollow(net: HollowNet, x: torch.Tensor, t, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's way: k reverse passes through the transformer alone; f is their forward."""
     keep_graph = torch.is_grad_enabled()
     with torch.enable_grad():
         h = net.conditioner(x, t)
         x_tau = _leaf_for_tau(x)
-        out = net.transformer(x_tau, h, t)
+        out = value = net.transformer(x_tau, h, t)
         for j in range(k):
             # tau is separable in x_tau, so the gradient of the sum is the diagonal.
             (out,) = torch.autograd.grad(
                 out.sum(),
                 x_tau,
                 create_graph=keep_graph or j < k - 1,
+                retain_graph=keep_graph or j < k - 1,
                 allow_unused=True,  # an affine tau (no hidden layer) leaves no x_tau path
                 materialize_grads=True,
             )
             if j < k - 1 and not out.requires_grad:  # constant in x: higher orders vanish
-                return torch.zeros_like(x)
-    return out
+                out = torch.zeros_like(x)
+                break
+    return (value, out) if keep_graph else (value.detach(), out)
 
 
-def _hollow_forward(net: HollowNet, x: torch.Tensor, t, k: int) -> torch.Tensor:
-    """One JVP with tangent 1 through the transformer (k=1), or Taylor mode for k>1: exact,
-    since tau is separable."""
+def _hollow_forward(
+    net: HollowNet, x: torch.Tensor, t, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Value and tangent (Taylor series for k > 1) carried by hand through the transformer
+    (:mod:`taylor`): exact, since tau is separable, and trained by one ordinary reverse pass."""
     h = net.conditioner(x, t)
-    if k == 1:
-        return _nested_jvp(lambda y: net.transformer(y, h, t), x, torch.ones_like(x), 1)
-    return taylor.ddim(net, x, h, t, k)
+    if k == 1:  # in cache-sized chunks, with a backward that recomputes each one
+        return taylor.value_and_tangent(net, x, h, t)
+    series = taylor.jet(net, x, h, t, k)
+    return series[0], series[k]
 
 
 def _nested_jvp(fun: Fn, x: torch.Tensor, tangent: torch.Tensor, k: int) -> torch.Tensor:
@@ -127,12 +148,36 @@ def _nested_jvp(fun: Fn, x: torch.Tensor, tangent: torch.Tensor, k: int) -> torc
     return fun(x)
 
 
+def _nested_jvp_with_value(
+    fun: Fn, x: torch.Tensor, tangent: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fun(x), d^k/ds^k fun(x + s*tangent) at s=0): the value rides along as ``aux``."""
+
+    def base(y):
+        value = fun(y)
+        return value, value
+
+    g = base
+    for _ in range(k):
+        g = _jvp_along_with_aux(g, tangent)
+    return tuple(reversed(g(x)))
+
+
+def _jvp_along_with_aux(g, tangent: torch.Tensor):
+    def along(y):
+        _, deriv, aux = jvp(g, (y,), (tangent,), has_aux=True)
+        return deriv, aux
+
+    return along
+
+
 def _jvp_along(g: Fn, tangent: torch.Tensor) -> Fn:
     return lambda y: jvp(g, (y,), (tangent,))[1]
 
 
-def dense_loop(fun: Fn, x: torch.Tensor, k: int) -> torch.Tensor:
-    """FFJORD's divergence_bf: one forward, then k reverse passes per output dimension."""
+def dense_loop(fun: Fn, x: torch.Tensor, k: int, with_value: bool = False):
+    """FFJORD's divergence_bf: one forward, then k reverse passes per output dimension.
+    ``with_value``: (f, D_dim^k f), f from that one forward."""
     keep_graph = torch.is_grad_enabled()
     with torch.enable_grad():
         x_in = x if x.requires_grad else x.detach().requires_grad_()
@@ -146,30 +191,47 @@ def dense_loop(fun: Fn, x: torch.Tensor, k: int) -> torch.Tensor:
                 )
                 g = grad[:, i]
             columns.append(g)
-    return torch.stack(columns, dim=1)
+    out = torch.stack(columns, dim=1)
+    if not with_value:
+        return out
+    return (f if keep_graph else f.detach()), out
 
 
-def dense_vectorized(fun: Fn, x: torch.Tensor, k: int, chunk_size: int | None) -> torch.Tensor:
+def dense_vectorized(
+    fun: Fn, x: torch.Tensor, k: int, chunk_size: int | None, with_value: bool = False
+):
     """vmap over the d basis directions e_i of k nested JVPs along e_i, keeping component i.
 
     For k=1 this is jacfwd's computation (the whole Jacobian) followed by its diagonal; for k>1
     it is the diagonal of each output's k-th derivative tensor without materialising it.
+    ``with_value``: (f, D_dim^k f), f the primal those JVPs compute anyway.
     """
     basis = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
 
-    def along(e: torch.Tensor) -> torch.Tensor:
-        return (_nested_jvp(fun, x, e.expand_as(x), k) * e).sum(-1)
+    if not with_value:
 
-    return vmap(along, chunk_size=chunk_size)(basis).T
+        def along(e: torch.Tensor) -> torch.Tensor:
+            return (_nested_jvp(fun, x, e.expand_as(x), k) * e).sum(-1)
+
+        return vmap(along, chunk_size=chunk_size)(basis).T
+
+    def along_with_value(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        value, deriv = _nested_jvp_with_value(fun, x, e.expand_as(x), k)
+        return value, (deriv * e).sum(-1)
+
+    values, diag = vmap(along_with_value, chunk_size=chunk_size)(basis)
+    return values[0], diag.T
 
 
-def hutchinson(fun: Fn, x: torch.Tensor, opts: dict, trace: bool) -> torch.Tensor:
+def hutchinson(fun: Fn, x: torch.Tensor, opts: dict, trace: bool, with_value: bool = False):
     """Unbiased estimates with m probes e: the trace e^T J e (one VJP each, as FFJORD) or the
-    diagonal e * (J e) (one JVP each). Probes come from ``seed``, else the global generator."""
+    diagonal e * (J e) (one JVP each). Probes come from ``seed``, else the global generator.
+    ``with_value``: (f, estimate), f from the forward the VJP (or JVP) runs anyway."""
     n_probes, noise = opts.get("n_probes", 1), opts.get("noise", "rademacher")
     probes = _probes((n_probes, *x.shape), noise, opts.get("seed"), x)
     if not trace:
-        return vmap(lambda e: e * jvp(fun, (x,), (e,))[1])(probes).mean(0)
+        values, est = vmap(lambda e: (lambda p, d: (p, e * d))(*jvp(fun, (x,), (e,))))(probes)
+        return (values[0], est.mean(0)) if with_value else est.mean(0)
     keep_graph = torch.is_grad_enabled()
     with torch.enable_grad():
         x_in = x if x.requires_grad else x.detach().requires_grad_()
@@ -180,7 +242,10 @@ def hutchinson(fun: Fn, x: torch.Tensor, opts: dict, trace: bool) -> torch.Tenso
             (e_j,) = torch.autograd.grad(
                 f, x_in, probes, create_graph=keep_graph, is_grads_batched=True
             )
-    return (e_j * probes).sum(-1).mean(0)
+    est = (e_j * probes).sum(-1).mean(0)
+    if not with_value:
+        return est
+    return (f if keep_graph else f.detach()), est
 
 
 def _probes(shape: tuple, noise: str, seed: int | None, like: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from typing import Any
 from bench.harness import operators
 from bench.harness.grid import ALL_VARIANTS, Point
 from bench.harness.telemetry import NVML, EnergyMeter
-from impls import METHODS, load_backend
+from impls import ESTIMATORS, METHODS, load_backend
 
 WARMUP_CALLS = 3
 METER_S = 1.0
@@ -111,6 +111,9 @@ def _choices(allowed: tuple[str, ...]):
     return parse
 
 
+ESTIMATOR_BUDGET = 12  # Jacobian-vector products of hutchpp, xtrace and xdiag, as in quick
+
+
 def _points(backend, args) -> list[Point]:
     variants = [v for v in backend.variants if v in args.variants]
     if args.device == "cpu" and "cudagraph" in variants:
@@ -120,10 +123,11 @@ def _points(backend, args) -> list[Point]:
         for method in args.methods:
             model = "mlp_flop_matched" if method == "hutchinson" else "hollownet"
             probes = 1 if method == "hutchinson" else None
+            budget = ESTIMATOR_BUDGET if method in ESTIMATORS else None
             ks = [1] if args.workload == "divergence" else args.k
             for d, k in itertools.product(args.dims, ks):
                 where = (backend.name, args.device, method, model, d, args.batch, k, args.mode)
-                points.append(Point(args.workload, *where, probes, variant))
+                points.append(Point(args.workload, *where, probes, variant, budget))
     return points
 
 

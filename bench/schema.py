@@ -20,8 +20,8 @@ INFO_KEYS = (
 OUR_KEYS = ("backend", "workload")
 # Each workload's own extra_info keys, besides INFO_KEYS ("model_spec" is every workload's).
 WORKLOAD_KEYS = {
-    "divergence": ("model_spec",),
-    "ddim": ("model_spec",),
+    "divergence": ("model_spec", "n_matvecs", "rel_error"),
+    "ddim": ("model_spec", "n_matvecs", "rel_error"),
     "cnf": (
         "model_spec", "cnf_item", "dataset", "solver", "rtol", "atol", "t1", "adjoint",
         "nfe_forward", "nfe_backward", "nfe_kind", "n_steps", "loglik_eval_ms",

@@ -20,10 +20,12 @@ import numpy as np
 from impls._checks import (
     DEFAULT_VARIANT,
     DENSE_METHODS,
+    ESTIMATORS,
     EXACT_METHODS,
     HOLLOW_METHODS,
     MAX_K,
     METHODS,
+    STOCHASTIC_METHODS,
     VARIANTS,
 )
 from impls.spec import (
@@ -41,10 +43,12 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_VARIANT",
     "DENSE_METHODS",
+    "ESTIMATORS",
     "EXACT_METHODS",
     "HOLLOW_METHODS",
     "MAX_K",
     "METHODS",
+    "STOCHASTIC_METHODS",
     "VARIANTS",
     "Backend",
     "HollowSpec",

@@ -5,7 +5,15 @@ from __future__ import annotations
 HOLLOW_METHODS = ("hollow", "hollow_forward")
 DENSE_METHODS = ("dense_loop", "dense_vectorized")
 EXACT_METHODS = (*HOLLOW_METHODS, *DENSE_METHODS)
-METHODS = (*EXACT_METHODS, "hutchinson")
+# Estimators stronger than Hutchinson's at the same number of Jacobian-vector products when the
+# spectrum decays (impls/*/estimators.py): two of the trace, one of the diagonal.
+TRACE_ESTIMATORS = ("hutchpp", "xtrace")
+ESTIMATORS = (*TRACE_ESTIMATORS, "xdiag")
+STOCHASTIC_METHODS = ("hutchinson", *ESTIMATORS)
+METHODS = (*EXACT_METHODS, *STOCHASTIC_METHODS)
+# The fewest products each estimator can spend: Hutch++ one sketch, one range and one residual
+# product; XTrace and XDiag one sketch and one range product.
+MIN_MATVECS = {"hutchpp": 3, "xtrace": 2, "xdiag": 2}
 MAX_K = 4
 # How a step runs. torch: as written (eager), captured whole in one CUDA graph and replayed
 # (cudagraph: no per-kernel launch cost; CUDA devices only), or through torch.compile (eval
@@ -13,15 +21,22 @@ MAX_K = 4
 VARIANTS = {"torch": ("eager", "cudagraph", "compile"), "jax": ("jit",)}
 DEFAULT_VARIANT = {name: variants[0] for name, variants in VARIANTS.items()}
 
-# Options each method takes besides ``t``; the JAX backend's hutchinson also takes a PRNG ``key``.
+# Options each method takes besides ``t``; the JAX backend's stochastic methods also take a PRNG
+# ``key``.
 METHOD_OPTS = {
     "hollow": (),
     "hollow_forward": (),
     "dense_loop": (),
     "dense_vectorized": ("chunk_size",),
     "hutchinson": ("n_probes", "noise", "seed"),
+    **{name: ("n_matvecs", "noise", "seed") for name in ESTIMATORS},
 }
 NOISES = ("rademacher", "gaussian")
+# The estimators' probes also sketch J's range, through a QR factorisation and (XTrace, XDiag)
+# R^-1: Rademacher sketches are rank-deficient with probability ~ s^2 2^-d (two probes equal up
+# to sign), which leaves R singular and the gradient of the QR undefined; Gaussian ones never.
+ESTIMATOR_NOISES = ("gaussian",)
+DEFAULT_NOISE = {**{name: ESTIMATOR_NOISES[0] for name in ESTIMATORS}, "hutchinson": "rademacher"}
 
 
 def check_call(
@@ -40,8 +55,8 @@ def check_call(
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got k={k}")
-    if method == "hutchinson" and k != 1:
-        raise ValueError(f"method 'hutchinson' estimates k=1 only, got k={k}")
+    if method in STOCHASTIC_METHODS and k != 1:
+        raise ValueError(f"method {method!r} estimates k=1 only, got k={k}")
     if k > MAX_K:
         raise ValueError(f"k must be <= {MAX_K}, got k={k}")
     if method in HOLLOW_METHODS and not is_hollow:
@@ -58,11 +73,26 @@ def check_call(
         n = opts.get("n_probes", 1)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n_probes must be a positive int, got {n!r}")
-        if opts.get("noise", "rademacher") not in NOISES:
-            raise ValueError(f"unknown noise {opts['noise']!r}; choose from {NOISES}")
+    if method in ESTIMATORS:
+        n, least = opts.get("n_matvecs", MIN_MATVECS[method]), MIN_MATVECS[method]
+        if isinstance(n, bool) or not isinstance(n, int) or n < least:
+            raise ValueError(f"method {method!r} needs n_matvecs >= {least} (an int), got {n!r}")
+    if method in STOCHASTIC_METHODS:
+        noises = ESTIMATOR_NOISES if method in ESTIMATORS else NOISES
+        if opts.get("noise", DEFAULT_NOISE[method]) not in noises:
+            raise ValueError(f"unknown noise {opts['noise']!r} for {method!r}; use one of {noises}")
     chunk = opts.get("chunk_size")
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk!r}")
+
+
+def check_target(method: str, trace: bool) -> None:
+    """Raise ValueError when ``method`` cannot estimate the diagonal (``trace`` False)."""
+    if not trace and method in TRACE_ESTIMATORS:
+        raise ValueError(
+            f"method {method!r} estimates the trace only: call divergence, or use xdiag or "
+            "hutchinson for the diagonal"
+        )
 
 
 def check_input(*, shape: tuple, dtype: str, dim: int, model_dtype: str) -> None:

@@ -28,13 +28,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from impls._checks import NOISES
+from impls._checks import DEFAULT_NOISE, ESTIMATOR_NOISES, MIN_MATVECS, NOISES
 from impls.spec import HollowSpec
 
 TOY_DATASETS = ("moons", "8gaussians", "checkerboard", "rings")
 DATASETS = (*TOY_DATASETS, "digits")
 # Divergence methods a flow can use: hollow needs a HollowNet, the others take any f(t, x).
-CNF_METHODS = ("hollow", "hutchinson", "dense_vectorized", "dense_loop")
+CNF_METHODS = ("hollow", "hutchinson", "hutchpp", "dense_vectorized", "dense_loop")
+STOCHASTIC_TRACES = ("hutchinson", "hutchpp")
 SOLVERS = ("dopri5", "tsit5")  # torchdiffeq has dopri5 only; diffrax both
 # New evaluations of f per step attempt of the FSAL Runge-Kutta pairs (7 stages, the last
 # reused as the next step's first). diffrax makes exactly 6 * num_steps + 1 evaluations per
@@ -322,7 +323,9 @@ class FlowConfig:
     """How a flow is solved and its divergence computed.
 
     - ``method``: "hollow" (exact, HollowNets only), "hutchinson" (``n_probes`` probes of
-      ``noise``, drawn once per solve as in FFJORD), "dense_vectorized" or "dense_loop" (exact).
+      ``noise``, drawn once per solve as in FFJORD), "hutchpp" (Hutch++ with ``n_matvecs``
+      Jacobian-vector products of Gaussian probes, also drawn once per solve),
+      "dense_vectorized" or "dense_loop" (exact). ``noise`` None: the method's default.
     - ``solver`` with ``rtol``/``atol``: "dopri5" (torchdiffeq, diffrax) or "tsit5" (diffrax).
     - ``adjoint``: False differentiates through the solver's steps (torchdiffeq ``odeint``,
       diffrax ``RecursiveCheckpointAdjoint``); True solves the continuous adjoint backwards
@@ -332,7 +335,8 @@ class FlowConfig:
 
     method: str = "hollow"
     n_probes: int = 1
-    noise: str = "rademacher"
+    n_matvecs: int = 3
+    noise: str | None = None
     solver: str = "dopri5"
     rtol: float = 1e-5
     atol: float = 1e-5
@@ -348,8 +352,14 @@ class FlowConfig:
         n = self.n_probes
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n_probes must be a positive int, got {n!r}")
-        if self.noise not in NOISES:
-            raise ValueError(f"unknown noise {self.noise!r}; choose from {', '.join(NOISES)}")
+        if self.noise is None:  # frozen: set the method's default through object's setattr
+            object.__setattr__(self, "noise", DEFAULT_NOISE.get(self.method, NOISES[0]))
+        noises = ESTIMATOR_NOISES if self.method == "hutchpp" else NOISES
+        if self.noise not in noises:
+            raise ValueError(f"unknown noise {self.noise!r}; choose from {', '.join(noises)}")
+        m, least = self.n_matvecs, MIN_MATVECS["hutchpp"]
+        if isinstance(m, bool) or not isinstance(m, int) or m < least:
+            raise ValueError(f"n_matvecs must be an int >= {least} (Hutch++), got {m!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"unknown solver {self.solver!r}; available: {', '.join(SOLVERS)}")
         for name in ("rtol", "atol"):
@@ -367,6 +377,15 @@ class FlowConfig:
         steps = self.max_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"max_steps must be a positive int, got {steps!r}")
+
+    @property
+    def probe_opts(self) -> dict[str, Any]:
+        """The divergence method's options besides its randomness ({} for exact ones)."""
+        if self.method == "hutchinson":
+            return {"n_probes": self.n_probes, "noise": self.noise}
+        if self.method == "hutchpp":
+            return {"n_matvecs": self.n_matvecs, "noise": self.noise}
+        return {}
 
 
 DEFAULT_CONFIG = FlowConfig()
@@ -395,7 +414,7 @@ def check_field_method(method: str, is_hollow: bool) -> None:
     if method == "hollow" and not is_hollow:
         raise ValueError(
             "method 'hollow' needs a HollowNet built by this backend as the flow's f; "
-            "use hutchinson, dense_vectorized or dense_loop for other callables"
+            "use hutchinson, hutchpp, dense_vectorized or dense_loop for other callables"
         )
 
 

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
-from impls import HOLLOW_METHODS
+from impls import HOLLOW_METHODS, STOCHASTIC_METHODS
 from reports.fit import loglog_fits
 from reports.load import text
 from reports.tables import NoData, cells, ode_points, ratio, tolerance
@@ -66,7 +66,7 @@ def _measured(rows: pd.DataFrame, y: str) -> pd.DataFrame:
     """Rows that ran and have a positive ``y`` (every axis is logarithmic), with d and k as
     floats for plotting."""
     ok = rows[rows["status"].eq("ok") & rows[y].gt(0)].copy()
-    for column in ("d", "k", "n_probes"):
+    for column in ("d", "k", "n_probes", "matvecs"):
         ok[column] = ok[column].astype(float)
     return ok
 
@@ -424,7 +424,7 @@ def hutchinson_error_vs_cost(frame: pd.DataFrame) -> MplFigure:
     hutch = _measured(div[div["method"].eq("hutchinson")], "error")
     if hutch.empty:
         raise NoData("no hutchinson point in the inputs records an error")
-    exact = _measured(div[~div["method"].eq("hutchinson")], "error")
+    exact = _measured(div[~div["method"].isin(STOCHASTIC_METHODS)], "error")
     # An exact method's error can be exactly 0, which a log axis cannot show: clip to a floor.
     exact["error"] = exact["error"].clip(lower=_error_floor(pd.concat([hutch, exact])["error"]))
     both = pd.concat([hutch.assign(kind="hutchinson"), exact.assign(kind="exact")])
@@ -475,6 +475,40 @@ def _error_panel(ax: Axes, rows: pd.DataFrame, palette: dict) -> None:
             s=40,
         )
     _log_axes(ax)
+
+
+def estimator_error_vs_time(frame: pd.DataFrame) -> MplFigure:
+    """Training steps: each stochastic method's relative std against its time, a point per
+    budget, with the exact hollow methods at zero error (drawn at the axis floor)."""
+    div = _workload(frame, "divergence")
+    train = div[div["mode"].eq("train")]
+    est = _measured(train[train["method"].isin(STOCHASTIC_METHODS)], "error")
+    if est.empty:
+        raise NoData("no train-mode divergence point of a stochastic method records an error")
+    floor = _error_floor(est["error"])
+    exact = train[train["method"].isin(HOLLOW_METHODS)].assign(error=floor)
+    rows = pd.concat([est, _measured(exact, "error")])
+    rows["panel"] = rows["facet"] + " · d=" + rows["d"].map("{:.0f}".format)
+    palette = _palette(rows["method"])
+
+    def draw(ax: Axes, sub: pd.DataFrame) -> bool:
+        lines = sub[sub["method"].isin(STOCHASTIC_METHODS)].sort_values("matvecs")
+        _plot(
+            sns.lineplot, data=lines, x="time_ms", y="error", hue="method", style="model",
+            ax=ax, sort=False, palette=palette, markers=True, errorbar=None, estimator=None,
+        )  # fmt: skip
+        for x, y, m in zip(lines["time_ms"], lines["error"], lines["matvecs"], strict=True):
+            ax.annotate(f"{m:.0f}", (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points")
+        exact = sub[sub["method"].isin(HOLLOW_METHODS)]
+        _plot(
+            sns.scatterplot, data=exact, x="time_ms", y="error", hue="method", ax=ax,
+            palette=palette, marker="*", s=90,
+        )  # fmt: skip
+        _log_axes(ax)
+        return False
+
+    labels = ("median train-step time (ms)", "relative std (exact: 0, drawn at the floor)")
+    return _panels(rows, draw, labels, by="panel")
 
 
 # The headline methods of the design's comparison: exact hollow, one probe, the dense Jacobian.
@@ -706,6 +740,17 @@ FIGURES: tuple[Figure, ...] = (
         "std across probe seeds. The exact methods' error is their max abs error against the "
         "dense reference on a small slice; an error of exactly 0 is drawn at the axis floor.",
         hutchinson_error_vs_cost,
+    ),
+    Figure(
+        "estimator_error_vs_time",
+        "Stochastic estimators against the exact divergence at equal cost (train mode)",
+        "Relative std across probe seeds against the median time of a training step, a line "
+        "per stochastic method (and model) joining its budgets, each point labelled with its "
+        "Jacobian-vector products (Hutchinson: probes; Hutch++, XTrace, XDiag: n_matvecs); the "
+        "exact hollow methods (stars) have zero error and are drawn at the axis floor. Left of "
+        "a star, an estimator is cheaper than the exact operator; it is never more accurate. "
+        "A panel per backend, device and d.",
+        estimator_error_vs_time,
     ),
     Figure(
         "ode_work_precision",

@@ -23,22 +23,24 @@ import pandas as pd
 
 from bench.harness import journal
 from bench.schema import COUNTS, INFO_KEYS, NOT_RUN, OUR_KEYS, STATS
-from impls import DEFAULT_VARIANT  # impls itself imports numpy only
+from impls import DEFAULT_VARIANT, STOCHASTIC_METHODS  # impls itself imports numpy only
 
 NFE_KIND = {"torch": "counted", "jax": "derived"}  # each backend's cnf.NFE_KIND, for old files
-INT_COLUMNS = ("d", "batch", "k", "n_probes")
+INT_COLUMNS = ("d", "batch", "k", "n_probes", "n_matvecs")
 FLOAT_COLUMNS = (
     *("n_params", "flops", "compile_s", "peak_mem_bytes", "error", "energy_j"),
-    *("cpu_share", "load_1m"),
+    *("cpu_share", "load_1m", "rel_error"),
 )
 # True/False flags; files from before the noise test (bench/harness/timing.py) lack them, and
 # their points read as neither noisy nor re-measured.
 BOOL_COLUMNS = ("noisy", "remeasured")
+# Operator keys of later schema versions, added as empty to older files' points.
+LATER_KEYS = ("n_matvecs", "rel_error")
 # Record fields that extra_info keys must not overwrite.
 RESERVED = frozenset(
     (
         *("source", "source_kind", "timestamp", "name", "fullname", "group", "status"),
-        *("machine", "gpu_names", "time_ms", "device_id", "series", "facet"),
+        *("machine", "gpu_names", "time_ms", "device_id", "series", "facet", "matvecs"),
         *(f"{s}_s" for s in STATS),
         *COUNTS,
     )
@@ -314,7 +316,7 @@ def dedupe(frame: pd.DataFrame) -> pd.DataFrame:
 
 def annotate(frame: pd.DataFrame) -> pd.DataFrame:
     """Typed schema columns plus the derived ones the figures and tables group by."""
-    for column in INFO_KEYS:  # absent ones are added as empty, so old files still load
+    for column in (*INFO_KEYS, *LATER_KEYS):  # absent ones are added empty: old files load
         if column not in frame:
             frame[column] = None
     for column in (*(f"{s}_s" for s in STATS), *COUNTS):
@@ -331,6 +333,7 @@ def annotate(frame: pd.DataFrame) -> pd.DataFrame:
     # Operator points from before variants existed ran the backend's default way; the other
     # workloads have no variants.
     operator = frame["workload"].isin(["divergence", "ddim"])
+    stochastic = frame["method"].isin(STOCHASTIC_METHODS)
     default = frame["backend"].map(DEFAULT_VARIANT).where(operator)
     frame["variant"] = frame["variant"].fillna(default)
     _nfe_kind(frame)
@@ -339,7 +342,9 @@ def annotate(frame: pd.DataFrame) -> pd.DataFrame:
     frame["step"] = frame["step"].where(~old_train, "separate_forward")
     frame["time_ms"] = frame["median_s"] * 1e3
     frame["device_id"] = _device_ids(frame)
-    frame["series"] = [_series_label(*row) for row in frame[["method", "model", "n_probes"]].values]
+    # Jacobian-vector products per estimate: Hutchinson's probes, the other estimators' budget
+    frame["matvecs"] = frame["n_matvecs"].fillna(frame["n_probes"].where(stochastic))
+    frame["series"] = [_series_label(*row) for row in frame[["method", "model", "matvecs"]].values]
     frame["facet"] = facet_labels(frame)
     return frame
 
@@ -370,11 +375,12 @@ MODEL_SHORT = {
 }
 
 
-def _series_label(method: Any, model: Any, n_probes: Any) -> str:
-    """One line in a plot: the method, its probe count and (unless a HollowNet) the model."""
+def _series_label(method: Any, model: Any, matvecs: Any) -> str:
+    """One line in a plot: the method, a stochastic one's matrix-vector products (Hutchinson:
+    its probes) and (unless a HollowNet) the model."""
     label = str(method) if isinstance(method, str) else "?"
-    if method == "hutchinson" and not pd.isna(n_probes):
-        label += f"-{int(n_probes)}"
+    if not pd.isna(matvecs):
+        label += f"-{int(matvecs)}"
     short = MODEL_SHORT.get(model, model) if isinstance(model, str) else ""
     return f"{label} [{short}]" if short else label
 

@@ -117,12 +117,13 @@ def test_sampling_then_evaluating_round_trips(setup):
     assert np.abs(_np(backend, z) - _np(backend, x)).max() > 0.1  # the flow moved the points
 
 
-def test_hutchinson_probes_are_fixed_within_a_solve_so_the_flow_inverts():
+@pytest.mark.parametrize("method", cnf.STOCHASTIC_TRACES)
+def test_stochastic_probes_are_fixed_within_a_solve_so_the_flow_inverts(method):
     """FFJORD draws e once per solve: with one seed, decode undoes encode's log-density too."""
     backend = backend_or_skip("torch")
     flow = flows(backend)
     net = _net(backend)
-    config = FlowConfig(method="hutchinson", rtol=1e-9, atol=1e-9)
+    config = FlowConfig(method=method, rtol=1e-9, atol=1e-9)
     x = backend.asarray(_points())
     z, delta, _ = flow.encode(net, x, config, seed=7)
     back, delta_back, _ = flow.decode(net, z, config, seed=7)
@@ -130,6 +131,20 @@ def test_hutchinson_probes_are_fixed_within_a_solve_so_the_flow_inverts():
     np.testing.assert_allclose(_np(backend, delta_back), _np(backend, delta), atol=1e-6)
     _, other, _ = flow.encode(net, x, config, seed=8)
     assert np.abs(_np(backend, other) - _np(backend, delta)).max() > 1e-4
+
+
+def test_hutchpp_flow_is_exact_once_its_sketch_spans_every_dimension(setup):
+    """Hutch++ with 3d products sketches all of R^d, so the flow's log-likelihood is the exact
+    one; with 3 it is an estimate that moves with the seed."""
+    backend, flow = setup
+    net, x = _net(backend), backend.asarray(_points())
+    exact, _ = flow.log_likelihood(net, x, TIGHT)
+    spanning = FlowConfig(method="hutchpp", n_matvecs=9, rtol=1e-9, atol=1e-9)
+    full, _ = flow.log_likelihood(net, x, spanning, seed=3)
+    np.testing.assert_allclose(_np(backend, full), _np(backend, exact), atol=1e-6)
+    cheap = FlowConfig(method="hutchpp", rtol=1e-9, atol=1e-9)
+    estimates = [_np(backend, flow.log_likelihood(net, x, cheap, seed=s)[0]) for s in (3, 4)]
+    assert np.abs(estimates[0] - estimates[1]).max() > 1e-4
 
 
 # --- NFE counts ---------------------------------------------------------------------------------
@@ -323,6 +338,8 @@ def test_unknown_dataset_lists_the_available_ones():
         ({"method": "exact"}, "unknown method 'exact'"),
         ({"n_probes": 0}, "n_probes must be a positive int"),
         ({"noise": "uniform"}, "unknown noise"),
+        ({"method": "hutchpp", "noise": "rademacher"}, "unknown noise 'rademacher'.*gaussian"),
+        ({"method": "hutchpp", "n_matvecs": 2}, r"n_matvecs must be an int >= 3 \(Hutch\+\+\)"),
         ({"solver": "euler"}, "unknown solver 'euler'; available: dopri5, tsit5"),
         ({"rtol": 0.0}, "rtol must be in"),
         ({"t1": -1.0}, "t1 must be a finite number > 0"),

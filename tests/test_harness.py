@@ -22,7 +22,14 @@ from bench.harness.operators import Point, predict_bytes
 from bench.harness.progress import Progress
 from bench.harness.sweep import PointTimeout, Sweep, Task, classify, time_limit
 from bench.harness.telemetry import machine_info
-from impls import EXACT_METHODS, HOLLOW_METHODS, METHODS, HollowSpec
+from impls import (
+    ESTIMATORS,
+    EXACT_METHODS,
+    HOLLOW_METHODS,
+    METHODS,
+    STOCHASTIC_METHODS,
+    HollowSpec,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_KEYS = {
@@ -182,8 +189,24 @@ def test_grid_follows_the_rules():
     assert len({p.id for p in points}) == len(points)
     assert all(p.model == "hollownet" for p in points if p.method in HOLLOW_METHODS)
     assert all((p.n_probes is None) == (p.method != "hutchinson") for p in points)
+    assert all((p.n_matvecs is None) == (p.method not in ESTIMATORS) for p in points)
+    assert all(p.k == 1 for p in points if p.method in STOCHASTIC_METHODS)
     models = {(p.model, p.method) for p in points}
     assert {m for m, _ in models} == set(grid.MODELS)  # dense and hutchinson on every model
+
+
+def test_estimators_sweep_their_budget_and_quick_runs_a_handful():
+    """--bench-n-matvecs is the estimators' axis; quick keeps one budget each, HollowNet
+    training steps at d = 32, and the ids of every other point."""
+    points = _points(options.resolve({"preset": "full", "n_matvecs": "3,12,48"}))
+    budgets = {(p.method, p.n_matvecs) for p in points if p.method in ESTIMATORS}
+    assert budgets == {(m, n) for m in ESTIMATORS for n in (3, 12, 48)}
+    assert {p.model for p in points if p.method in ESTIMATORS} == set(grid.MODELS)
+    quick = [p for p in _points(options.resolve({})) if p.method in ESTIMATORS]
+    assert {(p.method, p.n_matvecs) for p in quick} == {(m, 12) for m in ESTIMATORS}
+    assert len(quick) == len(ESTIMATORS) * len({(p.backend, p.device) for p in quick})
+    assert {(p.model, p.mode, p.d) for p in quick} == {("hollownet", "train", 32)}
+    assert quick[0].id.endswith(f"-{quick[0].method}-mv12-d32-b32-k1-train")
 
 
 def test_quick_covers_the_acceptance_grid():

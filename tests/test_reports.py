@@ -940,3 +940,64 @@ def test_ode_figures_are_in_a_report_with_ode_data_and_no_data_without(report, t
     ):
         section = without.split(f"### {title}", 1)[1].split("###", 1)[0]
         assert "**No data:** no 'ode' workload points in the inputs" in section
+
+
+# --- stochastic estimators against the exact operator -------------------------------------------
+
+# (method, budget): (rel std, train-step ms) at d = 32, beside hollow's 2.0 ms
+ESTIMATOR_POINTS = {
+    ("hutchinson", 1): (0.4, 1.0),
+    ("hutchinson", 4): (0.2, 2.0),
+    ("hutchinson", 16): (0.1, 6.0),
+    ("hutchpp", 3): (0.3, 2.0),
+    ("hutchpp", 12): (0.05, 4.0),
+    ("hutchpp", 48): (0.004, 10.0),
+}
+
+
+def _estimator_frame(tmp_path: Path) -> pd.DataFrame:
+    """alpha's golden points plus train-mode divergence points of hollow and the estimators."""
+    doc = results_json("alpha")
+    rows = [("hollow", None, 1e-7, 2.0)] + [
+        (m, n, e, ms) for (m, n), (e, ms) in ESTIMATOR_POINTS.items()
+    ]
+    for method, budget, error, ms in rows:
+        info = extra_info("alpha", "divergence", method, "hollownet", 32, 1, budget, ms)
+        hutchinson = method == "hutchinson"
+        info |= {
+            "mode": "train", "error": error, "n_probes": budget if hutchinson else None,
+            "n_matvecs": None if hutchinson else budget,
+            "error_kind": "max_abs" if budget is None else "rel_std",
+        }  # fmt: skip
+        name = f"test_divergence[torch-cpu-hollownet-{method}-b{budget}-d32-train]"
+        doc["benchmarks"].append(
+            {"name": name, "fullname": name, "params": {}, "extra_info": info, "stats": stats(ms)}
+        )
+    return load_results([str(write_json(tmp_path / "estimators.json", doc))])
+
+
+def test_estimator_budgets_give_the_first_budget_below_each_target(tmp_path):
+    from reports.tables import estimator_budgets
+
+    got = estimator_budgets(_estimator_frame(tmp_path))
+    assert set(got["mode"]) == {"train"} and set(got["d"]) == {32}
+    hutchpp, hutchinson = row(got, method="hutchpp"), row(got, method="hutchinson")
+    assert hutchpp["budget, rel std < 10%"] == 12 and hutchpp["budget, rel std < 1%"] == 48
+    assert hutchpp["time / hollow, rel std < 10%"] == pytest.approx(4.0 / 2.0)
+    assert hutchpp["time / hollow, rel std < 1%"] == pytest.approx(10.0 / 2.0)
+    # 10% is not below 10%: Hutchinson never gets there in these points
+    assert hutchinson["budget, rel std < 10%"] == "not reached (best 10.0% at 16)"
+    assert pd.isna(hutchinson["time / hollow, rel std < 10%"])
+
+
+def test_estimator_error_vs_time_draws_a_line_per_estimator_and_exact_stars(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from reports.figures import estimator_error_vs_time
+
+    fig = estimator_error_vs_time(_estimator_frame(tmp_path))
+    (ax,) = fig.axes
+    assert "d=32" in ax.get_title() and ax.get_yscale() == "log"
+    labels = {text.get_text() for text in ax.texts}
+    assert {"1", "4", "16", "3", "12", "48"} <= labels  # one labelled point per budget
+    plt.close(fig)

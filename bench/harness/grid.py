@@ -13,7 +13,14 @@ from typing import ClassVar
 from bench.harness.workload import PointBase
 
 # impls itself imports numpy only
-from impls import DEFAULT_VARIANT, DENSE_METHODS, HOLLOW_METHODS, VARIANTS
+from impls import (
+    DEFAULT_VARIANT,
+    DENSE_METHODS,
+    ESTIMATORS,
+    HOLLOW_METHODS,
+    STOCHASTIC_METHODS,
+    VARIANTS,
+)
 
 MODELS = ("hollownet", "mlp_param_matched", "mlp_flop_matched")
 MODES = ("eval", "train")
@@ -26,7 +33,8 @@ COMPILE_TRAIN_METHODS = ("hollow_forward",)
 
 # The pytest parameters of every point, in id order; they also become the JSON's ``params``.
 PARAM_NAMES = (
-    "backend", "device", "method", "model", "d", "batch", "k", "mode", "n_probes", "variant"
+    "backend", "device", "method", "model", "d", "batch", "k", "mode", "n_probes", "variant",
+    "n_matvecs",
 )  # fmt: skip
 
 
@@ -46,6 +54,7 @@ class Point(PointBase):
     mode: str
     n_probes: int | None = None
     variant: str = ""  # "": the backend's default
+    n_matvecs: int | None = None  # the matrix-vector budget of Hutch++, XTrace, XDiag
 
     PARAMS: ClassVar[tuple[str, ...]] = PARAM_NAMES
 
@@ -63,8 +72,9 @@ class Point(PointBase):
     @property
     def id(self) -> str:
         probes = f"-m{self.n_probes}" if self.n_probes is not None else ""
+        budget = f"-mv{self.n_matvecs}" if self.n_matvecs is not None else ""
         return (
-            f"{self.backend}-{self.device}-{self.model}-{self.label}{probes}"
+            f"{self.backend}-{self.device}-{self.model}-{self.label}{probes}{budget}"
             f"-d{self.d}-b{self.batch}-k{self.k}-{self.mode}"
         )
 
@@ -119,6 +129,7 @@ class Preset:
     batches: tuple[int, ...]
     ks: tuple[int, ...]
     n_probes: tuple[int, ...]
+    n_matvecs: tuple[int, ...]
     limits: tuple[Limit, ...]
     timing: Timing
     timeout_s: float
@@ -149,6 +160,10 @@ def _many_probes(p: Point) -> bool:
     return (p.n_probes or 1) > 1
 
 
+def _estimator(p: Point) -> bool:
+    return p.method in ESTIMATORS
+
+
 PRESETS = {
     # A 2-core CPU in <= 5 minutes: every method, model, mode and k, thinned where costs explode.
     "quick": Preset(
@@ -157,6 +172,7 @@ PRESETS = {
         batches=(32,),
         ks=(1, 2, 3),
         n_probes=(1, 8),
+        n_matvecs=(12,),
         limits=(
             Limit("dense methods", _dense, 128),
             Limit("dense methods in train mode", lambda p: _dense(p) and _train(p), 32),
@@ -177,6 +193,13 @@ PRESETS = {
                 lambda p: _compiled(p) and (_many_probes(p) or p.model == "mlp_param_matched"),
                 0,
             ),
+            # A handful: each estimator's divergence in a HollowNet training step at d = 32.
+            Limit(
+                "estimators off HollowNet divergence train",
+                lambda p: _estimator(p) and (_mlp(p) or _ddim(p) or not _train(p)),
+                0,
+            ),
+            Limit("estimators", _estimator, 32, min_d=32),
         ),
         timing=Timing(budget_s=0.2, min_rounds=3, max_rounds=30),
         timeout_s=120.0,  # a compiled point's compilation counts against it
@@ -190,6 +213,7 @@ PRESETS = {
         batches=(512,),
         ks=(1, 2, 3, 4),
         n_probes=(1, 4, 16),
+        n_matvecs=(3, 12, 48),
         limits=(
             Limit("dense methods", _dense, 2048),
             Limit("dense methods in train mode", lambda p: _dense(p) and _train(p), 1024),
@@ -198,6 +222,10 @@ PRESETS = {
             Limit(
                 "hutchinson, >1 probe, in train mode", lambda p: _many_probes(p) and _train(p), 0
             ),
+            # Against the exact operator at equal cost: HollowNet training steps up to d = 1024.
+            Limit("estimators on matched MLPs", lambda p: _estimator(p) and _mlp(p), 0),
+            Limit("estimators in eval mode", lambda p: _estimator(p) and not _train(p), 0),
+            Limit("estimators", _estimator, 1024),
         ),
         timing=Timing(budget_s=1.0, min_rounds=5, max_rounds=200),
         timeout_s=300.0,
@@ -209,6 +237,7 @@ PRESETS = {
         batches=(64, 512),
         ks=(1, 2, 3, 4),
         n_probes=(1, 2, 4, 8, 16, 32),
+        n_matvecs=(3, 6, 12, 24, 48, 96),
         limits=(),
         timing=Timing(budget_s=1.0, min_rounds=5, max_rounds=1000),
         timeout_s=600.0,
@@ -236,8 +265,8 @@ def variant_applies(p: Point) -> bool:
 def expand(grid: Grid, settings, devices: dict[str, tuple[str, ...]]) -> list[Point]:
     """Every point of ``grid`` on the axes of ``settings`` (``devices``: backend -> its
     devices), in a stable order, minus those a limit excludes or a variant cannot run.
-    Hutchinson points take each ``n_probes``, and k = 1 only; every other method takes
-    ``n_probes=None``."""
+    Stochastic methods take k = 1 only: Hutchinson each ``n_probes``, the other estimators each
+    ``n_matvecs``; every other method takes ``n_probes=None`` and ``n_matvecs=None``."""
     limits, variants = tuple(settings.limits), set(settings.variants)
     wanted = [m for m in grid.methods if m in set(settings.methods)]
     ks = grid.ks if grid.ks is not None else tuple(settings.ks)
@@ -249,12 +278,13 @@ def expand(grid: Grid, settings, devices: dict[str, tuple[str, ...]]) -> list[Po
             sorted(set(settings.dims)), settings.batches, ks,
         )  # fmt: skip
         for device, model, method, variant, mode, d, batch, k in axes:
-            if not applicable(method, model) or (method == "hutchinson" and k != 1):
+            if not applicable(method, model) or (method in STOCHASTIC_METHODS and k != 1):
                 continue
             probes = settings.n_probes if method == "hutchinson" else (None,)
-            for m in probes:
+            budgets = settings.n_matvecs if method in ESTIMATORS else (None,)
+            for m, n in itertools.product(probes, budgets):
                 p = Point(
-                    grid.workload, backend, device, method, model, d, batch, k, mode, m, variant
+                    grid.workload, backend, device, method, model, d, batch, k, mode, m, variant, n
                 )
                 if variant_applies(p) and not any(limit.excludes(p) for limit in limits):
                     points.append(p)

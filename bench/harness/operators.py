@@ -9,7 +9,9 @@ call; JAX: ``value_and_grad``, jitted). No method calls ``net(x)`` a second time
 Error figures are computed on the first ``ROWS`` rows of the batch against a float64 dense
 reference (``dense_vectorized`` on a float64 copy of the very same float32 weights, computed
 once per model and shared by every method, mode and backend): max |error| for exact methods,
-and for Hutchinson the std across ``SEEDS`` probe seeds over the mean |exact value| (rel_std).
+and for the stochastic ones (Hutchinson, Hutch++, XTrace, XDiag) the std across ``SEEDS`` probe
+seeds over the mean |exact value| (rel_std). Every point also records ``rel_error``, the timed
+call's mean |error| over the mean |exact value|, and the estimators their ``n_matvecs``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ import numpy as np
 from bench.harness.grid import Grid, Point, expand
 from bench.harness.sweep import Sweep, Task
 from bench.harness.workload import Workload
-from impls import HollowSpec, MLPSpec, flop_matched_mlp, param_matched_mlp
+from impls import (
+    ESTIMATORS,
+    STOCHASTIC_METHODS,
+    HollowSpec,
+    MLPSpec,
+    flop_matched_mlp,
+    param_matched_mlp,
+)
 
 ModelSpec = HollowSpec | MLPSpec
 ROWS = 4  # batch rows the error is checked on
@@ -80,6 +89,7 @@ def run_operator(sweep: Sweep, benchmark, point: Point) -> None:
         "batch": point.batch,
         "k": point.k,
         "n_probes": point.n_probes,
+        "n_matvecs": point.n_matvecs,
         "mode": point.mode,
         "step": STEP if point.mode == "train" else None,
         "dtype": spec.dtype,
@@ -107,14 +117,18 @@ def make_task(sweep: Sweep, backend, spec: ModelSpec, point: Point) -> Task:
     x_np = data(point.batch, point.d, spec.dtype)
     x = backend.asarray(x_np)
     fn, args, values_of = step(backend, net, x, point)
+    info: dict[str, Any] = {}
 
     def check(out: Any, step: Callable[..., Any]) -> tuple[float, str]:
-        if point.method != "hutchinson":
-            return max_abs_error(sweep, backend, spec, x_np, point, values_of(out))
+        got = backend.to_numpy(values_of(out))[:ROWS].astype(np.float64)
+        exact = _exact(sweep, spec, x_np, point)
+        info["rel_error"] = float(np.abs(got - exact).mean() / np.abs(exact).mean())
+        if point.method not in STOCHASTIC_METHODS:
+            return float(np.abs(got - exact).max()), "max_abs"
         estimate = _seeded(backend, net, x, point, step, values_of)
         return rel_std(sweep, backend, net, x_np, point, estimate)
 
-    return Task(fn, args, check, variant=point.variant)
+    return Task(fn, args, check, info, variant=point.variant)
 
 
 def step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable]:
@@ -125,7 +139,7 @@ def step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable]:
     eval: the operator alone, without an autograd graph. train: the loss, then the backward
     pass into every parameter (outputs ``((loss, values), grads)``)."""
     op = _operator(backend, point)
-    args = (net, x, backend.random_opts(None) if point.method == "hutchinson" else {})
+    args = (net, x, backend.random_opts(None) if point.method in STOCHASTIC_METHODS else {})
     if point.mode == "eval":
 
         def evaluate(net, x, rng):
@@ -144,7 +158,7 @@ def step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable]:
 
 
 def _seeded(backend, net, x, point: Point, step: Callable, values_of: Callable) -> Callable:
-    """seed -> the point's Hutchinson estimate at the first ROWS rows with that seed's probes.
+    """seed -> the point's estimate at the first ROWS rows with that seed's probes.
 
     Where a compiled step is pure (JAX), it reruns with the seed's key: any new function would
     cost a fresh compilation. Elsewhere (torch) the estimator runs eagerly on those rows."""
@@ -165,6 +179,8 @@ def _operator(backend, point: Point, with_value: bool = False) -> Callable[..., 
     """op(net, x, **extra) -> the point's values: (batch,) divergence or (batch, d) D_dim^k;
     ``with_value``: (f, values) from one pass."""
     opts = {"n_probes": point.n_probes} if point.method == "hutchinson" else {}
+    if point.method in ESTIMATORS:
+        opts = {"n_matvecs": point.n_matvecs}
     m = point.method
     if point.workload == "divergence":
         fn = backend.value_and_divergence if with_value else backend.divergence
@@ -173,23 +189,14 @@ def _operator(backend, point: Point, with_value: bool = False) -> Callable[..., 
     return lambda net, x, **kw: fn(net, x, k=point.k, method=m, **opts, **kw)
 
 
-def max_abs_error(
-    sweep: Sweep, backend, spec: ModelSpec, x_np: np.ndarray, point: Point, values
-) -> tuple[float, str]:
-    """(max |values - exact| over the first ROWS rows, "max_abs")."""
-    exact = _exact(sweep, spec, x_np, point)
-    got = backend.to_numpy(values)[:ROWS].astype(np.float64)
-    return float(np.abs(got - exact).max()), "max_abs"
-
-
 def rel_std(
     sweep: Sweep, backend, net, x_np: np.ndarray, point: Point, estimate: Callable[[int], Any]
 ) -> tuple[float, str]:
     """(std across SEEDS probe seeds, averaged over the first ROWS rows' entries, over the mean
     |exact value|, "rel_std"). A property of the estimator, not of the mode: eval and train
-    points of one model, batch and probe count share it."""
+    points of one model, batch, method and budget share it."""
     key = ("rel_std", backend.name, backend.device, net.spec, point.workload, point.batch,
-           point.n_probes)  # fmt: skip
+           point.method, point.n_probes, point.n_matvecs)  # fmt: skip
 
     def compute() -> float:
         estimates = np.stack([np.asarray(estimate(s), dtype=np.float64) for s in range(SEEDS)])
@@ -260,6 +267,8 @@ def predict_bytes(spec: ModelSpec, point: Point) -> int:
             passes = point.d * 2**point.k
         elif point.method == "hutchinson":
             passes = (point.n_probes or 1) + 2
+        elif point.method in ESTIMATORS:
+            passes = point.n_matvecs + 2
         else:
             passes = point.k + 2
         live = passes * act * (2 if train else 1)

@@ -54,6 +54,7 @@ class Settings:
     batches: tuple[int, ...]
     ks: tuple[int, ...]
     n_probes: tuple[int, ...]
+    n_matvecs: tuple[int, ...]
     variants: tuple[str, ...]
     devices: tuple[str, ...] | None
     shard: tuple[int, int]
@@ -79,6 +80,7 @@ class Settings:
             "batches": list(self.batches),
             "ks": list(self.ks),
             "n_probes": list(self.n_probes),
+            "n_matvecs": list(self.n_matvecs),
             "variants": list(self.variants),
             "devices": list(self.devices) if self.devices else None,
             "shard": f"{self.shard[0]}/{self.shard[1]}",
@@ -207,6 +209,7 @@ OPTIONS = (
     Option("k", _ints(1, MAX_K), f"derivative orders for ddim, e.g. 1-3 (1..{MAX_K})"),
     Option("batch", _ints(1), "batch sizes (default: the preset's)"),
     Option("n_probes", _ints(1), "Hutchinson probe counts, e.g. 1,4,16"),
+    Option("n_matvecs", _ints(3), "matrix-vector budgets of hutchpp, xtrace, xdiag, e.g. 3,12,48"),
     Option(
         "variants",
         _choices(ALL_VARIANTS),
@@ -286,6 +289,7 @@ def resolve(
         batches=values.get("batch", preset.batches),
         ks=values.get("k", preset.ks),
         n_probes=values.get("n_probes", preset.n_probes),
+        n_matvecs=values.get("n_matvecs", preset.n_matvecs),
         variants=values.get("variants", preset.variants),
         devices=values.get("devices"),
         shard=values.get("shard", (1, 1)),

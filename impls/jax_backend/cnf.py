@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from impls import cnf
-from impls.cnf import DEFAULT_CONFIG, FlowConfig, TrainResult
+from impls.cnf import DEFAULT_CONFIG, STOCHASTIC_TRACES, FlowConfig, TrainResult
 from impls.jax_backend import operators
 from impls.jax_backend.models import HollowNet, _Model
 
@@ -57,17 +57,15 @@ def _is_model(field: Any) -> bool:
 def _value_and_divergence(field: Callable, x, t, key, config: FlowConfig):
     """(f(t, x), div f(t, x)) from one pass of the field: the divergence's own forward."""
     method = config.method
-    probes = {"n_probes": config.n_probes, "noise": config.noise}
     if _is_model(field):
         opts = {"t": t} if field.spec.time_dependent else {}
-        if method == "hutchinson":
-            opts |= {"key": key, **probes}
+        if method in STOCHASTIC_TRACES:
+            opts |= {"key": key, **config.probe_opts}
         return operators.value_and_divergence(field, x, method, **opts)
     # A plain callable: the same operator code, on f(t, .)
     fun = lambda y: field(t, y)  # noqa: E731
-    if method == "hutchinson":
-        n, noise = config.n_probes, config.noise
-        return operators.hutchinson(fun, x, key, n, noise, trace=True, with_value=True)
+    if method in STOCHASTIC_TRACES:
+        return operators.stochastic(fun, x, key, method, trace=True, **config.probe_opts)
     if method == "dense_loop":
         f, diag = operators.dense_loop(fun, x, 1, with_value=True)
     else:

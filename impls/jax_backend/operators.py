@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 
 from impls import _checks
-from impls.jax_backend import taylor
+from impls.jax_backend import estimators, taylor
 from impls.jax_backend.models import HollowNet
 
 Fn = Callable[[jax.Array], jax.Array]
-_EXTRA_OPTS = {"hutchinson": ("key",)}
+_EXTRA_OPTS = {name: ("key",) for name in _checks.STOCHASTIC_METHODS}
 
 
 def ddim(net, x: jax.Array, k: int = 1, method: str = "hollow", **opts) -> jax.Array:
@@ -50,34 +50,37 @@ def value_and_divergence(
 
 
 def _static(opts: dict) -> dict:
-    return {name: opts[name] for name in ("n_probes", "noise", "chunk_size") if name in opts}
+    names = ("n_probes", "n_matvecs", "noise", "chunk_size")
+    return {name: opts[name] for name in names if name in opts}
 
 
 def _key(method: str, opts: dict) -> jax.Array | None:
     """The probes' PRNG key: ``key``, else one from ``seed``. Required, as everywhere in JAX:
     a silent default key would draw the same probes on every call of a training loop."""
-    if method != "hutchinson":
+    if method not in _checks.STOCHASTIC_METHODS:
         return None
     key, seed = opts.get("key"), opts.get("seed")
     if key is None and seed is None:
         raise TypeError(
-            "method 'hutchinson' needs its probes' randomness in JAX: pass key= (a PRNG key, "
+            f"method {method!r} needs its probes' randomness in JAX: pass key= (a PRNG key, "
             "e.g. a fresh jax.random.split of your key per call) or seed= (an int)"
         )
     return jax.random.key(seed) if key is None else key
 
 
 @functools.partial(
-    jax.jit, static_argnames=("method", "k", "trace", "n_probes", "noise", "chunk_size")
+    jax.jit,
+    static_argnames=("method", "k", "trace", "n_probes", "n_matvecs", "noise", "chunk_size"),
 )
 def _compute(
-    net, x, t, key, *, method, k, trace=False, n_probes=1, noise="rademacher", chunk_size=None
-) -> tuple[jax.Array, jax.Array]:
+    net, x, t, key, *, method, k, trace=False, n_probes=1, n_matvecs=None, noise=None,
+    chunk_size=None,
+) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """(f, values) of the checked call, compiled once per model structure and static option
     set, so eager calls run compiled code too (under an outer ``jit`` this simply inlines)."""
-    if method == "hutchinson":
-        fun = lambda y: net.evaluate(y, t)  # noqa: E731
-        return hutchinson(fun, x, key, n_probes, noise, trace, with_value=True)
+    if method in _checks.STOCHASTIC_METHODS:
+        budget = {"n_probes": n_probes, "n_matvecs": n_matvecs, "noise": noise}
+        return stochastic(lambda y: net.evaluate(y, t), x, key, method, trace, **budget)
     if method == "hollow":
         f, out = _hollow(net, x, t, k)
     elif method == "hollow_forward":
@@ -87,6 +90,19 @@ def _compute(
     else:
         f, out = dense_vectorized(lambda y: net.evaluate(y, t), x, k, chunk_size, with_value=True)
     return f, (out.sum(-1) if trace else out)
+
+
+def stochastic(
+    fun: Fn, x: jax.Array, key: jax.Array, method: str, trace: bool, *, n_probes: int = 1,
+    n_matvecs: int | None = None, noise: str | None = None,
+) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+    """(f, a stochastic method's estimate of the trace or diagonal of fun's Jacobian at x)."""
+    noise = noise or _checks.DEFAULT_NOISE[method]
+    if method == "hutchinson":
+        return hutchinson(fun, x, key, n_probes, noise, trace, with_value=True)
+    draw = lambda shape: _probes(key, shape, noise, x)  # noqa: E731
+    n_matvecs = n_matvecs or _checks.MIN_MATVECS[method]
+    return estimators.estimate(method, fun, x, n_matvecs, draw, trace)
 
 
 def _prepare(net, x, k, method, opts) -> jax.Array | None:

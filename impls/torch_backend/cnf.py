@@ -31,7 +31,7 @@ from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
 from impls import cnf
-from impls.cnf import DEFAULT_CONFIG, FlowConfig, TrainResult
+from impls.cnf import DEFAULT_CONFIG, STOCHASTIC_TRACES, FlowConfig, TrainResult
 from impls.torch_backend import operators
 from impls.torch_backend.models import HollowNet
 
@@ -98,16 +98,14 @@ def _value_and_divergence(
 ) -> tuple[Tensor, Tensor]:
     """(f(t, x), div f(t, x)) from one pass of the field: the divergence's own forward."""
     method = config.method
-    probes = {"n_probes": config.n_probes, "noise": config.noise, "seed": seed}
+    probes = {**config.probe_opts, "seed": seed} if method in STOCHASTIC_TRACES else {}
     if _is_model(field):
         opts = {"t": t} if field.spec.time_dependent else {}
-        if method == "hutchinson":
-            opts |= probes
-        return operators.value_and_divergence(field, x, method, **opts)
+        return operators.value_and_divergence(field, x, method, **opts, **probes)
     # A plain callable: the same operator code, on f(t, .)
     fun = lambda y: field(t, y)  # noqa: E731
-    if method == "hutchinson":
-        return operators.hutchinson(fun, x, probes, trace=True, with_value=True)
+    if method in STOCHASTIC_TRACES:
+        return operators.stochastic(fun, x, method, probes, trace=True)
     if method == "dense_loop":
         f, diag = operators.dense_loop(fun, x, 1, with_value=True)
     else:

@@ -12,7 +12,7 @@ import torch
 from torch.func import jvp, vmap
 
 from impls import _checks
-from impls.torch_backend import taylor
+from impls.torch_backend import estimators, taylor
 from impls.torch_backend.models import HollowNet
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
@@ -42,18 +42,28 @@ def value_and_ddim(
         return dense_loop(fun, x, k, with_value=True)
     if method == "dense_vectorized":
         return dense_vectorized(fun, x, k, opts.get("chunk_size"), with_value=True)
-    return hutchinson(fun, x, opts, trace=False, with_value=True)
+    return stochastic(fun, x, method, opts, trace=False)
 
 
 def value_and_divergence(
     net, x: torch.Tensor, method: str = "hollow", **opts
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(f(x) (batch, dim), its divergence (batch,)) from one forward pass."""
-    if method == "hutchinson":
+    if method in _checks.STOCHASTIC_METHODS:
         fun, _ = _prepare(net, x, 1, method, opts)
-        return hutchinson(fun, x, opts, trace=True, with_value=True)
+        return stochastic(fun, x, method, opts, trace=True)
     f, diag = value_and_ddim(net, x, 1, method, **opts)
     return f, diag.sum(-1)
+
+
+def stochastic(fun: Fn, x: torch.Tensor, method: str, opts: dict, trace: bool):
+    """(f, a stochastic method's estimate of the trace or diagonal of fun's Jacobian at x)."""
+    if method == "hutchinson":
+        return hutchinson(fun, x, opts, trace, with_value=True)
+    n_matvecs = opts.get("n_matvecs", _checks.MIN_MATVECS[method])
+    noise, seed = opts.get("noise", _checks.DEFAULT_NOISE[method]), opts.get("seed")
+    draw = lambda shape: _probes(shape, noise, seed, x)  # noqa: E731
+    return estimators.estimate(method, fun, x, n_matvecs, draw, trace)
 
 
 def _prepare(net, x, k, method, opts) -> tuple[Fn, torch.Tensor | None]:

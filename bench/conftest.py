@@ -35,7 +35,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
 
 
+def _avoid_xla_cpu_deadlock() -> None:
+    """XLA:CPU's concurrency-optimised scheduler (jaxlib 0.10) can deadlock a jitted XTrace step
+    (d = 128, 48 products: see impls/jax_backend/estimators.py). A native deadlock is beyond
+    the per-point time limit, so every later JAX point of the sweep would wait behind it.
+    Read when JAX makes its CPU client, which no backend has done yet; a user's own setting of
+    the flag wins."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "concurrency_optimized_scheduler" not in flags:
+        off = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+        os.environ["XLA_FLAGS"] = f"{flags} {off}".strip()
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    _avoid_xla_cpu_deadlock()
     try:
         settings = options.from_config(config)
     except options.OptionError as exc:

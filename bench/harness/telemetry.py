@@ -59,6 +59,7 @@ def machine_info() -> dict[str, Any]:
         "cuda": getattr(getattr(torch, "version", None), "cuda", None),
         "torch_num_threads": torch.get_num_threads() if torch else None,
         "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
+        "xla_flags": os.environ.get("XLA_FLAGS"),
         "gpus": NVML.gpus(),
     }
 

@@ -593,6 +593,23 @@ def test_torch_variants_time_the_same_step():
         backend.compile_step(fn, args, "graph")
 
 
+def test_torch_compile_takes_one_point_after_another():
+    """The sweep compiles the same step at d after d. Hutchinson's probes (``randint``) take
+    no symbolic sizes, so a compile that turned dynamic at the second d failed there."""
+    torch = pytest.importorskip("torch")
+    from bench.harness import operators
+    from impls import HollowSpec, load_backend
+
+    backend = load_backend("torch", "cpu")
+    for d in (4, 5, 6):
+        point = grid.Point("divergence", "torch", "cpu", "hutchinson", "hollownet", d, 3, 1,
+                           "eval", n_probes=1)  # fmt: skip
+        net = backend.build(HollowSpec(dim=d, d_h=2))
+        fn, args, values_of = operators.step(backend, net, torch.randn(3, d), point)
+        compiled, _, _ = backend.compile_step(fn, args, "compile")
+        assert values_of(compiled(*args)).shape == (3,)
+
+
 @pytest.mark.parametrize("backend_name", ["torch", "jax"])
 @pytest.mark.parametrize("method", ["hollow", "hollow_forward", "hutchinson"])
 def test_train_step_is_fair(backend_name, method):

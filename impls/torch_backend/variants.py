@@ -25,7 +25,9 @@ def torch_variant(
     if variant == "cudagraph":
         step = capture(fn, args)
     elif variant == "compile":
-        step = torch.compile(fn)
+        # Static shapes: after a second d, torch.compile would otherwise trace d symbolically,
+        # and ops such as the probes' randint take no symbolic sizes. Each point is one shape.
+        step = torch.compile(fn, dynamic=False)
         step(*args)  # compiles
     else:
         raise ValueError(f"unknown torch variant {variant!r}; choose eager, cudagraph or compile")

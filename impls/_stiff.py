@@ -1,6 +1,6 @@
 """Framework-free parts of the implicit solvers, shared so both backends do identical maths:
-argument checks, the variable-step BDF1/BDF2 coefficients and error constants, controller
-constants and the statistics' names.
+argument checks, a solve's configuration, the variable-step BDF1/BDF2 coefficients and error
+constants, controller constants and the statistics' names.
 
 The BDF formulas use divided differences of the accepted solution: ``d1 = [y_n, y_{n-1}]``,
 ``d2 = [y_n, y_{n-1}, y_{n-2}]`` and the previous step sizes ``h1 = t_n - t_{n-1}``,
@@ -14,7 +14,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 STEPPERS = ("backward_euler", "bdf2")
 ROOT_FINDERS = ("fixed_point", "newton", "jacobi_newton")
@@ -29,17 +30,10 @@ FAC_MAX = {"backward_euler": 5.0, "bdf2": 2.0}
 FAIL_FACTOR = 0.25  # step shrink after the root finder failed to converge
 STRETCH = 1e-6  # a step within this fraction of an output time lands on it exactly
 
-STATS = (
-    "n_steps",
-    "n_accepted",
-    "n_rejected",
-    "n_failed",
-    "n_iters",
-    "nfe",
-    "n_jac",
-    "n_diag",
-    "n_lu",
-)
+# The root finder counts its own evaluations (FINDER_STATS); the run counts the rest.
+FINDER_STATS = ("n_jac", "n_diag", "n_lu")
+RUN_STATS = ("n_steps", "n_accepted", "n_rejected", "n_failed", "n_iters", "nfe")
+STATS = (*RUN_STATS, *FINDER_STATS)
 DEFAULTS = {
     "rtol": 1e-6,
     "atol": 1e-9,
@@ -47,6 +41,26 @@ DEFAULTS = {
     "max_iters": 20,
     "max_steps": 10_000,
 }
+
+
+@dataclass(frozen=True)
+class Config:
+    """The static part of a solve (in JAX, changing it recompiles)."""
+
+    stepper: str
+    root_finder: str
+    reuse: str
+    max_iters: int
+    max_steps: int = 1
+    adaptive: bool = True
+
+
+class Tol(NamedTuple):
+    """The weights of the norms and the root finder's threshold (traced in JAX)."""
+
+    rtol: Any
+    atol: Any
+    root_tol: Any
 
 
 def bdf_step(h, h1, h2, second) -> tuple[Any, Any, Any, Any]:
@@ -121,6 +135,34 @@ def check_tolerances(rtol: Any, atol: Any, root_tol: Any, max_iters: Any) -> Non
     if not root_tol > 0:
         raise ValueError(f"root_tol must be > 0, got {root_tol!r}")
     _count(max_iters, "max_iters")
+
+
+def configure(
+    ts: Any,
+    stepper: str,
+    root_finder: str,
+    reuse: str,
+    rtol: Any,
+    atol: Any,
+    root_tol: Any,
+    max_iters: Any,
+    max_steps: Any,
+    step_size: Any,
+) -> tuple[tuple[float, ...], float | None, Config]:
+    """Check a solve's arguments: (output times, fixed step size or None, configuration)."""
+    times = check_times(ts)
+    check_method(stepper, root_finder, reuse)
+    check_tolerances(rtol, atol, root_tol, max_iters)
+    h = check_steps(step_size, max_steps, times)
+    return times, h, Config(stepper, root_finder, reuse, max_iters, max_steps, h is None)
+
+
+def check_diag(finder: Any, system: Any) -> None:
+    """A root finder that iterates with D_dim f needs a system that provides it."""
+    if finder.needs_diag and not system.has_diag:
+        raise ValueError(
+            f"{finder.name} needs a Jacobian diagonal; system {system.name!r} has none"
+        )
 
 
 def check_times(ts: Any) -> tuple[float, ...]:

@@ -128,6 +128,32 @@ def test_root_finder_solves_stiff_linear_system(backend, finder):
         assert int(out.n_iters) == 2 and int(out.n_jac) == 2
 
 
+def test_root_finder_registry():
+    """Both backends register the same root finder classes, under the names the solvers
+    accept, with the same methods; unknown names are refused by name."""
+    from impls import _stiff as shared
+
+    methods = ("start", "update", "refactor", "direction")
+    registries = []
+    for name in ("torch", "jax"):
+        stiff = pytest.importorskip(f"impls.{name}_backend.stiff")
+        registries.append({key: cls.__name__ for key, cls in stiff.ROOT_FINDERS.items()})
+        assert tuple(stiff.ROOT_FINDERS) == shared.ROOT_FINDERS
+        for key, cls in stiff.ROOT_FINDERS.items():
+            assert cls.name == key and all(callable(getattr(cls, m)) for m in methods)
+        assert [k for k, cls in stiff.ROOT_FINDERS.items() if cls.needs_diag] == ["jacobi_newton"]
+    assert registries[0] == registries[-1]
+    assert set(registries[0].values()) == {"FixedPoint", "Newton", "JacobiNewton"}
+
+
+@pytest.mark.parametrize("finder", ["broyden", "Newton", ""])
+def test_find_root_refuses_unknown_finders(backend, finder):
+    stiff = _stiff(backend)
+    y = backend.asarray(np.ones((1, 3)))
+    with pytest.raises(ValueError, match=f"unknown root finder {finder!r}; available: fixed_point"):
+        stiff.find_root(stiff.ProblemSystem(robertson()), 0.0, y, 0.1, y, root_finder=finder)
+
+
 # --- against scipy ---------------------------------------------------------------------------
 
 SCIPY_CASES = {"robertson": robertson(t1=40.0), "van_der_pol": van_der_pol(t1=500.0)}

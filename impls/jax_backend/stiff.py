@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from dataclasses import replace
+from typing import Any, ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
@@ -31,7 +31,11 @@ from impls.jax_backend import operators
 from impls.stiff_problems import HollowProblem, Problem
 
 __all__ = [
+    "ROOT_FINDERS",
+    "FixedPoint",
     "HollowSystem",
+    "JacobiNewton",
+    "Newton",
     "ProblemSystem",
     "RootResult",
     "Solution",
@@ -158,125 +162,138 @@ class RootResult(NamedTuple):
     n_lu: jax.Array
 
 
-@dataclass(frozen=True)
-class _Config:
-    """The static part of a solve (changing it recompiles)."""
-
-    stepper: str
-    root_finder: str
-    reuse: str
-    max_iters: int
-    max_steps: int = 1
-    adaptive: bool = True
-
-
-class _Tol(NamedTuple):
-    """The traced part: weights of the norms and the root finder's threshold."""
-
-    rtol: jax.Array
-    atol: jax.Array
-    root_tol: jax.Array
-
-
 def _wrms(x: jax.Array) -> jax.Array:
     """The largest per-sample root-mean-square: samples share steps but none is diluted."""
     return jnp.sqrt(jnp.mean(x * x, axis=-1)).max()
 
 
 def _counts() -> dict[str, jax.Array]:
-    return {key: jnp.zeros((), jnp.int32) for key in _stiff.STATS}
-
-
-# --- linearisations: what newton (J, LU of I - cJ) and jacobi_newton (D_dim f) iterate with ---
-
-
-def _empty_lin(finder: str, y: jax.Array) -> dict[str, jax.Array]:
-    lin = {"c": jnp.asarray(jnp.nan, y.dtype), "stale": jnp.asarray(True)}
-    batch, d = y.shape
-    if finder == "newton":
-        square = jnp.zeros((batch, d, d), y.dtype)
-        lin |= {"jac": square, "lu": square, "piv": jnp.zeros((batch, d), jnp.int32)}
-    elif finder == "jacobi_newton":
-        lin["d"] = jnp.zeros_like(y)
-    return lin
-
-
-def _factor(lin: dict, c: jax.Array, counts: dict) -> tuple[dict, dict]:
-    eye = jnp.eye(lin["jac"].shape[-1], dtype=lin["jac"].dtype)
-    lu, piv = lu_factor(eye - c * lin["jac"])
-    return lin | {"lu": lu, "piv": piv.astype(jnp.int32), "c": c}, _bump(counts, "n_lu")
-
-
-def _update(system, finder: str, t, y, c, lin: dict, counts: dict) -> tuple[dict, dict]:
-    """Re-evaluate the Jacobian (newton) or the diagonal (jacobi_newton) at (t, y)."""
-    lin = lin | {"stale": jnp.asarray(False), "c": c}
-    if finder == "newton":
-        return _factor(lin | {"jac": system.jacobian(t, y)}, c, _bump(counts, "n_jac"))
-    if finder == "jacobi_newton":
-        return lin | {"d": system.diag(t, y)}, _bump(counts, "n_diag")
-    return lin, counts
-
-
-def _refactor(finder: str, c, lin: dict, counts: dict) -> tuple[dict, dict]:
-    """Reuse the Jacobian for a new c: refactor only when c changed."""
-    if finder != "newton":
-        return lin | {"c": c}, counts
-    return lax.cond(
-        c != lin["c"], lambda: _factor(lin, c, counts), lambda: (lin | {"c": c}, counts)
-    )
-
-
-def _direction(finder: str, lin: dict, residual: jax.Array) -> jax.Array:
-    """(I - cJ)^{-1} F, (1 - cD)^{-1} F, or F for fixed_point."""
-    if finder == "newton":
-        return lu_solve((lin["lu"], lin["piv"]), residual[..., None])[..., 0]
-    if finder == "jacobi_newton":
-        return residual / (1 - lin["c"] * lin["d"])
-    return residual
+    return {key: jnp.zeros((), jnp.int32) for key in _stiff.RUN_STATS}
 
 
 def _bump(counts: dict, key: str, by: Any = 1) -> dict:
     return counts | {key: counts[key] + jnp.asarray(by, jnp.int32)}
 
 
-def _iterate(system, t, rhs, c, y, cfg: _Config, tol: _Tol, lin: dict, counts: dict):
-    """Solve y - c f(t, y) = rhs from the guess y: (y, converged, iterations, lin, counts).
+# --- root finders: the PyTorch backend's classes as pytrees (the while loops carry them) -----
+
+
+class FixedPoint(eqx.Module):
+    """y <- r + c f(y): the update is the residual itself (no derivative)."""
+
+    name: ClassVar[str] = "fixed_point"
+    needs_diag: ClassVar[bool] = False
+    c: jax.Array  # the c the linearisation was made (factored) for
+    stale: jax.Array  # re-evaluate before the next use ("always" reuse)
+    n_jac: jax.Array
+    n_diag: jax.Array
+    n_lu: jax.Array
+
+    @classmethod
+    def start(cls, y: jax.Array) -> FixedPoint:
+        zero = jnp.zeros((), jnp.int32)
+        return cls(jnp.asarray(jnp.nan, y.dtype), jnp.asarray(True), zero, zero, zero)
+
+    def update(self, system, t, y, c) -> FixedPoint:
+        """Re-evaluate the linearisation at (t, y)."""
+        return replace(self, c=c, stale=jnp.asarray(False))
+
+    def refactor(self, c) -> FixedPoint:
+        """Reuse the linearisation for a new c."""
+        return replace(self, c=c)
+
+    def direction(self, residual: jax.Array) -> jax.Array:
+        return residual
+
+
+class JacobiNewton(FixedPoint):
+    """y <- y - F(y) / (1 - c D_dim f(y)): the Jacobian diagonal."""
+
+    name: ClassVar[str] = "jacobi_newton"
+    needs_diag: ClassVar[bool] = True
+    d: jax.Array | None = None
+
+    @classmethod
+    def start(cls, y):
+        return replace(super().start(y), d=jnp.zeros_like(y))
+
+    def update(self, system, t, y, c):
+        return replace(
+            self, c=c, stale=jnp.asarray(False), d=system.diag(t, y), n_diag=self.n_diag + 1
+        )
+
+    def direction(self, residual):
+        return residual / (1 - self.c * self.d)
+
+
+class Newton(FixedPoint):
+    """y <- y - (I - c J(y))^{-1} F(y): the dense Jacobian and its LU."""
+
+    name: ClassVar[str] = "newton"
+    jac: jax.Array | None = None
+    lu: jax.Array | None = None
+    piv: jax.Array | None = None
+
+    @classmethod
+    def start(cls, y):
+        batch, d = y.shape
+        square = jnp.zeros((batch, d, d), y.dtype)
+        piv = jnp.zeros((batch, d), jnp.int32)
+        return replace(super().start(y), jac=square, lu=square, piv=piv)
+
+    def update(self, system, t, y, c):
+        jac = system.jacobian(t, y)
+        return replace(self, stale=jnp.asarray(False), jac=jac, n_jac=self.n_jac + 1)._factor(c)
+
+    def refactor(self, c):
+        return lax.cond(c != self.c, lambda: self._factor(c), lambda: self)
+
+    def _factor(self, c) -> Newton:
+        lu, piv = lu_factor(jnp.eye(self.jac.shape[-1], dtype=self.jac.dtype) - c * self.jac)
+        return replace(self, c=c, lu=lu, piv=piv.astype(jnp.int32), n_lu=self.n_lu + 1)
+
+    def direction(self, residual):
+        return lu_solve((self.lu, self.piv), residual[..., None])[..., 0]
+
+
+ROOT_FINDERS = {finder.name: finder for finder in (FixedPoint, Newton, JacobiNewton)}
+
+
+def _iterate(system, t, rhs, c, y, cfg: _stiff.Config, tol: _stiff.Tol, finder: FixedPoint):
+    """Solve y - c f(t, y) = rhs from the guess y: (y, converged, iterations, finder).
 
     Same rule as the PyTorch backend: converged when theta/(1-theta) * |dy| <= root_tol (from
     the second iteration on) or dy == 0; failed on a non-finite update, theta >= 1 or
     max_iters.
     """
-    finder = cfg.root_finder
     if cfg.reuse == "step":
-        lin, counts = _update(system, finder, t, y, c, lin, counts)
+        finder = finder.update(system, t, y, c)
     elif cfg.reuse == "always":
-        lin, counts = lax.cond(
-            lin["stale"],
-            lambda: _update(system, finder, t, y, c, lin, counts),
-            lambda: _refactor(finder, c, lin, counts),
+        finder = lax.cond(
+            finder.stale, lambda: finder.update(system, t, y, c), lambda: finder.refactor(c)
         )
 
     def body(carry):
-        k, y, previous, _, lin, counts = carry
+        k, y, previous, _, finder = carry
         if cfg.reuse == "never":
-            lin, counts = _update(system, finder, t, y, c, lin, counts)
-        delta = _direction(finder, lin, y - c * system.rhs(t, y) - rhs)
+            finder = finder.update(system, t, y, c)
+        delta = finder.direction(y - c * system.rhs(t, y) - rhs)
         y = y - delta
         size = _wrms(delta / (tol.atol + tol.rtol * jnp.abs(y)))
         theta = size / previous  # 0 at the first iteration: previous is inf
         failed = ~jnp.isfinite(size) | (theta >= 1)
         converged = (size == 0) | ((k > 0) & (size * theta / (1 - theta) <= tol.root_tol))
         status = jnp.where(failed, _FAILED, jnp.where(converged, _CONVERGED, _RUNNING))
-        return k + 1, y, size, status, lin, counts
+        return k + 1, y, size, status, finder
 
     def running(carry):
-        k, *_, status, _, _ = carry
+        k, _, _, status, _ = carry
         return (status == _RUNNING) & (k < cfg.max_iters)
 
     inf = jnp.asarray(jnp.inf, y.dtype)
-    start = (jnp.zeros((), jnp.int32), y, inf, jnp.asarray(_RUNNING), lin, counts)
-    k, y, _, status, lin, counts = lax.while_loop(running, body, start)
-    return y, status == _CONVERGED, k, lin, counts
+    start = (jnp.zeros((), jnp.int32), y, inf, jnp.asarray(_RUNNING), finder)
+    k, y, _, status, finder = lax.while_loop(running, body, start)
+    return y, status == _CONVERGED, k, finder
 
 
 def find_root(
@@ -298,34 +315,27 @@ def find_root(
     _stiff.check_tolerances(rtol, atol, root_tol, max_iters)
     _check_state(system, y_guess)
     _check_state(system, rhs)
-    _check_diag(system, root_finder)
-    cfg = _Config("backward_euler", root_finder, reuse, max_iters)
+    _stiff.check_diag(ROOT_FINDERS[root_finder], system)
+    cfg = _stiff.Config("backward_euler", root_finder, reuse, max_iters)
     return _find_root(system, t, rhs, c, y_guess, _tol(rtol, atol, root_tol, y_guess.dtype), cfg)
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
-def _find_root(system, t, rhs, c, y, tol: _Tol, cfg: _Config) -> RootResult:
+def _find_root(system, t, rhs, c, y, tol: _stiff.Tol, cfg: _stiff.Config) -> RootResult:
     t, c = jnp.asarray(t, y.dtype), jnp.asarray(c, y.dtype)
-    lin, counts = _empty_lin(cfg.root_finder, y), _counts()
-    y, ok, k, _, counts = _iterate(system, t, rhs, c, y, cfg, tol, lin, counts)
-    return RootResult(y, ok, k, k, counts["n_jac"], counts["n_diag"], counts["n_lu"])
+    finder = ROOT_FINDERS[cfg.root_finder].start(y)
+    y, ok, k, finder = _iterate(system, t, rhs, c, y, cfg, tol, finder)
+    return RootResult(y, ok, k, k, finder.n_jac, finder.n_diag, finder.n_lu)
 
 
-def _tol(rtol: float, atol: float, root_tol: float, dtype) -> _Tol:
-    return _Tol(*(jnp.asarray(v, dtype) for v in (rtol, atol, root_tol)))
+def _tol(rtol: float, atol: float, root_tol: float, dtype) -> _stiff.Tol:
+    return _stiff.Tol(*(jnp.asarray(v, dtype) for v in (rtol, atol, root_tol)))
 
 
 def _check_state(system, y: Any) -> None:
     if not isinstance(y, jax.Array):
         raise TypeError(f"states must be jax.Arrays, got {type(y).__name__}")
     _stiff.check_state(tuple(y.shape), y.dtype.name, system.dim)
-
-
-def _check_diag(system, finder: str) -> None:
-    if finder == "jacobi_newton" and not system.has_diag:
-        raise ValueError(
-            f"jacobi_newton needs a Jacobian diagonal; system {system.name!r} has none"
-        )
 
 
 def _check_finite(y0: jax.Array) -> None:
@@ -353,19 +363,15 @@ def solve(
     """Integrate ``y' = system.rhs(t, y)`` from ``y0`` (batch, dim) at ``ts[0]`` through the
     output times ``ts``: ys (len(ts), batch, dim), ``ys[0] = y0``. Arguments and semantics
     as in the PyTorch backend's ``solve``; traceable (``y0`` and the system may be traced)."""
-    times = _stiff.check_times(ts)
-    _stiff.check_method(stepper, root_finder, reuse)
-    _stiff.check_tolerances(rtol, atol, root_tol, max_iters)
-    h = _stiff.check_steps(step_size, max_steps, times)
-    _check_state(system, y0)
-    _check_diag(system, root_finder)
-    _check_finite(y0)
-    cfg = _Config(stepper, root_finder, reuse, max_iters, max_steps, adaptive=h is None)
-    dtype = y0.dtype
-    ts_array = jnp.asarray(times, dtype)
-    return _solve(
-        system, y0, ts_array, _tol(rtol, atol, root_tol, dtype), jnp.asarray(h or 0.0, dtype), cfg
+    times, h, cfg = _stiff.configure(
+        ts, stepper, root_finder, reuse, rtol, atol, root_tol, max_iters, max_steps, step_size
     )
+    _check_state(system, y0)
+    _stiff.check_diag(ROOT_FINDERS[root_finder], system)
+    _check_finite(y0)
+    dtype = y0.dtype
+    tol, step_size = _tol(rtol, atol, root_tol, dtype), jnp.asarray(h or 0.0, dtype)
+    return _solve(system, y0, jnp.asarray(times, dtype), tol, step_size, cfg)
 
 
 class _State(NamedTuple):
@@ -379,12 +385,12 @@ class _State(NamedTuple):
     grow: jax.Array  # growth limit of the next step (1 after a rejection)
     idx: jax.Array  # next output time
     ys: jax.Array
-    lin: dict
+    finder: FixedPoint
     counts: dict
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
-def _solve(system, y0, ts, tol: _Tol, step_size, cfg: _Config) -> Solution:
+def _solve(system, y0, ts, tol: _stiff.Tol, step_size, cfg: _stiff.Config) -> Solution:
     dtype = y0.dtype
     counts = _bump(_counts(), "nfe")
     f0 = system.rhs(ts[0], y0)
@@ -397,22 +403,23 @@ def _solve(system, y0, ts, tol: _Tol, step_size, cfg: _Config) -> Solution:
     state = _State(
         ts[0], y0, f0, jnp.zeros_like(y0), zero, zero, h,
         jnp.asarray(_stiff.FAC_MAX[cfg.stepper], dtype), jnp.ones((), jnp.int32), ys,
-        _empty_lin(cfg.root_finder, y0), counts,
+        ROOT_FINDERS[cfg.root_finder].start(y0), counts,
     )  # fmt: skip
 
     def running(s: _State):
         return (s.idx < ts.shape[0]) & (s.counts["n_steps"] < cfg.max_steps)
 
     s = lax.while_loop(running, lambda s: _step(system, s, ts, tol, step_size, cfg), state)
-    stats = {**s.counts, "success": s.idx == ts.shape[0], "t_final": s.t}
+    finder = {key: getattr(s.finder, key) for key in _stiff.FINDER_STATS}
+    stats = {**s.counts, **finder, "success": s.idx == ts.shape[0], "t_final": s.t}
     return Solution(ts, s.ys, stats)
 
 
-def _weights(tol: _Tol, *ys: jax.Array) -> jax.Array:
+def _weights(tol: _stiff.Tol, *ys: jax.Array) -> jax.Array:
     return tol.atol + tol.rtol * functools.reduce(jnp.maximum, [jnp.abs(y) for y in ys])
 
 
-def _initial_step(system, t, y, f0, span, tol: _Tol, counts: dict):
+def _initial_step(system, t, y, f0, span, tol: _stiff.Tol, counts: dict):
     """Hairer & Wanner's starting step for order 1 (one extra f evaluation)."""
     scale = _weights(tol, y)
     d0, d1 = _wrms(y / scale), _wrms(f0 / scale)
@@ -424,7 +431,7 @@ def _initial_step(system, t, y, f0, span, tol: _Tol, counts: dict):
     return jnp.minimum(jnp.minimum(100 * h0, h1), span), _bump(counts, "nfe")
 
 
-def _step(system, s: _State, ts, tol: _Tol, step_size, cfg: _Config) -> _State:
+def _step(system, s: _State, ts, tol: _stiff.Tol, step_size, cfg: _stiff.Config) -> _State:
     """One step attempt (see the PyTorch backend's ``_Run._step``)."""
     target = ts[s.idx]
     landing = target - s.t <= s.h * (1 + _stiff.STRETCH)
@@ -433,12 +440,12 @@ def _step(system, s: _State, ts, tol: _Tol, step_size, cfg: _Config) -> _State:
     beta, gamma, p2, ratio = _stiff.bdf_step(h_try, s.h1, s.h2, second)
     guess = s.y + h_try * s.d1 + p2 * s.d2
     rhs = s.y + (h_try * gamma) * s.d1
-    y_new, ok, iters, lin, counts = _iterate(
-        system, s.t + h_try, rhs, h_try * beta, guess, cfg, tol, s.lin, s.counts
+    y_new, ok, iters, finder = _iterate(
+        system, s.t + h_try, rhs, h_try * beta, guess, cfg, tol, s.finder
     )
-    counts = _bump(_bump(_bump(counts, "n_steps"), "n_iters", iters), "nfe", iters)
+    counts = _bump(_bump(_bump(s.counts, "n_steps"), "n_iters", iters), "nfe", iters)
     counts = _bump(counts, "n_failed", ~ok)
-    lin = lin | {"stale": lin["stale"] | ~ok}
+    finder = replace(finder, stale=finder.stale | ~ok)
     if cfg.adaptive:
         error = _wrms(ratio * (y_new - guess) / _weights(tol, s.y, y_new))
         factor = _stiff.SAFETY * jnp.maximum(error, 1e-10) ** (-1 / (2 + second))
@@ -466,7 +473,7 @@ def _step(system, s: _State, ts, tol: _Tol, step_size, cfg: _Config) -> _State:
         grow=grow,
         idx=s.idx + landed.astype(jnp.int32),
         ys=ys,
-        lin=lin,
+        finder=finder,
         counts=_bump(counts, "n_accepted", accept),
     )
 
@@ -602,7 +609,7 @@ def diffrax_solve(
     _stiff.check_tolerances(rtol, atol, _stiff.DEFAULTS["root_tol"], max_iters)
     _stiff.check_steps(None, max_steps, times)
     _check_state(system, y0)
-    _check_diag(system, root_finder)
+    _stiff.check_diag(ROOT_FINDERS[root_finder], system)
     _check_finite(y0)
     cls = getattr(diffrax, solver.capitalize())
     if root_finder == "jacobi_newton":

@@ -6,11 +6,12 @@ step or adaptive, each with a pluggable root finder for its implicit stage.
 >>> sol.ys[-1]                     # (batch, 3) at t = 40
 >>> summarize(sol.stats)           # iterations, failures, NFE, Jacobian/diagonal evaluations
 
-Every step solves ``F(y) = y - c f(t, y) - r = 0`` (``c = h*beta``) with one of
+Every step solves ``F(y) = y - c f(t, y) - r = 0`` (``c = h*beta``) with one of the root
+finders of ``ROOT_FINDERS`` (by name, as torchdiffeq's ``SOLVERS``)
 
-- ``fixed_point``:   y <- r + c f(y)                                   (no derivative)
-- ``jacobi_newton``: y <- y - F(y) / (1 - c D_dim f(y))                (the Jacobian diagonal)
-- ``newton``:        y <- y - (I - c J(y))^{-1} F(y)                   (dense J, LU solve)
+- ``fixed_point`` (FixedPoint):      y <- r + c f(y)                      (no derivative)
+- ``jacobi_newton`` (JacobiNewton):  y <- y - F(y) / (1 - c D_dim f(y))   (the Jacobian diagonal)
+- ``newton`` (Newton):               y <- y - (I - c J(y))^{-1} F(y)      (dense J, LU solve)
 
 ``reuse`` says when newton/jacobi_newton re-evaluate J (or D_dim f): every iteration
 ("never"), once per step attempt ("step"), or only after a failed iteration ("always"; the LU
@@ -21,8 +22,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, replace
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -34,7 +35,11 @@ from impls.stiff_problems import HollowProblem, Problem
 from impls.torch_backend import operators
 
 __all__ = [
+    "ROOT_FINDERS",
+    "FixedPoint",
     "HollowSystem",
+    "JacobiNewton",
+    "Newton",
     "ProblemSystem",
     "RootResult",
     "Solution",
@@ -135,66 +140,97 @@ class RootResult(NamedTuple):
     n_lu: int
 
 
-@dataclass(frozen=True)
-class _Config:
-    stepper: str
-    root_finder: str
-    reuse: str
-    rtol: float
-    atol: float
-    root_tol: float
-    max_iters: int
-
-
 def _wrms(x: Tensor) -> float:
     """The largest per-sample root-mean-square: samples share steps but none is diluted."""
     return float(x.square().mean(-1).sqrt().max())
 
 
-class _Linearization:
-    """What newton (J and the LU of I - cJ) or jacobi_newton (D_dim f) iterate with, and
-    the counts of evaluations it cost."""
+# --- root finders: what the iteration turns a residual F into an update with, and the counts
+# of evaluations that cost. Immutable: every method returns the new finder, as in JAX. ----------
 
-    def __init__(self, system: System, finder: str):
-        self.system, self.finder = system, finder
-        self.stale, self.c = True, math.nan
-        self.counts = dict.fromkeys(("n_jac", "n_diag", "n_lu"), 0)
 
-    def update(self, t: float, y: Tensor, c: float) -> None:
-        if self.finder == "newton":
-            self.jac = self.system.jacobian(t, y)
-            self.counts["n_jac"] += 1
-            self._factor(c)
-        elif self.finder == "jacobi_newton":
-            self.d = self.system.diag(t, y)
-            self.counts["n_diag"] += 1
-            self.c = c
-        self.stale = False
+@dataclass(frozen=True)
+class FixedPoint:
+    """y <- r + c f(y): the update is the residual itself (no derivative)."""
 
-    def refactor(self, c: float) -> None:
-        if self.finder == "newton" and c != self.c:
-            self._factor(c)
-        self.c = c
+    name: ClassVar[str] = "fixed_point"
+    needs_diag: ClassVar[bool] = False
+    c: float = math.nan  # the c the linearisation was made (factored) for
+    stale: bool = True  # re-evaluate before the next use ("always" reuse)
+    n_jac: int = 0
+    n_diag: int = 0
+    n_lu: int = 0
 
-    def _factor(self, c: float) -> None:
-        eye = torch.eye(self.jac.shape[-1], dtype=self.jac.dtype, device=self.jac.device)
-        self.lu, self.piv = torch.linalg.lu_factor(eye - c * self.jac)
-        self.counts["n_lu"] += 1
-        self.c = c
+    @classmethod
+    def start(cls, y: Tensor) -> FixedPoint:
+        return cls()
 
-    def solve(self, residual: Tensor) -> Tensor:
-        """The update direction (I - cJ)^{-1} F, (1 - cD)^{-1} F, or F for fixed_point."""
-        if self.finder == "newton":
-            return torch.linalg.lu_solve(self.lu, self.piv, residual[..., None])[..., 0]
-        if self.finder == "jacobi_newton":
-            return residual / (1 - self.c * self.d)
+    def update(self, system: System, t: float, y: Tensor, c: float) -> FixedPoint:
+        """Re-evaluate the linearisation at (t, y)."""
+        return replace(self, c=c, stale=False)
+
+    def refactor(self, c: float) -> FixedPoint:
+        """Reuse the linearisation for a new c."""
+        return replace(self, c=c)
+
+    def direction(self, residual: Tensor) -> Tensor:
         return residual
 
 
+@dataclass(frozen=True)
+class JacobiNewton(FixedPoint):
+    """y <- y - F(y) / (1 - c D_dim f(y)): the Jacobian diagonal."""
+
+    name: ClassVar[str] = "jacobi_newton"
+    needs_diag: ClassVar[bool] = True
+    d: Tensor | None = None
+
+    def update(self, system, t, y, c):
+        return replace(self, c=c, stale=False, d=system.diag(t, y), n_diag=self.n_diag + 1)
+
+    def direction(self, residual):
+        return residual / (1 - self.c * self.d)
+
+
+@dataclass(frozen=True)
+class Newton(FixedPoint):
+    """y <- y - (I - c J(y))^{-1} F(y): the dense Jacobian and its LU."""
+
+    name: ClassVar[str] = "newton"
+    jac: Tensor | None = None
+    lu: Tensor | None = None
+    piv: Tensor | None = None
+
+    def update(self, system, t, y, c):
+        jac = system.jacobian(t, y)
+        return replace(self, stale=False, jac=jac, n_jac=self.n_jac + 1)._factor(c)
+
+    def refactor(self, c):
+        return self._factor(c) if c != self.c else self
+
+    def _factor(self, c: float) -> Newton:
+        eye = torch.eye(self.jac.shape[-1], dtype=self.jac.dtype, device=self.jac.device)
+        lu, piv = torch.linalg.lu_factor(eye - c * self.jac)
+        return replace(self, c=c, lu=lu, piv=piv, n_lu=self.n_lu + 1)
+
+    def direction(self, residual):
+        return torch.linalg.lu_solve(self.lu, self.piv, residual[..., None])[..., 0]
+
+
+ROOT_FINDERS = {finder.name: finder for finder in (FixedPoint, Newton, JacobiNewton)}
+
+
 def _iterate(
-    system: System, t: float, rhs: Tensor, c: float, y: Tensor, cfg: _Config, lin: _Linearization
-) -> tuple[Tensor, bool, int]:
-    """Solve y - c f(t, y) = rhs from the guess y: (y, converged, iterations). The f
+    system: System,
+    t: float,
+    rhs: Tensor,
+    c: float,
+    y: Tensor,
+    cfg: _stiff.Config,
+    tol: _stiff.Tol,
+    finder: FixedPoint,
+) -> tuple[Tensor, bool, int, FixedPoint]:
+    """Solve y - c f(t, y) = rhs from the guess y: (y, converged, iterations, finder). The f
     evaluations equal the iterations.
 
     Converged when the estimated remaining error theta/(1-theta) * |dy| is below root_tol in
@@ -203,26 +239,26 @@ def _iterate(
     update is exactly 0; failed when an update is not finite, theta reaches 1, or max_iters
     run out.
     """
-    if cfg.reuse == "step" or (cfg.reuse == "always" and lin.stale):
-        lin.update(t, y, c)
+    if cfg.reuse == "step" or (cfg.reuse == "always" and finder.stale):
+        finder = finder.update(system, t, y, c)
     elif cfg.reuse == "always":
-        lin.refactor(c)
+        finder = finder.refactor(c)
     previous = math.inf
     for k in range(1, cfg.max_iters + 1):
         if cfg.reuse == "never":
-            lin.update(t, y, c)
-        delta = lin.solve(y - c * system.rhs(t, y) - rhs)
+            finder = finder.update(system, t, y, c)
+        delta = finder.direction(y - c * system.rhs(t, y) - rhs)
         y = y - delta
-        size = _wrms(delta / (cfg.atol + cfg.rtol * y.abs()))
+        size = _wrms(delta / (tol.atol + tol.rtol * y.abs()))
         if size == 0:
-            return y, True, k
+            return y, True, k, finder
         theta = size / previous
         if not math.isfinite(size) or theta >= 1:
-            return y, False, k
-        if k > 1 and size * theta / (1 - theta) <= cfg.root_tol:
-            return y, True, k
+            return y, False, k, finder
+        if k > 1 and size * theta / (1 - theta) <= tol.root_tol:
+            return y, True, k, finder
         previous = size
-    return y, False, cfg.max_iters
+    return y, False, cfg.max_iters, finder
 
 
 @torch.no_grad()
@@ -245,18 +281,14 @@ def find_root(
     _stiff.check_tolerances(rtol, atol, root_tol, max_iters)
     _check_state(system, y_guess)
     _check_state(system, rhs)
-    cfg = _Config("backward_euler", root_finder, reuse, rtol, atol, root_tol, max_iters)
-    lin = _linearization(system, root_finder)
-    y, ok, iters = _iterate(system, float(t), rhs, float(c), y_guess, cfg, lin)
-    return RootResult(y, ok, iters, iters, **lin.counts)
-
-
-def _linearization(system: System, finder: str) -> _Linearization:
-    if finder == "jacobi_newton" and not system.has_diag:
-        raise ValueError(
-            f"jacobi_newton needs a Jacobian diagonal; system {system.name!r} has none"
-        )
-    return _Linearization(system, finder)
+    finder = ROOT_FINDERS[root_finder]
+    _stiff.check_diag(finder, system)
+    cfg = _stiff.Config("backward_euler", root_finder, reuse, max_iters)
+    tol = _stiff.Tol(rtol, atol, root_tol)
+    y, ok, iters, finder = _iterate(
+        system, float(t), rhs, float(c), y_guess, cfg, tol, finder.start(y_guess)
+    )
+    return RootResult(y, ok, iters, iters, finder.n_jac, finder.n_diag, finder.n_lu)
 
 
 def _check_state(system: System, y: Tensor) -> None:
@@ -290,40 +322,40 @@ def solve(
     finder's convergence test, and a step whose root finder fails is kept and counted.
     The batch's samples share the step sequence; norms take the worst sample.
     """
-    times = _stiff.check_times(ts)
-    _stiff.check_method(stepper, root_finder, reuse)
-    _stiff.check_tolerances(rtol, atol, root_tol, max_iters)
-    h = _stiff.check_steps(step_size, max_steps, times)
+    times, h, cfg = _stiff.configure(
+        ts, stepper, root_finder, reuse, rtol, atol, root_tol, max_iters, max_steps, step_size
+    )
     _check_state(system, y0)
+    _stiff.check_diag(ROOT_FINDERS[root_finder], system)
     if not bool(torch.isfinite(y0).all()):
         raise ValueError("y0 contains NaN or inf")
-    cfg = _Config(stepper, root_finder, reuse, rtol, atol, root_tol, max_iters)
-    run = _Run(system, cfg, _linearization(system, root_finder), max_steps)
-    return run(y0, times, h)
+    return _Run(system, cfg, _stiff.Tol(rtol, atol, root_tol))(y0, times, h)
 
 
 class _Run:
     """One integration: the accepted history (divided differences), step control, counters."""
 
-    def __init__(self, system: System, cfg: _Config, lin: _Linearization, max_steps: int):
-        self.system, self.cfg, self.lin, self.max_steps = system, cfg, lin, max_steps
-        self.counts = dict.fromkeys(_stiff.STATS, 0)
+    def __init__(self, system: System, cfg: _stiff.Config, tol: _stiff.Tol):
+        self.system, self.cfg, self.tol = system, cfg, tol
+        self.counts = dict.fromkeys(_stiff.RUN_STATS, 0)
 
     def __call__(self, y0: Tensor, times: tuple[float, ...], step_size: float | None) -> Solution:
         t, y = times[0], y0
+        self.finder = ROOT_FINDERS[self.cfg.root_finder].start(y0)
         self.d1, self.d2 = self._rhs(t, y), torch.zeros_like(y)
         self.h1 = self.h2 = 0.0
         h = step_size or self._initial_step(t, y, times[-1] - t)
         grow = _stiff.FAC_MAX[self.cfg.stepper]
         ys = [y0]
         for target in times[1:]:
-            while t < target and self.counts["n_steps"] < self.max_steps:
+            while t < target and self.counts["n_steps"] < self.cfg.max_steps:
                 t, y, h, grow = self._step(t, y, h, grow, target, step_size)
             if t < target:
                 break
             ys.append(y)
         ys += [torch.full_like(y0, math.nan)] * (len(times) - len(ys))
-        stats = {**self.counts, **self.lin.counts, "success": t >= times[-1], "t_final": t}
+        finder = {key: getattr(self.finder, key) for key in _stiff.FINDER_STATS}
+        stats = {**self.counts, **finder, "success": t >= times[-1], "t_final": t}
         ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
         return Solution(ts, torch.stack(ys), stats)
 
@@ -333,7 +365,7 @@ class _Run:
 
     def _weights(self, *ys: Tensor) -> Tensor:
         big = ys[0].abs() if len(ys) == 1 else torch.maximum(ys[0].abs(), ys[1].abs())
-        return self.cfg.atol + self.cfg.rtol * big
+        return self.tol.atol + self.tol.rtol * big
 
     def _initial_step(self, t: float, y: Tensor, span: float) -> float:
         """Hairer & Wanner's starting step for order 1 (one extra f evaluation)."""
@@ -356,15 +388,15 @@ class _Run:
         beta, gamma, p2, ratio = _stiff.bdf_step(h_try, self.h1, self.h2, second)
         guess = y + h_try * self.d1 + p2 * self.d2
         rhs = y + (h_try * gamma) * self.d1
-        y_new, ok, iters = _iterate(
-            self.system, t + h_try, rhs, h_try * beta, guess, self.cfg, self.lin
+        y_new, ok, iters, self.finder = _iterate(
+            self.system, t + h_try, rhs, h_try * beta, guess, self.cfg, self.tol, self.finder
         )
         self.counts["n_steps"] += 1
         self.counts["n_iters"] += iters
         self.counts["nfe"] += iters
         if not ok:
             self.counts["n_failed"] += 1
-            self.lin.stale = True
+            self.finder = replace(self.finder, stale=True)
             if fixed is None:
                 return t, y, h_try * _stiff.FAIL_FACTOR, 1.0
         error = _wrms(ratio * (y_new - guess) / self._weights(y, y_new)) if fixed is None else 0.0

@@ -10,8 +10,8 @@ Two kinds of point (``cnf_item``):
   same problem). Its check reads the NFE of that call and times, apart, a log-likelihood
   evaluation of a held-out batch (``loglik_eval_ms``); for Hutchinson it also reruns that
   evaluation with ``SEEDS`` probe seeds (``loglik_std``; ``error`` = its rel_std).
-- ``budget`` (paper and full presets): trains for ``BUDGET_S`` wall seconds (JAX compiles
-  first, off the clock; env ``HOLLOWBENCH_CNF_BUDGET_S`` overrides), then records the
+- ``budget`` (paper and full presets): trains for the preset's ``budget_s`` wall seconds (JAX
+  compiles first, off the clock; env ``HOLLOWBENCH_CNF_BUDGET_S`` overrides), then records the
   held-out NLL in data space, computed exactly (hollow), in nats and bits/dim, and the spread
   of the method's own log-likelihood estimate across probe seeds. The timed call is the
   held-out batch evaluation, as ``loglik_eval_ms`` of an iteration point.
@@ -49,7 +49,6 @@ MODEL_SEED = DATA_SEED = PROBE_SEED = 0
 SEEDS = 8  # probe seeds behind the spread of a Hutchinson log-likelihood
 EVAL_ROUNDS = 5  # timed held-out evaluations (after one warm-up)
 LR = 1e-3
-BUDGET_S = {"paper": 60.0, "full": 300.0}
 NFE_GUESS = 32  # graphs a backward through the solver keeps: an untrained flow takes 20-32 NFE
 CNF_KEYS = WORKLOAD_KEYS["cnf"][1:]  # bench/SCHEMA.md, "CNF keys"
 
@@ -91,43 +90,54 @@ EXACT = ("hollow", "dense_vectorized", "dense_loop")
 OTHERS = (*EXACT, "hutchpp")
 
 
+@dataclass(frozen=True)
+class CnfPreset:
+    """A preset's CNF grid: (backends or None for both, item, dataset, method, n_probes) rows,
+    and the wall-clock training budget of its budget points."""
+
+    rows: tuple[tuple, ...]
+    budget_s: float | None = None
+
+
 def _methods(methods: tuple[str, ...], probes: tuple[int, ...]) -> list[tuple[str, int | None]]:
     return [("hutchinson", m) for m in probes] * ("hutchinson" in methods) + [
         (method, None) for method in methods if method != "hutchinson"
     ]
 
 
-def plan(preset: str) -> list[tuple]:
-    """(backends or None for both, item, dataset, method, n_probes) rows of a preset.
+def _every(probes: tuple[int, ...], budget_sets: tuple[str, ...]) -> tuple[tuple, ...]:
+    """An iteration for every data set and method (Hutch++ at 3 products among them), then
+    the budget on ``budget_sets``."""
+    methods = ("hutchinson", *OTHERS)
+    iterations = [
+        (None, "iteration", dataset, method, m)
+        for dataset in cnf.DATASETS
+        for method, m in _methods(methods, probes)
+    ]
+    budgets = [
+        (None, "budget", dataset, method, m)
+        for dataset in budget_sets
+        for method, m in _methods(methods, (1,))
+    ]
+    return (*iterations, *budgets)
 
-    quick: the 2-D moons with hollow, Hutchinson-1 and dense_vectorized, digits (d = 64) with
-    hollow and Hutchinson-1, in torch; JAX, whose every point compiles for ~15 s on a CPU,
-    takes moons with hollow and Hutchinson-1. paper: every data set and method, then the
-    wall-clock budget on digits for each method (Hutch++ at 3 products among them). full: also
-    more probes and every budget.
-    """
-    if preset == "quick":
-        rows = [
+
+PRESETS = {
+    # The 2-D moons with hollow, Hutchinson-1 and dense_vectorized, digits (d = 64) with hollow
+    # and Hutchinson-1, in torch; JAX, whose every point compiles for ~15 s on a CPU, takes
+    # moons with hollow and Hutchinson-1.
+    "quick": CnfPreset(
+        rows=(
             (None, "iteration", "moons", "hollow", None),
             (None, "iteration", "moons", "hutchinson", 1),
             (("torch",), "iteration", "moons", "dense_vectorized", None),
             (("torch",), "iteration", "digits", "hollow", None),
             (("torch",), "iteration", "digits", "hutchinson", 1),
-        ]
-        return rows
-    probes = (1, 4) if preset == "paper" else (1, 4, 16)
-    budget_sets = ("digits",) if preset == "paper" else cnf.DATASETS
-    rows = [
-        (None, "iteration", dataset, method, m)
-        for dataset in cnf.DATASETS
-        for method, m in _methods(("hutchinson", *OTHERS), probes)
-    ]
-    rows += [
-        (None, "budget", dataset, method, m)
-        for dataset in budget_sets
-        for method, m in _methods(("hutchinson", *OTHERS), (1,))
-    ]
-    return rows
+        )
+    ),
+    "paper": CnfPreset(_every(probes=(1, 4), budget_sets=("digits",)), budget_s=60.0),
+    "full": CnfPreset(_every(probes=(1, 4, 16), budget_sets=cnf.DATASETS), budget_s=300.0),
+}
 
 
 # Optional packages each point needs, besides its backend.
@@ -327,7 +337,7 @@ def need_bytes(point: CnfPoint) -> int:
     return NFE_GUESS * predict_bytes(spec, probe)
 
 
-def describe(point: CnfPoint, preset: str) -> dict[str, Any]:
+def describe(point: CnfPoint, preset: CnfPreset) -> dict[str, Any]:
     """The point's identity in extra_info: SCHEMA.md's keys plus the CNF ones."""
     spec, config = flow_spec(point.d), point.config
     return dict.fromkeys(CNF_KEYS) | {
@@ -350,19 +360,19 @@ def describe(point: CnfPoint, preset: str) -> dict[str, Any]:
         "atol": config.atol,
         "t1": config.t1,
         "adjoint": config.adjoint,
-        "budget_s": (budget_s() or BUDGET_S.get(preset)) if point.item == "budget" else None,
+        "budget_s": (budget_s() or preset.budget_s) if point.item == "budget" else None,
     }
 
 
 class CnfWorkload(Workload):
-    name, point_type = "cnf", CnfPoint
+    name, point_type, presets = "cnf", CnfPoint, PRESETS
 
     def points(self, settings, devices: dict[str, tuple[str, ...]]) -> list[CnfPoint]:
         return [
             CnfPoint(backend, device, item, dataset, DIMS[dataset], method, m, batch)
             for backend, backend_devices in devices.items()
             for device in backend_devices
-            for only, item, dataset, method, m in plan(settings.preset.name)
+            for only, item, dataset, method, m in self.preset(settings).rows
             if (only is None or backend in only) and method in settings.methods
             for batch in settings.batches
         ]
@@ -371,7 +381,7 @@ class CnfWorkload(Workload):
 
     def run(self, sweep: Sweep, benchmark, point: CnfPoint) -> None:
         backend = sweep.backend(point.backend, point.device)
-        info = describe(point, sweep.settings.preset.name)
+        info = describe(point, self.preset(sweep.settings))
         benchmark.group = f"cnf {point.item} {point.dataset} d={point.d} b={point.batch}"
 
         def make_task() -> Task:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -73,15 +73,19 @@ class OdePoint(PointBase):
 
 # --- the grid per preset ---------------------------------------------------------------------
 
-# Problem arguments per preset: quick shortens Robertson (t1 = 1e5 takes ~10 s a solve in eager
-# torch) and keeps the HollowNet system small.
-PROBLEM_ARGS = {
-    "quick": {"robertson": {"t1": 40.0}},
-    "paper": {},
-    "full": {},
-}
-MAX_STEPS = {"quick": 1000, "paper": 20_000, "full": 100_000}
-CLASSIC_DIMS = {"robertson": 3, "van_der_pol": 2, "hires": 8}
+CLASSIC = (("robertson", 3), ("van_der_pol", 2), ("hires", 8))
+NEWTONS = (("newton", "never"), ("jacobi_newton", "never"))
+REUSE = (*FINDERS, ("newton", "always"))
+
+
+@dataclass(frozen=True)
+class OdePreset:
+    """A preset's ODE grid: (problem, d, stiffness, method, root_finder, reuse, rtol) rows,
+    the solver's step limit, and problem arguments other than the defaults."""
+
+    rows: tuple[tuple, ...]
+    max_steps: int
+    problem_args: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _rows(problems, methods, finders, rtols) -> list[tuple]:
@@ -100,61 +104,57 @@ def _with_stiffness(problem: str, d: int, stiffness: float | None = None) -> tup
     return problem, d, None
 
 
-def plan(preset: str) -> list[tuple]:
-    """(problem, d, stiffness, method, root_finder, reuse, rtol) rows of a preset, duplicates
-    removed."""
-    classic = list(CLASSIC_DIMS.items())
-    newtons = (("newton", "never"), ("jacobi_newton", "never"))
-    if preset == "quick":
-        rows = _rows([("robertson", 3), ("hollow", 16)], ["bdf2"], FINDERS, [1e-4])
-    elif preset == "paper":
-        table = [*classic, ("brusselator", 128), ("hollow", 32)]
-        reuse = (*FINDERS, ("newton", "always"))
-        rows = _rows(table, ["bdf2"], reuse, [1e-5]) + _rows(
-            table, ["backward_euler"], reuse, [1e-3]
-        )
-        wp = [("robertson", 3), ("hires", 8), ("brusselator", 128), ("hollow", 32)]
-        rows += _rows(wp, ["bdf2"], newtons, RTOL_SWEEP[:-1])
-        dims = [("hollow", d) for d in (8, 32, 128, 512)]
-        rows += _rows(dims, ["bdf2"], (*FINDERS, ("newton", "always")), [1e-5])
-        rows += _rows([("brusselator", d) for d in (32, 128, 512)], ["bdf2"], newtons, [1e-5])
-        stiffnesses = [("hollow", 32, s) for s in (1e1, 1e2, 1e3, 1e4, 1e5)]
-        rows += _rows(stiffnesses, ["bdf2"], FINDERS, [1e-5])
-        rows += _rows([*table, ("hollow", 128)], DIFFRAX_METHODS, newtons, [1e-5])
-    else:
-        every = [
-            *classic,
-            *[("brusselator", 2 * n * n) for n in (4, 8, 16, 32)],
-            *[("hollow", d) for d in (8, 32, 128, 512, 2048)],
-            *[("hollow", 32, s) for s in (1e1, 1e2, 1e4, 1e5)],
-        ]
-        finders = (
-            *FINDERS,
-            *[
-                (finder, reuse)
-                for finder in ("newton", "jacobi_newton")
-                for reuse in ("step", "always")
-            ],
-        )
-        rows = _rows(every, ["backward_euler", "bdf2"], finders, RTOL_SWEEP)
-        rows += _rows(every, DIFFRAX_METHODS, newtons, RTOL_SWEEP)
-    return list(dict.fromkeys(rows))
+def _paper() -> tuple[tuple, ...]:
+    """The Jacobi-Newton table (BDF2 and backward Euler), work-precision sweeps, the d-sweep,
+    the stiffness sweep and diffrax; minus a dense Jacobian per Newton iteration at d > 128,
+    which takes minutes on a CPU."""
+    table = [*CLASSIC, ("brusselator", 128), ("hollow", 32)]
+    rows = _rows(table, ["bdf2"], REUSE, [1e-5]) + _rows(table, ["backward_euler"], REUSE, [1e-3])
+    wp = [("robertson", 3), ("hires", 8), ("brusselator", 128), ("hollow", 32)]
+    rows += _rows(wp, ["bdf2"], NEWTONS, RTOL_SWEEP[:-1])
+    rows += _rows([("hollow", d) for d in (8, 32, 128, 512)], ["bdf2"], REUSE, [1e-5])
+    rows += _rows([("brusselator", d) for d in (32, 128, 512)], ["bdf2"], NEWTONS, [1e-5])
+    stiffnesses = [("hollow", 32, s) for s in (1e1, 1e2, 1e3, 1e4, 1e5)]
+    rows += _rows(stiffnesses, ["bdf2"], FINDERS, [1e-5])
+    rows += _rows([*table, ("hollow", 128)], DIFFRAX_METHODS, NEWTONS, [1e-5])
+    rows = dict.fromkeys(rows)
+    return tuple(row for row in rows if not (row[4:6] == ("newton", "never") and row[1] > 128))
 
 
-def _too_costly(row: tuple, preset: str) -> bool:
-    """Paper-preset points that take minutes on a CPU: a dense Jacobian per Newton iteration
-    at d = 512."""
-    _, d, _, _, finder, reuse, _ = row
-    return preset == "paper" and (finder, reuse) == ("newton", "never") and d > 128
+def _full() -> tuple[tuple, ...]:
+    """Every problem and size, stepper, root finder and reuse, over the whole rtol sweep."""
+    every = [
+        *CLASSIC,
+        *[("brusselator", 2 * n * n) for n in (4, 8, 16, 32)],
+        *[("hollow", d) for d in (8, 32, 128, 512, 2048)],
+        *[("hollow", 32, s) for s in (1e1, 1e2, 1e4, 1e5)],
+    ]
+    reuse = [(finder, r) for finder in ("newton", "jacobi_newton") for r in ("step", "always")]
+    rows = _rows(every, ["backward_euler", "bdf2"], (*FINDERS, *reuse), RTOL_SWEEP)
+    rows += _rows(every, DIFFRAX_METHODS, NEWTONS, RTOL_SWEEP)
+    return tuple(dict.fromkeys(rows))
+
+
+PRESETS = {
+    # A ~30 s taste on a CPU: Robertson shortened (t1 = 1e5 takes ~10 s a solve in eager
+    # torch) and a small HollowNet system.
+    "quick": OdePreset(
+        tuple(_rows([("robertson", 3), ("hollow", 16)], ["bdf2"], FINDERS, [1e-4])),
+        max_steps=1000,
+        problem_args={"robertson": {"t1": 40.0}},
+    ),
+    "paper": OdePreset(_paper(), max_steps=20_000),
+    "full": OdePreset(_full(), max_steps=100_000),
+}
 
 
 # --- problems, references and the timed task -------------------------------------------------
 
 
-def build_problem(point: OdePoint, preset: str) -> Problem | HollowProblem:
+def build_problem(point: OdePoint, preset: OdePreset) -> Problem | HollowProblem:
     if point.problem == "hollow":
         return hollow_problem(point.d, stiffness=point.stiffness)
-    args = dict(PROBLEM_ARGS[preset].get(point.problem, {}))
+    args = dict(preset.problem_args.get(point.problem, {}))
     if point.problem == "brusselator":
         args["n"] = round((point.d / 2) ** 0.5)
     return make_problem(point.problem, **args)
@@ -202,7 +202,7 @@ def _hollow_reference(sweep: Sweep, backend, problem: HollowProblem) -> np.ndarr
     )[-1]
 
 
-def make_task(sweep: Sweep, backend, point: OdePoint, preset: str) -> Task:
+def make_task(sweep: Sweep, backend, point: OdePoint, preset: OdePreset) -> Task:
     """The solve to time; its check computes the error and files the counters in Task.info."""
     problem = build_problem(point, preset)
     stiff, system = stiff_module(backend), make_system(backend, problem)
@@ -231,12 +231,12 @@ def make_task(sweep: Sweep, backend, point: OdePoint, preset: str) -> Task:
     return Task(fn, args, check, info=found)
 
 
-def solver_options(point: OdePoint, problem, preset: str) -> dict[str, Any]:
+def solver_options(point: OdePoint, problem, preset: OdePreset) -> dict[str, Any]:
     return {
         "root_finder": point.root_finder,
         "rtol": point.rtol,
         "atol": problem.atol(point.rtol),
-        "max_steps": MAX_STEPS[preset],
+        "max_steps": preset.max_steps,
     }
 
 
@@ -251,7 +251,7 @@ def counters(stats: dict) -> dict[str, Any]:
     return out
 
 
-def describe(point: OdePoint, problem, preset: str) -> dict[str, Any]:
+def describe(point: OdePoint, problem, preset: OdePreset) -> dict[str, Any]:
     """The point's identity in extra_info: SCHEMA.md's keys plus the ODE ones."""
     hollow = isinstance(problem, HollowProblem)
     spec = problem.spec if hollow else None
@@ -277,26 +277,25 @@ def describe(point: OdePoint, problem, preset: str) -> dict[str, Any]:
         "atol": problem.atol(point.rtol),
         "t1": problem.t_span[1],
         "stiffness": problem.stiffness if hollow else None,
-        "max_steps": MAX_STEPS[preset],
+        "max_steps": preset.max_steps,
         "reference": f"scipy {'BDF' if hollow else 'Radau'} rtol=1e-10",
     }
 
 
 class OdeWorkload(Workload):
-    name, point_type = "ode", OdePoint
+    name, point_type, presets = "ode", OdePoint, PRESETS
 
     def points(self, settings, devices: dict[str, tuple[str, ...]]) -> list[OdePoint]:
-        preset = settings.preset.name
         return [
             OdePoint(backend, device, *row)
             for backend, backend_devices in devices.items()
             for device in backend_devices
-            for row in plan(preset)
-            if not _too_costly(row, preset) and (backend == "jax" or row[3] not in DIFFRAX_METHODS)
+            for row in self.preset(settings).rows
+            if backend == "jax" or row[3] not in DIFFRAX_METHODS
         ]
 
     def run(self, sweep: Sweep, benchmark, point: OdePoint) -> None:
-        preset = sweep.settings.preset.name
+        preset = self.preset(sweep.settings)
         backend = sweep.backend(point.backend, point.device)
         instance = build_problem(point, preset)
         benchmark.group = f"ode {point.problem} d={point.d} {point.method} rtol={point.rtol:.0e}"

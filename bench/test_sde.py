@@ -34,18 +34,6 @@ ROWS = 4  # batch rows the error is checked on
 REFERENCE_CHUNK = 64  # basis directions per vmap chunk of the reference: bounds its memory
 SEEDS = {"drift": 0, "diffusion": 1}
 DATA_SEED = 0
-# Dimensions per preset, and the largest d at which the dense route runs (eval, train): it
-# costs d directional passes of both nets, second order for g.
-DIMS = {
-    "quick": (2, 8, 32, 128),
-    "paper": (8, 32, 128, 512, 1024, 2048),
-    "full": (2, 8, 32, 128, 256, 512, 1024, 2048, 4096),
-}
-DENSE_MAX_D = {"quick": (128, 32), "paper": (1024, 512), "full": (4096, 4096)}
-# The quick preset's own batch, and its only train-mode d: a JAX training step of this
-# workload takes 3-12 s to compile on a 2-core CPU, more than the rest of its point.
-QUICK_BATCH = 16
-QUICK_TRAIN_DIMS = (8,)
 
 
 @dataclass(frozen=True)
@@ -74,30 +62,46 @@ def model_spec(d: int) -> HollowSpec:
     return HollowSpec(dim=d, d_h=4, cond_hidden=(8,), trans_hidden=(16, 16), time_dependent=True)
 
 
-def plan(settings) -> list[tuple]:
-    """(route, d, batch, mode) rows of the settings: the preset's dims and (quick) batch unless
-    --bench-dims / --bench-batch replaced them, routes whose method --bench-methods keeps.
-    The quick preset's own dims run train mode at QUICK_TRAIN_DIMS only."""
-    preset = settings.preset.name
-    own_dims = settings.dims == settings.preset.dims  # --bench-dims not given
-    dims = DIMS[preset] if own_dims else settings.dims
-    quick = preset == "quick"
-    batches = settings.batches
-    if quick and batches == settings.preset.batches:
-        batches = (QUICK_BATCH,)
-    dense_eval, dense_train = DENSE_MAX_D[preset]
-    rows = []
-    for route in ROUTES:
-        if ROUTE_METHODS[route] not in settings.methods:
-            continue
-        for mode in settings.modes:
-            for d in sorted(dims):
-                too_big = d > (dense_train if mode == "train" else dense_eval)
-                thinned = quick and own_dims and mode == "train" and d not in QUICK_TRAIN_DIMS
-                if (route == "dense" and too_big) or thinned:
-                    continue
-                rows += [(route, d, batch, mode) for batch in batches]
-    return rows
+@dataclass(frozen=True)
+class SdePreset:
+    """A preset's SDE grid: its dimensions (``--bench-dims`` replaces them), the largest d at
+    which the dense route runs in (eval, train) mode (it costs d directional passes of both
+    nets, second order for g), its own batches (None: the harness preset's; ``--bench-batch``
+    replaces either) and the only dimensions of its own that run train mode (None: all)."""
+
+    dims: tuple[int, ...]
+    dense_max_d: tuple[int, int]
+    batches: tuple[int, ...] | None = None
+    train_dims: tuple[int, ...] | None = None
+
+    def rows(self, settings) -> list[tuple]:
+        """(route, d, batch, mode) rows under ``settings``, routes whose method
+        ``--bench-methods`` keeps."""
+        own_dims = settings.dims == settings.preset.dims  # --bench-dims not given
+        dims = self.dims if own_dims else settings.dims
+        own_batches = self.batches and settings.batches == settings.preset.batches
+        batches = self.batches if own_batches else settings.batches
+        rows = []
+        for route in ROUTES:
+            if ROUTE_METHODS[route] not in settings.methods:
+                continue
+            for mode in settings.modes:
+                for d in sorted(dims):
+                    too_big = d > self.dense_max_d[mode == "train"]
+                    thinned = own_dims and mode == "train" and d not in (self.train_dims or dims)
+                    if (route == "dense" and too_big) or thinned:
+                        continue
+                    rows += [(route, d, batch, mode) for batch in batches]
+        return rows
+
+
+PRESETS = {
+    # A JAX training step of this workload takes 3-12 s to compile on a 2-core CPU, more than
+    # the rest of its point: train mode at d = 8 only, and a smaller batch.
+    "quick": SdePreset((2, 8, 32, 128), (128, 32), batches=(16,), train_dims=(8,)),
+    "paper": SdePreset((8, 32, 128, 512, 1024, 2048), (1024, 512)),
+    "full": SdePreset((2, 8, 32, 128, 256, 512, 1024, 2048, 4096), (4096, 4096)),
+}
 
 
 # --- data, models, the timed task and its check ----------------------------------------------
@@ -199,14 +203,14 @@ def describe(point: SdePoint, spec: HollowSpec, target) -> dict[str, Any]:
 
 
 class SdeWorkload(Workload):
-    name, point_type = "sde", SdePoint
+    name, point_type, presets = "sde", SdePoint, PRESETS
 
     def points(self, settings, devices: dict[str, tuple[str, ...]]) -> list[SdePoint]:
         return [
             SdePoint(backend, device, *row)
             for backend, backend_devices in devices.items()
             for device in backend_devices
-            for row in plan(settings)
+            for row in self.preset(settings).rows(settings)
         ]
 
     def run(self, sweep: Sweep, benchmark, point: SdePoint) -> None:

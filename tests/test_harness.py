@@ -228,6 +228,15 @@ def test_quick_covers_the_acceptance_grid():
     } <= ratio_pair
 
 
+@pytest.mark.parametrize("name", ["cnf", "ode", "sde"])
+def test_workload_presets_cover_the_harness_presets(name):
+    """A workload that declares its own presets has one under every --bench-preset name."""
+    import importlib
+
+    workload = importlib.import_module(f"bench.test_{name}").WORKLOAD
+    assert set(workload.presets) == set(grid.PRESETS)
+
+
 def test_limits_bound_d():
     lim = grid.Limit("dense", lambda p: p.method in grid.DENSE_METHODS, max_d=32)
     point = grid.Point("divergence", "torch", "cpu", "dense_loop", "hollownet", 64, 8, 1, "eval")

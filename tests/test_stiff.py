@@ -437,10 +437,10 @@ def test_bench_grid_is_valid(preset):
     from bench import test_ode
     from impls import _stiff
 
-    rows = test_ode.plan(preset)
+    rows = test_ode.PRESETS[preset].rows
     for row in rows:
         point = test_ode.OdePoint("torch", "cpu", *row)
-        problem = test_ode.build_problem(point, preset)
+        problem = test_ode.build_problem(point, test_ode.PRESETS[preset])
         assert problem.dim == point.d
         if point.method in test_ode.DIFFRAX_METHODS:
             assert point.root_finder in ("newton", "jacobi_newton")

@@ -1,15 +1,17 @@
 """What every workload (divergence, ddim, cnf, ode, sde) declares, and how pytest runs it.
 
 A test module holds one ``WORKLOAD`` and a one-line test; ``bench/conftest.py`` asks the
-workload for its points (:meth:`Workload.points`: its axes and presets as data, resolved
-against the ``--bench-*`` settings), shards them, and parametrizes the test with each point's
-``params`` under its ``id``; the ``point`` fixture rebuilds the very same point from them, and
-:meth:`Workload.run` measures it through :meth:`~bench.harness.sweep.Sweep.run`, which
-records it. A point keeps one type from generation to the journal.
+workload for its points (:meth:`Workload.points`: its axes and its presets, data under the
+names of ``bench.harness.grid.PRESETS``, resolved against the ``--bench-*`` settings), shards
+them, and parametrizes the test with each point's ``params`` under its ``id``; the ``point``
+fixture rebuilds the very same point from them, and :meth:`Workload.run` measures it through
+:meth:`~bench.harness.sweep.Sweep.run`, which records it. A point keeps one type from
+generation to the journal.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -39,12 +41,19 @@ class PointBase:
 
 
 class Workload:
-    """One workload: ``name`` (extra_info's ``workload``), ``point_type``, its points for the
-    settings (:meth:`points`), what cannot run here (:meth:`unavailable`), and how one point
-    is measured (:meth:`run`: build the task, check it, say its extra_info keys)."""
+    """One workload: ``name`` (extra_info's ``workload``), ``point_type``, ``presets`` (its
+    own grid and limits per preset name; None: the harness's own presets say it all), its
+    points for the settings (:meth:`points`), what cannot run here (:meth:`unavailable`), and
+    how one point is measured (:meth:`run`: build the task, check it, say its extra_info
+    keys)."""
 
     name: str
     point_type: type[PointBase]
+    presets: Mapping[str, Any] | None = None
+
+    def preset(self, settings) -> Any:
+        """This workload's preset for ``settings.preset`` (``--bench-preset``)."""
+        return self.presets[settings.preset.name]
 
     def points(self, settings, devices: dict[str, tuple[str, ...]]) -> list[PointBase]:
         """Every point of this workload for ``settings`` on ``devices`` (backend -> devices)."""

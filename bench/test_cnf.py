@@ -85,9 +85,8 @@ class CnfPoint(PointBase):
 
 # --- the grid per preset ---------------------------------------------------------------------
 
-EXACT = ("hollow", "dense_vectorized", "dense_loop")
 # Hutch++ at its default budget (FlowConfig.n_matvecs, 3 products) beside Hutchinson's probes
-OTHERS = (*EXACT, "hutchpp")
+OTHERS = (*cnf.CNF_EXACT, "hutchpp")
 
 
 @dataclass(frozen=True)
@@ -225,10 +224,10 @@ class Evaluation:
         return 1e3 * statistics.median(times)
 
 
-def spread(evaluate: Evaluation, seeds: int = SEEDS) -> dict[str, float]:
-    """The estimate's spread across probe seeds: ``loglik_std``, the std of the batch-mean
-    log-likelihood, ``loglik_std_sample``, the mean per-sample std, and their mean."""
-    estimates = np.stack([evaluate(seed) for seed in range(seeds)])  # (seeds, batch)
+def spread(estimates: np.ndarray) -> dict[str, float]:
+    """Log-likelihood estimates (seeds, batch) across probe seeds: ``loglik_std``, the std of
+    the batch-mean log-likelihood, ``loglik_std_sample``, the mean per-sample std, and their
+    mean."""
     return {
         "loglik": float(estimates.mean()),
         "loglik_std": float(estimates.mean(1).std(ddof=1)),
@@ -266,7 +265,7 @@ def iteration_task(sweep: Sweep, backend, point: CnfPoint) -> Task:
         if point.method not in cnf.STOCHASTIC_TRACES:
             found["loglik"] = float(evaluate(PROBE_SEED).mean())
             return None, None
-        found.update(spread(evaluate))
+        found.update(spread(np.stack([evaluate(seed) for seed in range(SEEDS)])))
         return found["loglik_std"] / abs(found["loglik"]), "rel_std"
 
     return Task(fn, args, check, info=found)
@@ -318,9 +317,7 @@ def budget_task(sweep: Sweep, backend, point: CnfPoint, seconds: float) -> Task:
 
         estimates = np.stack([estimate(seed) for seed in range(SEEDS)])  # (seeds, n_test)
         found["nll_estimate_nats"] = float(-(estimates + data.test_log_det).mean())
-        found["loglik"] = float(estimates.mean())
-        found["loglik_std"] = float(estimates.mean(1).std(ddof=1))
-        found["loglik_std_sample"] = float(estimates.std(0, ddof=1).mean())
+        found.update(spread(estimates))
         return found["loglik_std"] / abs(found["loglik"]), "rel_std"
 
     return Task(fn, args, check, info=found)

@@ -36,6 +36,7 @@ DATASETS = (*TOY_DATASETS, "digits")
 # Divergence methods a flow can use: hollow needs a HollowNet, the others take any f(t, x).
 CNF_METHODS = ("hollow", "hutchinson", "hutchpp", "dense_vectorized", "dense_loop")
 STOCHASTIC_TRACES = ("hutchinson", "hutchpp")
+CNF_EXACT = tuple(method for method in CNF_METHODS if method not in STOCHASTIC_TRACES)
 SOLVERS = ("dopri5", "tsit5")  # torchdiffeq has dopri5 only; diffrax both
 # New evaluations of f per step attempt of the FSAL Runge-Kutta pairs (7 stages, the last
 # reused as the next step's first). diffrax makes exactly 6 * num_steps + 1 evaluations per

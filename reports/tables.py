@@ -18,6 +18,9 @@ import numpy as np
 import pandas as pd
 
 from impls import DENSE_METHODS, HOLLOW_METHODS, STOCHASTIC_METHODS
+from impls._stiff import REUSE, ROOT_FINDERS
+from impls.cnf import CNF_EXACT
+from impls.sde import ROUTE_METHODS, ROUTES
 from reports.fit import loglog_fits
 from reports.load import facet_columns
 
@@ -220,8 +223,6 @@ def _first_below(budgets: pd.DataFrame, target: float, hollow_ms: float) -> dict
 # within a case. stiffness (HollowNet system) and t1 (presets shorten Robertson) are shown only
 # where they tell cases apart.
 ODE_CASE = ("problem", "d", "stiffness", "t1", "stepper", "rtol")
-ODE_FINDERS = ("fixed_point", "newton", "jacobi_newton")
-ODE_REUSE = ("never", "step", "always")
 JACOBI_NEWTON = "jacobi_newton"
 # Solver counters (bench/SCHEMA.md, "ODE keys") and their table headings.
 ODE_METRICS = {
@@ -268,9 +269,9 @@ def ode_case(rows: pd.DataFrame) -> list[str]:
 
 def _rank(finder: str, reuse: str) -> int:
     """Fixed-point, then Newton, then Jacobi-Newton, each by reuse; unknown ones last."""
-    f = ODE_FINDERS.index(finder) if finder in ODE_FINDERS else len(ODE_FINDERS)
-    r = ODE_REUSE.index(reuse) if reuse in ODE_REUSE else len(ODE_REUSE)
-    return f * (len(ODE_REUSE) + 1) + r
+    f = ROOT_FINDERS.index(finder) if finder in ROOT_FINDERS else len(ROOT_FINDERS)
+    r = REUSE.index(reuse) if reuse in REUSE else len(REUSE)
+    return f * (len(REUSE) + 1) + r
 
 
 def ode_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -331,7 +332,6 @@ def _jn_ratios(table: pd.DataFrame, case: list[str]) -> pd.DataFrame:
     return table.join(ratios.rename(columns=lambda other: f"{other} / JN time"))
 
 
-CNF_EXACT = ("hollow", "dense_vectorized", "dense_loop")
 # (column, cnf_item it comes from, heading): the per-iteration timing and counters, then what
 # the wall-clock budget reached.
 CNF_COLUMNS = (
@@ -387,8 +387,7 @@ def _cnf_method_rank(label: str) -> float:
     return len(CNF_EXACT) + (float(probes) if probes.isdigit() else 0.0)
 
 
-SDE_ROUTES = ("hollow", "dense")
-SDE_ROUTE_OF_METHOD = {"hollow": "hollow", "dense_vectorized": "dense"}
+SDE_ROUTE_OF_METHOD = {method: route for route, method in ROUTE_METHODS.items()}
 
 
 def sde_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -398,15 +397,15 @@ def sde_table(frame: pd.DataFrame) -> pd.DataFrame:
     route = rows["route"] if "route" in rows else pd.Series(None, index=rows.index)
     rows = rows.assign(route=route.fillna(rows["method"].map(SDE_ROUTE_OF_METHOD)))
     keys = [*facet_columns(rows), "d"]
-    table = wide(rows[rows["route"].isin(SDE_ROUTES)], keys, "route")
-    table = table.assign(**{r: np.nan for r in SDE_ROUTES if r not in table})
+    table = wide(rows[rows["route"].isin(ROUTES)], keys, "route")
+    table = table.assign(**{r: np.nan for r in ROUTES if r not in table})
     hollow, dense = table["hollow"], table["dense"]
     out = table[keys].copy()
     out.columns.name = None
     out["hollow ms"], out["dense ms"] = hollow, dense
     out["dense / hollow"] = _ratios(dense, hollow)
     out["missing"] = [
-        ", ".join(f"no {r} point" for r, v in zip(SDE_ROUTES, pair, strict=True) if _absent(v))
+        ", ".join(f"no {r} point" for r, v in zip(ROUTES, pair, strict=True) if _absent(v))
         for pair in zip(hollow, dense, strict=True)
     ]
     return _display(out)

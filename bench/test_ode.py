@@ -25,7 +25,7 @@ import numpy as np
 
 from bench.harness.sweep import Sweep, Task
 from bench.harness.workload import PointBase, Workload
-from impls._stiff import STATS
+from impls._stiff import STATS, summarize
 from impls.stiff_problems import (
     RTOL_SWEEP,
     HollowProblem,
@@ -219,7 +219,7 @@ def make_task(sweep: Sweep, backend, point: OdePoint, preset: OdePreset) -> Task
     found: dict[str, Any] = {}
 
     def check(out, step) -> tuple[float, str]:
-        found.update(counters(dict(out.stats)))
+        found.update(summarize(out.stats))
         if not found["success"]:
             raise RuntimeError(f"stopped at t={found['t_final']:g} of {problem.t_span[1]:g}")
         ref = final_reference(sweep, backend, problem)
@@ -238,17 +238,6 @@ def solver_options(point: OdePoint, problem, preset: OdePreset) -> dict[str, Any
         "atol": problem.atol(point.rtol),
         "max_steps": preset.max_steps,
     }
-
-
-def counters(stats: dict) -> dict[str, Any]:
-    """Plain-number counters; diffrax reports only its step counts (the rest stay None)."""
-    out: dict[str, Any] = dict.fromkeys(ODE_KEYS)
-    for key, value in stats.items():
-        out[key] = value.item() if hasattr(value, "item") else value
-    out["success"], out["t_final"] = bool(out["success"]), float(out["t_final"])
-    if out["n_iters"] is not None:
-        out["iters_per_step"] = out["n_iters"] / max(out["n_steps"], 1)
-    return out
 
 
 def describe(point: OdePoint, problem, preset: OdePreset) -> dict[str, Any]:

@@ -201,9 +201,13 @@ def check_state(shape: tuple, dtype: str, dim: int) -> None:
 
 
 def summarize(stats: dict[str, Any]) -> dict[str, Any]:
-    """Plain-Python statistics (ints, floats, bool) with ``iters_per_step`` added."""
-    out: dict[str, Any] = {key: int(stats[key]) for key in STATS}
+    """Plain-Python statistics (ints, floats, bool) with ``iters_per_step`` added; a counter
+    the solver does not keep (diffrax keeps only its step counts) is None."""
+    out: dict[str, Any] = {
+        key: None if stats.get(key) is None else int(stats[key]) for key in STATS
+    }
     out["success"] = bool(stats["success"])
     out["t_final"] = float(stats["t_final"])
-    out["iters_per_step"] = out["n_iters"] / max(out["n_steps"], 1)
+    iters = out["n_iters"]
+    out["iters_per_step"] = None if iters is None else iters / max(out["n_steps"], 1)
     return out

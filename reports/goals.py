@@ -9,80 +9,85 @@ names every d where the goal was missed, so a miss can never hide in a wide tabl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
 from impls import DENSE_METHODS, HOLLOW_METHODS
-from reports.tables import Cell, NoData, Table, cells, ratio
+from reports.tables import (
+    AT_MOST_ONE,
+    EXACT_DIVERGENCE,
+    HUTCHINSON_1,
+    NoData,
+    Side,
+    Table,
+    Target,
+    cells,
+    pair_ratios,
+)
 
 # What a within-backend ratio holds fixed. (d) compares backends, whose precision settings
 # are named differently ("high" against "tensorfloat32" for TF32), so it leaves precision out.
-KEYS = ["backend", "device_id", "variant", "mode", "batch", "matmul_precision"]
-
-
+KEYS = ("backend", "device_id", "variant", "mode", "batch", "matmul_precision")
 NOISY = "noisy"
 
 
-def _rows(frame: pd.DataFrame, workload: str, methods: Sequence[str], model: str) -> pd.DataFrame:
-    """The matching points; a noisy one counts as not measured, with the status "noisy"."""
-    rows = frame[
-        frame["workload"].eq(workload)
-        & frame["method"].isin(methods)
-        & frame["model"].eq(model)
-        & frame["d"].notna()
-    ]
+@dataclass(frozen=True)
+class Goal:
+    """A speed goal as data: ``num`` over ``den`` matched on ``keys`` and d, bounded by
+    ``target``; ``needs`` says what the inputs lack when a side has no points, and
+    ``annotate`` adds a last column from the table and the inputs (None: nothing). Calling it
+    on the report's frame gives its table: a row per key, a column per d, the verdict."""
+
+    letter: str
+    num: Side
+    den: Side
+    keys: tuple[str, ...]
+    target: Target
+    needs: str
+    annotate: Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame] | None = None
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        num, den = _rows(self.num, frame), _rows(self.den, frame)
+        if num.empty or den.empty:
+            raise NoData(self.needs)
+        pairs = pair_ratios(self.num.cells(num, self.keys), self.den.cells(den, self.keys))
+        table = _by_d(pairs, self.letter, self.target)
+        return self.annotate(table, frame) if self.annotate else table
+
+
+def _rows(side: Side, frame: pd.DataFrame) -> pd.DataFrame:
+    """The side's points; a noisy one counts as not measured, with the status "noisy"."""
+    rows = side.rows(frame)
     if "noisy" not in rows:
         return rows
     return rows.assign(status=rows["status"].mask(rows["noisy"].fillna(False).astype(bool), NOISY))
 
 
-def _best(values: pd.Series) -> Cell:
-    """The fastest measured cell, else the statuses of those that did not run."""
-    measured = [v for v in values if not isinstance(v, str) and pd.notna(v)]
-    if measured:
-        return min(measured)
-    statuses = sorted({v for v in values if isinstance(v, str)})
-    return "/".join(statuses) if statuses else float("nan")
-
-
-def _fastest(per: pd.Series) -> pd.Series:
-    """Per index but its last level (e.g. per key over methods): the fastest cell."""
-    return per.groupby(level=list(range(per.index.nlevels - 1)), dropna=False).agg(_best)
-
-
-def _ratios(num: pd.Series, den: pd.Series) -> pd.DataFrame:
-    """num / den matched on the index levels both have; a level only one side has (e.g. the
-    method) stays a column. Long format, one row per pair, the ratio in ``ratio``."""
-    left, right = num.rename("num").reset_index(), den.rename("den").reset_index()
-    on = [c for c in right.columns if c in left.columns]
-    both = left.merge(right, on=on, how="inner")
-    both["ratio"] = [ratio(a, b) for a, b in zip(both["num"], both["den"], strict=True)]
-    return both.drop(columns=["num", "den"])
-
-
-def _by_d(pairs: pd.DataFrame, goal: str, target: Callable[[int], float], label: str, above: bool):
-    """One row per key, one column per d, and the verdict against ``target(d)``: a floor
-    when ``above``, else a ceiling."""
+def _by_d(pairs: pd.DataFrame, goal: str, target: Target) -> pd.DataFrame:
+    """One row per key, one column per d, and the verdict against the target."""
     if pairs.empty:
         raise NoData(f"no matching pairs of points for goal ({goal})")
     keys = [c for c in pairs.columns if c not in ("d", "ratio")]
     wide = pairs.set_index([*keys, "d"])["ratio"].unstack("d")
     out = wide.rename(columns=lambda d: f"d={d}").reset_index()
-    out["target"] = label
-    out["verdict"] = [_verdict(row, target, above) for _, row in wide.iterrows()]
+    out["target"] = target.label
+    out["verdict"] = [_verdict(row, target) for _, row in wide.iterrows()]
     return out.rename(columns={"device_id": "device"})
 
 
-def _verdict(row: pd.Series, target: Callable[[int], float], above: bool) -> str:
+def _verdict(row: pd.Series, target: Target) -> str:
+    """A row's verdict from its cells' (:meth:`Target.verdict`): every d missed, not run or
+    left out as noisy."""
     missed, unknown, noisy = [], [], []
     for d, value in row.items():
         if isinstance(value, str) and NOISY in value.split("/"):
             noisy.append(f"d={d}")
         elif isinstance(value, str):
             unknown.append(f"d={d} ({value})")
-        elif pd.notna(value) and ((value < target(d)) if above else (value > target(d))):
-            missed.append(f"d={d} ({value:.3g} vs {target(d):g})")
+        elif target.verdict(value, d) == "not met":
+            missed.append(f"d={d} ({value:.3g} vs {target.bound(d):g})")
     measured = [v for v in row if not isinstance(v, str) and pd.notna(v)]
     if missed:
         verdict = f"missed at {', '.join(missed)}"
@@ -92,58 +97,31 @@ def _verdict(row: pd.Series, target: Callable[[int], float], above: bool) -> str
     return verdict + (f"; noisy, left out at {', '.join(noisy)}" if noisy else "")
 
 
-def goal_a(frame: pd.DataFrame) -> pd.DataFrame:
-    """(a) each hollow method's divergence over Hutchinson-1 on the FLOP-matched MLP."""
-    exact = _rows(frame, "divergence", HOLLOW_METHODS, "hollownet")
-    hutch = _rows(frame, "divergence", ["hutchinson"], "mlp_flop_matched")
-    hutch = hutch[hutch["n_probes"].eq(1).fillna(False)]
-    if exact.empty or hutch.empty:
-        raise NoData("needs hollow divergence points and hutchinson-1 on the FLOP-matched MLP")
-    # Train steps pair only with steps of the same definition (the fair "value_and" step, or
-    # the older "separate_forward" one): a row per step.
-    keys = [*KEYS, "step"]
-    pairs = _ratios(cells(exact, [*keys, "method", "d"]), cells(hutch, [*keys, "d"]))
-    return _by_d(pairs, "a", lambda d: 1.0, "<= 1", above=False)
+def _large(rows: pd.DataFrame) -> pd.Series:
+    return rows["d"].ge(128)
 
 
-def goal_b(frame: pd.DataFrame) -> pd.DataFrame:
-    """(b) the faster dense method over each hollow method, for d >= 128."""
-    frame = frame[frame["d"].ge(128).fillna(False)]
-    dense = _rows(frame, "divergence", DENSE_METHODS, "hollownet")
-    exact = _rows(frame, "divergence", HOLLOW_METHODS, "hollownet")
-    if dense.empty or exact.empty:
-        raise NoData("needs dense and hollow divergence points at d >= 128")
-    exact_cells = cells(exact, [*KEYS, "method", "d"]).rename_axis(
-        index={"method": "hollow method"}
-    )
-    pairs = _ratios(_fastest(cells(dense, [*KEYS, "d", "method"])), exact_cells)
-    return _by_d(pairs, "b", lambda d: d / 4, ">= d/4", above=True)
+def _backend(name: str) -> Callable[[pd.DataFrame], pd.Series]:
+    return lambda rows: rows["backend"].eq(name)
 
 
-def goal_c(frame: pd.DataFrame) -> pd.DataFrame:
-    """(c) D_dim^4 over D_dim^1, per hollow method."""
-    ddim = _rows(frame, "ddim", HOLLOW_METHODS, "hollownet")
-    k4, k1 = (ddim[ddim["k"].eq(k).fillna(False)] for k in (4, 1))
-    if k4.empty or k1.empty:
-        raise NoData("needs hollow ddim points at k = 1 and k = 4")
-    keys = [*KEYS, "method", "d"]
-    return _by_d(_ratios(cells(k4, keys), cells(k1, keys)), "c", lambda d: 5.0, "<= 5", False)
+def _k(k: int) -> Callable[[pd.DataFrame], pd.Series]:
+    return lambda rows: rows["k"].eq(k).fillna(False)
 
 
-def goal_d(frame: pd.DataFrame) -> pd.DataFrame:
-    """(d) the fastest torch variant over JAX jit, per device, mode, batch and method."""
-    rows = _rows(frame, "divergence", HOLLOW_METHODS, "hollownet")
-    torch, jax = rows[rows["backend"].eq("torch")], rows[rows["backend"].eq("jax")]
-    if torch.empty or jax.empty:
-        raise NoData("needs hollow divergence points from both backends")
-    keys = ["device_id", "mode", "batch", "method", "d"]
-    per_variant = cells(torch, [*keys, "variant"])
-    pairs = _ratios(_fastest(per_variant), cells(jax, keys))
-    table = _by_d(pairs, "d", lambda d: 1.5, "<= 1.5", above=False)
+TORCH_VARIANTS = Side(
+    "divergence", HOLLOW_METHODS, ("hollownet",), _backend("torch"), by=("method",)
+)
+
+
+def _fastest_variant(table: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """Goal (d)'s last column: which torch variant was the fastest."""
+    keys = ("device_id", "mode", "batch")
+    per_variant = cells(_rows(TORCH_VARIANTS, frame), [*keys, "method", "d", "variant"])
     names = _fastest_names(per_variant)
     table["fastest torch variant"] = [
         _names_by_d(names, tuple(row))
-        for row in table[["device", *keys[1:-1]]].itertuples(index=False)
+        for row in table[["device", *keys[1:], "method"]].itertuples(index=False)
     ]
     return table
 
@@ -165,6 +143,47 @@ def _names_by_d(names: pd.Series, key: tuple) -> str:
     if over_d.nunique() == 1:
         return str(over_d.iloc[0])
     return ", ".join(f"d={d}: {v}" for d, v in over_d.items())
+
+
+# (a) each hollow method's divergence over Hutchinson-1 on the FLOP-matched MLP. Train steps
+# pair only with steps of the same definition (the fair "value_and" step, or the older
+# "separate_forward" one): a row per step.
+goal_a = Goal(
+    "a",
+    replace(EXACT_DIVERGENCE, by=("method",)),
+    HUTCHINSON_1,
+    (*KEYS, "step"),
+    AT_MOST_ONE,
+    "needs hollow divergence points and hutchinson-1 on the FLOP-matched MLP",
+)
+# (b) the faster dense method over each hollow method, for d >= 128.
+goal_b = Goal(
+    "b",
+    Side("divergence", DENSE_METHODS, ("hollownet",), _large, fastest="method"),
+    replace(EXACT_DIVERGENCE, where=_large, by=("method",), rename={"method": "hollow method"}),
+    KEYS,
+    Target(">= d/4", lambda d: d / 4, above=True),
+    "needs dense and hollow divergence points at d >= 128",
+)
+# (c) D_dim^4 over D_dim^1, per hollow method.
+goal_c = Goal(
+    "c",
+    Side("ddim", HOLLOW_METHODS, ("hollownet",), _k(4), by=("method",)),
+    Side("ddim", HOLLOW_METHODS, ("hollownet",), _k(1), by=("method",)),
+    KEYS,
+    Target("<= 5", lambda d: 5.0),
+    "needs hollow ddim points at k = 1 and k = 4",
+)
+# (d) the fastest torch variant over JAX jit, per device, mode, batch and method.
+goal_d = Goal(
+    "d",
+    replace(TORCH_VARIANTS, fastest="variant"),
+    Side("divergence", HOLLOW_METHODS, ("hollownet",), _backend("jax"), by=("method",)),
+    ("device_id", "mode", "batch"),
+    Target("<= 1.5", lambda d: 1.5),
+    "needs hollow divergence points from both backends",
+    annotate=_fastest_variant,
+)
 
 
 GOALS: tuple[Table, ...] = (

@@ -224,14 +224,17 @@ class Evaluation:
         return 1e3 * statistics.median(times)
 
 
-def spread(estimates: np.ndarray) -> dict[str, float]:
+def spread(estimates: np.ndarray) -> dict[str, Any]:
     """Log-likelihood estimates (seeds, batch) across probe seeds: ``loglik_std``, the std of
     the batch-mean log-likelihood, ``loglik_std_sample``, the mean per-sample std, and their
-    mean."""
+    mean; the point's error is the relative std."""
+    loglik, std = float(estimates.mean()), float(estimates.mean(1).std(ddof=1))
     return {
-        "loglik": float(estimates.mean()),
-        "loglik_std": float(estimates.mean(1).std(ddof=1)),
+        "loglik": loglik,
+        "loglik_std": std,
         "loglik_std_sample": float(estimates.std(0, ddof=1).mean()),
+        "error": std / abs(loglik),
+        "error_kind": "rel_std",
     }
 
 
@@ -246,29 +249,28 @@ def stats_info(backend, stats: dict) -> dict[str, Any]:
 
 
 def iteration_task(sweep: Sweep, backend, point: CnfPoint) -> Task:
-    """One training iteration to time; its check files NFE, the held-out evaluation time and,
-    for Hutchinson, the estimate's spread in Task.info."""
+    """One training iteration to time. It measures the iteration's NFE and, apart, the
+    held-out evaluation: its time and log-likelihood, for a stochastic trace (Hutchinson,
+    Hutch++) its spread across probe seeds (whose relative std is the point's error)."""
     spec = flow_spec(point.d)
     data = load_data(sweep, point.dataset)
     net = backend.build(spec, seed=MODEL_SEED)
     rng = np.random.default_rng(DATA_SEED)
     x = _array(backend, next(cnf.batches(data.train, point.batch, rng)), spec.dtype)
     fn, args, stats_of = train_step(backend, net, x, point.config)
-    found: dict[str, Any] = {}
 
-    def check(out, step) -> tuple[float | None, str | None]:
-        found.update(stats_info(backend, stats_of(out)))
+    def measure(out, step) -> dict[str, Any]:
         held_out = _array(backend, held_out_batch(data, point.batch), spec.dtype)
         evaluate = Evaluation(backend, net, held_out, point.config)
-        found["loglik_compile_s"] = evaluate.compile_s
-        found["loglik_eval_ms"] = evaluate.time_ms()
+        found = stats_info(backend, stats_of(out)) | {
+            "loglik_compile_s": evaluate.compile_s,
+            "loglik_eval_ms": evaluate.time_ms(),
+        }
         if point.method not in cnf.STOCHASTIC_TRACES:
-            found["loglik"] = float(evaluate(PROBE_SEED).mean())
-            return None, None
-        found.update(spread(np.stack([evaluate(seed) for seed in range(SEEDS)])))
-        return found["loglik_std"] / abs(found["loglik"]), "rel_std"
+            return found | {"loglik": float(evaluate(PROBE_SEED).mean())}
+        return found | spread(np.stack([evaluate(seed) for seed in range(SEEDS)]))
 
-    return Task(fn, args, check, info=found)
+    return Task(fn, args, measure=measure)
 
 
 def budget_s() -> float | None:
@@ -277,8 +279,9 @@ def budget_s() -> float | None:
 
 
 def budget_task(sweep: Sweep, backend, point: CnfPoint, seconds: float) -> Task:
-    """Train for ``seconds``, then time the held-out batch evaluation; the check files the
-    exact held-out NLL and the spread of the method's estimate in Task.info."""
+    """Train for ``seconds`` (the training's outcome is the task's info), then time the
+    held-out batch evaluation. It measures that evaluation's time, the exact held-out NLL and,
+    for a stochastic trace, the spread of the method's estimate (its relative std: the error)."""
     flows = _cnf(backend)
     spec = flow_spec(point.d)
     data = load_data(sweep, point.dataset)
@@ -287,7 +290,7 @@ def budget_task(sweep: Sweep, backend, point: CnfPoint, seconds: float) -> Task:
         batch=point.batch, lr=LR, seed=DATA_SEED,
     )  # fmt: skip
     net = result.field
-    found: dict[str, Any] = {
+    trained = {
         "budget_s": seconds,
         "train_iterations": result.iterations,
         "train_iter_ms": 1e3 * result.seconds / max(result.iterations, 1),
@@ -300,27 +303,20 @@ def budget_task(sweep: Sweep, backend, point: CnfPoint, seconds: float) -> Task:
     # the harness compiles the evaluation (compile_s) and times it
     fn, args = loglik(backend, point.config), (net, held_out, backend.random_opts(PROBE_SEED))
 
-    def check(out, step) -> tuple[float | None, str | None]:
+    def estimate(config: FlowConfig, seed: int = 0) -> np.ndarray:
+        return flows.held_out_log_likelihood(net, data.test, config, seed=seed, batch=point.batch)
+
+    def measure(out, step) -> dict[str, Any]:
         timed = Evaluation(backend, net, held_out, point.config, compiled=step)
-        found["loglik_eval_ms"] = timed.time_ms()
-        exact = FlowConfig(method="hollow", rtol=RTOL, atol=ATOL)
-        logp = flows.held_out_log_likelihood(net, data.test, exact, batch=point.batch)
-        found.update(data.nll(logp))
+        found = {"loglik_eval_ms": timed.time_ms()}
+        found |= data.nll(estimate(FlowConfig(method="hollow", rtol=RTOL, atol=ATOL)))
         if point.method not in cnf.STOCHASTIC_TRACES:
-            found["nll_estimate_nats"] = found["nll_nats"]
-            return None, None
+            return found | {"nll_estimate_nats": found["nll_nats"]}
+        estimates = np.stack([estimate(point.config, seed) for seed in range(SEEDS)])
+        nll = float(-(estimates + data.test_log_det).mean())  # (seeds, n_test) estimates
+        return found | {"nll_estimate_nats": nll} | spread(estimates)
 
-        def estimate(seed: int) -> np.ndarray:
-            return flows.held_out_log_likelihood(
-                net, data.test, point.config, seed=seed, batch=point.batch
-            )
-
-        estimates = np.stack([estimate(seed) for seed in range(SEEDS)])  # (seeds, n_test)
-        found["nll_estimate_nats"] = float(-(estimates + data.test_log_det).mean())
-        found.update(spread(estimates))
-        return found["loglik_std"] / abs(found["loglik"]), "rel_std"
-
-    return Task(fn, args, check, info=found)
+    return Task(fn, args, info=trained, measure=measure)
 
 
 def need_bytes(point: CnfPoint) -> int:

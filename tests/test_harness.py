@@ -404,6 +404,19 @@ def test_a_point_records_its_check_and_task_info(tmp_path):
     assert journal.read(tmp_path / "j.jsonl")[-1]["extra_info"]["nfe"] == 7
 
 
+def test_what_a_task_measures_is_kept_when_its_check_fails(tmp_path):
+    sweep, bench = _sweep(tmp_path), _FakeBenchmark()
+
+    def check(out, step):
+        raise RuntimeError("stopped early")
+
+    task = Task(lambda a: a + 1, (1,), check=check, measure=lambda out, step: {"nfe": 3 * out})
+    sweep.run(bench, _FakeBackend(), lambda: task, {"workload": "fake"})
+    info = bench.extra_info
+    assert (info["nfe"], info["error"], info["status"]) == (6, None, "ok")
+    assert "error check failed" in info["reason"] and "stopped early" in info["reason"]
+
+
 def test_a_point_past_its_limit_is_recorded_as_a_timeout(tmp_path):
     sweep, bench = _sweep(tmp_path, timeout="0.2"), _FakeBenchmark()
     with pytest.raises(pytest.skip.Exception, match="timeout: PointTimeout"):

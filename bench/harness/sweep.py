@@ -66,16 +66,19 @@ class Task:
     be pure and jittable (the harness compiles it); for torch it runs eagerly as given.
     ``check(outputs, step)`` returns (error, error_kind) from a warm-up call's outputs; ``step``
     is the callable being timed (JAX: the compiled executable), for checks that need more calls
-    of it on the same argument shapes. ``info`` holds extra_info entries the task learns while
-    it runs (e.g. solver counters its check reads off the outputs): it is merged into the
-    point's extra_info after the check, before the point is journaled. ``variant``: how the
-    backend runs ``fn`` (``impls.VARIANTS``; None: its default)."""
+    of it on the same argument shapes. ``measure(outputs, step)``, run before the check,
+    returns extra_info entries read off the outputs or measured beside the timed call (solver
+    counters, a held-out evaluation's time), kept even when the check then fails. ``info``
+    holds entries known when the task is built. Both are merged into the point's extra_info
+    before it is journaled. ``variant``: how the backend runs ``fn`` (``impls.VARIANTS``;
+    None: its default)."""
 
     fn: Callable[..., Any]
     args: tuple
     check: Callable[[Any, Callable[..., Any]], tuple[float | None, str | None]] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     variant: str | None = None
+    measure: Callable[[Any, Callable[..., Any]], dict[str, Any]] | None = None
 
 
 IMPORT_FRAMES = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
@@ -365,14 +368,17 @@ def _energy(device: str) -> Iterator[dict[str, Any]]:
 
 
 def _checked(task: Task, out: Any, step: Callable[..., Any]) -> dict[str, Any]:
-    """The task's error figure; a failing check is noted but does not void the timing."""
-    if task.check is None:
-        return {}
+    """What the task measures off its outputs, then its error figure; a failing check is
+    noted but does not void the timing."""
+    found = {}
     try:
-        error, kind = task.check(out, step)
+        found = task.measure(out, step) if task.measure is not None else {}
+        if task.check is not None:
+            error, kind = task.check(out, step)
+            found |= {"error": error, "error_kind": kind}
     except Exception as exc:
-        return {"reason": f"error check failed: {describe(exc)}"}
-    return {"error": error, "error_kind": kind}
+        return found | {"reason": f"error check failed: {describe(exc)}"}
+    return found
 
 
 def _stats(benchmark) -> dict[str, Any] | None:

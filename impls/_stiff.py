@@ -63,6 +63,12 @@ class Tol(NamedTuple):
     root_tol: Any
 
 
+def bump(counts: dict[str, Any], **by: Any) -> dict[str, Any]:
+    """The run's counters plus ``by``: Python ints in PyTorch, int32 scalars in JAX (where a
+    traced bool adds 0 or 1)."""
+    return counts | {key: counts[key] + value for key, value in by.items()}
+
+
 def bdf_step(h, h1, h2, second) -> tuple[Any, Any, Any, Any]:
     """Coefficients of one variable-step BDF step of size ``h``, as (beta, gamma, p2, ratio).
 

@@ -171,10 +171,6 @@ def _counts() -> dict[str, jax.Array]:
     return {key: jnp.zeros((), jnp.int32) for key in _stiff.RUN_STATS}
 
 
-def _bump(counts: dict, key: str, by: Any = 1) -> dict:
-    return counts | {key: counts[key] + jnp.asarray(by, jnp.int32)}
-
-
 # --- root finders: the PyTorch backend's classes as pytrees (the while loops carry them) -----
 
 
@@ -392,7 +388,7 @@ class _State(NamedTuple):
 @functools.partial(jax.jit, static_argnames="cfg")
 def _solve(system, y0, ts, tol: _stiff.Tol, step_size, cfg: _stiff.Config) -> Solution:
     dtype = y0.dtype
-    counts = _bump(_counts(), "nfe")
+    counts = _stiff.bump(_counts(), nfe=1)
     f0 = system.rhs(ts[0], y0)
     if cfg.adaptive:
         h, counts = _initial_step(system, ts[0], y0, f0, ts[-1] - ts[0], tol, counts)
@@ -428,7 +424,7 @@ def _initial_step(system, t, y, f0, span, tol: _stiff.Tol, counts: dict):
     d2 = _wrms((system.rhs(t + h0, y + h0 * f0) - f0) / scale) / h0
     big = jnp.maximum(d1, d2)
     h1 = jnp.where(big <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3), jnp.sqrt(0.01 / big))
-    return jnp.minimum(jnp.minimum(100 * h0, h1), span), _bump(counts, "nfe")
+    return jnp.minimum(jnp.minimum(100 * h0, h1), span), _stiff.bump(counts, nfe=1)
 
 
 def _step(system, s: _State, ts, tol: _stiff.Tol, step_size, cfg: _stiff.Config) -> _State:
@@ -443,14 +439,13 @@ def _step(system, s: _State, ts, tol: _stiff.Tol, step_size, cfg: _stiff.Config)
     y_new, ok, iters, finder = _iterate(
         system, s.t + h_try, rhs, h_try * beta, guess, cfg, tol, s.finder
     )
-    counts = _bump(_bump(_bump(s.counts, "n_steps"), "n_iters", iters), "nfe", iters)
-    counts = _bump(counts, "n_failed", ~ok)
+    counts = _stiff.bump(s.counts, n_steps=1, n_iters=iters, nfe=iters, n_failed=~ok)
     finder = replace(finder, stale=finder.stale | ~ok)
     if cfg.adaptive:
         error = _wrms(ratio * (y_new - guess) / _weights(tol, s.y, y_new))
         factor = _stiff.SAFETY * jnp.maximum(error, 1e-10) ** (-1 / (2 + second))
         accept = ok & (error <= 1)
-        counts = _bump(counts, "n_rejected", ok & (error > 1))
+        counts = _stiff.bump(counts, n_rejected=ok & (error > 1))
         shrink = jnp.where(ok, jnp.maximum(_stiff.FAC_MIN, factor), _stiff.FAIL_FACTOR)
         h_grow = jnp.minimum(s.grow, jnp.maximum(_stiff.FAC_MIN, factor))
         h_next = h_try * jnp.where(accept, h_grow, shrink)
@@ -474,7 +469,7 @@ def _step(system, s: _State, ts, tol: _stiff.Tol, step_size, cfg: _stiff.Config)
         idx=s.idx + landed.astype(jnp.int32),
         ys=ys,
         finder=finder,
-        counts=_bump(counts, "n_accepted", accept),
+        counts=_stiff.bump(counts, n_accepted=accept),
     )
 
 

@@ -360,7 +360,7 @@ class _Run:
         return Solution(ts, torch.stack(ys), stats)
 
     def _rhs(self, t: float, y: Tensor) -> Tensor:
-        self.counts["nfe"] += 1
+        self.counts = _stiff.bump(self.counts, nfe=1)
         return self.system.rhs(t, y)
 
     def _weights(self, *ys: Tensor) -> Tensor:
@@ -391,18 +391,16 @@ class _Run:
         y_new, ok, iters, self.finder = _iterate(
             self.system, t + h_try, rhs, h_try * beta, guess, self.cfg, self.tol, self.finder
         )
-        self.counts["n_steps"] += 1
-        self.counts["n_iters"] += iters
-        self.counts["nfe"] += iters
+        self.counts = _stiff.bump(self.counts, n_steps=1, n_iters=iters, nfe=iters)
         if not ok:
-            self.counts["n_failed"] += 1
+            self.counts = _stiff.bump(self.counts, n_failed=1)
             self.finder = replace(self.finder, stale=True)
             if fixed is None:
                 return t, y, h_try * _stiff.FAIL_FACTOR, 1.0
         error = _wrms(ratio * (y_new - guess) / self._weights(y, y_new)) if fixed is None else 0.0
         factor = _stiff.SAFETY * max(error, 1e-10) ** (-1 / (2 + second))
         if error > 1:
-            self.counts["n_rejected"] += 1
+            self.counts = _stiff.bump(self.counts, n_rejected=1)
             return t, y, h_try * max(_stiff.FAC_MIN, factor), 1.0
         self._accept(y, y_new, h_try)
         t_new = target if landing else t + h_try
@@ -415,4 +413,4 @@ class _Run:
         d1 = (y_new - y) / h
         self.d2 = (d1 - self.d1) / (h + self.h1)
         self.d1, self.h1, self.h2 = d1, h, self.h1
-        self.counts["n_accepted"] += 1
+        self.counts = _stiff.bump(self.counts, n_accepted=1)

@@ -360,11 +360,9 @@ def describe(point: CnfPoint, preset: CnfPreset) -> dict[str, Any]:
 class CnfWorkload(Workload):
     name, point_type, presets = "cnf", CnfPoint, PRESETS
 
-    def points(self, settings, devices: dict[str, tuple[str, ...]]) -> list[CnfPoint]:
+    def rows(self, settings, backend: str) -> list[tuple]:
         return [
-            CnfPoint(backend, device, item, dataset, DIMS[dataset], method, m, batch)
-            for backend, backend_devices in devices.items()
-            for device in backend_devices
+            (item, dataset, DIMS[dataset], method, m, batch)
             for only, item, dataset, method, m in self.preset(settings).rows
             if (only is None or backend in only) and method in settings.methods
             for batch in settings.batches

@@ -278,26 +278,16 @@ def describe(point: OdePoint, problem, preset: OdePreset) -> dict[str, Any]:
 class OdeWorkload(Workload):
     name, point_type, presets = "ode", OdePoint, PRESETS
 
-    def points(self, settings, devices: dict[str, tuple[str, ...]]) -> list[OdePoint]:
-        return [
-            OdePoint(backend, device, *row)
-            for backend, backend_devices in devices.items()
-            for device in backend_devices
-            for row in self.preset(settings).rows
-            if backend == "jax" or row[3] not in DIFFRAX_METHODS
-        ]
+    def rows(self, settings, backend: str) -> list[tuple]:
+        rows = self.preset(settings).rows
+        return [row for row in rows if backend == "jax" or row[3] not in DIFFRAX_METHODS]
 
     def run(self, sweep: Sweep, benchmark, point: OdePoint) -> None:
         preset = self.preset(sweep.settings)
         backend = sweep.backend(point.backend, point.device)
-        instance = build_problem(point, preset)
+        info = describe(point, build_problem(point, preset), preset) | dict.fromkeys(ODE_KEYS)
         benchmark.group = f"ode {point.problem} d={point.d} {point.method} rtol={point.rtol:.0e}"
-        sweep.run(
-            benchmark,
-            backend,
-            lambda: make_task(sweep, backend, point, preset),
-            describe(point, instance, preset) | dict.fromkeys(ODE_KEYS),
-        )
+        sweep.run(benchmark, backend, lambda: make_task(sweep, backend, point, preset), info)
 
 
 WORKLOAD = OdeWorkload()

@@ -205,13 +205,8 @@ def describe(point: SdePoint, spec: HollowSpec, target) -> dict[str, Any]:
 class SdeWorkload(Workload):
     name, point_type, presets = "sde", SdePoint, PRESETS
 
-    def points(self, settings, devices: dict[str, tuple[str, ...]]) -> list[SdePoint]:
-        return [
-            SdePoint(backend, device, *row)
-            for backend, backend_devices in devices.items()
-            for device in backend_devices
-            for row in self.preset(settings).rows(settings)
-        ]
+    def rows(self, settings, backend: str) -> list[tuple]:
+        return self.preset(settings).rows(settings)
 
     def run(self, sweep: Sweep, benchmark, point: SdePoint) -> None:
         backend = sweep.backend(point.backend, point.device)

@@ -56,7 +56,18 @@ class Workload:
         return self.presets[settings.preset.name]
 
     def points(self, settings, devices: dict[str, tuple[str, ...]]) -> list[PointBase]:
-        """Every point of this workload for ``settings`` on ``devices`` (backend -> devices)."""
+        """Every point of this workload for ``settings`` on ``devices`` (backend -> devices):
+        each of :meth:`rows` on each device, in that order."""
+        return [
+            self.point_type(backend, device, *row)
+            for backend, backend_devices in devices.items()
+            for device in backend_devices
+            for row in self.rows(settings, backend)
+        ]
+
+    def rows(self, settings, backend: str) -> list[tuple]:
+        """The parameters after (backend, device) of every point for ``settings`` on
+        ``backend``."""
         raise NotImplementedError
 
     def point(self, params: dict[str, Any]) -> PointBase:

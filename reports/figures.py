@@ -220,6 +220,27 @@ def _mark_each(ax: Axes, rows: pd.DataFrame, x: str, hue: str, palette: dict) ->
     return marked
 
 
+def _lines(
+    ax: Axes,
+    rows: pd.DataFrame,
+    ok: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str,
+    palette: dict,
+    *,
+    noisy: bool = True,
+    **style,
+) -> bool:
+    """A seaborn line per ``hue`` through the measured rows ``ok`` (``style``: lineplot's
+    options besides errorbar=None), their noisy points drawn hollow unless ``noisy`` is False,
+    and a mark at each x where one of ``rows`` did not run; whether there was such a mark."""
+    _plot(sns.lineplot, data=ok, x=x, y=y, hue=hue, ax=ax, palette=palette, errorbar=None, **style)
+    if noisy:
+        _mark_noisy(ax, ok, x, y, hue, palette)
+    return _mark_each(ax, rows, x, hue, palette)
+
+
 def _lines_by_facet(
     rows: pd.DataFrame,
     y: str,
@@ -241,21 +262,8 @@ def _lines_by_facet(
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
         ok = _measured(sub, y).assign(**{y: lambda f: f[y] * scale})
-        _plot(
-            sns.lineplot,
-            data=ok,
-            x="d",
-            y=y,
-            hue="series",
-            ax=ax,
-            palette=palette,
-            marker="o",
-            estimator="median",
-            errorbar=None,
-        )
-        if timed:
-            _mark_noisy(ax, ok, "d", y, "series", palette)
-        marked = _mark_each(ax, sub, "d", "series", palette)
+        opts = {"marker": "o", "estimator": "median"}
+        marked = _lines(ax, sub, ok, "d", y, "series", palette, noisy=timed, **opts)
         _log_axes(ax, base_x=2)
         if fit:
             _fit_legend(ax, sub, y, marked)
@@ -317,23 +325,13 @@ def speedup_vs_d(frame: pd.DataFrame) -> MplFigure:
     palette = _palette(speed["baseline"])
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
-        _plot(
-            sns.lineplot,
-            data=sub[sub["status"].eq("ok")],
-            x="d",
-            y="speedup",
-            hue="baseline",
-            style="exact",
-            ax=ax,
-            palette=palette,
-            markers=True,
-            errorbar=None,
-        )
         ok = sub[sub["status"].eq("ok")]
-        _mark_noisy(ax, ok, "d", "speedup", "baseline", palette)
+        marked = _lines(
+            ax, sub, ok, "d", "speedup", "baseline", palette, style="exact", markers=True
+        )
         ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
         _log_axes(ax, base_x=2)
-        return _mark_each(ax, sub, "d", "baseline", palette)
+        return marked
 
     return _panels(speed, draw, ("d", "speedup of exact hollow (x)"))
 
@@ -396,24 +394,11 @@ def ddim_cost_vs_k(frame: pd.DataFrame) -> MplFigure:
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
         ok = _measured(sub, "time_ms").assign(dim=lambda f: "d=" + f["d"].map("{:.0f}".format))
-        _plot(
-            sns.lineplot,
-            data=ok,
-            x="k",
-            y="time_ms",
-            hue="series",
-            style="dim",
-            ax=ax,
-            palette=palette,
-            markers=True,
-            dashes=False,
-            errorbar=None,
-            estimator="median",
-        )
-        _mark_noisy(ax, ok, "k", "time_ms", "series", palette)
+        opts = {"style": "dim", "markers": True, "dashes": False, "estimator": "median"}
+        marked = _lines(ax, sub, ok, "k", "time_ms", "series", palette, **opts)
         _log_axes(ax, base_x=None)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        return _mark_each(ax, sub, "k", "series", palette)
+        return marked
 
     return _panels(ddim, draw, ("k (order of the derivative)", "median time (ms)"))
 
@@ -532,22 +517,10 @@ def device_comparison(frame: pd.DataFrame) -> MplFigure:
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
         ok = _measured(sub, "time_ms")
-        _plot(
-            sns.lineplot,
-            data=ok,
-            x="d",
-            y="time_ms",
-            hue="device",
-            style="method",
-            ax=ax,
-            palette=palette,
-            markers=True,
-            estimator="median",
-            errorbar=None,
-        )
-        _mark_noisy(ax, ok, "d", "time_ms", "device", palette)
+        opts = {"style": "method", "markers": True, "estimator": "median"}
+        marked = _lines(ax, sub, ok, "d", "time_ms", "device", palette, **opts)
         _log_axes(ax, base_x=2)
-        return _mark_each(ax, sub, "d", "device", palette)
+        return marked
 
     return _panels(div, draw, ("d", "median time (ms)"), by="panel", ncols=2)
 

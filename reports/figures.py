@@ -220,25 +220,13 @@ def _mark_each(ax: Axes, rows: pd.DataFrame, x: str, hue: str, palette: dict) ->
     return marked
 
 
-def _lines(
-    ax: Axes,
-    rows: pd.DataFrame,
-    ok: pd.DataFrame,
-    x: str,
-    y: str,
-    hue: str,
-    palette: dict,
-    *,
-    noisy: bool = True,
-    **style,
-) -> bool:
+def _lines(ax: Axes, ok: pd.DataFrame, x: str, y: str, hue: str, palette: dict, **style) -> None:
     """A seaborn line per ``hue`` through the measured rows ``ok`` (``style``: lineplot's
-    options besides errorbar=None), their noisy points drawn hollow unless ``noisy`` is False,
-    and a mark at each x where one of ``rows`` did not run; whether there was such a mark."""
+    options besides errorbar=None), their noisy points drawn hollow unless ``noisy=False``."""
+    noisy = style.pop("noisy", True)
     _plot(sns.lineplot, data=ok, x=x, y=y, hue=hue, ax=ax, palette=palette, errorbar=None, **style)
     if noisy:
         _mark_noisy(ax, ok, x, y, hue, palette)
-    return _mark_each(ax, rows, x, hue, palette)
 
 
 def _lines_by_facet(
@@ -263,7 +251,8 @@ def _lines_by_facet(
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
         ok = _measured(sub, y).assign(**{y: lambda f: f[y] * scale})
         opts = {"marker": "o", "estimator": "median"}
-        marked = _lines(ax, sub, ok, "d", y, "series", palette, noisy=timed, **opts)
+        _lines(ax, ok, "d", y, "series", palette, noisy=timed, **opts)
+        marked = _mark_each(ax, sub, "d", "series", palette)
         _log_axes(ax, base_x=2)
         if fit:
             _fit_legend(ax, sub, y, marked)
@@ -326,12 +315,10 @@ def speedup_vs_d(frame: pd.DataFrame) -> MplFigure:
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
         ok = sub[sub["status"].eq("ok")]
-        marked = _lines(
-            ax, sub, ok, "d", "speedup", "baseline", palette, style="exact", markers=True
-        )
+        _lines(ax, ok, "d", "speedup", "baseline", palette, style="exact", markers=True)
         ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
         _log_axes(ax, base_x=2)
-        return marked
+        return _mark_each(ax, sub, "d", "baseline", palette)
 
     return _panels(speed, draw, ("d", "speedup of exact hollow (x)"))
 
@@ -395,10 +382,10 @@ def ddim_cost_vs_k(frame: pd.DataFrame) -> MplFigure:
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
         ok = _measured(sub, "time_ms").assign(dim=lambda f: "d=" + f["d"].map("{:.0f}".format))
         opts = {"style": "dim", "markers": True, "dashes": False, "estimator": "median"}
-        marked = _lines(ax, sub, ok, "k", "time_ms", "series", palette, **opts)
+        _lines(ax, ok, "k", "time_ms", "series", palette, **opts)
         _log_axes(ax, base_x=None)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        return marked
+        return _mark_each(ax, sub, "k", "series", palette)
 
     return _panels(ddim, draw, ("k (order of the derivative)", "median time (ms)"))
 
@@ -518,9 +505,9 @@ def device_comparison(frame: pd.DataFrame) -> MplFigure:
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
         ok = _measured(sub, "time_ms")
         opts = {"style": "method", "markers": True, "estimator": "median"}
-        marked = _lines(ax, sub, ok, "d", "time_ms", "device", palette, **opts)
+        _lines(ax, ok, "d", "time_ms", "device", palette, **opts)
         _log_axes(ax, base_x=2)
-        return marked
+        return _mark_each(ax, sub, "d", "device", palette)
 
     return _panels(div, draw, ("d", "median time (ms)"), by="panel", ncols=2)
 

@@ -326,6 +326,7 @@ def need_bytes(point: CnfPoint) -> int:
     probe = grid.Point(
         "divergence", point.backend, point.device, point.method, "hollownet", point.d,
         point.batch, 1, "train", point.n_probes,
+        n_matvecs=point.config.probe_opts.get("n_matvecs"),  # Hutch++'s budget
     )  # fmt: skip
     return NFE_GUESS * predict_bytes(spec, probe)
 

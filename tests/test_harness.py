@@ -237,6 +237,16 @@ def test_workload_presets_cover_the_harness_presets(name):
     assert set(workload.presets) == set(grid.PRESETS)
 
 
+def test_every_cnf_point_has_a_memory_estimate():
+    """The CNF guard prices every point of the full grid, Hutch++ at its budget included."""
+    from bench import test_cnf
+
+    settings = options.resolve({"preset": "full"})
+    points = test_cnf.WORKLOAD.points(settings, {"torch": ("cpu",), "jax": ("cpu",)})
+    assert {p.method for p in points} >= {"hollow", "hutchinson", "hutchpp"}
+    assert all(test_cnf.need_bytes(p) > 0 for p in points)
+
+
 def test_limits_bound_d():
     lim = grid.Limit("dense", lambda p: p.method in grid.DENSE_METHODS, max_d=32)
     point = grid.Point("divergence", "torch", "cpu", "dense_loop", "hollownet", 64, 8, 1, "eval")

@@ -20,6 +20,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from impls import _taylor
+
 Series = list[jax.Array]  # coefficients c_0, c_1, ...: the j-th derivative is j! c_j
 
 
@@ -50,34 +52,9 @@ def ddim(net, x: jax.Array, h: jax.Array, t: jax.Array | None, k: int) -> jax.Ar
 
 
 def _activation(name: str, act, z: Series, k: int) -> Series:
-    """The series of act(z) to order k from the series z."""
-    y = [act(z[0])]
-    if name == "sin":  # sin' = cos, cos' = -sin
-        cos, minus_y = [jnp.cos(z[0])], []
-        for m in range(1, k + 1):
-            y.append(_step(z, cos, m))
-            minus_y.append(-y[m - 1])
-            cos.append(_step(z, minus_y, m))
-        return y
-    if name == "softplus":  # softplus' = sigmoid
-        sig = _activation("sigmoid", jax.nn.sigmoid, z, k - 1)
-        return y + [_step(z, sig, m) for m in range(1, k + 1)]
-    g = []  # tanh' = 1 - tanh^2, sigmoid' = sigmoid - sigmoid^2
-    for m in range(1, k + 1):
-        own = (1 if m == 1 else 0) if name == "tanh" else y[m - 1]
-        g.append(own - _cauchy(y, y, m - 1))
-        y.append(_step(z, g, m))
-    return y
-
-
-def _step(z: Series, g: Series, m: int) -> jax.Array:
-    """The m-th coefficient of y from y' = g z': (1/m) sum_{j=1..m} j z_j g_{m-j}."""
-    return sum(j * z[j] * g[m - j] for j in range(1, min(m, len(z) - 1) + 1)) / m
-
-
-def _cauchy(a: Series, b: Series, n: int) -> jax.Array:
-    """The n-th coefficient of the product of two series."""
-    return sum(a[i] * b[n - i] for i in range(n + 1))
+    """The series of act(z) to order k from the series z (impls._taylor's recurrence)."""
+    sigmoid_series = lambda z, k: _activation("sigmoid", jax.nn.sigmoid, z, k)  # noqa: E731
+    return _taylor.activation(name, act, z, k, jnp.cos, sigmoid_series)
 
 
 # --- k = 1 in cache-sized chunks ---------------------------------------------------------------

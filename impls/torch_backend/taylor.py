@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from impls import _taylor
+
 Series = list[torch.Tensor]  # coefficients c_0, c_1, ...: the j-th derivative is j! c_j
 
 # Fused y' * z' for the k = 1 tangent, y = act(z) (differentiable: autograd has their rules).
@@ -57,36 +59,12 @@ def ddim(net, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor | None, k: int) 
 
 
 def _activation(name: str, act, z: Series, k: int) -> Series:
-    """The series of act(z) to order k from the series z."""
-    y = [act(z[0])]
+    """The series of act(z) to order k from the series z (impls._taylor's recurrence)."""
     if k == 1 and name in _TANGENT and len(z) > 1:
-        return [y[0], _TANGENT[name](z[1].expand_as(y[0]), y[0])]
-    if name == "sin":  # sin' = cos, cos' = -sin
-        cos, minus_y = [torch.cos(z[0])], []
-        for m in range(1, k + 1):
-            y.append(_step(z, cos, m))
-            minus_y.append(-y[m - 1])
-            cos.append(_step(z, minus_y, m))
-        return y
-    if name == "softplus":  # softplus' = sigmoid
-        sig = _activation("sigmoid", torch.sigmoid, z, k - 1)
-        return y + [_step(z, sig, m) for m in range(1, k + 1)]
-    g = []  # tanh' = 1 - tanh^2, sigmoid' = sigmoid - sigmoid^2
-    for m in range(1, k + 1):
-        own = (1 if m == 1 else 0) if name == "tanh" else y[m - 1]
-        g.append(own - _cauchy(y, y, m - 1))
-        y.append(_step(z, g, m))
-    return y
-
-
-def _step(z: Series, g: Series, m: int) -> torch.Tensor:
-    """The m-th coefficient of y from y' = g z': (1/m) sum_{j=1..m} j z_j g_{m-j}."""
-    return sum(j * z[j] * g[m - j] for j in range(1, min(m, len(z) - 1) + 1)) / m
-
-
-def _cauchy(a: Series, b: Series, n: int) -> torch.Tensor:
-    """The n-th coefficient of the product of two series."""
-    return sum(a[i] * b[n - i] for i in range(n + 1))
+        y0 = act(z[0])
+        return [y0, _TANGENT[name](z[1].expand_as(y0), y0)]
+    sigmoid_series = lambda z, k: _activation("sigmoid", torch.sigmoid, z, k)  # noqa: E731
+    return _taylor.activation(name, act, z, k, torch.cos, sigmoid_series)
 
 
 # --- k = 1 in cache-sized chunks ---------------------------------------------------------------

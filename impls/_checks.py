@@ -16,9 +16,13 @@ METHODS = (*EXACT_METHODS, *STOCHASTIC_METHODS)
 MIN_MATVECS = {"hutchpp": 3, "xtrace": 2, "xdiag": 2}
 MAX_K = 4
 # How a step runs. torch: as written (eager), captured whole in one CUDA graph and replayed
-# (cudagraph: no per-kernel launch cost; CUDA devices only), or through torch.compile (eval
-# only: AOTAutograd cannot differentiate twice, and every train step here does). JAX: jit.
-VARIANTS = {"torch": ("eager", "cudagraph", "compile"), "jax": ("jit",)}
+# (cudagraph: no per-kernel launch cost; CUDA devices only), through torch.compile (eval
+# only: AOTAutograd cannot differentiate twice, and every train step here does), or eagerly
+# with the k = 1 hollow_forward transformer in fused Triton kernels (triton). JAX: jit.
+VARIANTS = {"torch": ("eager", "cudagraph", "compile", "triton"), "jax": ("jit",)}
+# Variants whose one change is tau's value and tangent in a fused kernel: they apply to
+# hollow_forward at k = 1 only, on a GPU (their interpreters are for tests).
+FUSED_VARIANTS = ("triton", "pallas")
 DEFAULT_VARIANT = {name: variants[0] for name, variants in VARIANTS.items()}
 
 # Options each method takes besides ``t``; the JAX backend's stochastic methods also take a PRNG

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -18,6 +20,11 @@ def pytest_configure(config):
     except ImportError:
         return
     torch.set_num_threads(1)
+    # Without a GPU the fused Triton kernels (tests/test_fused_tau.py) run in Triton's
+    # interpreter, which triton reads when a kernel is defined: set it before any test module
+    # imports them. With a GPU they compile and run on it, as the triton variant does.
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 # Small float64 models that exercise both conditioners, time dependence and k-th derivatives.

@@ -1,6 +1,6 @@
 """A torch step run as one of its variants (``impls.VARIANTS``): as written, captured whole in
-one CUDA graph, or compiled by torch.compile. JAX steps have one variant, jit
-(``JaxBackend.compile_step``).
+one CUDA graph, compiled by torch.compile, or as written with tau's k = 1 value and tangent in
+fused Triton kernels. JAX steps have one variant, jit (``JaxBackend.compile_step``).
 """
 
 from __future__ import annotations
@@ -24,16 +24,33 @@ def torch_variant(
     start = time.perf_counter()
     if variant == "cudagraph":
         step = capture(fn, args)
+    elif variant == "triton":
+        step = _fused(fn)
+        step(*args)  # Triton compiles and autotunes its kernels on the first call
     elif variant == "compile":
         # Static shapes: after a second d, torch.compile would otherwise trace d symbolically,
         # and ops such as the probes' randint take no symbolic sizes. Each point is one shape.
         step = torch.compile(fn, dynamic=False)
         step(*args)  # compiles
     else:
-        raise ValueError(f"unknown torch variant {variant!r}; choose eager, cudagraph or compile")
+        raise ValueError(
+            f"unknown torch variant {variant!r}; choose eager, cudagraph, compile or triton"
+        )
     if any(isinstance(a, torch.Tensor) and a.is_cuda for a in args):
         torch.cuda.synchronize()
     return step, {"compile_s": time.perf_counter() - start}
+
+
+def _fused(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run eagerly, with the k = 1 hollow_forward transformer in the fused Triton
+    kernels (impls/torch_backend/fused_tau.py)."""
+    from impls.torch_backend import taylor
+
+    def step(*args):
+        with taylor.fused():
+            return fn(*args)
+
+    return step
 
 
 def capture(fn: Callable[..., Any], args: tuple) -> Callable[..., Any]:

@@ -6,6 +6,7 @@ would, and read back what it wrote; they never look at timings.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -72,7 +73,7 @@ def test_values_parse_with_ranges_and_aliases():
         ("shard", "0/2", "1 <= I <= N"),
         ("shard", "3/2", "1 <= I <= N"),
         ("timeout", "-1", ">= 0"),
-        ("variants", "graph", "choose from eager, cudagraph, compile, jit"),
+        ("variants", "graph", "choose from eager, cudagraph, compile, triton, jit"),
         ("matmul_precision", "tf16", "choose from default, tf32, highest"),
     ],
 )
@@ -170,6 +171,31 @@ def test_variants_run_only_where_they_can():
             twin.id in eager and p.id == twin.id.replace(f"-{p.method}-", f"-{p.label}-") != twin.id
         )
         assert p.label == f"{p.method}+{p.variant}"
+
+
+def test_fused_variants_run_hollow_forward_at_k1_and_skip_off_a_gpu(monkeypatch):
+    """The triton variant changes tau's k = 1 value and tangent only: its points are
+    hollow_forward at k = 1, in both modes, beside their eager twins. Off a GPU, or without
+    the triton package, they are skipped with the reason rather than run."""
+    settings = options.resolve({"preset": "paper"})
+    points = _points(settings) + _points(settings, grid.Grid("ddim", METHODS))
+    fused = [p for p in points if p.variant == "triton"]
+    assert {(p.method, p.k) for p in fused} == {("hollow_forward", 1)}
+    assert {p.mode for p in fused} == {"eval", "train"}
+    assert {p.device for p in fused} == {"cpu", "cuda:0"}
+    eager = {p.id for p in points if p.variant == "eager"}
+    assert all(grid.Point(**{**p.__dict__, "variant": "eager"}).id in eager for p in fused)
+    on_gpu = next(p for p in fused if p.device == "cuda:0")
+    on_cpu = next(p for p in fused if p.device == "cpu")
+    assert "needs a GPU" in grid.variant_unavailable(on_cpu)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "triton" else real(name)
+    )
+    assert "triton package" in grid.variant_unavailable(on_gpu)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert grid.variant_unavailable(on_gpu) is None
+    assert all(grid.variant_unavailable(p) is None for p in points if p.variant != "triton")
 
 
 def test_quick_preset_compiles_a_few_points_and_variants_can_be_chosen():

@@ -5,6 +5,7 @@ No torch or JAX here, so options can be checked and shards planned before either
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from impls import (
     DEFAULT_VARIANT,
     DENSE_METHODS,
     ESTIMATORS,
+    FUSED_VARIANTS,
     HOLLOW_METHODS,
     STOCHASTIC_METHODS,
     VARIANTS,
@@ -27,6 +29,8 @@ MODES = ("eval", "train")
 ALL_VARIANTS = tuple(v for variants in VARIANTS.values() for v in variants)
 # The methods other variants apply to: the exact hollow ones and the estimator they must beat.
 VARIANT_METHODS = (*HOLLOW_METHODS, "hutchinson")
+# The one point shape the fused variants change: tau's value and tangent, k = 1.
+FUSED_METHOD, FUSED_K = "hollow_forward", 1
 # Methods whose train step is one ordinary backward (value and tangent carried by hand), the
 # only train steps torch.compile takes: AOTAutograd cannot differentiate twice.
 COMPILE_TRAIN_METHODS = ("hollow_forward",)
@@ -255,11 +259,26 @@ def variant_applies(p: Point) -> bool:
     lift, so such points are never generated."""
     if p.variant == DEFAULT_VARIANT[p.backend]:
         return True
+    if p.variant in FUSED_VARIANTS:
+        return p.method == FUSED_METHOD and p.k == FUSED_K
     if p.method not in VARIANT_METHODS:
         return False
     if p.variant == "cudagraph":
         return p.device.startswith("cuda")
     return p.mode == "eval" or p.method in COMPILE_TRAIN_METHODS  # compile
+
+
+def variant_unavailable(p: Point) -> str | None:
+    """Why ``p``'s variant cannot run it on this machine, or None. Unlike
+    :func:`variant_applies` this depends on the machine, so such points are generated and
+    skipped with the reason: a fused kernel off a GPU, or a kernel package not installed."""
+    if p.variant not in FUSED_VARIANTS:
+        return None
+    if not p.device.startswith("cuda"):
+        return f"the {p.variant} variant needs a GPU; the interpreter is for tests"
+    if p.variant == "triton" and importlib.util.find_spec("triton") is None:
+        return "the triton variant needs the triton package (the kernels extra)"
+    return None
 
 
 def expand(grid: Grid, settings, devices: dict[str, tuple[str, ...]]) -> list[Point]:

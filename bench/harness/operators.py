@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness.grid import Grid, Point, expand
+from bench.harness.grid import Grid, Point, expand, variant_unavailable
 from bench.harness.sweep import Sweep, Task
 from bench.harness.workload import Workload
 from impls import (
@@ -58,6 +58,9 @@ class OperatorWorkload(Workload):
 
     def point(self, params: dict[str, Any]) -> Point:
         return Point(self.name, **params)
+
+    def unavailable(self, point: Point) -> str | None:
+        return variant_unavailable(point)
 
     def run(self, sweep: Sweep, benchmark, point: Point) -> None:
         run_operator(sweep, benchmark, point)

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import operators
-from bench.harness.grid import ALL_VARIANTS, Point
+from bench.harness.grid import ALL_VARIANTS, Point, variant_applies
 from bench.harness.telemetry import NVML, EnergyMeter
-from impls import ESTIMATORS, METHODS, load_backend
+from impls import ESTIMATORS, FUSED_VARIANTS, METHODS, load_backend
 
 WARMUP_CALLS = 3
 METER_S = 1.0
@@ -116,8 +116,8 @@ ESTIMATOR_BUDGET = 12  # Jacobian-vector products of hutchpp, xtrace and xdiag, 
 
 def _points(backend, args) -> list[Point]:
     variants = [v for v in backend.variants if v in args.variants]
-    if args.device == "cpu" and "cudagraph" in variants:
-        variants.remove("cudagraph")
+    if args.device == "cpu":  # GPU-only variants (the fused ones' interpreters are for tests)
+        variants = [v for v in variants if v != "cudagraph" and v not in FUSED_VARIANTS]
     points = []
     for variant in variants or [backend.default_variant]:
         for method in args.methods:
@@ -127,7 +127,9 @@ def _points(backend, args) -> list[Point]:
             ks = [1] if args.workload == "divergence" else args.k
             for d, k in itertools.product(args.dims, ks):
                 where = (backend.name, args.device, method, model, d, args.batch, k, args.mode)
-                points.append(Point(args.workload, *where, probes, variant, budget))
+                point = Point(args.workload, *where, probes, variant, budget)
+                if variant not in FUSED_VARIANTS or variant_applies(point):  # hollow_forward, k=1
+                    points.append(point)
     return points
 
 

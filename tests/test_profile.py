@@ -76,3 +76,19 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys):
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and flag in err and "unknown '" in err
         assert "choose from" in err
+
+
+def test_the_triton_variant_profiles_hollow_forward_at_k1_on_a_gpu_only():
+    from impls import load_backend
+
+    torch_backend = load_backend("torch", "cpu")
+    words = ["--workload", "ddim", "--k", "1,2", "--methods", "hollow,hollow_forward"]
+    words += ["--variants", "eager,triton"]
+    on_gpu = profile._points(
+        torch_backend, profile._parser().parse_args([*words, "--device", "cuda:0"])
+    )
+    fused = [(p.method, p.k) for p in on_gpu if p.variant == "triton"]
+    assert fused == [("hollow_forward", 1)]
+    assert len([p for p in on_gpu if p.variant == "eager"]) == 4
+    on_cpu = profile._points(torch_backend, profile._parser().parse_args(words))
+    assert {p.variant for p in on_cpu} == {"eager"}

@@ -142,7 +142,7 @@ def _forward_kernel(
 def _backward_kernel(
     x_ptr, h_ptr, t_ptr, w0_ptr, b0_ptr, w1_ptr, b1_ptr, w2_ptr, gf_ptr, gd_ptr,
     gx_ptr, gh_ptr, gt_ptr, pw0_ptr, pb0_ptr, pw1_ptr, pb1_ptr, pw2_ptr, pb2_ptr,
-    rows, batch, d_h, n1, n2, span,
+    rows, batch, d_h, n1, n2, d_in, span,
     TIMED: tl.constexpr, ACT: tl.constexpr, PH: tl.constexpr, P1: tl.constexpr,
     P2: tl.constexpr, PREC: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
@@ -199,8 +199,7 @@ def _backward_kernel(
             w0t = _load_vector(w0_ptr + (1 + d_h) * n1, n1, P1)
             acc_w0t += tl.sum(t[:, None] * gz1, axis=0)
             tl.store(gt_ptr + r, tl.sum(gz1 * w0t[None, :], axis=1), mask=live)
-    # This program's slot of each partial buffer; W0's rows are x's, h's (d_h), then t's.
-    d_in = 1 + d_h + TIMED
+    # This program's slot of each partial buffer; W0's d_in rows are x's, h's (d_h), then t's.
     j1 = tl.arange(0, P1)
     pw0 = pw0_ptr + pid * d_in * n1
     tl.store(pw0 + j1, acc_w0x, mask=j1 < n1)
@@ -306,7 +305,7 @@ class _FusedTau(torch.autograd.Function):
         _backward_kernel[(programs,)](
             x_rows, h_rows, t_arg, w0, b0, w1, b1, w2,
             g_f.contiguous(), g_deriv.contiguous(), g_x, g_h, x_rows if g_t is None else g_t,
-            *partial, span=span, **sizes, ACT=ACT_CODES[ctx.act],
+            *partial, d_in=w0.shape[0], span=span, **sizes, ACT=ACT_CODES[ctx.act],
         )  # fmt: skip
         grads = [p.sum(0) for p in partial]
         grads[4] = grads[4][:, None]  # W2 is (n2, 1)

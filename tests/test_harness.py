@@ -26,6 +26,7 @@ from bench.harness.telemetry import machine_info
 from impls import (
     ESTIMATORS,
     EXACT_METHODS,
+    FUSED_VARIANTS,
     HOLLOW_METHODS,
     METHODS,
     STOCHASTIC_METHODS,
@@ -195,7 +196,9 @@ def test_fused_variants_run_hollow_forward_at_k1_and_skip_off_a_gpu(monkeypatch)
     assert "triton package" in grid.variant_unavailable(on_gpu)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
     assert grid.variant_unavailable(on_gpu) is None
-    assert all(grid.variant_unavailable(p) is None for p in points if p.variant != "triton")
+    assert all(
+        grid.variant_unavailable(p) is None for p in points if p.variant not in FUSED_VARIANTS
+    )
 
 
 def test_quick_preset_compiles_a_few_points_and_variants_can_be_chosen():

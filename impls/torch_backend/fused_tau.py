@@ -12,8 +12,9 @@ torch sums the slots afterwards. Two stages and no atomics: the result does not 
 order programs finish in. Each program walks a fixed, contiguous range of rows, so the number
 of slots does not depend on the tile size the autotuner picks.
 
-On a machine without a GPU, Triton's interpreter (``TRITON_INTERPRET=1``, set before triton
-is imported) runs the same kernels on numpy, which is how the tests check them.
+On a machine without a GPU, Triton's interpreter (``TRITON_INTERPRET=1``, set before this
+module is imported: the kernels are bound to it when defined) runs the same kernels on numpy,
+which is how the tests check them.
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-"""The report's tables: the paper's claims C1-C3 with their measured evidence, the later
-workloads' tables, and the lists of points that did not run and of machines.
-
-Each table is registered in :data:`TABLES`. A builder returns a DataFrame or raises
-:class:`NoData` with the reason, so a table with no data in the inputs is stated as such.
-Cells hold a number, the status of a point that did not run ("oom", "timeout", ...), or NaN
-when the inputs have no such point; a point that did not run is never a zero.
-"""
+"""The report's tables, registered in :data:`TABLES`: a builder returns a DataFrame or raises
+:class:`NoData` with the reason. A cell holds a number, the status of a point that did not run
+("oom", "timeout", ...), or NaN where the inputs have no such point: never a zero."""
 
 from __future__ import annotations
 
@@ -59,7 +54,7 @@ def cells(rows: pd.DataFrame, keys: Sequence[str], column: str = "time_ms") -> p
 
 
 def wide(rows: pd.DataFrame, keys: Sequence[str], by: str) -> pd.DataFrame:
-    """:func:`cells` per ``keys``, one column per value of ``by``; NaN where no such point."""
+    """:func:`cells` per ``keys``, a column per value of ``by``."""
     return cells(rows, [*keys, by]).unstack(by).reset_index()
 
 
@@ -73,13 +68,16 @@ def ratio(num: Cell, den: Cell) -> Cell:
     return float(num) / float(den)
 
 
-def pair_ratios(num: pd.Series, den: pd.Series) -> pd.DataFrame:
-    """num / den matched on the index levels both have; a level only one side has (e.g. the
-    method) stays a column. Long format, one row per pair, the ratio in ``ratio``."""
+def pair_ratios(num: pd.Series, den: pd.Series, how: str = "inner") -> pd.DataFrame:
+    """num / den matched on the index levels both have (``how``: the merge's); a level only
+    ``num`` has (e.g. the method) stays a column. One row per pair, the ratio in ``ratio``."""
     left, right = num.rename("num").reset_index(), den.rename("den").reset_index()
     on = [c for c in right.columns if c in left.columns]
-    both = left.merge(right, on=on, how="inner")
-    both["ratio"] = [ratio(a, b) for a, b in zip(both["num"], both["den"], strict=True)]
+    for c in on:  # an all-NaN key (e.g. no train step on one side) reads back as float64
+        if left[c].dtype != right[c].dtype:
+            left[c], right[c] = left[c].astype(object), right[c].astype(object)
+    both = left.merge(right, on=on, how=how)
+    both["ratio"] = _ratios(both["num"], both["den"])
     return both.drop(columns=["num", "den"])
 
 

@@ -65,18 +65,22 @@ def entry(key: tuple, ms) -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def frame(tmp_path_factory):
-    entries = [entry(key, ms) for key, ms in POINTS.items()]
+def load(folder, points: dict):
+    entries = [entry(key, ms) for key, ms in points.items()]
     doc = {
         "machine_info": {"node": "gpu-box"},
         "benchmarks": [e for e in entries if "stats" in e],
         "hollowbench": {"not_run": [e for e in entries if "stats" not in e]},
         "datetime": "2026-11-27T00:00:00+00:00",
     }
-    path = tmp_path_factory.mktemp("goals") / "results.json"
+    path = folder / "results.json"
     path.write_text(json.dumps(doc))
     return load_results([str(path)])
+
+
+@pytest.fixture(scope="module")
+def frame(tmp_path_factory):
+    return load(tmp_path_factory.mktemp("goals"), POINTS)
 
 
 def one(table, **where):
@@ -98,6 +102,20 @@ def test_goal_a_compares_hollow_with_hutchinson_one_within_each_variant(frame):
     jax = one(table, backend="jax")
     assert jax["d=8"] == pytest.approx(0.25 / 0.3) and jax["d=128"] == "oom"
     assert jax["verdict"] == "met at every measured d; did not run at d=128 (oom)"
+
+
+def test_goal_a_pairs_eval_points_where_the_mlp_ran_no_train_step(tmp_path):
+    # The MLP side's 'step' key is empty throughout, the hollow side's is text (its train
+    # step): the merge once failed on the mixed dtypes and the report lost goal (a).
+    points = {
+        ("torch", "eager", "divergence", "hollow", "hollownet", "train", 1, 8): 4.0,
+        ("torch", "eager", "divergence", "hollow", "hollownet", "eval", 1, 8): 1.0,
+        ("torch", "eager", "divergence", "hutchinson", "mlp_flop_matched", "eval", 1, 8): 2.0,
+    }
+    table = goal_a(load(tmp_path, points))
+    assert len(table) == 1
+    assert table["d=8"].iloc[0] == pytest.approx(0.5)
+    assert table["verdict"].iloc[0] == "met at every measured d"
 
 
 def test_goal_b_takes_the_faster_dense_method_against_d_over_4(frame):

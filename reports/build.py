@@ -74,7 +74,7 @@ def build(inputs: Sequence[str], out: str | Path) -> Built:
 
 def _intro(frame: pd.DataFrame, inputs: Sequence[str]) -> list[str]:
     missed = int(frame["status"].ne("ok").sum())
-    noisy = int(frame["noisy"].sum()) if "noisy" in frame else 0
+    noisy = int(frame["noisy"].sum())
     machines = ", ".join(sorted(frame["machine"].astype(str).unique()))
     devices = ", ".join(sorted(frame["device_id"].astype(str).unique()))
     lines = [

@@ -1,11 +1,6 @@
-"""The report's figures, drawn with seaborn on matplotlib's Agg backend.
-
-Each figure is registered in :data:`FIGURES`; its ``draw(frame)`` returns a matplotlib figure
-or raises :class:`~reports.tables.NoData` with the reason, which the report prints instead.
-Points that did not run are drawn as an 'x' at the bottom edge of the axes, labelled with their
-status (oom, timeout, ...), so they are never confused with a measured value. Noisy points
-(bench/SCHEMA.md ``noisy``: timed while other work disturbed them) are drawn hollow.
-"""
+"""The report's figures (seaborn on matplotlib's Agg backend), registered in :data:`FIGURES`:
+``draw(frame)`` returns a figure or raises :class:`~reports.tables.NoData`. A point that did
+not run is an 'x' with its status at the bottom edge, never a value; a noisy one is hollow."""
 
 from __future__ import annotations
 
@@ -29,7 +24,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 from impls import HOLLOW_METHODS, STOCHASTIC_METHODS
 from reports.fit import loglog_fits
 from reports.load import text
-from reports.tables import NoData, cells, ode_points, ratio, tolerance
+from reports.tables import NoData, cells, ode_points, ratio, tolerance, workload_rows
 
 NOT_RUN_NOTE = "x at the bottom edge: the point did not run (status beside it)"
 NOISY_NOTE = (
@@ -55,16 +50,8 @@ def setup_style() -> None:
     plt.rcParams.update({"svg.fonttype": "none", "figure.dpi": 100, "legend.fontsize": 6})
 
 
-def _workload(frame: pd.DataFrame, workload: str) -> pd.DataFrame:
-    rows = frame[frame["workload"].eq(workload)]
-    if rows.empty:
-        raise NoData(f"no '{workload}' workload points in the inputs")
-    return rows
-
-
 def _measured(rows: pd.DataFrame, y: str) -> pd.DataFrame:
-    """Rows that ran and have a positive ``y`` (every axis is logarithmic), with d and k as
-    floats for plotting."""
+    """Rows that ran with a positive ``y`` (the axes are logarithmic), d and k as floats."""
     ok = rows[rows["status"].eq("ok") & rows[y].gt(0)].copy()
     for column in ("d", "k", "n_probes", "matvecs"):
         ok[column] = ok[column].astype(float)
@@ -84,8 +71,7 @@ MARGINS = {"left": 0.75, "right": 0.15, "bottom": 0.5, "top": 0.35, "wspace": 0.
 
 
 def _grid(n: int, ncols: int, size: tuple[float, float], legend_in: float, own: bool):
-    """A figure with ``n`` panels of ``size`` inches in rows of ``ncols``, and its axes.
-
+    """A figure with ``n`` panels of ``size`` inches in rows of ``ncols``, and its axes;
     ``legend_in`` inches on the right hold the figure legend, or with ``own`` each panel's."""
     ncols = max(1, min(n, ncols))
     nrows = math.ceil(n / ncols)
@@ -129,15 +115,18 @@ def _panels(
         ax.title.set_fontsize(8)
         if not own_legends and ax.get_legend() is not None:
             ax.get_legend().remove()
-    if not own_legends:
-        handles = _figure_legend_entries(axes, marked)
-        fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=7, frameon=False)
+    if not own_legends:  # every panel's entries once each
+        entries: dict[str, object] = {}
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                entries.setdefault(label, handle)
+        entries |= _mark_entries(axes, marked)
+        fig.legend(entries.values(), entries.keys(), loc="center right", fontsize=7, frameon=False)
     return fig
 
 
 def _wrapped(title: str, width: int = 58) -> str:
-    """A facet title on as many lines as it needs, broken between its " · " parts, so that
-    neighbouring panels' titles never run into each other."""
+    """A facet title broken between its " · " parts, so that neighbouring titles never meet."""
     lines: list[str] = []
     for part in str(title).split(" · "):
         if lines and len(lines[-1]) + 3 + len(part) <= width:
@@ -147,26 +136,15 @@ def _wrapped(title: str, width: int = 58) -> str:
     return "\n".join(lines)
 
 
-def _figure_legend_entries(axes: list[Axes], marked: bool) -> dict[str, object]:
-    """Every panel's legend entries once each, plus the 'did not run' marker where used."""
-    entries: dict[str, object] = {}
-    for ax in axes:
-        handles, labels = ax.get_legend_handles_labels()
-        for handle, label in zip(handles, labels, strict=True):
-            entries.setdefault(label, handle)
+def _mark_entries(axes: list[Axes], marked: bool) -> dict[str, Line2D]:
+    """The legend entries of the 'did not run' marks (where ``marked``) and of the hollow noisy
+    markers (where an axes drew one)."""
+    entries = {}
     if marked:
-        entries["did not run"] = _NOT_RUN_HANDLE()
+        entries["did not run"] = Line2D([], [], marker="x", ls="", mew=2, color="0.3")
     if any(getattr(ax, NOISY_ATTR, False) for ax in axes):
-        entries[NOISY_LABEL] = _NOISY_HANDLE()
+        entries[NOISY_LABEL] = Line2D([], [], marker="o", ls="", mfc="white", mec="0.3")
     return entries
-
-
-def _NOT_RUN_HANDLE() -> Line2D:
-    return Line2D([], [], marker="x", ls="", mew=2, color="0.3")
-
-
-def _NOISY_HANDLE() -> Line2D:
-    return Line2D([], [], marker="o", ls="", mfc="white", mec="0.3")
 
 
 NOISY_ATTR = "_hollowbench_noisy"  # set on an Axes that drew a hollow marker
@@ -174,9 +152,7 @@ NOISY_ATTR = "_hollowbench_noisy"  # set on an Axes that drew a hollow marker
 
 def _mark_noisy(ax: Axes, rows: pd.DataFrame, x: str, y: str, hue: str, palette: dict) -> None:
     """A hollow marker over each noisy point (measured rows only), in its line's colour."""
-    if "noisy" not in rows:
-        return
-    noisy = rows[rows["noisy"].fillna(False).astype(bool)]
+    noisy = rows[rows["noisy"]]
     for name, points in noisy.groupby(hue):
         ax.scatter(
             points[x].astype(float),
@@ -221,8 +197,8 @@ def _mark_each(ax: Axes, rows: pd.DataFrame, x: str, hue: str, palette: dict) ->
 
 
 def _lines(ax: Axes, ok: pd.DataFrame, x: str, y: str, hue: str, palette: dict, **style) -> None:
-    """A seaborn line per ``hue`` through the measured rows ``ok`` (``style``: lineplot's
-    options besides errorbar=None), their noisy points drawn hollow unless ``noisy=False``."""
+    """A line per ``hue`` through the measured rows ``ok`` (``style``: more lineplot options),
+    their noisy points drawn hollow unless ``noisy=False``."""
     noisy = style.pop("noisy", True)
     _plot(sns.lineplot, data=ok, x=x, y=y, hue=hue, ax=ax, palette=palette, errorbar=None, **style)
     if noisy:
@@ -238,10 +214,9 @@ def _lines_by_facet(
     scale: float = 1.0,
     timed: bool = True,
 ) -> MplFigure:
-    """y against d on log-log axes: a panel per facet, a line per series (only series with y).
-
-    With ``fit``, each panel keeps its own legend, whose labels carry the fitted exponents.
-    ``timed``: y comes from the timed calls, so noisy points are drawn hollow."""
+    """y against d on log-log axes, a panel per facet, a line per series with a positive y.
+    ``fit``: each panel's own legend gives the fitted exponents; ``timed``: noisy points are
+    drawn hollow (y comes from the timed calls)."""
     positive = rows[y].gt(0).groupby([rows["facet"], rows["series"]]).transform("any")
     rows = rows[positive]
     if rows.empty:
@@ -266,14 +241,10 @@ def _fit_legend(ax: Axes, rows: pd.DataFrame, y: str, marked: bool) -> None:
     fits = loglog_fits(rows, ["series"], y=y)
     names = {series: f"{series}: {fit.label()}" for (series,), fit in fits.items()}
     handles, labels = ax.get_legend_handles_labels()
-    labels = [names.get(label, label) for label in labels]
-    if marked:
-        handles, labels = [*handles, _NOT_RUN_HANDLE()], [*labels, "did not run"]
-    if getattr(ax, NOISY_ATTR, False):
-        handles, labels = [*handles, _NOISY_HANDLE()], [*labels, NOISY_LABEL]
+    marks = _mark_entries([ax], marked)
     ax.legend(
-        handles,
-        labels,
+        [*handles, *marks.values()],
+        [*(names.get(label, label) for label in labels), *marks],
         fontsize=6,
         loc="upper left",
         bbox_to_anchor=(1.02, 1.0),
@@ -283,14 +254,14 @@ def _fit_legend(ax: Axes, rows: pd.DataFrame, y: str, marked: bool) -> None:
 
 
 def _plot(plot: Callable[..., Axes], data: pd.DataFrame, **kwargs) -> None:
-    """A seaborn plot of ``data``, or nothing where a panel holds only points that did not run."""
+    """A seaborn plot of ``data``, unless a panel holds only points that did not run."""
     if not data.empty:
         plot(data=data, **kwargs)
 
 
 def _log_axes(ax: Axes, base_x: float | None = 10) -> None:
-    """Log axes without minor ticks (they cost much of the drawing time); a y range narrower
-    than two decades gets labelled ticks at 1, 2 and 5 times powers of ten instead."""
+    """Log axes without minor ticks (they cost much of the drawing time); a y range under two
+    decades gets :func:`_ticks_125`."""
     with warnings.catch_warnings():  # a panel of not-run marks alone has no y data to scale
         warnings.filterwarnings("ignore", "Data has no positive values")
         if base_x is not None:
@@ -299,18 +270,25 @@ def _log_axes(ax: Axes, base_x: float | None = 10) -> None:
     ax.minorticks_off()
     low, high = ax.get_ylim()
     if 0 < low < high < 100 * low:
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        _ticks_125(ax.yaxis)
+
+
+def _ticks_125(axis) -> None:
+    """Labelled ticks at 1, 2 and 5 times powers of ten."""
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
 
 
 def time_vs_d(frame: pd.DataFrame) -> MplFigure:
     """Divergence time against d, with each line's fitted exponent in the legend."""
-    return _lines_by_facet(_workload(frame, "divergence"), "time_ms", "median time (ms)", fit=True)
+    return _lines_by_facet(
+        workload_rows(frame, "divergence"), "time_ms", "median time (ms)", fit=True
+    )
 
 
 def speedup_vs_d(frame: pd.DataFrame) -> MplFigure:
     """Baseline time over hollow time at each d: above 1 means hollow is faster."""
-    speed = _speedups(_workload(frame, "divergence"))
+    speed = _speedups(workload_rows(frame, "divergence"))
     palette = _palette(speed["baseline"])
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
@@ -345,9 +323,7 @@ def _speedups(div: pd.DataFrame) -> pd.DataFrame:
 def _with_noisy(values: pd.Series, rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """``values`` (cells per ``keys``) as a frame, with ``noisy``: whether a measured point of
     the cell was noisy."""
-    flags = rows["noisy"] if "noisy" in rows else pd.Series(False, index=rows.index)
-    ok = rows["status"].eq("ok")
-    noisy = (flags.fillna(False).astype(bool) & ok).groupby([rows[k] for k in keys]).any()
+    noisy = (rows["noisy"] & rows["status"].eq("ok")).groupby([rows[k] for k in keys]).any()
     frame = values.to_frame().join(noisy.rename("noisy"))
     frame["noisy"] = frame["noisy"].fillna(False).astype(bool)
     return frame.reset_index()
@@ -366,17 +342,17 @@ def peak_memory_vs_d(frame: pd.DataFrame) -> MplFigure:
 
 
 def compile_time_vs_d(frame: pd.DataFrame) -> MplFigure:
-    div = _workload(frame, "divergence")
+    div = workload_rows(frame, "divergence")
     return _lines_by_facet(div, "compile_s", "compile time (s)", timed=False)
 
 
 def energy_vs_d(frame: pd.DataFrame) -> MplFigure:
-    return _lines_by_facet(_workload(frame, "divergence"), "energy_j", "energy per call (J)")
+    return _lines_by_facet(workload_rows(frame, "divergence"), "energy_j", "energy per call (J)")
 
 
 def ddim_cost_vs_k(frame: pd.DataFrame) -> MplFigure:
     """D_dim^k time against k: a panel per facet, colour per method, marker per d."""
-    ddim = _workload(frame, "ddim")
+    ddim = workload_rows(frame, "ddim")
     palette = _palette(ddim["series"])
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
@@ -392,7 +368,7 @@ def ddim_cost_vs_k(frame: pd.DataFrame) -> MplFigure:
 
 def hutchinson_error_vs_cost(frame: pd.DataFrame) -> MplFigure:
     """Each probe count's error against its time, with the exact methods' points beside."""
-    div = _workload(frame, "divergence")
+    div = workload_rows(frame, "divergence")
     hutch = _measured(div[div["method"].eq("hutchinson")], "error")
     if hutch.empty:
         raise NoData("no hutchinson point in the inputs records an error")
@@ -404,7 +380,9 @@ def hutchinson_error_vs_cost(frame: pd.DataFrame) -> MplFigure:
     palette = _palette(both["dim"])
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
-        _error_panel(ax, sub, palette)
+        hutch = sub[sub["kind"].eq("hutchinson")].sort_values("n_probes")
+        exact = sub[sub["kind"].eq("exact")]
+        _budgets(ax, hutch, exact, "dim", palette, "n_probes", "m={:.0f}", style="method", s=40)
         return False
 
     return _panels(both, draw, ("median time (ms)", "error (see caption)"))
@@ -415,14 +393,16 @@ def _error_floor(errors: pd.Series) -> float:
     return float(positive.min() / 10) if len(positive) else 1e-16
 
 
-def _error_panel(ax: Axes, rows: pd.DataFrame, palette: dict) -> None:
-    hutch = rows[rows["kind"].eq("hutchinson")].sort_values("n_probes")
+def _budgets(ax: Axes, lines, exact, hue: str, palette: dict, count: str, label: str, **dots):
+    """A stochastic method's error against time on log axes: a line per ``hue`` and model
+    through ``lines``, each point labelled ``label`` with its ``count``, and the ``exact``
+    methods' points (``dots``: their scatterplot options)."""
     _plot(
         sns.lineplot,
-        data=hutch,
+        data=lines,
         x="time_ms",
         y="error",
-        hue="dim",
+        hue=hue,
         style="model",
         ax=ax,
         sort=False,
@@ -431,28 +411,18 @@ def _error_panel(ax: Axes, rows: pd.DataFrame, palette: dict) -> None:
         errorbar=None,
         estimator=None,
     )
-    for x, y, m in zip(hutch["time_ms"], hutch["error"], hutch["n_probes"], strict=True):
-        ax.annotate(f"m={m:.0f}", (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points")
-    exact = rows[rows["kind"].eq("exact")]
-    if not exact.empty:
-        _plot(
-            sns.scatterplot,
-            data=exact,
-            x="time_ms",
-            y="error",
-            hue="dim",
-            style="method",
-            ax=ax,
-            palette=palette,
-            s=40,
-        )
+    for x, y, m in zip(lines["time_ms"], lines["error"], lines[count], strict=True):
+        ax.annotate(label.format(m), (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points")
+    _plot(
+        sns.scatterplot, data=exact, x="time_ms", y="error", hue=hue, ax=ax, palette=palette, **dots
+    )
     _log_axes(ax)
 
 
 def estimator_error_vs_time(frame: pd.DataFrame) -> MplFigure:
     """Training steps: each stochastic method's relative std against its time, a point per
     budget, with the exact hollow methods at zero error (drawn at the axis floor)."""
-    div = _workload(frame, "divergence")
+    div = workload_rows(frame, "divergence")
     train = div[div["mode"].eq("train")]
     est = _measured(train[train["method"].isin(STOCHASTIC_METHODS)], "error")
     if est.empty:
@@ -465,18 +435,8 @@ def estimator_error_vs_time(frame: pd.DataFrame) -> MplFigure:
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
         lines = sub[sub["method"].isin(STOCHASTIC_METHODS)].sort_values("matvecs")
-        _plot(
-            sns.lineplot, data=lines, x="time_ms", y="error", hue="method", style="model",
-            ax=ax, sort=False, palette=palette, markers=True, errorbar=None, estimator=None,
-        )  # fmt: skip
-        for x, y, m in zip(lines["time_ms"], lines["error"], lines["matvecs"], strict=True):
-            ax.annotate(f"{m:.0f}", (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points")
         exact = sub[sub["method"].isin(HOLLOW_METHODS)]
-        _plot(
-            sns.scatterplot, data=exact, x="time_ms", y="error", hue="method", ax=ax,
-            palette=palette, marker="*", s=90,
-        )  # fmt: skip
-        _log_axes(ax)
+        _budgets(ax, lines, exact, "method", palette, "matvecs", "{:.0f}", marker="*", s=90)
         return False
 
     labels = ("median train-step time (ms)", "relative std (exact: 0, drawn at the floor)")
@@ -489,7 +449,7 @@ HEADLINE = ("hollow", "hutchinson-1", "dense_vectorized")
 
 def device_comparison(frame: pd.DataFrame) -> MplFigure:
     """The headline methods' time against d: a line per device, a panel per backend and mode."""
-    div = _workload(frame, "divergence")
+    div = workload_rows(frame, "divergence")
     if div["device_id"].nunique() < 2:
         raise NoData("the inputs hold one device on one machine; nothing to compare")
     div = div[div["series"].isin(HEADLINE)]
@@ -587,9 +547,8 @@ def ode_work_precision(frame: pd.DataFrame) -> MplFigure:
 
 
 def _at_least_a_decade(ax: Axes) -> None:
-    """Log axes spanning a factor of 10 or more, centred on the data, with ticks at 1, 2 and 5
-    times powers of ten: a few points of almost equal error would otherwise fill the panel
-    edge to edge with repeated tick labels."""
+    """Log axes spanning a factor of 10 or more, centred on the data, with :func:`_ticks_125`:
+    points of almost equal error would otherwise fill the panel with repeated tick labels."""
     for axis, limits in ((ax.xaxis, ax.set_xlim), (ax.yaxis, ax.set_ylim)):
         low, high = axis.get_view_interval()
         if not 0 < low < high:
@@ -598,8 +557,7 @@ def _at_least_a_decade(ax: Axes) -> None:
             middle = math.sqrt(low * high)
             limits(middle / math.sqrt(10), middle * math.sqrt(10))
         if high < 100 * low:
-            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            _ticks_125(axis)
 
 
 def _list_missing(ax: Axes, rows: pd.DataFrame) -> None:

@@ -51,7 +51,7 @@ def loglog_fits(
     groups with fewer than two such x values get none, or, where noisy rows were left out, a
     Fit with a NaN slope that says so."""
     ok = rows[rows["status"].eq("ok") & rows[y].gt(0) & rows[x].gt(0).fillna(False)]
-    noisy = ok["noisy"].fillna(False).astype(bool) if "noisy" in ok else pd.Series(False, ok.index)
+    noisy = ok["noisy"]
     by_key = noisy.groupby([ok[k] for k in keys], dropna=False).sum()
     left_out = {_key(key): int(count) for key, count in by_key.items()}
     medians = ok[~noisy].groupby([*keys, x], dropna=False)[y].median()

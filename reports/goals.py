@@ -1,11 +1,6 @@
-"""The speed goals (a)-(d) the suite holds its implementations to, each a table of measured
-ratios per d with a verdict, built from whatever points the inputs hold.
-
-A ratio cell is a number, the status of a side that did not run ("oom", ...), "noisy" where a
-side was measured only noisily (bench/SCHEMA.md ``noisy``), or NaN where the inputs lack a side.
-Noisy points are left out of every ratio and verdict, and the verdict says where. The verdict
-names every d where the goal was missed, so a miss can never hide in a wide table.
-"""
+"""The speed goals (a)-(d), each a table of measured ratios per d and a verdict naming every d
+where the goal was missed. A cell is a number, a not-run side's status, "noisy" where a side
+was measured only noisily (left out of ratios and verdicts), or NaN where a side is missing."""
 
 from __future__ import annotations
 
@@ -35,10 +30,9 @@ NOISY = "noisy"
 
 @dataclass(frozen=True)
 class Goal:
-    """A speed goal as data: ``num`` over ``den`` matched on ``keys`` and d, bounded by
-    ``target``; ``needs`` says what the inputs lack when a side has no points, and
-    ``annotate`` adds a last column from the table and the inputs (None: nothing). Calling it
-    on the report's frame gives its table: a row per key, a column per d, the verdict."""
+    """``num`` over ``den`` matched on ``keys`` and d, bounded by ``target``; ``needs`` is the
+    NoData message, ``annotate(table, frame)`` adds a last column. Called on the report's
+    frame: its table, a row per key, a column per d, the verdict."""
 
     letter: str
     num: Side
@@ -60,9 +54,7 @@ class Goal:
 def _rows(side: Side, frame: pd.DataFrame) -> pd.DataFrame:
     """The side's points; a noisy one counts as not measured, with the status "noisy"."""
     rows = side.rows(frame)
-    if "noisy" not in rows:
-        return rows
-    return rows.assign(status=rows["status"].mask(rows["noisy"].fillna(False).astype(bool), NOISY))
+    return rows.assign(status=rows["status"].mask(rows["noisy"], NOISY))
 
 
 def _by_d(pairs: pd.DataFrame, goal: str, target: Target) -> pd.DataFrame:
@@ -78,8 +70,7 @@ def _by_d(pairs: pd.DataFrame, goal: str, target: Target) -> pd.DataFrame:
 
 
 def _verdict(row: pd.Series, target: Target) -> str:
-    """A row's verdict from its cells' (:meth:`Target.verdict`): every d missed, not run or
-    left out as noisy."""
+    """Every d of the row missed, not run or left out as noisy."""
     missed, unknown, noisy = [], [], []
     for d, value in row.items():
         if isinstance(value, str) and NOISY in value.split("/"):
@@ -97,45 +88,26 @@ def _verdict(row: pd.Series, target: Target) -> str:
     return verdict + (f"; noisy, left out at {', '.join(noisy)}" if noisy else "")
 
 
-def _large(rows: pd.DataFrame) -> pd.Series:
-    return rows["d"].ge(128)
-
-
-def _backend(name: str) -> Callable[[pd.DataFrame], pd.Series]:
-    return lambda rows: rows["backend"].eq(name)
-
-
-def _k(k: int) -> Callable[[pd.DataFrame], pd.Series]:
-    return lambda rows: rows["k"].eq(k).fillna(False)
-
-
 TORCH_VARIANTS = Side(
-    "divergence", HOLLOW_METHODS, ("hollownet",), _backend("torch"), by=("method",)
+    "divergence", HOLLOW_METHODS, ("hollownet",), {"backend": "torch"}, by=("method",)
 )
 
 
 def _fastest_variant(table: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
-    """Goal (d)'s last column: which torch variant was the fastest."""
-    keys = ("device_id", "mode", "batch")
-    per_variant = cells(_rows(TORCH_VARIANTS, frame), [*keys, "method", "d", "variant"])
-    names = _fastest_names(per_variant)
-    table["fastest torch variant"] = [
-        _names_by_d(names, tuple(row))
-        for row in table[["device", *keys[1:], "method"]].itertuples(index=False)
-    ]
+    """Goal (d)'s last column: the fastest measured torch variant per device, mode, batch,
+    method and d."""
+    keys = ["device_id", "mode", "batch", "method", "d", "variant"]
+    per = cells(_rows(TORCH_VARIANTS, frame), keys)
+    measured = per[per.map(lambda v: not isinstance(v, str) and pd.notna(v))].astype(float)
+    best = measured.groupby(level=list(range(per.index.nlevels - 1))).idxmin()
+    names = best.map(lambda index: index[-1])
+    rows = table[["device", "mode", "batch", "method"]].itertuples(index=False)
+    table["fastest torch variant"] = [_names_by_d(names, tuple(row)) for row in rows]
     return table
 
 
-def _fastest_names(per: pd.Series) -> pd.Series:
-    """Per index but its last level: the name of the fastest measured value of that level."""
-    measured = per[per.map(lambda v: not isinstance(v, str) and pd.notna(v))].astype(float)
-    best = measured.groupby(level=list(range(per.index.nlevels - 1))).idxmin()
-    return best.map(lambda index: index[-1])
-
-
 def _names_by_d(names: pd.Series, key: tuple) -> str:
-    """For one row of goal (d): 'cudagraph' when one variant was fastest at every d, else
-    'd=8: eager, ...'."""
+    """'cudagraph' when one variant was fastest at every d, else 'd=8: eager, ...'."""
     try:
         over_d = names.xs(key, level=list(range(len(key))))
     except KeyError:
@@ -159,8 +131,8 @@ goal_a = Goal(
 # (b) the faster dense method over each hollow method, for d >= 128.
 goal_b = Goal(
     "b",
-    Side("divergence", DENSE_METHODS, ("hollownet",), _large, fastest="method"),
-    replace(EXACT_DIVERGENCE, where=_large, by=("method",), rename={"method": "hollow method"}),
+    Side("divergence", DENSE_METHODS, ("hollownet",), min_d=128, fastest="method"),
+    replace(EXACT_DIVERGENCE, min_d=128, by=("method",), rename={"method": "hollow method"}),
     KEYS,
     Target(">= d/4", lambda d: d / 4, above=True),
     "needs dense and hollow divergence points at d >= 128",
@@ -168,8 +140,8 @@ goal_b = Goal(
 # (c) D_dim^4 over D_dim^1, per hollow method.
 goal_c = Goal(
     "c",
-    Side("ddim", HOLLOW_METHODS, ("hollownet",), _k(4), by=("method",)),
-    Side("ddim", HOLLOW_METHODS, ("hollownet",), _k(1), by=("method",)),
+    Side("ddim", HOLLOW_METHODS, ("hollownet",), {"k": 4}, by=("method",)),
+    Side("ddim", HOLLOW_METHODS, ("hollownet",), {"k": 1}, by=("method",)),
     KEYS,
     Target("<= 5", lambda d: 5.0),
     "needs hollow ddim points at k = 1 and k = 4",
@@ -178,7 +150,7 @@ goal_c = Goal(
 goal_d = Goal(
     "d",
     replace(TORCH_VARIANTS, fastest="variant"),
-    Side("divergence", HOLLOW_METHODS, ("hollownet",), _backend("jax"), by=("method",)),
+    Side("divergence", HOLLOW_METHODS, ("hollownet",), {"backend": "jax"}, by=("method",)),
     ("device_id", "mode", "batch"),
     Target("<= 1.5", lambda d: 1.5),
     "needs hollow divergence points from both backends",

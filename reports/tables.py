@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -98,26 +98,25 @@ def fastest(per: pd.Series) -> pd.Series:
 @dataclass(frozen=True)
 class Side:
     """One side of a claimed or goal ratio, as data: the ``workload`` points of ``methods`` on
-    ``models`` that ``where`` keeps (None: all), as :func:`cells` per (shared keys, ``by``,
-    d); with ``fastest``, per (shared keys, ``by``, d) the fastest over that column's values.
+    ``models`` with d >= ``min_d`` whose columns equal ``where``'s values, as :func:`cells` per
+    (shared keys, ``by``, d); with ``fastest``, the fastest over that column's values.
     ``rename`` renames index levels (e.g. "method" to "hollow method")."""
 
     workload: str
     methods: tuple[str, ...]
     models: tuple[str, ...]
-    where: Callable[[pd.DataFrame], pd.Series] | None = None
+    where: dict[str, object] = field(default_factory=dict)
     by: tuple[str, ...] = ()
     fastest: str | None = None
     rename: dict[str, str] | None = None
+    min_d: int = 1
 
     def rows(self, frame: pd.DataFrame) -> pd.DataFrame:
-        rows = frame[
-            frame["workload"].eq(self.workload)
-            & frame["method"].isin(self.methods)
-            & frame["model"].isin(self.models)
-            & frame["d"].notna()
-        ]
-        return rows[self.where(rows)] if self.where is not None else rows
+        keep = frame["workload"].eq(self.workload) & frame["method"].isin(self.methods)
+        keep &= frame["model"].isin(self.models) & frame["d"].ge(self.min_d).fillna(False)
+        for column, value in self.where.items():
+            keep &= frame[column].eq(value).fillna(False)
+        return frame[keep]
 
     def cells(self, rows: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
         per = cells(rows, [*keys, *self.by, "d", *filter(None, [self.fastest])])
@@ -145,18 +144,15 @@ class Target:
         return "not met" if missed else "met"
 
 
-def one_probe(rows: pd.DataFrame) -> pd.Series:
-    return rows["n_probes"].eq(1).fillna(False)
-
-
 # Claim C3 and goal (a): the exact divergence on the HollowNet against one Hutchinson probe on a
 # matched MLP (goal (a): the FLOP-matched one), at most 1.0x.
 EXACT_DIVERGENCE = Side("divergence", HOLLOW_METHODS, ("hollownet",))
-HUTCHINSON_1 = Side("divergence", ("hutchinson",), ("mlp_flop_matched",), where=one_probe)
+HUTCHINSON_1 = Side("divergence", ("hutchinson",), ("mlp_flop_matched",), {"n_probes": 1})
 AT_MOST_ONE = Target("<= 1", lambda d: 1.0)
 
 
-def _workload(frame: pd.DataFrame, workload: str) -> pd.DataFrame:
+def workload_rows(frame: pd.DataFrame, workload: str) -> pd.DataFrame:
+    """The points of ``workload``; NoData where there are none."""
     rows = frame[frame["workload"].eq(workload)]
     if rows.empty:
         raise NoData(f"no '{workload}' workload points in the inputs")
@@ -174,7 +170,7 @@ def _not_run_list(rows: pd.Series) -> str:
 
 def c1_ddim(frame: pd.DataFrame) -> pd.DataFrame:
     """C1: per method, model and k, cost at the largest d over cost at the smallest d."""
-    ddim = _workload(frame, "ddim")
+    ddim = workload_rows(frame, "ddim")
     ddim = ddim[ddim["d"].notna() & ddim["k"].notna()]
     line = [*facet_columns(ddim), "method", "model"]
     rows = []
@@ -212,7 +208,7 @@ def _c1_row(head: dict, times: pd.Series, flops: pd.Series, k1: pd.Series) -> di
 
 def c2_dense_diagonal(frame: pd.DataFrame) -> pd.DataFrame:
     """C2: the dense diagonal against the full Jacobian and against one vector-Jacobian pass."""
-    div = _workload(frame, "divergence")
+    div = workload_rows(frame, "divergence")
     dense = div["method"].isin(DENSE_METHODS)
     if not dense.any():
         raise NoData("no dense_loop or dense_vectorized divergence points in the inputs")
@@ -238,7 +234,7 @@ def _ratios(num: pd.Series, den: pd.Series) -> list[Cell]:
 
 def c3_exact_vs_stochastic(frame: pd.DataFrame) -> pd.DataFrame:
     """C3: hollow (exact) on the HollowNet against Hutchinson-1 on the matched MLPs."""
-    div = _workload(frame, "divergence")
+    div = workload_rows(frame, "divergence")
     exact = EXACT_DIVERGENCE.rows(div)
     hutch = replace(HUTCHINSON_1, models=tuple(m for m, _ in MATCHED)).rows(div)
     if exact.empty or hutch.empty:
@@ -263,7 +259,7 @@ TARGETS = (0.1, 0.01)
 def estimator_budgets(frame: pd.DataFrame) -> pd.DataFrame:
     """Per estimator: the smallest budget whose relative std is below each target, and the
     training step at that budget over the exact hollow one."""
-    div = _workload(frame, "divergence")
+    div = workload_rows(frame, "divergence")
     train = div[div["mode"].eq("train") & div["status"].eq("ok")]
     est = train[train["method"].isin(STOCHASTIC_METHODS) & train["error_kind"].eq("rel_std")]
     hollow = train[train["method"].eq("hollow") & train["model"].eq("hollownet")]
@@ -319,7 +315,7 @@ def ode_points(frame: pd.DataFrame) -> pd.DataFrame:
     """The 'ode' rows with typed counters, ``stepper`` (older files: ``method``), a ``root
     finder`` label that names a Jacobian reuse other than "never", and ``ran``: the status, or
     "stopped" for a timed solve that did not reach t1 (its time is not a whole solve's)."""
-    rows = _workload(frame, "ode").copy()
+    rows = workload_rows(frame, "ode").copy()
     for column in (*ODE_CASE, "root_finder", "reuse", "success", "t_final", *ODE_METRICS):
         if column not in rows:
             rows[column] = None
@@ -427,7 +423,7 @@ CNF_COLUMNS = (
 def cnf_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Per backend, device, data set, d and batch, one row per trace method: its training
     iteration (time, NFE), held-out evaluation time, and what a wall-clock budget reached."""
-    rows = _workload(frame, "cnf")
+    rows = workload_rows(frame, "cnf")
     needed = ["cnf_item", "dataset", "nfe_kind", *(c for c, _, _ in CNF_COLUMNS)]
     rows = rows.assign(**{c: np.nan for c in needed if c not in rows})
     rows = rows.assign(**{c: pd.to_numeric(rows[c], errors="coerce") for c, _, _ in CNF_COLUMNS})
@@ -470,7 +466,7 @@ SDE_ROUTE_OF_METHOD = {method: route for route, method in ROUTE_METHODS.items()}
 def sde_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Fokker-Planck residual cost: per backend, device, mode and d, the hollow route's median
     time against the dense route's, their ratio, and which side the inputs lack."""
-    rows = _workload(frame, "sde")
+    rows = workload_rows(frame, "sde")
     route = rows["route"] if "route" in rows else pd.Series(None, index=rows.index)
     rows = rows.assign(route=route.fillna(rows["method"].map(SDE_ROUTE_OF_METHOD)))
     keys = [*facet_columns(rows), "d"]
@@ -516,7 +512,7 @@ def not_run_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def noisy_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Every noisy point, with what the harness saw while timing it."""
-    noisy = frame[frame["noisy"]] if "noisy" in frame else frame.iloc[:0]
+    noisy = frame[frame["noisy"]]
     if noisy.empty:
         raise NoData("no point in the inputs is flagged noisy (or the files predate the flag)")
     columns = [
@@ -557,7 +553,7 @@ def machines_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def scaling_fits(frame: pd.DataFrame) -> pd.DataFrame:
     """The fitted exponent b of time ~ d^b for each divergence line, with its 95% CI."""
-    div = _workload(frame, "divergence")
+    div = workload_rows(frame, "divergence")
     keys = [*facet_columns(div), "series"]
     fits = loglog_fits(div, keys)
     if not fits:
@@ -598,7 +594,7 @@ def step_flops(row: pd.Series) -> float:
 def efficiency_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Achieved FLOP/s of each divergence point and its fraction of the FLOP-matched MLP's
     Hutchinson-1 step's on the same device, backend, variant, mode, step, batch and d."""
-    div = _workload(frame, "divergence")
+    div = workload_rows(frame, "divergence")
     div = div[div["k"].eq(1).fillna(False) & div["status"].eq("ok")]
     if div.empty or "model_spec" not in div:
         raise NoData("needs measured divergence points")

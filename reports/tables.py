@@ -442,12 +442,9 @@ def cnf_table(frame: pd.DataFrame) -> pd.DataFrame:
     ran = table[nll].map(lambda v: isinstance(v, str) or pd.notna(v))
     table[std] = table[std].astype(object).where(~(exact & ran), "exact")
     one_probe = table[table["method"].eq("hutchinson-1")].set_index(keys)["ms / iteration"]
-    baseline = [one_probe.get(tuple(row), np.nan) for row in table[keys].itertuples(index=False)]
-    table.insert(
-        len(keys) + 3,
-        "ms vs hutchinson-1",
-        _ratios(table["ms / iteration"], pd.Series(baseline, index=table.index)),
-    )
+    per = table.set_index([*keys, "method"])["ms / iteration"]
+    vs = pair_ratios(per, one_probe, how="left")["ratio"].to_numpy()
+    table.insert(len(keys) + 3, "ms vs hutchinson-1", vs)
     table["_order"] = table["method"].map(_cnf_method_rank)
     return _display(table.sort_values([*keys, "_order"]).drop(columns="_order"))
 
@@ -603,23 +600,15 @@ def efficiency_table(frame: pd.DataFrame) -> pd.DataFrame:
     if div.empty:
         raise NoData("no divergence point has analytic step FLOPs")
     keys = [*facet_columns(div), "step", "d"]
-    rows = ["method", "model", "n_probes"]
-    per = div.groupby([*keys, *rows], dropna=False).agg(
-        time_ms=("time_ms", "median"), step_gflop=("step_gflop", "first")
+    per = div.groupby([*keys, "method", "model", "n_probes"], dropna=False).agg(
+        ms=("time_ms", "median"), **{"step GFLOP": ("step_gflop", "first")}
     )
-    per = per.reset_index()
-    per["gflop_per_s"] = per["step_gflop"] / (per["time_ms"] / 1e3)
-    mlp = per[
-        per["method"].eq("hutchinson")
-        & per["model"].eq("mlp_flop_matched")
-        & per["n_probes"].eq(1).fillna(False)
-    ][[*keys, "gflop_per_s"]].rename(columns={"gflop_per_s": "mlp_gflop_per_s"})
-    table = per.merge(mlp, on=keys, how="left")
-    table["fraction of FLOP-matched MLP step"] = table["gflop_per_s"] / table["mlp_gflop_per_s"]
-    table = table.drop(columns=["mlp_gflop_per_s"]).rename(
-        columns={"time_ms": "ms", "step_gflop": "step GFLOP", "gflop_per_s": "GFLOP/s"}
-    )
-    return _display(table)
+    per["GFLOP/s"] = per["step GFLOP"] / (per["ms"] / 1e3)
+    flat = per.reset_index()
+    mlp = flat["method"].eq("hutchinson") & flat["model"].eq("mlp_flop_matched")
+    baseline = flat[mlp & flat["n_probes"].eq(1).fillna(False)].set_index(keys)["GFLOP/s"]
+    fraction = pair_ratios(per["GFLOP/s"], baseline, how="left")["ratio"].to_numpy()
+    return _display(flat.assign(**{"fraction of FLOP-matched MLP step": fraction}))
 
 
 TABLES: tuple[Table, ...] = (

@@ -1,10 +1,7 @@
-"""Command line: ``python -m reports build RESULTS... --out DIR``,
-``python -m reports compare BASE NEW [--fail-above 1.10]`` and
-``python -m reports merge OUT.json SHARD.json...``.
+"""Command line: ``python -m reports build|compare|merge``.
 
-Bad input (a missing, empty, truncated, non-JSON or foreign file, or a glob that matches
-nothing) prints one line naming the file and the problem on stderr and exits with status 2.
-"""
+Bad input (a missing, empty, truncated or foreign file, a glob matching nothing) prints one
+line naming the file and the problem on stderr and exits with status 2."""
 
 from __future__ import annotations
 

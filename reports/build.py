@@ -8,10 +8,9 @@ import io
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from multiprocessing.pool import AsyncResult
 from pathlib import Path
 
 import pandas as pd
@@ -46,12 +45,12 @@ def build(inputs: Sequence[str], out: str | Path) -> Built:
         (out / sub).mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "tables" / "points.csv", index=False)
     slim = analysis_columns(frame)
-    with _figure_pool(slim, out) as pending:  # figures are drawn while the tables are made
+    with _figure_pool(slim, out) as drawn:  # figures are drawn while the tables are made
         tables = {
             spec.key: _table(spec, frame if spec.details else slim, out)
             for spec in (*TABLES, *GOALS)
         }
-    figures = pending.get()
+    figures = drawn()
     parts = [
         ("Paper claims", [tables[k] for k in PAPER]),
         ("Speed goals", [tables[g.key] for g in GOALS]),
@@ -113,21 +112,12 @@ def _table(spec: Table, frame: pd.DataFrame, out: Path) -> Section:
     return Section(spec.key, spec.title, text, table=table)
 
 
-class _Done:
-    """The result of work already done, with the interface of an AsyncResult."""
-
-    def __init__(self, value: list[Section]):
-        self.value = value
-
-    def get(self) -> list[Section]:
-        return self.value
-
-
 @contextlib.contextmanager
-def _figure_pool(frame: pd.DataFrame, out: Path) -> Iterator[_Done | AsyncResult]:
-    """Every registered figure, drawn by forked workers while the caller goes on (most of a
-    build's time is matplotlib drawing, and figures are independent); drawn in this process
-    on one core, off Linux, or where JAX or torch is loaded."""
+def _figure_pool(frame: pd.DataFrame, out: Path) -> Iterator[Callable[[], list[Section]]]:
+    """Yields the getter of every registered figure's section, drawn by forked workers while
+    the caller goes on (most of a build's time is matplotlib drawing, and figures are
+    independent); drawn in this process on one core, off Linux, or where JAX or torch is
+    loaded."""
     # Imported here so that `compare` never pays for matplotlib and seaborn, and before the
     # fork so that the workers inherit them.
     from reports.figures import FIGURES, setup_style
@@ -139,12 +129,13 @@ def _figure_pool(frame: pd.DataFrame, out: Path) -> Iterator[_Done | AsyncResult
     # not from a process whose JAX or torch thread pools run (a child may inherit a held lock).
     threaded = any(name in sys.modules for name in ("jax", "torch"))
     if workers < 2 or threaded or not sys.platform.startswith("linux"):
-        yield _Done([_figure(*job) for job in jobs])
+        sections = [_figure(*job) for job in jobs]
+        yield lambda: sections
         return
     # Forked workers share the frame with this process instead of unpickling a copy.
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         result = pool.starmap_async(_figure, jobs, chunksize=1)
-        yield result
+        yield result.get
         result.wait()
 
 

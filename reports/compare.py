@@ -1,14 +1,8 @@
-"""``python -m reports compare BASE NEW``: per-benchmark time ratios between two runs.
-
-Benchmarks are matched by pytest's fullname, which does not name the machine, so runs from two
-machines or two commits compare directly. The noise rule: a change is *beyond the noise* when
-the two runs' interquartile ranges [q1, q3] do not overlap. A benchmark fails the comparison
-when it is beyond the noise *and* NEW median / BASE median exceeds ``--fail-above``; a point
-that ran in BASE but ran out of memory, timed out or errored in NEW fails too. A timing
-change where either side is noisy (bench/SCHEMA.md ``noisy``: measured while other work
-disturbed it) is "inconclusive", never a failure. Exit status: 0 when nothing failed (clean
-regressions only), 1 when something did, 2 on bad input.
-"""
+"""``python -m reports compare BASE NEW``: per-benchmark time ratios between two runs, matched
+by pytest's fullname (which names no machine). A benchmark fails when the runs' [q1, q3] do not
+overlap *and* NEW / BASE medians exceed ``--fail-above``, or when it ran in BASE and is oom,
+timeout or error in NEW; a change with a noisy side is "inconclusive", never a failure. Exit
+status: 0 nothing failed, 1 something did, 2 bad input."""
 
 from __future__ import annotations
 

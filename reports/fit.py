@@ -1,8 +1,5 @@
-"""The scaling exponent b of time ~ d^b: an OLS on the log-log points with a 95% CI.
-
-Noisy points (bench/SCHEMA.md ``noisy``: timed while other work disturbed them) are left out
-of the fit, and the fit says how many were.
-"""
+"""The scaling exponent b of time ~ d^b: an OLS on the log-log points with a 95% CI, leaving
+out (and counting) the noisy points."""
 
 from __future__ import annotations
 
@@ -25,8 +22,8 @@ class Fit:
     noisy: int = 0
 
     def label(self) -> str:
-        """'d^0.52 [0.41, 0.63]', 'd^0.52 (2 points, no CI)', each with '; 1 noisy left out'
-        where it applies, or 'no fit: 3 noisy points left out'."""
+        """'d^0.52 [0.41, 0.63]' or 'd^0.52 (2 points, no CI)' (+ '; 1 noisy left out'), or
+        'no fit: 3 noisy points left out'."""
         left_out = f"; {self.noisy} noisy left out" if self.noisy else ""
         if np.isnan(self.slope):
             return f"no fit: {self.noisy} noisy point{'s' * (self.noisy != 1)} left out"

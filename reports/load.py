@@ -1,13 +1,8 @@
-"""Read pytest-benchmark JSON files and hollowbench journals into one tidy DataFrame.
-
-One row per measurement point. Columns: every ``extra_info`` field under its own name, every
-param as ``param.<name>``, the timing stats in seconds (``median_s``, ``iqr_s``, ...), every
-``machine_info`` field flattened as ``machine.<a>.<b>``, ``commit.<field>``, and derived columns
-(``machine``, ``device_id``, ``series``, ``facet``, ``time_ms``). Points that did not run keep
-their ``status`` (oom, timeout, skipped, error) and NaN times: never zeros.
-
-The file layouts are described in ``bench/SCHEMA.md``.
-"""
+"""Read pytest-benchmark JSON files and hollowbench journals (bench/SCHEMA.md) into one tidy
+DataFrame, a row per point: ``extra_info`` fields by name, ``param.<name>``, stats in seconds
+(``median_s``, ...), ``machine.<a>.<b>``, ``commit.<field>``, and the derived ``machine``,
+``device_id``, ``series``, ``facet`` and ``time_ms``. A point that did not run keeps its
+``status`` and NaN times, never zeros."""
 
 from __future__ import annotations
 
@@ -57,10 +52,8 @@ def warn(message: str) -> None:
 
 
 def expand_inputs(args: Sequence[str]) -> list[Path]:
-    """Existing paths and glob matches, in order, without repeats.
-
-    Globs are expanded here too, because Windows shells and quoted arguments pass them through.
-    """
+    """Existing paths and glob matches, in order, without repeats (globs are expanded here
+    too: Windows shells and quoted arguments pass them through)."""
     paths: list[Path] = []
     for arg in args:
         path = Path(arg).expanduser()
@@ -336,7 +329,14 @@ def annotate(frame: pd.DataFrame) -> pd.DataFrame:
     stochastic = frame["method"].isin(STOCHASTIC_METHODS)
     default = frame["backend"].map(DEFAULT_VARIANT).where(operator)
     frame["variant"] = frame["variant"].fillna(default)
-    _nfe_kind(frame)
+    # CNF points from before nfe_kind: torch counted its NFE; JAX derived its forward count and
+    # assumed its backward one equal to it, which is dropped rather than shown as measured.
+    if "nfe_kind" not in frame:
+        frame["nfe_kind"] = None
+    legacy = frame["workload"].eq("cnf") & frame["nfe_kind"].isna()
+    if "nfe_backward" in frame:
+        frame.loc[legacy & frame["backend"].eq("jax"), "nfe_backward"] = None
+    frame["nfe_kind"] = frame["nfe_kind"].where(~legacy, frame["backend"].map(NFE_KIND))
     # Train points from before the fair step took the loss's f from a second net(x).
     old_train = operator & frame["mode"].eq("train") & frame["step"].isna()
     frame["step"] = frame["step"].where(~old_train, "separate_forward")
@@ -347,18 +347,6 @@ def annotate(frame: pd.DataFrame) -> pd.DataFrame:
     frame["series"] = [_series_label(*row) for row in frame[["method", "model", "matvecs"]].values]
     frame["facet"] = facet_labels(frame)
     return frame
-
-
-def _nfe_kind(frame: pd.DataFrame) -> None:
-    """CNF points from before ``nfe_kind``: torch counted its NFE; JAX derived its forward
-    count and assumed its backward one equal to it, which is dropped rather than shown as a
-    measurement."""
-    if "nfe_kind" not in frame:
-        frame["nfe_kind"] = None
-    legacy = frame["workload"].eq("cnf") & frame["nfe_kind"].isna()
-    if "nfe_backward" in frame:
-        frame.loc[legacy & frame["backend"].eq("jax"), "nfe_backward"] = None
-    frame["nfe_kind"] = frame["nfe_kind"].where(~legacy, frame["backend"].map(NFE_KIND))
 
 
 def _device_ids(frame: pd.DataFrame) -> pd.Series:
@@ -394,14 +382,10 @@ def facet_columns(frame: pd.DataFrame) -> list[str]:
     """backend, device and mode, plus any setting that varies across the inputs (variant:
     only where some point ran other than its backend's default way)."""
     extras = [c for c in FACET_EXTRAS if frame[c].nunique(dropna=True) > 1]
-    if "variant" in extras and not _other_variants(frame):
-        extras.remove("variant")
-    return ["backend", "device_id", "mode", *extras]
-
-
-def _other_variants(frame: pd.DataFrame) -> bool:
     variant = frame["variant"]
-    return bool((variant.notna() & variant.ne(frame["backend"].map(DEFAULT_VARIANT))).any())
+    if not (variant.notna() & variant.ne(frame["backend"].map(DEFAULT_VARIANT))).any():
+        extras = [c for c in extras if c != "variant"]
+    return ["backend", "device_id", "mode", *extras]
 
 
 def facet_labels(frame: pd.DataFrame) -> pd.Series:

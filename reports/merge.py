@@ -1,10 +1,6 @@
-"""``python -m reports merge OUT.json SHARD.json...``: one pytest-benchmark file from the shards
-of a sweep (one process per GPU, ``--bench-shard I/N`` each), so that pytest-benchmark's own
-``compare`` and any tool reading its format see the whole sweep.
-
-pytest-benchmark's format has one ``machine_info`` per file, so only shards measured on one
-machine merge; files from several machines go to ``python -m reports build`` as they are.
-"""
+"""``python -m reports merge OUT.json SHARD.json...``: one pytest-benchmark file from a sweep's
+shards (``--bench-shard I/N``), for pytest-benchmark's own ``compare``. The format has one
+``machine_info`` per file, so only one machine's shards merge."""
 
 from __future__ import annotations
 

@@ -39,14 +39,11 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, fail_above: float) -> pd.Data
     both = base.merge(
         new, how="outer", left_index=True, right_index=True, suffixes=("_base", "_new")
     )
-    common = both.index.isin(base.index) & both.index.isin(new.index)
-    if not common.any():
+    if not (both.index.isin(base.index) & both.index.isin(new.index)).any():
         raise InputError("BASE and NEW have no benchmark (fullname) in common")
+    (low_new, high_new), (low_base, high_base) = _quartiles(both, "new"), _quartiles(both, "base")
     ratio = both["median_s_new"] / both["median_s_base"]
-    low_new, high_new = _quartiles(both, "new")
-    low_base, high_base = _quartiles(both, "base")
-    slower = low_new > high_base
-    faster = high_new < low_base
+    both = both.assign(ratio=ratio, slower=low_new > high_base, faster=high_new < low_base)
     out = pd.DataFrame(
         {
             "benchmark": both.index,
@@ -57,12 +54,7 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, fail_above: float) -> pd.Data
             "new IQR ms": both["iqr_s_new"] * 1e3,
         }
     ).reset_index(drop=True)
-    verdicts = [
-        _verdict(row, r, s, f, fail_above)
-        for row, r, s, f in zip(
-            both.itertuples(), ratio.to_numpy(), slower.to_numpy(), faster.to_numpy(), strict=True
-        )
-    ]
+    verdicts = [_verdict(row, fail_above) for row in both.itertuples()]
     out["verdict"] = [v for v, _ in verdicts]
     out["fails"] = [f for _, f in verdicts]
     return out.sort_values(["fails", "new / base"], ascending=False, na_position="last")
@@ -74,8 +66,8 @@ def _quartiles(both: pd.DataFrame, side: str) -> tuple[pd.Series, pd.Series]:
     return both[f"q1_s_{side}"].fillna(median), both[f"q3_s_{side}"].fillna(median)
 
 
-def _verdict(row, ratio: float, slower: bool, faster: bool, fail_above: float):
-    """(verdict text, fails) for one benchmark."""
+def _verdict(row, fail_above: float) -> tuple[str, bool]:
+    """(verdict text, fails) for one benchmark's row of the merged runs."""
     base, new = row.status_base, row.status_new
     if pd.isna(base):
         return "only in NEW", False
@@ -88,11 +80,11 @@ def _verdict(row, ratio: float, slower: bool, faster: bool, fail_above: float):
     noisy = [side for side, flag in (("BASE", row.noisy_base), ("NEW", row.noisy_new)) if flag]
     if noisy:
         return f"inconclusive: noisy in {' and '.join(noisy)}", False
-    if slower and ratio > fail_above:
+    if row.slower and row.ratio > fail_above:
         return f"SLOWER beyond noise and {fail_above:g}x", True
-    if slower:
+    if row.slower:
         return "slower beyond noise (within threshold)", False
-    if faster:
+    if row.faster:
         return "faster beyond noise", False
     return "within noise", False
 

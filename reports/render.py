@@ -51,15 +51,13 @@ def format_cell(value: Any) -> str:
 
 def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub pipe table; numeric columns right-aligned."""
-    cells = frame.map(format_cell)
 
-    def escape(text: object) -> str:
-        return str(text).replace("|", "\\|")
+    def row(values) -> str:
+        return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
 
-    header = "| " + " | ".join(escape(c) for c in frame.columns) + " |"
     align = "|".join("---:" if _numeric(frame[c]) else "---" for c in frame.columns)
-    body = ["| " + " | ".join(escape(v) for v in row) + " |" for row in cells.to_numpy()]
-    return "\n".join([header, f"|{align}|", *body])
+    body = map(row, frame.map(format_cell).to_numpy())
+    return "\n".join([row(frame.columns), f"|{align}|", *body])
 
 
 def _numeric(column: pd.Series) -> bool:
@@ -70,10 +68,6 @@ def _numeric(column: pd.Series) -> bool:
         isinstance(v, int | float | np.number) and not isinstance(v, bool) and not pd.isna(v)
         for v in column
     )
-
-
-def html_table(frame: pd.DataFrame) -> str:
-    return frame.map(format_cell).to_html(index=False, escape=True, border=0, classes="tbl")
 
 
 def markdown_report(title: str, intro: Sequence[str], parts: Sequence[tuple[str, list[Section]]]):
@@ -136,7 +130,9 @@ def _html_section(s: Section) -> str:
     if s.note is not None:
         parts.append(f'<p class="nodata"><b>No data:</b> {html.escape(s.note)}</p>')
     elif s.table is not None:
-        parts += [html_table(s.table), f'<p class="legend">{html.escape(CELL_LEGEND)}</p>']
+        cells = s.table.map(format_cell)
+        parts.append(cells.to_html(index=False, escape=True, border=0, classes="tbl"))
+        parts.append(f'<p class="legend">{html.escape(CELL_LEGEND)}</p>')
     elif s.png is not None:
         data = base64.b64encode(s.png).decode("ascii")
         parts.append(f'<img alt="{html.escape(s.title)}" src="data:image/png;base64,{data}">')

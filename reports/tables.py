@@ -90,11 +90,6 @@ def _best(values: pd.Series) -> Cell:
     return "/".join(statuses) if statuses else float("nan")
 
 
-def fastest(per: pd.Series) -> pd.Series:
-    """Per index but its last level (e.g. per key over methods): the fastest cell."""
-    return per.groupby(level=list(range(per.index.nlevels - 1)), dropna=False).agg(_best)
-
-
 @dataclass(frozen=True)
 class Side:
     """One side of a claimed or goal ratio, as data: the ``workload`` points of ``methods`` on
@@ -120,7 +115,8 @@ class Side:
 
     def cells(self, rows: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
         per = cells(rows, [*keys, *self.by, "d", *filter(None, [self.fastest])])
-        per = fastest(per) if self.fastest else per
+        if self.fastest:  # over the last level
+            per = per.groupby(level=list(range(per.index.nlevels - 1)), dropna=False).agg(_best)
         return per.rename_axis(index=self.rename) if self.rename else per
 
 
@@ -485,26 +481,19 @@ def _absent(cell: Cell) -> bool:
     return not isinstance(cell, str) and pd.isna(cell)
 
 
+# What the lists of points name of each point.
+POINT_COLUMNS = (
+    *("machine", "backend", "device_id", "workload", "method", "model", "d", "k", "n_probes"),
+    "mode",
+)
+
+
 def not_run_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Every point that did not run, with its reason."""
     missed = frame[frame["status"].ne("ok")]
     if missed.empty:
         raise NoData("every point in the inputs ran")
-    columns = [
-        "machine",
-        "backend",
-        "device_id",
-        "workload",
-        "method",
-        "model",
-        "d",
-        "k",
-        "n_probes",
-        "mode",
-        "status",
-        "reason",
-    ]
-    return missed[columns].rename(columns=FACET_NAMES).reset_index(drop=True)
+    return _display(missed[[*POINT_COLUMNS, "status", "reason"]])
 
 
 def noisy_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -512,10 +501,7 @@ def noisy_table(frame: pd.DataFrame) -> pd.DataFrame:
     noisy = frame[frame["noisy"]]
     if noisy.empty:
         raise NoData("no point in the inputs is flagged noisy (or the files predate the flag)")
-    columns = [
-        *("machine", "backend", "device_id", "workload", "method", "model", "d", "k"),
-        *("n_probes", "mode", "time_ms", "remeasured", "load_1m", "cpu_share", "noise"),
-    ]
+    columns = [*POINT_COLUMNS, "time_ms", "remeasured", "load_1m", "cpu_share", "noise"]
     table = noisy.assign(**{c: None for c in columns if c not in noisy})[columns]
     table["noise"] = table["noise"].map(_failed_checks)
     return table.rename(columns={**FACET_NAMES, "noise": "failed checks"}).reset_index(drop=True)
@@ -560,15 +546,10 @@ def scaling_fits(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def step_flops(row: pd.Series) -> float:
-    """The analytic FLOPs of one divergence step (k = 1) of ``row``'s method: NaN otherwise.
-
-    With F the model's forward FLOPs per sample (``flops``): Hutchinson with m probes is a
-    forward and m input VJPs, (1 + m) F; a hollow method is the forward plus the tangent
-    through tau's layers after the first (one extra pass of each of those matmuls, either
-    carried forward or, for ``hollow``, taken in reverse); a dense method is the forward and
-    d passes. A train step adds its reverse pass: 3x, as for any graph of matmuls (and F
-    for the second forward of a "separate_forward" step).
-    """
+    """The analytic FLOPs of one divergence step (k = 1), else NaN. With F the forward FLOPs
+    per sample: Hutchinson-m (1 + m) F (m input VJPs); hollow methods F plus one extra pass of
+    tau's matmuls after its first layer (carried forward, or for ``hollow`` in reverse); dense
+    (1 + d) F. A train step 3x that for its reverse pass (+ F for a "separate_forward" one)."""
     if row.get("workload") != "divergence" or row.get("k") != 1 or pd.isna(row.get("flops")):
         return float("nan")
     flops, d, method = float(row["flops"]), int(row["d"]), row["method"]

@@ -114,10 +114,9 @@ def _table(spec: Table, frame: pd.DataFrame, out: Path) -> Section:
 
 @contextlib.contextmanager
 def _figure_pool(frame: pd.DataFrame, out: Path) -> Iterator[Callable[[], list[Section]]]:
-    """Yields the getter of every registered figure's section, drawn by forked workers while
-    the caller goes on (most of a build's time is matplotlib drawing, and figures are
-    independent); drawn in this process on one core, off Linux, or where JAX or torch is
-    loaded."""
+    """Yields the getter of every figure's section, drawn by forked workers while the caller
+    goes on (matplotlib takes most of a build's time), or here on one core, off Linux, or
+    where JAX or torch is loaded."""
     # Imported here so that `compare` never pays for matplotlib and seaborn, and before the
     # fork so that the workers inherit them.
     from reports.figures import FIGURES, setup_style

@@ -473,14 +473,15 @@ def device_comparison(frame: pd.DataFrame) -> MplFigure:
 
 
 def _ode(frame: pd.DataFrame) -> pd.DataFrame:
-    """The ODE points with a facet label of backend and device (they all run mode "eval"), the
-    case (problem, d, and stiffness and t1 where they tell cases apart) and rtol as text."""
+    """The ODE points with labels: ``where`` (backend and device: all run mode "eval"), the
+    ``case`` (problem, d, and stiffness and t1 where they tell cases apart), ``stiff`` and
+    ``tolerance``."""
     rows = ode_points(frame)
     rows["where"] = text(rows["backend"]) + " · " + text(rows["device_id"])
-    stiff = rows["stiffness"].map(lambda s: "" if pd.isna(s) else f", stiffness {s:.0e}")
+    rows["stiff"] = rows["stiffness"].map(lambda s: "" if pd.isna(s) else f", stiffness {s:.0e}")
     several = rows.groupby("problem")["t1"].transform("nunique").gt(1)
     end = rows["t1"].map(", t1={:g}".format).where(several, "")
-    rows["case"] = text(rows["problem"]) + " d=" + text(rows["d"]) + stiff + end
+    rows["case"] = text(rows["problem"]) + " d=" + text(rows["d"]) + rows["stiff"] + end
     rows["tolerance"] = "rtol=" + rows["rtol"].map(tolerance)
     return rows
 
@@ -603,8 +604,7 @@ def ode_time_vs_d(frame: pd.DataFrame) -> MplFigure:
         _log_axes(ax, base_x=2)
         return _mark_each(ax, sub.assign(status=sub["ran"]), "d", "root finder", style["palette"])
 
-    stiff = rows["stiffness"].map(lambda s: "" if pd.isna(s) else f", stiffness {s:.0e}")
-    panel = text(rows["problem"]) + stiff + ", " + rows["tolerance"] + "\n" + rows["where"]
+    panel = text(rows["problem"]) + rows["stiff"] + ", " + rows["tolerance"] + "\n" + rows["where"]
     return _ode_panels(rows, panel, draw, ("d (state dimension)", "solve time (ms, median)"))
 
 

@@ -1,35 +1,25 @@
-"""The CNF workload: FFJORD-style continuous normalizing flows whose divergence is exact
-(``hollow`` on the HollowNet, ``dense_vectorized``, ``dense_loop``) or a Hutchinson estimate,
-trained in both backends (``impls.{torch,jax}_backend.cnf``; dopri5 at rtol = atol = 1e-5,
-gradients through the solver's steps, ``impls.cnf.flow_spec`` as the dynamics, float32).
+"""The CNF workload: FFJORD-style flows whose divergence is exact (``hollow`` on the HollowNet,
+``dense_vectorized``, ``dense_loop``) or a Hutchinson / Hutch++ estimate, trained in both
+backends (``impls.{torch,jax}_backend.cnf``; dopri5 at rtol = atol = 1e-5, gradients through the
+solver's steps, ``impls.cnf.flow_spec`` as the dynamics, float32).
 
-Two kinds of point (``cnf_item``):
-
-- ``iteration``: the timed call is one training iteration, the forward solve plus the backward
-  pass into every parameter (the optimizer's update is left out, so every round solves the
-  same problem). Its check reads the NFE of that call and times, apart, a log-likelihood
-  evaluation of a held-out batch (``loglik_eval_ms``); for Hutchinson it also reruns that
-  evaluation with ``SEEDS`` probe seeds (``loglik_std``; ``error`` = its rel_std).
-- ``budget`` (paper and full presets): trains for the preset's ``budget_s`` wall seconds (JAX
-  compiles first, off the clock; env ``HOLLOWBENCH_CNF_BUDGET_S`` overrides), then records the
-  held-out NLL in data space, computed exactly (hollow), in nats and bits/dim, and the spread
-  of the method's own log-likelihood estimate across probe seeds. The timed call is the
-  held-out batch evaluation, as ``loglik_eval_ms`` of an iteration point.
-
-The grid depends on the preset (``--bench-preset``); ``--bench-backends``, ``-devices``,
-``-methods``, ``-batch`` and ``-shard`` apply as everywhere. ``quick`` keeps to a ~45 s
-taste on a 2-core CPU: every JAX point pays ~15 s of compilation (diffrax's reverse mode).
+``cnf_item`` "iteration": the timed call is one training iteration, forward solve and backward
+(no optimizer update, so every round solves the same problem). "budget" (paper, full): train
+for the preset's ``budget_s`` (env ``HOLLOWBENCH_CNF_BUDGET_S`` overrides; JAX compiles off the
+clock), then time the held-out evaluation and record the exact held-out NLL. Both time that
+evaluation (``loglik_eval_ms``) and, for a stochastic trace, record the spread of its estimate
+across ``SEEDS`` probe seeds (its rel_std is the error). ``quick`` is a ~45 s taste on a 2-core
+CPU: every JAX point pays ~15 s of compilation (diffrax's reverse mode).
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,7 +27,7 @@ import numpy as np
 from bench.harness import grid
 from bench.harness.operators import predict_bytes
 from bench.harness.sweep import Sweep, Task
-from bench.harness.workload import PointBase, Workload
+from bench.harness.workload import PointBase, Workload, backend_module, spec_info
 from bench.schema import WORKLOAD_KEYS
 from impls import cnf
 from impls.cnf import FlowConfig, flow_spec
@@ -51,6 +41,9 @@ EVAL_ROUNDS = 5  # timed held-out evaluations (after one warm-up)
 LR = 1e-3
 NFE_GUESS = 32  # graphs a backward through the solver keeps: an untrained flow takes 20-32 NFE
 CNF_KEYS = WORKLOAD_KEYS["cnf"][1:]  # bench/SCHEMA.md, "CNF keys"
+NFE_KEYS = ("nfe_forward", "nfe_backward", "n_steps")  # a solve's counters
+# Optional packages each point needs, besides its backend.
+NEEDS = {"torch": ("torchdiffeq",), "jax": ("diffrax", "optax"), "digits": ("sklearn",)}
 
 
 @dataclass(frozen=True)
@@ -85,9 +78,6 @@ class CnfPoint(PointBase):
 
 # --- the grid per preset ---------------------------------------------------------------------
 
-# Hutch++ at its default budget (FlowConfig.n_matvecs, 3 products) beside Hutchinson's probes
-OTHERS = (*cnf.CNF_EXACT, "hutchpp")
-
 
 @dataclass(frozen=True)
 class CnfPreset:
@@ -98,25 +88,24 @@ class CnfPreset:
     budget_s: float | None = None
 
 
-def _methods(methods: tuple[str, ...], probes: tuple[int, ...]) -> list[tuple[str, int | None]]:
-    return [("hutchinson", m) for m in probes] * ("hutchinson" in methods) + [
-        (method, None) for method in methods if method != "hutchinson"
-    ]
-
-
 def _every(probes: tuple[int, ...], budget_sets: tuple[str, ...]) -> tuple[tuple, ...]:
-    """An iteration for every data set and method (Hutch++ at 3 products among them), then
-    the budget on ``budget_sets``."""
-    methods = ("hutchinson", *OTHERS)
+    """An iteration for every data set and method (Hutch++ at its default 3 products among
+    them), then the budget on ``budget_sets`` (Hutchinson at 1 probe)."""
+
+    def methods(probes):
+        return [("hutchinson", m) for m in probes] + [
+            (m, None) for m in (*cnf.CNF_EXACT, "hutchpp")
+        ]
+
     iterations = [
         (None, "iteration", dataset, method, m)
         for dataset in cnf.DATASETS
-        for method, m in _methods(methods, probes)
+        for method, m in methods(probes)
     ]
     budgets = [
         (None, "budget", dataset, method, m)
         for dataset in budget_sets
-        for method, m in _methods(methods, (1,))
+        for method, m in methods((1,))
     ]
     return (*iterations, *budgets)
 
@@ -139,55 +128,27 @@ PRESETS = {
 }
 
 
-# Optional packages each point needs, besides its backend.
-NEEDS = {"torch": ("torchdiffeq",), "jax": ("diffrax", "optax"), "digits": ("sklearn",)}
-
-
-def unavailable(point: CnfPoint) -> str | None:
-    """Why ``point`` cannot run here (a missing optional package), or None."""
-    needed = (*NEEDS[point.backend], *NEEDS.get(point.dataset, ()))
-    missing = [name for name in needed if importlib.util.find_spec(name) is None]
-    if not missing:
-        return None
-    return f"needs {', '.join(missing)}: pip install 'hollowbench[cnf]'"
-
-
 # --- data, models and the timed tasks --------------------------------------------------------
 
 
-def _cnf(backend):
-    """The backend's cnf module; ImportError (a skipped point) without torchdiffeq/diffrax."""
-    return importlib.import_module(f"impls.{backend.name}_backend.cnf")
-
-
-def load_data(sweep: Sweep, name: str) -> cnf.Dataset:
-    return sweep.memo(("cnf-data", name), lambda: cnf.load_dataset(name, seed=DATA_SEED))
-
-
-def held_out_batch(data: cnf.Dataset, batch: int) -> np.ndarray:
-    """The first ``batch`` test rows (cycled when the test set is smaller)."""
-    return data.test[np.arange(batch) % len(data.test)]
+def _data(sweep: Sweep, point: CnfPoint) -> cnf.Dataset:
+    return sweep.memo(
+        ("cnf-data", point.dataset), lambda: cnf.load_dataset(point.dataset, seed=DATA_SEED)
+    )
 
 
 def _array(backend, rows: np.ndarray, dtype: str):
     return backend.asarray(np.ascontiguousarray(rows, dtype=dtype))
 
 
-def train_step(backend, net, x, config: FlowConfig) -> tuple[Callable, tuple, Callable]:
-    """(fn, args, stats_of): fn(*args) is one forward solve plus backward; ``stats_of`` reads
-    the solve's counters (NFE) from its output."""
-    flows = _cnf(backend)
-
-    def loss(net, x, rng):
-        return flows.nll(net, x, config, **rng)
-
-    args = (net, x, backend.random_opts(PROBE_SEED))
-    return backend.grad_step(loss), args, lambda out: out[0][1]
+def _held_out(backend, data: cnf.Dataset, batch: int, dtype: str):
+    """The first ``batch`` test rows (cycled when the test set is smaller), (batch, d)."""
+    return _array(backend, data.test[np.arange(batch) % len(data.test)], dtype)
 
 
-def loglik(backend, config: FlowConfig) -> Callable:
+def _loglik(backend, config: FlowConfig) -> Callable:
     """``(net, x, rng) -> log p(x)``, the held-out evaluation (no autograd graph)."""
-    flows = _cnf(backend)
+    flows = backend_module(backend, "cnf")
 
     def evaluate(net, x, rng):
         with backend.no_grad():
@@ -196,32 +157,26 @@ def loglik(backend, config: FlowConfig) -> Callable:
     return evaluate
 
 
-class Evaluation:
-    """The held-out batch log-likelihood under ``config``, callable as ``run(seed)`` ->
-    (batch,) numpy. It runs ``compiled`` (the harness's step of :func:`loglik`), else compiles
-    :func:`loglik` here once (``compile_s``; JAX), reused for every seed."""
+def _evaluation(backend, step: Callable, net, x) -> Callable[[int], np.ndarray]:
+    """seed -> log p(x) (batch,) float64 by ``step``, a compiled :func:`_loglik`."""
 
-    def __init__(self, backend, net, x, config: FlowConfig, compiled: Callable | None = None):
-        self.backend, self.compile_s = backend, None
-        if compiled is None:
-            fn, args = loglik(backend, config), (net, x, backend.random_opts(0))
-            compiled, self.compile_s, _ = backend.compile_step(fn, args)
-        self._run = lambda seed: compiled(net, x, backend.random_opts(seed))
+    def evaluate(seed: int) -> np.ndarray:
+        out = step(net, x, backend.random_opts(seed))
+        backend.sync(out)
+        return np.asarray(backend.to_numpy(out), dtype=np.float64)
 
-    def __call__(self, seed: int) -> np.ndarray:
-        out = self._run(seed)
-        self.backend.sync(out)
-        return np.asarray(self.backend.to_numpy(out), dtype=np.float64)
+    return evaluate
 
-    def time_ms(self, rounds: int = EVAL_ROUNDS) -> float:
-        """Median wall ms of one synchronised evaluation, after a warm-up call."""
-        self(PROBE_SEED)
-        times = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            self(PROBE_SEED)
-            times.append(time.perf_counter() - start)
-        return 1e3 * statistics.median(times)
+
+def _time_ms(evaluate: Callable[[int], np.ndarray]) -> float:
+    """Median wall ms of one synchronised evaluation, after a warm-up call."""
+    evaluate(PROBE_SEED)
+    times = []
+    for _ in range(EVAL_ROUNDS):
+        start = time.perf_counter()
+        evaluate(PROBE_SEED)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
 
 
 def spread(estimates: np.ndarray) -> dict[str, Any]:
@@ -238,53 +193,43 @@ def spread(estimates: np.ndarray) -> dict[str, Any]:
     }
 
 
-def stats_info(backend, stats: dict) -> dict[str, Any]:
-    """A solve's counters, with how the backend knows its NFE ("counted" or "derived")."""
-
-    def plain(value):
-        return None if value is None else int(value)
-
-    counters = {key: plain(stats.get(key)) for key in ("nfe_forward", "nfe_backward", "n_steps")}
-    return counters | {"nfe_kind": _cnf(backend).NFE_KIND}
-
-
 def iteration_task(sweep: Sweep, backend, point: CnfPoint) -> Task:
-    """One training iteration to time. It measures the iteration's NFE and, apart, the
-    held-out evaluation: its time and log-likelihood, for a stochastic trace (Hutchinson,
-    Hutch++) its spread across probe seeds (whose relative std is the point's error)."""
-    spec = flow_spec(point.d)
-    data = load_data(sweep, point.dataset)
+    """One training iteration to time (outputs ``((loss, stats), grads)``). It measures the
+    iteration's NFE and, apart, the held-out evaluation's time and log-likelihood (for a
+    stochastic trace, its spread across probe seeds)."""
+    flows, spec, data = backend_module(backend, "cnf"), flow_spec(point.d), _data(sweep, point)
     net = backend.build(spec, seed=MODEL_SEED)
     rng = np.random.default_rng(DATA_SEED)
     x = _array(backend, next(cnf.batches(data.train, point.batch, rng)), spec.dtype)
-    fn, args, stats_of = train_step(backend, net, x, point.config)
+
+    def loss(net, x, rng):
+        return flows.nll(net, x, point.config, **rng)
 
     def measure(out, step) -> dict[str, Any]:
-        held_out = _array(backend, held_out_batch(data, point.batch), spec.dtype)
-        evaluate = Evaluation(backend, net, held_out, point.config)
-        found = stats_info(backend, stats_of(out)) | {
-            "loglik_compile_s": evaluate.compile_s,
-            "loglik_eval_ms": evaluate.time_ms(),
+        held_out = _held_out(backend, data, point.batch, spec.dtype)
+        args = (net, held_out, backend.random_opts(0))
+        compiled, compile_s, _ = backend.compile_step(_loglik(backend, point.config), args)
+        evaluate = _evaluation(backend, compiled, net, held_out)
+        stats = out[0][1]
+        found = {key: None if stats.get(key) is None else int(stats[key]) for key in NFE_KEYS}
+        found |= {
+            "nfe_kind": flows.NFE_KIND,
+            "loglik_compile_s": compile_s,
+            "loglik_eval_ms": _time_ms(evaluate),
         }
         if point.method not in cnf.STOCHASTIC_TRACES:
             return found | {"loglik": float(evaluate(PROBE_SEED).mean())}
         return found | spread(np.stack([evaluate(seed) for seed in range(SEEDS)]))
 
-    return Task(fn, args, measure=measure)
-
-
-def budget_s() -> float | None:
-    raw = os.environ.get("HOLLOWBENCH_CNF_BUDGET_S")
-    return float(raw) if raw else None
+    args = (net, x, backend.random_opts(PROBE_SEED))
+    return Task(backend.grad_step(loss), args, measure=measure)
 
 
 def budget_task(sweep: Sweep, backend, point: CnfPoint, seconds: float) -> Task:
     """Train for ``seconds`` (the training's outcome is the task's info), then time the
-    held-out batch evaluation. It measures that evaluation's time, the exact held-out NLL and,
-    for a stochastic trace, the spread of the method's estimate (its relative std: the error)."""
-    flows = _cnf(backend)
-    spec = flow_spec(point.d)
-    data = load_data(sweep, point.dataset)
+    held-out batch evaluation. It measures the exact held-out NLL and, for a stochastic
+    trace, the spread of the method's estimate."""
+    flows, spec, data = backend_module(backend, "cnf"), flow_spec(point.d), _data(sweep, point)
     result = flows.train(
         backend.build(spec, seed=MODEL_SEED), data.train, point.config, budget_s=seconds,
         batch=point.batch, lr=LR, seed=DATA_SEED,
@@ -299,16 +244,13 @@ def budget_task(sweep: Sweep, backend, point: CnfPoint, seconds: float) -> Task:
         "nfe_backward": result.nfe_backward[-1] if result.nfe_backward else None,
         "nfe_kind": flows.NFE_KIND,
     }
-    held_out = _array(backend, held_out_batch(data, point.batch), spec.dtype)
-    # the harness compiles the evaluation (compile_s) and times it
-    fn, args = loglik(backend, point.config), (net, held_out, backend.random_opts(PROBE_SEED))
+    held_out = _held_out(backend, data, point.batch, spec.dtype)
 
     def estimate(config: FlowConfig, seed: int = 0) -> np.ndarray:
         return flows.held_out_log_likelihood(net, data.test, config, seed=seed, batch=point.batch)
 
     def measure(out, step) -> dict[str, Any]:
-        timed = Evaluation(backend, net, held_out, point.config, compiled=step)
-        found = {"loglik_eval_ms": timed.time_ms()}
+        found = {"loglik_eval_ms": _time_ms(_evaluation(backend, step, net, held_out))}
         found |= data.nll(estimate(FlowConfig(method="hollow", rtol=RTOL, atol=ATOL)))
         if point.method not in cnf.STOCHASTIC_TRACES:
             return found | {"nll_estimate_nats": found["nll_nats"]}
@@ -316,46 +258,20 @@ def budget_task(sweep: Sweep, backend, point: CnfPoint, seconds: float) -> Task:
         nll = float(-(estimates + data.test_log_det).mean())  # (seeds, n_test) estimates
         return found | {"nll_estimate_nats": nll} | spread(estimates)
 
-    return Task(fn, args, info=trained, measure=measure)
+    # the harness compiles the evaluation (compile_s) and times it
+    args = (net, held_out, backend.random_opts(PROBE_SEED))
+    return Task(_loglik(backend, point.config), args, info=trained, measure=measure)
 
 
 def need_bytes(point: CnfPoint) -> int:
     """A rough guard against hopeless points: the divergence workload's training-step
     estimate (bench/harness/operators.py) times the evaluations a backward keeps."""
-    spec = flow_spec(point.d)
     probe = grid.Point(
         "divergence", point.backend, point.device, point.method, "hollownet", point.d,
         point.batch, 1, "train", point.n_probes,
         n_matvecs=point.config.probe_opts.get("n_matvecs"),  # Hutch++'s budget
     )  # fmt: skip
-    return NFE_GUESS * predict_bytes(spec, probe)
-
-
-def describe(point: CnfPoint, preset: CnfPreset) -> dict[str, Any]:
-    """The point's identity in extra_info: SCHEMA.md's keys plus the CNF ones."""
-    spec, config = flow_spec(point.d), point.config
-    return dict.fromkeys(CNF_KEYS) | {
-        "workload": "cnf",
-        "method": point.method,
-        "model": "hollownet",
-        "d": point.d,
-        "batch": point.batch,
-        "k": 1,
-        "n_probes": point.n_probes,
-        "mode": "train",
-        "dtype": spec.dtype,
-        "n_params": spec.n_params,
-        "flops": spec.flops,
-        "model_spec": {"type": "HollowSpec", **asdict(spec)},
-        "cnf_item": point.item,
-        "dataset": point.dataset,
-        "solver": config.solver,
-        "rtol": config.rtol,
-        "atol": config.atol,
-        "t1": config.t1,
-        "adjoint": config.adjoint,
-        "budget_s": (budget_s() or preset.budget_s) if point.item == "budget" else None,
-    }
+    return NFE_GUESS * predict_bytes(flow_spec(point.d), probe)
 
 
 class CnfWorkload(Workload):
@@ -369,11 +285,34 @@ class CnfWorkload(Workload):
             for batch in settings.batches
         ]
 
-    unavailable = staticmethod(unavailable)
+    def unavailable(self, point: CnfPoint) -> str | None:
+        needed = (*NEEDS[point.backend], *NEEDS.get(point.dataset, ()))
+        missing = [name for name in needed if importlib.util.find_spec(name) is None]
+        return f"needs {', '.join(missing)}: pip install 'hollowbench[cnf]'" if missing else None
 
     def run(self, sweep: Sweep, benchmark, point: CnfPoint) -> None:
-        backend = sweep.backend(point.backend, point.device)
-        info = describe(point, self.preset(sweep.settings))
+        backend, config = sweep.backend(point.backend, point.device), point.config
+        budget = float(os.environ.get("HOLLOWBENCH_CNF_BUDGET_S") or 0)
+        budget = budget or self.preset(sweep.settings).budget_s
+        info = dict.fromkeys(CNF_KEYS) | {
+            "workload": "cnf",
+            "method": point.method,
+            "model": "hollownet",
+            "d": point.d,
+            "batch": point.batch,
+            "k": 1,
+            "n_probes": point.n_probes,
+            "mode": "train",
+            **spec_info(flow_spec(point.d)),
+            "cnf_item": point.item,
+            "dataset": point.dataset,
+            "solver": config.solver,
+            "rtol": config.rtol,
+            "atol": config.atol,
+            "t1": config.t1,
+            "adjoint": config.adjoint,
+            "budget_s": budget if point.item == "budget" else None,
+        }
         benchmark.group = f"cnf {point.item} {point.dataset} d={point.d} b={point.batch}"
 
         def make_task() -> Task:

@@ -1,30 +1,23 @@
 """The stiff-ODE workload: implicit steppers whose stages are solved by fixed-point iteration,
 Newton (dense autodiff Jacobian + LU) or Jacobi-Newton (the Jacobian diagonal: analytic for the
-classic problems, the hollow operator for the HollowNet system).
+classic problems, the hollow operator for the HollowNet system), or diffrax's Kvaerno5.
 
-Each point integrates one problem once (``impls.{torch,jax}_backend.stiff.solve``, or diffrax's
-Kvaerno5 for method "kvaerno5"); the harness (bench/harness/sweep.py) times whole solves,
-compiles JAX apart, and records every outcome. The error is the final state's max |y - ref|
-against scipy (Radau, or BDF for the HollowNet system) at rtol 1e-10, computed here once per
-problem. Solver counters (steps, failures, iterations, NFE, Jacobian/diagonal evaluations)
-are recorded too; see ODE_KEYS and bench/SCHEMA.md.
-
-The grid depends on the preset only (``--bench-preset``; ``--bench-backends``, ``-devices``
-and ``-shard`` apply as everywhere): ``quick`` is a ~30 s taste on a CPU, ``paper`` the
-Jacobi-Newton table, work-precision sweeps and the d-sweep, ``full`` everything.
+Each point times whole solves of one problem (``impls.{torch,jax}_backend.stiff``) and records
+the solver's counters (ODE_KEYS, bench/SCHEMA.md) and the final state's error against scipy at
+rtol 1e-10 (Radau; BDF for the HollowNet system). ``quick`` is a ~30 s taste on a CPU,
+``paper`` the Jacobi-Newton table, work-precision, d and stiffness sweeps, ``full`` everything.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from bench.harness.sweep import Sweep, Task
-from bench.harness.workload import PointBase, Workload
+from bench.harness.workload import PointBase, Workload, backend_module, spec_info
 from impls._stiff import STATS, summarize
 from impls.stiff_problems import (
     RTOL_SWEEP,
@@ -160,31 +153,18 @@ def build_problem(point: OdePoint, preset: OdePreset) -> Problem | HollowProblem
     return make_problem(point.problem, **args)
 
 
-def stiff_module(backend):
-    return importlib.import_module(f"impls.{backend.name}_backend.stiff")
-
-
 def make_system(backend, problem: Problem | HollowProblem):
-    stiff = stiff_module(backend)
+    stiff = backend_module(backend, "stiff")
     if isinstance(problem, HollowProblem):
         return stiff.HollowSystem.from_problem(problem, backend.device)
     return stiff.ProblemSystem(problem)
 
 
-def final_reference(sweep: Sweep, backend, problem: Problem | HollowProblem) -> np.ndarray:
-    """The reference state at t1, (d,), once per problem: scipy's Radau at rtol 1e-10 for the
-    classic problems; for the HollowNet system (same weights in every backend) scipy's BDF at
-    rtol 1e-10, 4-7x faster than Radau there, with f and its Jacobian from jitted JAX where
-    installed (a Python call per evaluation), else from the point's backend."""
-    if isinstance(problem, Problem):
-        return sweep.memo(("ode-reference", problem.key), lambda: reference(problem)[-1])
-    return sweep.memo(
-        ("ode-reference", problem.key), lambda: _hollow_reference(sweep, backend, problem)
-    )
-
-
 def _hollow_reference(sweep: Sweep, backend, problem: HollowProblem) -> np.ndarray:
-    with contextlib.suppress(ImportError):  # else the point's own backend
+    """The HollowNet system's final state (d,) by scipy's BDF at rtol 1e-10 (4-7x faster than
+    Radau there), f and its Jacobian from jitted JAX where installed (a Python call per
+    evaluation; same weights in every backend), else from the point's backend."""
+    with contextlib.suppress(ImportError):
         backend = sweep.backend("jax", "cpu")
     system = make_system(backend, problem)
 
@@ -204,11 +184,16 @@ def _hollow_reference(sweep: Sweep, backend, problem: HollowProblem) -> np.ndarr
 
 def make_task(sweep: Sweep, backend, point: OdePoint, preset: OdePreset) -> Task:
     """The solve to time; it measures the solver's counters and the relative error, and its
-    check gives the absolute error against the reference."""
+    check gives the absolute error against the reference (once per problem)."""
     problem = build_problem(point, preset)
-    stiff, system = stiff_module(backend), make_system(backend, problem)
+    stiff, system = backend_module(backend, "stiff"), make_system(backend, problem)
     y0 = backend.asarray(np.repeat(problem.y0[None], BATCH, axis=0))
-    options = solver_options(point, problem, preset)
+    options = {
+        "root_finder": point.root_finder,
+        "rtol": point.rtol,
+        "atol": problem.atol(point.rtol),
+        "max_steps": preset.max_steps,
+    }
     if point.method in DIFFRAX_METHODS:
         options["solver"] = point.method
         solve = stiff.diffrax_solve
@@ -217,8 +202,13 @@ def make_task(sweep: Sweep, backend, point: OdePoint, preset: OdePreset) -> Task
         solve = stiff.solve
     fn, args = (lambda system, y0: solve(system, y0, problem.t_span, **options)), (system, y0)
 
+    def final_reference() -> np.ndarray:
+        if isinstance(problem, Problem):
+            return reference(problem)[-1]  # scipy's Radau at rtol 1e-10
+        return _hollow_reference(sweep, backend, problem)
+
     def errors(out) -> dict[str, float]:
-        ref = final_reference(sweep, backend, problem)
+        ref = sweep.memo(("ode-reference", problem.key), final_reference)
         y = backend.to_numpy(out.ys[-1]).astype(np.float64)
         return error_metrics(y, np.broadcast_to(ref, y.shape), problem.atol_scale)
 
@@ -235,19 +225,12 @@ def make_task(sweep: Sweep, backend, point: OdePoint, preset: OdePreset) -> Task
     return Task(fn, args, check, measure=measure)
 
 
-def solver_options(point: OdePoint, problem, preset: OdePreset) -> dict[str, Any]:
-    return {
-        "root_finder": point.root_finder,
-        "rtol": point.rtol,
-        "atol": problem.atol(point.rtol),
-        "max_steps": preset.max_steps,
-    }
-
-
 def describe(point: OdePoint, problem, preset: OdePreset) -> dict[str, Any]:
     """The point's identity in extra_info: SCHEMA.md's keys plus the ODE ones."""
     hollow = isinstance(problem, HollowProblem)
-    spec = problem.spec if hollow else None
+    model = (
+        spec_info(problem.spec) if hollow else dict.fromkeys(("n_params", "flops", "model_spec"))
+    )
     return {
         "workload": "ode",
         "method": point.method,
@@ -257,10 +240,8 @@ def describe(point: OdePoint, problem, preset: OdePreset) -> dict[str, Any]:
         "k": 1,
         "n_probes": None,
         "mode": "eval",
+        **model,
         "dtype": "float64",
-        "n_params": spec.n_params if hollow else None,
-        "flops": spec.flops if hollow else None,
-        "model_spec": {"type": "HollowSpec", **asdict(spec)} if hollow else None,
         "problem": point.problem,
         "root_finder": point.root_finder,
         "reuse": point.reuse,

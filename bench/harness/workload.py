@@ -1,18 +1,16 @@
 """What every workload (divergence, ddim, cnf, ode, sde) declares, and how pytest runs it.
 
-A test module holds one ``WORKLOAD`` and a one-line test; ``bench/conftest.py`` asks the
-workload for its points (:meth:`Workload.points`: its axes and its presets, data under the
-names of ``bench.harness.grid.PRESETS``, resolved against the ``--bench-*`` settings), shards
-them, and parametrizes the test with each point's ``params`` under its ``id``; the ``point``
-fixture rebuilds the very same point from them, and :meth:`Workload.run` measures it through
-:meth:`~bench.harness.sweep.Sweep.run`, which records it. A point keeps one type from
-generation to the journal.
+A test module holds one ``WORKLOAD`` and a one-line test; ``bench/conftest.py`` parametrizes the
+test with the workload's points (:meth:`Workload.points`), the ``point`` fixture rebuilds each
+from its ``params`` and :meth:`Workload.run` measures it through ``Sweep.run``. A point keeps
+one type from generation to the journal.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 
@@ -35,17 +33,10 @@ class PointBase:
     def id(self) -> str:
         raise NotImplementedError
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> PointBase:
-        return cls(**{name: params[name] for name in cls.param_names()})
-
 
 class Workload:
     """One workload: ``name`` (extra_info's ``workload``), ``point_type``, ``presets`` (its
-    own grid and limits per preset name; None: the harness's own presets say it all), its
-    points for the settings (:meth:`points`), what cannot run here (:meth:`unavailable`), and
-    how one point is measured (:meth:`run`: build the task, check it, say its extra_info
-    keys)."""
+    own grid and limits per preset name; None: the harness's presets say it all)."""
 
     name: str
     point_type: type[PointBase]
@@ -56,8 +47,8 @@ class Workload:
         return self.presets[settings.preset.name]
 
     def points(self, settings, devices: dict[str, tuple[str, ...]]) -> list[PointBase]:
-        """Every point of this workload for ``settings`` on ``devices`` (backend -> devices):
-        each of :meth:`rows` on each device, in that order."""
+        """Every point for ``settings`` on ``devices`` (backend -> devices): each of
+        :meth:`rows` on each device, in that order."""
         return [
             self.point_type(backend, device, *row)
             for backend, backend_devices in devices.items()
@@ -66,13 +57,12 @@ class Workload:
         ]
 
     def rows(self, settings, backend: str) -> list[tuple]:
-        """The parameters after (backend, device) of every point for ``settings`` on
-        ``backend``."""
+        """The parameters after (backend, device) of every point on ``backend``."""
         raise NotImplementedError
 
     def point(self, params: dict[str, Any]) -> PointBase:
         """The point pytest's ``params`` (its parametrized names) stand for."""
-        return self.point_type.from_params(params)
+        return self.point_type(**{name: params[name] for name in self.point_type.param_names()})
 
     def unavailable(self, point: PointBase) -> str | None:
         """Why ``point`` cannot run here (a missing optional package), or None."""
@@ -80,3 +70,27 @@ class Workload:
 
     def run(self, sweep, benchmark, point: PointBase) -> None:
         raise NotImplementedError
+
+
+def backend_module(backend, name: str):
+    """``impls.<backend>_backend.<name>``; ImportError (a skipped point) without its packages."""
+    return importlib.import_module(f"impls.{backend.name}_backend.{name}")
+
+
+def spec_info(spec, nets: int = 1) -> dict[str, Any]:
+    """extra_info's dtype, n_params, flops and model_spec of ``nets`` models of ``spec``."""
+    return {
+        "dtype": spec.dtype,
+        "n_params": nets * spec.n_params,
+        "flops": nets * spec.flops,
+        "model_spec": {"type": type(spec).__name__, **asdict(spec)},
+    }
+
+
+def reference_backend(sweep, point: PointBase):
+    """Where a float64 reference is computed: torch on the point's device where installed
+    (eagerly: JAX would compile it first), else the point's own backend."""
+    try:
+        return sweep.backend("torch", point.device)
+    except (ImportError, ValueError):  # torch missing, or it cannot see this device
+        return sweep.backend(point.backend, point.device)

@@ -1,32 +1,25 @@
 """The SDE workload: the Fokker-Planck residual of a drift f and a diagonal diffusion g, both
-time-dependent HollowNets, against an Ornstein-Uhlenbeck target, by the hollow route
-(D_dim f, D_dim g, D_dim^2 g from the transformer alone) or the dense route (the same
-derivatives along each of the d basis directions), in both backends.
+time-dependent HollowNets, against an Ornstein-Uhlenbeck target, by the hollow route (D_dim f,
+D_dim g, D_dim^2 g from the transformer alone) or the dense route (the same derivatives along
+each of the d basis directions), in both backends (``impls.{torch,jax}_backend.sde``).
 
-mode "eval" times the residual (batch,) at sampled (t, x); mode "train" the Fokker-Planck-
-matching step: the mean squared residual, then the backward pass into both nets' parameters
-(the optimiser's elementwise update is left out, as in the other workloads' train mode).
-``impls.{torch,jax}_backend.sde`` computes everything; the harness (bench/harness/sweep.py)
-times it, compiles JAX apart and records every outcome. The error is max |r - r_ref| on the
-first ROWS rows against the float64 dense-route residual of the same (upcast) weights.
-
-The grid: routes x modes x d x batch, d per preset (``--bench-dims`` replaces it), batch from
-``--bench-batch`` / the preset; ``--bench-methods`` selects routes by their method (hollow ->
-"hollow", dense -> "dense_vectorized"); ``--bench-backends``, ``-devices``, ``-modes`` and
-``-shard`` apply as everywhere.
+mode "eval" times the residual (batch,); "train" the mean squared residual and the backward pass
+into both nets (no optimiser update, as in the other workloads). The error is max |r - r_ref|
+on the first ROWS rows against the float64 dense-route residual of the same (upcast) weights.
+``--bench-methods`` selects routes by method (hollow, dense_vectorized); ``--bench-dims``
+replaces the preset's d.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from bench.harness.operators import activations
 from bench.harness.sweep import Sweep, Task
-from bench.harness.workload import PointBase, Workload
+from bench.harness.workload import PointBase, Workload, backend_module, reference_backend, spec_info
 from impls import HollowSpec
 from impls.sde import ROUTE_METHODS, ROUTES, ou_process, training_batch
 
@@ -107,23 +100,14 @@ PRESETS = {
 # --- data, models, the timed task and its check ----------------------------------------------
 
 
-def data(point: SdePoint, target) -> tuple[np.ndarray, np.ndarray]:
-    """(t (batch,), x (batch, d)) float32: t uniform over the target's span, x ~ p_t."""
-    t, x = training_batch(target, point.batch, np.random.default_rng(DATA_SEED))
-    return t.astype("float32"), x.astype("float32")
-
-
-def _sde(backend):
-    return importlib.import_module(f"impls.{backend.name}_backend.sde")
-
-
 def make_task(sweep: Sweep, backend, point: SdePoint) -> Task:
     """The residual or training step to time; its check compares the residual it returns."""
-    spec, target = model_spec(point.d), ou_process(point.d)
+    spec, target, sde = model_spec(point.d), ou_process(point.d), backend_module(backend, "sde")
     drift, diffusion = (backend.build(spec, seed=seed) for seed in SEEDS.values())
-    t_np, x_np = data(point, target)
+    # t (batch,) uniform over the target's span, x (batch, d) ~ p_t
+    t_np, x_np = training_batch(target, point.batch, np.random.default_rng(DATA_SEED))
+    t_np, x_np = t_np.astype("float32"), x_np.astype("float32")
     args = (drift, diffusion, backend.asarray(t_np), backend.asarray(x_np))
-    sde = _sde(backend)
 
     def residual(drift, diffusion, t, x):
         return sde.fp_residual(drift, diffusion, target, t, x, route=point.route)
@@ -146,7 +130,7 @@ def make_task(sweep: Sweep, backend, point: SdePoint) -> Task:
     def check(out: Any, step) -> tuple[float, str]:
         ref = sweep.memo(
             ("sde-reference", point.d, point.batch),
-            lambda: reference(sweep, point, spec, target, t_np, x_np),
+            lambda: reference(reference_backend(sweep, point), spec, target, t_np, x_np),
         )
         got = backend.to_numpy(residual_of(out))[:ROWS].astype(np.float64)
         return float(np.abs(got - ref).max()), "max_abs"
@@ -154,19 +138,14 @@ def make_task(sweep: Sweep, backend, point: SdePoint) -> Task:
     return Task(fn, args, check)
 
 
-def reference(sweep: Sweep, point: SdePoint, spec, target, t_np, x_np) -> np.ndarray:
-    """The float64 dense-route residual at the first ROWS rows, from float64 copies of the very
-    same float32 weights (same spec and seeds give them in every backend), computed in torch
-    where installed (eagerly: JAX would compile it first)."""
-    try:
-        backend = sweep.backend("torch", point.device)
-    except (ImportError, ValueError):  # torch missing, or it cannot see this device
-        backend = sweep.backend(point.backend, point.device)
+def reference(backend, spec: HollowSpec, target, t_np, x_np) -> np.ndarray:
+    """The float64 dense-route residual (ROWS,) at the first ROWS rows, from float64 copies of
+    the very same float32 weights (same spec and seeds give them in every backend)."""
     drift, diffusion = (
         backend.astype(backend.build(spec, seed=seed), "float64") for seed in SEEDS.values()
     )
     t, x = (backend.asarray(a[:ROWS].astype(np.float64)) for a in (t_np, x_np))
-    sde = _sde(backend)
+    sde = backend_module(backend, "sde")
     r = sde.fp_residual(drift, diffusion, target, t, x, route="dense", chunk_size=REFERENCE_CHUNK)
     return backend.to_numpy(r).astype(np.float64)
 
@@ -193,10 +172,7 @@ def describe(point: SdePoint, spec: HollowSpec, target) -> dict[str, Any]:
         "k": 2,  # the highest derivative order the residual takes (D_dim^2 g)
         "n_probes": None,
         "mode": point.mode,
-        "dtype": spec.dtype,
-        "n_params": 2 * spec.n_params,  # drift and diffusion
-        "flops": 2 * spec.flops,
-        "model_spec": {"type": "HollowSpec", **asdict(spec)},
+        **spec_info(spec, nets=2),  # drift and diffusion
         "target": target.name,
         "t_span": list(target.t_span),
     }

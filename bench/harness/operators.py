@@ -1,30 +1,24 @@
 """The operator workloads, divergence and D_dim^k, as the harness times them.
 
-eval: the operator alone (torch under ``no_grad``). train, the *fair* step (``STEP``): f and the
-operator's values from one pass (``value_and_divergence`` / ``value_and_ddim``), the loss
-``mean(f^2) + sum(values)/batch`` (the mean divergence, or the mean of D_dim^k summed over
-dimensions), then the backward pass into every parameter (torch: grads set to None first, each
-call; JAX: ``value_and_grad``, jitted). No method calls ``net(x)`` a second time for the loss.
-
-Error figures are computed on the first ``ROWS`` rows of the batch against a float64 dense
-reference (``dense_vectorized`` on a float64 copy of the very same float32 weights, computed
-once per model and shared by every method, mode and backend): max |error| for exact methods,
-and for the stochastic ones (Hutchinson, Hutch++, XTrace, XDiag) the std across ``SEEDS`` probe
-seeds over the mean |exact value| (rel_std). Every point also records ``rel_error``, the timed
-call's mean |error| over the mean |exact value|, and the estimators their ``n_matvecs``.
+eval: the operator alone (no autograd graph). train, the *fair* step (``STEP``): f and the
+operator's values from one pass (``value_and_*``), the loss ``mean(f^2) + sum(values)/batch``,
+then the backward pass into every parameter; no method calls ``net(x)`` again for the loss.
+The error on the first ``ROWS`` rows is against a float64 dense reference of the same weights,
+shared by every method, mode and backend: max |error| for exact methods, and for stochastic
+ones the std across ``SEEDS`` probe seeds over the mean |exact value| (rel_std). Every point
+also records ``rel_error``, the timed call's mean |error| over the mean |exact value|.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from bench.harness.grid import Grid, Point, expand, variant_unavailable
 from bench.harness.sweep import Sweep, Task
-from bench.harness.workload import Workload
+from bench.harness.workload import Workload, reference_backend, spec_info
 from impls import (
     ESTIMATORS,
     STOCHASTIC_METHODS,
@@ -63,7 +57,25 @@ class OperatorWorkload(Workload):
         return variant_unavailable(point)
 
     def run(self, sweep: Sweep, benchmark, point: Point) -> None:
-        run_operator(sweep, benchmark, point)
+        backend = sweep.backend(point.backend, point.device)
+        spec = model_spec(point.model, point.d)
+        benchmark.group = f"{point.workload} d={point.d} b={point.batch} k={point.k} {point.mode}"
+        info = {
+            "workload": point.workload,
+            "method": point.method,
+            "variant": point.variant,
+            "model": point.model,
+            "d": point.d,
+            "batch": point.batch,
+            "k": point.k,
+            "n_probes": point.n_probes,
+            "n_matvecs": point.n_matvecs,
+            "mode": point.mode,
+            "step": STEP if point.mode == "train" else None,
+            **spec_info(spec),
+        }
+        task = lambda: make_task(sweep, backend, spec, point)  # noqa: E731
+        sweep.run(benchmark, backend, task, info, need_bytes=predict_bytes(spec, point))
 
 
 def model_spec(model: str, d: int) -> ModelSpec:
@@ -76,37 +88,6 @@ def model_spec(model: str, d: int) -> ModelSpec:
     if model == "mlp_flop_matched":
         return flop_matched_mlp(hollow)
     raise ValueError(f"unknown model {model!r}")
-
-
-def run_operator(sweep: Sweep, benchmark, point: Point) -> None:
-    """Benchmark ``point`` (a divergence or ddim point) through ``sweep.run``."""
-    backend = sweep.backend(point.backend, point.device)
-    spec = model_spec(point.model, point.d)
-    benchmark.group = f"{point.workload} d={point.d} b={point.batch} k={point.k} {point.mode}"
-    info = {
-        "workload": point.workload,
-        "method": point.method,
-        "variant": point.variant,
-        "model": point.model,
-        "d": point.d,
-        "batch": point.batch,
-        "k": point.k,
-        "n_probes": point.n_probes,
-        "n_matvecs": point.n_matvecs,
-        "mode": point.mode,
-        "step": STEP if point.mode == "train" else None,
-        "dtype": spec.dtype,
-        "n_params": spec.n_params,
-        "flops": spec.flops,
-        "model_spec": {"type": type(spec).__name__, **asdict(spec)},
-    }
-    sweep.run(
-        benchmark,
-        backend,
-        lambda: make_task(sweep, backend, spec, point),
-        info,
-        need_bytes=predict_bytes(spec, point),
-    )
 
 
 def data(batch: int, d: int, dtype: str) -> np.ndarray:
@@ -128,19 +109,16 @@ def make_task(sweep: Sweep, backend, spec: ModelSpec, point: Point) -> Task:
         info["rel_error"] = float(np.abs(got - exact).mean() / np.abs(exact).mean())
         if point.method not in STOCHASTIC_METHODS:
             return float(np.abs(got - exact).max()), "max_abs"
-        estimate = _seeded(backend, net, x, point, step, values_of)
-        return rel_std(sweep, backend, net, x_np, point, estimate)
+        return rel_std(sweep, backend, net, x, x_np, point, step, values_of)
 
     return Task(fn, args, check, info, variant=point.variant)
 
 
 def step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable]:
     """(fn, args, values_of_output): the point's step, to run as its variant, and how to find
-    the operator's values in its outputs. The probes' seed (JAX: a key) is an argument, so XLA
-    cannot fold the probes into constants; torch draws them from its global RNG.
-
-    eval: the operator alone, without an autograd graph. train: the loss, then the backward
-    pass into every parameter (outputs ``((loss, values), grads)``)."""
+    the operator's values in its outputs (train: ``((loss, values), grads)``). The probes'
+    seed (JAX: a key) is an argument, so XLA cannot fold the probes into constants; torch
+    draws them from its global RNG."""
     op = _operator(backend, point)
     args = (net, x, backend.random_opts(None) if point.method in STOCHASTIC_METHODS else {})
     if point.mode == "eval":
@@ -160,24 +138,6 @@ def step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable]:
     return backend.grad_step(loss), args, lambda out: out[0][1]
 
 
-def _seeded(backend, net, x, point: Point, step: Callable, values_of: Callable) -> Callable:
-    """seed -> the point's estimate at the first ROWS rows with that seed's probes.
-
-    Where a compiled step is pure (JAX), it reruns with the seed's key: any new function would
-    cost a fresh compilation. Elsewhere (torch) the estimator runs eagerly on those rows."""
-    if backend.pure_steps:
-        return lambda seed: backend.to_numpy(values_of(step(net, x, backend.random_opts(seed))))[
-            :ROWS
-        ]
-    op, rows = _operator(backend, point), x[:ROWS]
-
-    def estimate(seed: int) -> np.ndarray:
-        with backend.no_grad():
-            return backend.to_numpy(op(net, rows, **backend.random_opts(seed)))
-
-    return estimate
-
-
 def _operator(backend, point: Point, with_value: bool = False) -> Callable[..., Any]:
     """op(net, x, **extra) -> the point's values: (batch,) divergence or (batch, d) D_dim^k;
     ``with_value``: (f, values) from one pass."""
@@ -192,14 +152,21 @@ def _operator(backend, point: Point, with_value: bool = False) -> Callable[..., 
     return lambda net, x, **kw: fn(net, x, k=point.k, method=m, **opts, **kw)
 
 
-def rel_std(
-    sweep: Sweep, backend, net, x_np: np.ndarray, point: Point, estimate: Callable[[int], Any]
-) -> tuple[float, str]:
+def rel_std(sweep: Sweep, backend, net, x, x_np: np.ndarray, point: Point, step, values_of):
     """(std across SEEDS probe seeds, averaged over the first ROWS rows' entries, over the mean
-    |exact value|, "rel_std"). A property of the estimator, not of the mode: eval and train
-    points of one model, batch, method and budget share it."""
+    |exact value|, "rel_std"), once per estimator: eval and train points of one model, batch,
+    method and budget share it. Where a compiled step is pure (JAX), it reruns with each seed's
+    key (a new function would cost a fresh compilation); elsewhere (torch) the estimator runs
+    eagerly on those rows."""
     key = ("rel_std", backend.name, backend.device, net.spec, point.workload, point.batch,
            point.method, point.n_probes, point.n_matvecs)  # fmt: skip
+    op = _operator(backend, point)
+
+    def estimate(seed: int) -> np.ndarray:
+        if backend.pure_steps:
+            return backend.to_numpy(values_of(step(net, x, backend.random_opts(seed))))[:ROWS]
+        with backend.no_grad():
+            return backend.to_numpy(op(net, x[:ROWS], **backend.random_opts(seed)))
 
     def compute() -> float:
         estimates = np.stack([np.asarray(estimate(s), dtype=np.float64) for s in range(SEEDS)])
@@ -211,20 +178,10 @@ def rel_std(
 
 def _exact(sweep: Sweep, spec: ModelSpec, x_np: np.ndarray, point: Point) -> np.ndarray:
     """The float64 reference values of ``point`` at the first ROWS rows: (ROWS,) or (ROWS, d).
-
-    Same spec and seed give the same weights in every backend, so one reference per model
-    serves all; torch computes it where installed (eagerly: JAX would compile it first).
-    """
+    Same spec and seed give the same weights in every backend: one reference per model."""
     key = ("reference", spec, point.batch, point.k)
-    ref = sweep.memo(key, lambda: reference(_reference_backend(sweep, point), spec, x_np, point.k))
+    ref = sweep.memo(key, lambda: reference(reference_backend(sweep, point), spec, x_np, point.k))
     return ref.sum(-1) if point.workload == "divergence" else ref
-
-
-def _reference_backend(sweep: Sweep, point: Point):
-    try:
-        return sweep.backend("torch", point.device)
-    except (ImportError, ValueError):  # torch missing, or it cannot see this device
-        return sweep.backend(point.backend, point.device)
 
 
 def reference(backend, spec: ModelSpec, x_np: np.ndarray, k: int) -> np.ndarray:
@@ -249,17 +206,12 @@ def activations(spec: ModelSpec) -> int:
 
 
 def predict_bytes(spec: ModelSpec, point: Point) -> int:
-    """A rough estimate of the memory ``point`` needs, to skip points that cannot fit: a guard
-    against hopeless points, not a measurement. On the CPU it reads 1-3x XLA's own analysis
-    of the JAX points and 1-2x torch's growth of the resident set (HollowNet, d=64-128).
-
-    One forward pass keeps ``A = batch * activations * itemsize``. The hollow methods add
-    their k derivative passes, Hutchinson its probes' passes; dense_vectorized pushes d
-    directions at once, each with 2^k Taylor components. dense_loop keeps one graph in eval,
-    but in train mode each of the d outputs' backward graphs stays alive for the final
-    backward. Training doubles the live set otherwise, and triples the parameters (weights,
-    gradients, transient copies).
-    """
+    """A rough estimate of the bytes ``point`` needs, to skip hopeless points (on the CPU it
+    reads 1-3x XLA's own analysis of the JAX points and 1-2x torch's growth of the resident
+    set; HollowNet, d=64-128). A forward pass keeps ``batch * activations * itemsize``; the
+    methods keep that many passes (dense_vectorized: d directions with 2^k Taylor components
+    each), dense_loop in train mode all d outputs' backward graphs. Training doubles the live
+    set otherwise, and triples the parameters (weights, gradients, transient copies)."""
     item = 8 if spec.dtype == "float64" else 4
     act = point.batch * activations(spec) * item
     train = point.mode == "train"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import importlib.metadata
 import itertools
 import os
@@ -20,6 +21,7 @@ from typing import Any
 from bench.schema import CONDITION_KEYS
 
 POWER_SAMPLE_S = 0.01
+VERSIONS = ("torch", "jax", "jaxlib", "equinox", "numpy", "pytest_benchmark")  # distributions
 
 
 def _version(dist: str) -> str | None:
@@ -31,14 +33,7 @@ def _version(dist: str) -> str | None:
 
 def cpu_name() -> str:
     """The CPU model string (``model name`` in /proc/cpuinfo on Linux)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine()
 
 
 def machine_info() -> dict[str, Any]:
@@ -50,12 +45,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "load_avg": load_avg(),
         "python": platform.python_version(),
-        "torch": _version("torch"),
-        "jax": _version("jax"),
-        "jaxlib": _version("jaxlib"),
-        "equinox": _version("equinox"),
-        "numpy": _version("numpy"),
-        "pytest_benchmark": _version("pytest-benchmark"),
+        **{name: _version(name.replace("_", "-")) for name in VERSIONS},
         "cuda": getattr(getattr(torch, "version", None), "cuda", None),
         "torch_num_threads": torch.get_num_threads() if torch else None,
         "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
@@ -94,39 +84,33 @@ class _Nvml:
 
     def call(self, name: str, *args):
         """``pynvml.<name>(*args)``, or None when NVML or the query is unsupported."""
-        if self.lib is None:
-            return None
         try:
             return getattr(self.lib, name)(*args)
-        except Exception:
+        except Exception:  # no NVML (lib None) raises AttributeError
             return None
 
     def gpus(self) -> list[dict[str, Any]]:
         lib = self.lib
         if lib is None:
             return []
-        driver = self.call("nvmlSystemGetDriverVersion")
+        driver = _text(self.call("nvmlSystemGetDriverVersion"))
         out = []
         for index in range(self.call("nvmlDeviceGetCount") or 0):
             h = lib.nvmlDeviceGetHandleByIndex(index)
             memory = self.call("nvmlDeviceGetMemoryInfo", h)
             limit_mw = self.call("nvmlDeviceGetEnforcedPowerLimit", h)
-            out.append(
-                {
-                    "index": index,
-                    "name": _text(self.call("nvmlDeviceGetName", h)),
-                    "uuid": _text(self.call("nvmlDeviceGetUUID", h)),
-                    "driver": _text(driver),
-                    "memory_total_bytes": memory.total if memory else None,
-                    "sm_clock_max_mhz": self.call(
-                        "nvmlDeviceGetMaxClockInfo", h, lib.NVML_CLOCK_SM
-                    ),
-                    "mem_clock_max_mhz": self.call(
-                        "nvmlDeviceGetMaxClockInfo", h, lib.NVML_CLOCK_MEM
-                    ),
-                    "power_limit_w": limit_mw / 1000 if limit_mw else None,
-                }
-            )
+            max_clock = functools.partial(self.call, "nvmlDeviceGetMaxClockInfo", h)
+            gpu = {
+                "index": index,
+                "name": _text(self.call("nvmlDeviceGetName", h)),
+                "uuid": _text(self.call("nvmlDeviceGetUUID", h)),
+                "driver": driver,
+                "memory_total_bytes": memory.total if memory else None,
+                "sm_clock_max_mhz": max_clock(lib.NVML_CLOCK_SM),
+                "mem_clock_max_mhz": max_clock(lib.NVML_CLOCK_MEM),
+                "power_limit_w": limit_mw / 1000 if limit_mw else None,
+            }
+            out.append(gpu)
         return out
 
     def handle(self, device: str):
@@ -206,33 +190,28 @@ class EnergyMeter:
             self._stop.wait(POWER_SAMPLE_S)
 
 
-def _proc_status_bytes(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+def _proc_field(path: str, key: str) -> str | None:
+    """The value of a ``key: value`` line of a /proc file; None where there is none (not Linux)."""
+    with contextlib.suppress(OSError), open(path) as fh:
+        for line in fh:
+            name, _, value = line.partition(":")
+            if name.strip() == key:
+                return value.strip()
     return None
 
 
-def _malloc_trim() -> None:
-    """Hand the heap's free pages back to the OS (glibc), so that a point's allocations show
-    up as RSS growth instead of silently reusing what earlier points freed."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL(None).malloc_trim(0)
+def _proc_bytes(path: str, key: str) -> int | None:
+    """A ``key: N kB`` field of a /proc file, in bytes."""
+    value = _proc_field(path, key)
+    return int(value.split()[0]) * 1024 if value else None
 
 
 class PeakMemory:
-    """Peak memory between :meth:`start` and :meth:`stop`.
-
-    Where the backend tracks its device (torch on CUDA: ``torch.cuda.max_memory_allocated``
-    after a reset), its figure. Else: growth of the peak resident set over the resident set at
-    start (Linux resets the peak through /proc/self/clear_refs), after glibc's malloc_trim
-    returns freed heap to the OS; memory the allocator still holds is reused unseen, so this
-    can under-read. JAX points use XLA's own memory analysis (see Sweep).
-    """
+    """Peak memory between :meth:`start` and :meth:`stop`: the backend's own figure where it
+    tracks its device (torch on CUDA), else the growth of the peak resident set over the
+    resident set at start (Linux resets the peak through /proc/self/clear_refs), after
+    malloc_trim; memory the allocator still holds is reused unseen, so this can under-read.
+    JAX points use XLA's own memory analysis (see Sweep)."""
 
     def __init__(self, backend):
         self._backend = backend
@@ -243,18 +222,21 @@ class PeakMemory:
         self._tracked = self._backend.reset_peak_memory()
         if self._tracked:
             return
-        _malloc_trim()
+        # glibc hands the heap's free pages back to the OS, so that a point's allocations
+        # show up as RSS growth instead of silently reusing what earlier points freed.
+        with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+            ctypes.CDLL(None).malloc_trim(0)
         try:
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")
-            self._base = _proc_status_bytes("VmRSS")
+            self._base = _proc_bytes("/proc/self/status", "VmRSS")
         except OSError:
             self._base = None
 
     def stop(self) -> tuple[int | None, str | None]:
         if self._tracked:
             return self._backend.peak_memory()
-        peak = _proc_status_bytes("VmHWM")
+        peak = _proc_bytes("/proc/self/status", "VmHWM")
         if self._base is None or peak is None:
             return None, None
         return max(peak - self._base, 0), "rss_growth"
@@ -268,21 +250,11 @@ def available_bytes(backend) -> tuple[int | None, str]:
     if backend.device.startswith("cuda"):
         info = NVML.call("nvmlDeviceGetMemoryInfo", NVML.handle(backend.device))
         return (info.free if info else None), "nvml"
-    return _proc_meminfo_available(), "MemAvailable"
-
-
-def _proc_meminfo_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return None
+    available = _proc_bytes("/proc/meminfo", "MemAvailable")
+    if available is None:
+        with contextlib.suppress(ValueError, OSError):
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return available, "MemAvailable"
 
 
 def device_name(backend) -> str:

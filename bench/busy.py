@@ -26,7 +26,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BUSY_LOOP = "while True: pass"
-DESCRIPTION = "Time a pytest bench selection beside a busy loop and without one."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,28 +118,18 @@ def _report(condition: str, runs: list[dict], within: float) -> int:
             medians.append(p["median_ms"])
             if not p["noisy"]:
                 clean.append(p["median_ms"])
-        spread = _spread(medians)
-        clean_spread = _spread(clean)
-        ok = len(clean) < 2 or clean_spread <= within
+        ok = len(clean) < 2 or _spread(clean) <= within
         broken += not ok
         verdict = "ok" if ok else f"BROKEN: clean runs differ by more than {within:g}x"
-        print(
-            f"| {_short(name)} | "
-            + " | ".join(cells)
-            + f" | {spread:.2f}x | "
-            + (f"{clean_spread:.2f}x" if len(clean) > 1 else f"{len(clean)} clean")
-            + f" | {verdict} |"
-        )
+        cells += [f"{_spread(medians):.2f}x"]
+        cells += [f"{_spread(clean):.2f}x" if len(clean) > 1 else f"{len(clean)} clean", verdict]
+        print(f"| {name.split('[', 1)[-1].rstrip(']')} | {' | '.join(cells)} |")
     print()
     return broken
 
 
 def _spread(values: list[float]) -> float:
     return max(values) / min(values) if len(values) > 1 and min(values) > 0 else float("nan")
-
-
-def _short(name: str) -> str:
-    return name.split("[", 1)[-1].rstrip("]")
 
 
 if __name__ == "__main__":

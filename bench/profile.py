@@ -4,16 +4,11 @@
         --methods hollow,hutchinson --mode train --out profiles/
 
 For each backend, variant, method and d it builds the very step ``pytest bench`` times
-(bench/harness/operators.py; ``hutchinson`` on the FLOP-matched MLP, the hollow methods on the
-HollowNet) and records:
-
-- wall ms per call, and from NVML the joules per call, mean power and GPU utilisation;
-- the top kernels (GPU) or ops (CPU) by time per call, from torch.profiler or jax.profiler,
-  and ``busy``: their summed time over the wall time. Far below 1 means the device waits on
-  the host (launch-bound); near 1 means the kernels themselves are the cost;
-- for JAX, XLA's cost analysis of the compiled step: FLOPs and bytes accessed per call.
-
-It writes ``profile.json`` (every figure) and ``profile.md`` (one table per step) to --out.
+(``hutchinson`` on the FLOP-matched MLP, the hollow methods on the HollowNet) and writes to
+--out ``profile.json`` and ``profile.md``: wall ms, NVML joules, power and utilisation per call;
+the top kernels (GPU) or ops (CPU) from torch.profiler or jax.profiler and ``busy``, their
+summed time over the wall time (far below 1: the device waits on the host); for JAX, XLA's
+cost analysis (FLOPs and bytes accessed per call).
 """
 
 from __future__ import annotations
@@ -118,13 +113,13 @@ def _points(backend, args) -> list[Point]:
     variants = [v for v in backend.variants if v in args.variants]
     if args.device == "cpu":  # GPU-only variants (the fused ones' interpreters are for tests)
         variants = [v for v in variants if v != "cudagraph" and v not in FUSED_VARIANTS]
+    ks = [1] if args.workload == "divergence" else args.k
     points = []
     for variant in variants or [backend.default_variant]:
         for method in args.methods:
             model = "mlp_flop_matched" if method == "hutchinson" else "hollownet"
             probes = 1 if method == "hutchinson" else None
             budget = ESTIMATOR_BUDGET if method in ESTIMATORS else None
-            ks = [1] if args.workload == "divergence" else args.k
             for d, k in itertools.product(args.dims, ks):
                 where = (backend.name, args.device, method, model, d, args.batch, k, args.mode)
                 point = Point(args.workload, *where, probes, variant, budget)

@@ -16,13 +16,10 @@ from typing import Any
 
 def journal_path(explicit: str | None, json_file: Any, rootdir: Path, cwd: Path) -> Path:
     """The journal's absolute path: ``--bench-journal`` if given; else beside
-    ``--benchmark-json`` (``out.json`` -> ``out.journal.jsonl``); else
+    ``--benchmark-json`` (``out.json`` -> ``out.journal.jsonl``; ``json_file`` is an open file
+    up to pytest-benchmark 5.2, then a Path, or a str); else
     ``<rootdir>/.benchmarks/hollowbench-<UTC time>.journal.jsonl``. Relative paths are taken
-    from ``cwd``, pytest's invocation directory, as pytest-benchmark takes its JSON's.
-
-    ``json_file`` is ``--benchmark-json`` as pytest-benchmark hands it over: an open file
-    (5.2 and older), a ``pathlib.Path`` (5.3 on) or a ``str``; None when not given.
-    """
+    from ``cwd``, pytest's invocation directory, as pytest-benchmark takes its JSON's."""
     if explicit:
         return (cwd / explicit).absolute()
     if json_file is not None:
@@ -35,10 +32,6 @@ def journal_path(explicit: str | None, json_file: Any, rootdir: Path, cwd: Path)
 def _jsonable(value: Any) -> Any:
     item = getattr(value, "item", None)  # numpy / JAX / torch scalars
     return item() if callable(item) else str(value)
-
-
-def dumps(record: dict[str, Any]) -> str:
-    return json.dumps(record, default=_jsonable)
 
 
 class Journal:
@@ -54,13 +47,13 @@ class Journal:
     def append(self, record: dict[str, Any]) -> None:
         if not self._session_written:
             self._session_written = True
-            session = {"kind": "session", "started": self._started}
-            self._write(dict(session, machine_info=self._machine_info()))
+            machine = self._machine_info()
+            self._write({"kind": "session", "started": self._started, "machine_info": machine})
         self._write(record)
 
     def _write(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = (dumps(record) + "\n").encode()
+        line = (json.dumps(record, default=_jsonable) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)

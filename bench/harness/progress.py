@@ -33,15 +33,9 @@ class Progress:
         now = self._clock()
         if self.done >= self.total or now - self._last >= self._every:
             self._last = now
-            self._write(self.line(now))
-
-    def line(self, now: float | None = None) -> str:
-        elapsed = (self._clock() if now is None else now) - self._start
-        left = max(self.total - self.done, 0)
-        eta = elapsed / self.done * left if self.done else float("nan")
-        pct = 100 * self.done / self.total if self.total else 100
-        eta_text = _clock(eta) if self.done else "?"
-        return (
-            f"[hollowbench] {self.done}/{self.total} points ({pct:.0f}%), "
-            f"{_clock(elapsed)} elapsed, ETA {eta_text}"
-        )
+            elapsed, left = now - self._start, max(self.total - self.done, 0)
+            pct = 100 * self.done / self.total if self.total else 100
+            self._write(
+                f"[hollowbench] {self.done}/{self.total} points ({pct:.0f}%), "
+                f"{_clock(elapsed)} elapsed, ETA {_clock(elapsed / self.done * left)}"
+            )

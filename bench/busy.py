@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.harness.telemetry import load_avg
 
 ROOT = Path(__file__).resolve().parents[1]
 BUSY_LOOP = "while True: pass"
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     for condition in runs:
         for i in range(1, args.runs + 1):
             path = out / f"{condition}-{i}.json"
-            load = _load()
+            load = ", ".join(f"{v:.2f}" for v in load_avg() or ()) or "n/a"
             seconds = _run(args.expr, path, args.pytest_args, busy=condition == "busy")
             runs[condition].append({"load": load, "seconds": seconds, "points": _points(path)})
             print(f"{condition} run {i}: load average {load} before, {seconds:.0f} s", flush=True)
@@ -52,13 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     failed = sum(_report(condition, done, args.within) for condition, done in runs.items())
     print(f"JSON files: {out}")
     return 1 if failed else 0
-
-
-def _load() -> str:
-    try:
-        return ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def _run(expr: str, path: Path, extra: list[str], *, busy: bool) -> float:

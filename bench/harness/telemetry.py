@@ -16,6 +16,7 @@ import platform
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.schema import CONDITION_KEYS
@@ -118,9 +119,10 @@ class _Nvml:
         if self.lib is None or not device.startswith("cuda:"):
             return None
         ordinal = int(device.removeprefix("cuda:"))
-        uuid = _torch_uuid(ordinal)
-        if uuid:
-            return self.call("nvmlDeviceGetHandleByUUID", uuid)
+        # CUDA may order devices unlike NVML; torch knows each one's UUID, NVML finds it by UUID.
+        with contextlib.suppress(Exception):  # no torch, or it cannot see the device
+            uuid = str(sys.modules["torch"].cuda.get_device_properties(ordinal).uuid)
+            return self.call("nvmlDeviceGetHandleByUUID", f"GPU-{uuid.removeprefix('GPU-')}")
         visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
         entry = visible[ordinal] if ordinal < len(visible) and visible[ordinal] else str(ordinal)
         if entry.isdigit():
@@ -130,16 +132,6 @@ class _Nvml:
 
 def _text(value) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _torch_uuid(ordinal: int) -> str | None:
-    # CUDA may order devices unlike NVML; torch knows each one's UUID, NVML finds it by UUID.
-    torch = sys.modules.get("torch")
-    try:
-        uuid = str(torch.cuda.get_device_properties(ordinal).uuid)
-    except Exception:
-        return None
-    return uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
 
 
 NVML = _Nvml()
@@ -214,9 +206,7 @@ class PeakMemory:
     JAX points use XLA's own memory analysis (see Sweep)."""
 
     def __init__(self, backend):
-        self._backend = backend
-        self._tracked = False
-        self._base: int | None = None
+        self._backend, self._tracked, self._base = backend, False, None
 
     def start(self) -> None:
         self._tracked = self._backend.reset_peak_memory()
@@ -226,12 +216,10 @@ class PeakMemory:
         # show up as RSS growth instead of silently reusing what earlier points freed.
         with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
             ctypes.CDLL(None).malloc_trim(0)
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
+        self._base = None
+        with contextlib.suppress(OSError):  # "5" resets the peak (Linux)
+            Path("/proc/self/clear_refs").write_text("5")
             self._base = _proc_bytes("/proc/self/status", "VmRSS")
-        except OSError:
-            self._base = None
 
     def stop(self) -> tuple[int | None, str | None]:
         if self._tracked:

@@ -1,16 +1,12 @@
 """Does timing hold up on a busy machine? ``python -m bench.busy``
 
-Runs one ``pytest bench -k EXPR`` selection ``--runs`` times beside a busy-loop process (started
-and ended here), then ``--runs`` times without it, and prints, per point, each run's median,
-rounds and noise flag, and the spread of the medians across runs: max over min over all runs,
-and over the runs not flagged noisy. The harness's promise (bench/harness/timing.py): a point's
-clean medians agree within ``--within`` (1.5x); a run that strays is flagged noisy.
+Runs one ``pytest bench -k EXPR`` selection ``--runs`` times beside a busy-loop process, then
+without it, and prints per point each run's median, rounds and noise flag, and the spread of
+the medians (max over min) over all runs and over those not flagged noisy. The harness's
+promise (bench/harness/timing.py): clean medians agree within ``--within`` (1.5x). "Quiet"
+means without our busy loop, not an idle machine: each run's load average is printed.
 
-    python -m bench.busy -k "test_divergence and torch and d8 and eval"
     python -m bench.busy -k "..." --runs 3 --out busy/ -- --bench-backends torch
-
-"Quiet" means without our busy loop, not an idle machine: the load average before each run is
-printed, so a reader can tell.
 """
 
 from __future__ import annotations

@@ -3,12 +3,9 @@
     python -m bench.profile --backends torch,jax --device cuda:0 --dims 128,4096 \\
         --methods hollow,hutchinson --mode train --out profiles/
 
-For each backend, variant, method and d it builds the very step ``pytest bench`` times
-(``hutchinson`` on the FLOP-matched MLP, the hollow methods on the HollowNet) and writes to
---out ``profile.json`` and ``profile.md``: wall ms, NVML joules, power and utilisation per call;
-the top kernels (GPU) or ops (CPU) from torch.profiler or jax.profiler and ``busy``, their
-summed time over the wall time (far below 1: the device waits on the host); for JAX, XLA's
-cost analysis (FLOPs and bytes accessed per call).
+Writes ``profile.json`` and ``profile.md`` to --out: per step, wall ms, NVML joules, power and
+utilisation per call; the top kernels (GPU) or ops (CPU) and ``busy``, their summed time over
+the wall time (far below 1: the device waits on the host); for JAX, XLA's cost analysis.
 """
 
 from __future__ import annotations

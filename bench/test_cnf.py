@@ -1,15 +1,12 @@
 """The CNF workload: FFJORD-style flows whose divergence is exact (``hollow`` on the HollowNet,
 ``dense_vectorized``, ``dense_loop``) or a Hutchinson / Hutch++ estimate, trained in both
-backends (``impls.{torch,jax}_backend.cnf``; dopri5 at rtol = atol = 1e-5, gradients through the
-solver's steps, ``impls.cnf.flow_spec`` as the dynamics, float32).
+backends (``impls.{torch,jax}_backend.cnf``; dopri5 at rtol = atol = 1e-5, float32).
 
-``cnf_item`` "iteration": the timed call is one training iteration, forward solve and backward
-(no optimizer update, so every round solves the same problem). "budget" (paper, full): train
-for the preset's ``budget_s`` (env ``HOLLOWBENCH_CNF_BUDGET_S`` overrides; JAX compiles off the
-clock), then time the held-out evaluation and record the exact held-out NLL. Both time that
-evaluation (``loglik_eval_ms``) and, for a stochastic trace, record the spread of its estimate
-across ``SEEDS`` probe seeds (its rel_std is the error). ``quick`` is a ~45 s taste on a 2-core
-CPU: every JAX point pays ~15 s of compilation (diffrax's reverse mode).
+``cnf_item`` "iteration" times one training iteration, forward solve and backward (no optimizer
+update, so every round solves the same problem); "budget" (paper, full) trains for ``budget_s``
+(env ``HOLLOWBENCH_CNF_BUDGET_S`` overrides), then times the held-out evaluation and records the
+exact held-out NLL. Both record the held-out log-likelihood's evaluation time and, for a
+stochastic trace, its spread across ``SEEDS`` probe seeds (rel_std: the error).
 """
 
 from __future__ import annotations

@@ -3,9 +3,7 @@ Newton (dense autodiff Jacobian + LU) or Jacobi-Newton (the Jacobian diagonal: a
 classic problems, the hollow operator for the HollowNet system), or diffrax's Kvaerno5.
 
 Each point times whole solves of one problem (``impls.{torch,jax}_backend.stiff``) and records
-the solver's counters (ODE_KEYS, bench/SCHEMA.md) and the final state's error against scipy at
-rtol 1e-10 (Radau; BDF for the HollowNet system). ``quick`` is a ~30 s taste on a CPU,
-``paper`` the Jacobi-Newton table, work-precision, d and stiffness sweeps, ``full`` everything.
+the solver's counters (ODE_KEYS) and the final state's error against scipy at rtol 1e-10.
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """The SDE workload: the Fokker-Planck residual of a drift f and a diagonal diffusion g, both
 time-dependent HollowNets, against an Ornstein-Uhlenbeck target, by the hollow route (D_dim f,
-D_dim g, D_dim^2 g from the transformer alone) or the dense route (the same derivatives along
-each of the d basis directions), in both backends (``impls.{torch,jax}_backend.sde``).
-
-mode "eval" times the residual (batch,); "train" the mean squared residual and the backward pass
-into both nets (no optimiser update, as in the other workloads). The error is max |r - r_ref|
-on the first ROWS rows against the float64 dense-route residual of the same (upcast) weights.
-``--bench-methods`` selects routes by method (hollow, dense_vectorized); ``--bench-dims``
-replaces the preset's d.
+D_dim g, D_dim^2 g from the transformer alone) or the dense route (along each of the d basis
+directions), in both backends (``impls.{torch,jax}_backend.sde``). mode "eval" times the
+residual (batch,); "train" the mean squared residual and the backward pass into both nets (no
+optimiser update, as elsewhere). The error is max |r - r_ref| on the first ROWS rows against
+the float64 dense-route residual. ``--bench-methods`` selects routes by their method.
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
 """The operator workloads, divergence and D_dim^k, as the harness times them.
 
-eval: the operator alone (no autograd graph). train, the *fair* step (``STEP``): f and the
-operator's values from one pass (``value_and_*``), the loss ``mean(f^2) + sum(values)/batch``,
-then the backward pass into every parameter; no method calls ``net(x)`` again for the loss.
-The error on the first ``ROWS`` rows is against a float64 dense reference of the same weights,
-shared by every method, mode and backend: max |error| for exact methods, and for stochastic
-ones the std across ``SEEDS`` probe seeds over the mean |exact value| (rel_std). Every point
-also records ``rel_error``, the timed call's mean |error| over the mean |exact value|.
+eval: the operator alone. train, the *fair* step (``STEP``): f and the operator's values from
+one pass (``value_and_*``), the loss ``mean(f^2) + sum(values)/batch``, then the backward pass.
+The error on the first ``ROWS`` rows is against a float64 dense reference of the same weights:
+max |error| for exact methods, for stochastic ones the std across ``SEEDS`` probe seeds over
+the mean |exact value| (rel_std); ``rel_error`` is the timed call's mean |error| over that.
 """
 
 from __future__ import annotations

@@ -223,37 +223,6 @@ def make_task(sweep: Sweep, backend, point: OdePoint, preset: OdePreset) -> Task
     return Task(fn, args, check, measure=measure)
 
 
-def describe(point: OdePoint, problem, preset: OdePreset) -> dict[str, Any]:
-    """The point's identity in extra_info: SCHEMA.md's keys plus the ODE ones."""
-    hollow = isinstance(problem, HollowProblem)
-    model = (
-        spec_info(problem.spec) if hollow else dict.fromkeys(("n_params", "flops", "model_spec"))
-    )
-    return {
-        "workload": "ode",
-        "method": point.method,
-        "model": "hollownet" if hollow else None,
-        "d": point.d,
-        "batch": BATCH,
-        "k": 1,
-        "n_probes": None,
-        "mode": "eval",
-        **model,
-        "dtype": "float64",
-        "problem": point.problem,
-        "root_finder": point.root_finder,
-        "reuse": point.reuse,
-        "stepper": point.method,
-        "adaptive": True,
-        "rtol": point.rtol,
-        "atol": problem.atol(point.rtol),
-        "t1": problem.t_span[1],
-        "stiffness": problem.stiffness if hollow else None,
-        "max_steps": preset.max_steps,
-        "reference": f"scipy {'BDF' if hollow else 'Radau'} rtol=1e-10",
-    }
-
-
 class OdeWorkload(Workload):
     name, point_type, presets = "ode", OdePoint, PRESETS
 
@@ -264,7 +233,32 @@ class OdeWorkload(Workload):
     def run(self, sweep: Sweep, benchmark, point: OdePoint) -> None:
         preset = self.preset(sweep.settings)
         backend = sweep.backend(point.backend, point.device)
-        info = describe(point, build_problem(point, preset), preset) | dict.fromkeys(ODE_KEYS)
+        problem = build_problem(point, preset)
+        hollow = isinstance(problem, HollowProblem)
+        model = dict.fromkeys(("n_params", "flops", "model_spec"))
+        info = {
+            "workload": "ode",
+            "method": point.method,
+            "model": "hollownet" if hollow else None,
+            "d": point.d,
+            "batch": BATCH,
+            "k": 1,
+            "n_probes": None,
+            "mode": "eval",
+            **(spec_info(problem.spec) if hollow else model),
+            "dtype": "float64",
+            "problem": point.problem,
+            "root_finder": point.root_finder,
+            "reuse": point.reuse,
+            "stepper": point.method,
+            "adaptive": True,
+            "rtol": point.rtol,
+            "atol": problem.atol(point.rtol),
+            "t1": problem.t_span[1],
+            "stiffness": problem.stiffness if hollow else None,
+            "max_steps": preset.max_steps,
+            "reference": f"scipy {'BDF' if hollow else 'Radau'} rtol=1e-10",
+        } | dict.fromkeys(ODE_KEYS)
         benchmark.group = f"ode {point.problem} d={point.d} {point.method} rtol={point.rtol:.0e}"
         sweep.run(benchmark, backend, lambda: make_task(sweep, backend, point, preset), info)
 

@@ -157,24 +157,6 @@ def predict_bytes(spec: HollowSpec, point: SdePoint) -> int:
     return 2 * (spec.n_params * 4 * (1 + 2 * (train - 1)) + passes * act * train)
 
 
-def describe(point: SdePoint, spec: HollowSpec, target) -> dict[str, Any]:
-    """The point's identity in extra_info: SCHEMA.md's keys plus the SDE ones."""
-    return {
-        "workload": "sde",
-        "method": point.method,
-        "route": point.route,
-        "model": "hollownet",
-        "d": point.d,
-        "batch": point.batch,
-        "k": 2,  # the highest derivative order the residual takes (D_dim^2 g)
-        "n_probes": None,
-        "mode": point.mode,
-        **spec_info(spec, nets=2),  # drift and diffusion
-        "target": target.name,
-        "t_span": list(target.t_span),
-    }
-
-
 class SdeWorkload(Workload):
     name, point_type, presets = "sde", SdePoint, PRESETS
 
@@ -183,15 +165,24 @@ class SdeWorkload(Workload):
 
     def run(self, sweep: Sweep, benchmark, point: SdePoint) -> None:
         backend = sweep.backend(point.backend, point.device)
-        spec = model_spec(point.d)
+        spec, target = model_spec(point.d), ou_process(point.d)
+        info = {
+            "workload": "sde",
+            "method": point.method,
+            "route": point.route,
+            "model": "hollownet",
+            "d": point.d,
+            "batch": point.batch,
+            "k": 2,  # the highest derivative order the residual takes (D_dim^2 g)
+            "n_probes": None,
+            "mode": point.mode,
+            **spec_info(spec, nets=2),  # drift and diffusion
+            "target": target.name,
+            "t_span": list(target.t_span),
+        }
         benchmark.group = f"sde d={point.d} b={point.batch} {point.mode}"
-        sweep.run(
-            benchmark,
-            backend,
-            lambda: make_task(sweep, backend, point),
-            describe(point, spec, ou_process(point.d)),
-            need_bytes=predict_bytes(spec, point),
-        )
+        task = lambda: make_task(sweep, backend, point)  # noqa: E731
+        sweep.run(benchmark, backend, task, info, need_bytes=predict_bytes(spec, point))
 
 
 WORKLOAD = SdeWorkload()

@@ -74,13 +74,11 @@ class _Nvml:
     def lib(self):
         if not self._tried:
             self._tried = True
-            try:
+            with contextlib.suppress(Exception):  # not installed, no driver, no GPU: no NVML
                 import pynvml
 
                 pynvml.nvmlInit()
                 self._lib = pynvml
-            except Exception:  # not installed, no driver, no GPU: all mean "no NVML"
-                self._lib = None
         return self._lib
 
     def call(self, name: str, *args):
@@ -91,12 +89,9 @@ class _Nvml:
             return None
 
     def gpus(self) -> list[dict[str, Any]]:
-        lib = self.lib
-        if lib is None:
-            return []
-        driver = _text(self.call("nvmlSystemGetDriverVersion"))
+        lib, driver = self.lib, _text(self.call("nvmlSystemGetDriverVersion"))
         out = []
-        for index in range(self.call("nvmlDeviceGetCount") or 0):
+        for index in range(self.call("nvmlDeviceGetCount") or 0):  # none without NVML
             h = lib.nvmlDeviceGetHandleByIndex(index)
             memory = self.call("nvmlDeviceGetMemoryInfo", h)
             limit_mw = self.call("nvmlDeviceGetEnforcedPowerLimit", h)

@@ -45,9 +45,8 @@ NEEDS = {"torch": ("torchdiffeq",), "jax": ("diffrax", "optax"), "digits": ("skl
 
 @dataclass(frozen=True)
 class CnfPoint(PointBase):
-    """One CNF point: ``item`` ("iteration" or "budget") of a flow on ``dataset`` (dimension
-    ``d``) whose divergence is ``method`` (``n_probes`` for Hutchinson), on batches of
-    ``batch``."""
+    """``item`` ("iteration" or "budget") of a flow on ``dataset`` (dimension ``d``) whose
+    divergence is ``method`` (``n_probes`` for Hutchinson), on batches of ``batch``."""
 
     backend: str
     device: str

@@ -54,10 +54,9 @@ def model_spec(d: int) -> HollowSpec:
 
 @dataclass(frozen=True)
 class SdePreset:
-    """A preset's SDE grid: its dimensions (``--bench-dims`` replaces them), the largest d at
-    which the dense route runs in (eval, train) mode (it costs d directional passes of both
-    nets, second order for g), its own batches (None: the harness preset's; ``--bench-batch``
-    replaces either) and the only dimensions of its own that run train mode (None: all)."""
+    """A preset's SDE grid: its dimensions (``--bench-dims`` replaces them), the largest d of
+    the dense route (d second-order passes) in (eval, train) mode, its batches (None: the
+    harness preset's; ``--bench-batch`` replaces either) and its train-mode d (None: all)."""
 
     dims: tuple[int, ...]
     dense_max_d: tuple[int, int]

@@ -151,11 +151,9 @@ def _operator(backend, point: Point, with_value: bool = False) -> Callable[..., 
 
 
 def rel_std(sweep: Sweep, backend, net, x, x_np: np.ndarray, point: Point, step, values_of):
-    """(std across SEEDS probe seeds, averaged over the first ROWS rows' entries, over the mean
-    |exact value|, "rel_std"), once per estimator: eval and train points of one model, batch,
-    method and budget share it. Where a compiled step is pure (JAX), it reruns with each seed's
-    key (a new function would cost a fresh compilation); elsewhere (torch) the estimator runs
-    eagerly on those rows."""
+    """(std across SEEDS probe seeds of the first ROWS rows' entries over the mean |exact
+    value|, "rel_std"), shared by eval and train points. A pure compiled step (JAX) reruns with
+    each seed's key (a new function would compile afresh); torch runs the estimator eagerly."""
     key = ("rel_std", backend.name, backend.device, net.spec, point.workload, point.batch,
            point.method, point.n_probes, point.n_matvecs)  # fmt: skip
     op = _operator(backend, point)

@@ -226,7 +226,7 @@ class PeakMemory:
 
 
 def available_bytes(backend) -> tuple[int | None, str]:
-    """Memory a new point may still use on ``backend``'s device, and where the figure came from."""
+    """(bytes a new point may still use on ``backend``'s device, where the figure came from)."""
     known = backend.memory_available()
     if known is not None:
         return known

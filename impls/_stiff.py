@@ -1,20 +1,19 @@
 """Framework-free parts of the implicit solvers, shared so both backends do identical maths:
-argument checks, a solve's configuration, the variable-step BDF1/BDF2 coefficients and error
-constants, controller constants and the statistics' names.
+argument checks, the configuration, the variable-step BDF1/BDF2 coefficients, step control
+and the statistics' names.
 
-The BDF formulas use divided differences of the accepted solution: ``d1 = [y_n, y_{n-1}]``,
-``d2 = [y_n, y_{n-1}, y_{n-2}]`` and the previous step sizes ``h1 = t_n - t_{n-1}``,
+The BDF formulas use divided differences of the accepted solution, ``d1 = [y_n, y_{n-1}]``,
+``d2 = [y_n, y_{n-1}, y_{n-2}]``, and the step sizes ``h1 = t_n - t_{n-1}``,
 ``h2 = t_{n-1} - t_{n-2}``. At the start ``d1 = f(t0, y0)``, ``d2 = 0`` and ``h1 = h2 = 0``
-(confluent points), which makes the first predictor explicit Euler and the second a Hermite
-quadratic, with error constants that stay exact.
+(confluent points): the first predictor is explicit Euler, the second a Hermite quadratic.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 STEPPERS = ("backward_euler", "bdf2")
@@ -93,6 +92,105 @@ def bdf_step(h, h1, h2, second) -> tuple[Any, Any, Any, Any]:
     p2 = second * h * (h + h1)
     ratio = second * ratio2 + (1 - second) * ratio1
     return beta, gamma, p2, ratio
+
+
+class Solution(NamedTuple):
+    """``ys[i]`` (batch, dim) at ``ts[i]`` (NaN past a stop at max_steps); ``stats``: the
+    counters of ``STATS`` plus ``success`` (all output times reached) and ``t_final``."""
+
+    ts: Any
+    ys: Any
+    stats: dict
+
+
+class RootResult(NamedTuple):
+    y: Any
+    converged: Any
+    n_iters: Any
+    nfe: Any
+    n_jac: Any
+    n_diag: Any
+    n_lu: Any
+
+
+class State(NamedTuple):
+    """A solve between two step attempts: scalars are Python floats in PyTorch (the step
+    control runs on the host), 0-d arrays in JAX (traced)."""
+
+    t: Any
+    y: Any  # (batch, dim)
+    d1: Any
+    d2: Any
+    h1: Any
+    h2: Any
+    h: Any  # the proposed next step
+    grow: Any  # the growth limit of the next step (1 after a rejection)
+    finder: Any
+    counts: dict
+
+
+class Ops(NamedTuple):
+    """What a step needs from a backend: select and compare scalars (Python's operators in
+    PyTorch, jax.numpy's in JAX), the norm, the error weights and the root finder."""
+
+    where: Callable  # (cond, a, b)
+    maximum: Callable
+    minimum: Callable
+    logical_not: Callable
+    wrms: Callable  # (batch, dim) -> the largest per-sample root-mean-square
+    weights: Callable  # (tol, *ys) -> atol + rtol * max |y|, (batch, dim)
+    iterate: Callable  # (system, t, rhs, c, y, cfg, tol, finder) -> (y, ok, iterations, finder)
+
+
+def step(system, s: State, target, cfg: Config, tol: Tol, step_size, ops: Ops):
+    """One attempt from ``s`` towards the output time ``target``: (the new state, whether it
+    landed on ``target``). Adaptive: Milne's error estimate and an integral controller; a step
+    whose root finder fails is retried 4x smaller. Fixed: every step is kept."""
+    landing = target - s.t <= s.h * (1 + STRETCH)
+    h = ops.where(landing, target - s.t, s.h)
+    second = ops.where(s.counts["n_accepted"] > 0, 1.0, 0.0) if cfg.stepper == "bdf2" else 0.0
+    beta, gamma, p2, ratio = bdf_step(h, s.h1, s.h2, second)
+    guess = s.y + h * s.d1 + p2 * s.d2
+    rhs = s.y + (h * gamma) * s.d1
+    y, ok, iters, finder = ops.iterate(system, s.t + h, rhs, h * beta, guess, cfg, tol, s.finder)
+    failed = ops.logical_not(ok)
+    counts = bump(s.counts, n_steps=1, n_iters=iters, nfe=iters, n_failed=failed)
+    finder = replace(finder, stale=finder.stale | failed)
+    if cfg.adaptive:
+        error = ops.wrms(ratio * (y - guess) / ops.weights(tol, s.y, y))
+        factor = SAFETY * ops.maximum(error, 1e-10) ** (-1 / (2 + second))
+        accept = ok & (error <= 1)
+        counts = bump(counts, n_rejected=ok & (error > 1))
+        shrink = ops.where(ok, ops.maximum(FAC_MIN, factor), FAIL_FACTOR)
+        h_grow = ops.minimum(s.grow, ops.maximum(FAC_MIN, factor))
+        h_next = h * ops.where(accept, h_grow, shrink)
+        grow = ops.where(accept, FAC_MAX[cfg.stepper], 1.0)
+    else:
+        accept, h_next, grow = True, step_size, s.grow
+    d1 = (y - s.y) / h
+
+    def keep(new, old):
+        return ops.where(accept, new, old)
+
+    new = State(
+        t=keep(ops.where(landing, target, s.t + h), s.t),
+        y=keep(y, s.y),
+        d1=keep(d1, s.d1),
+        d2=keep((d1 - s.d1) / (h + s.h1), s.d2),
+        h1=keep(h, s.h1),
+        h2=keep(s.h1, s.h2),
+        h=h_next,
+        grow=grow,
+        finder=finder,
+        counts=bump(counts, n_accepted=accept),
+    )
+    return new, accept & landing
+
+
+def stats(s: State, success: Any) -> dict[str, Any]:
+    """The run's and the root finder's counters, ``success`` and ``t_final``."""
+    finder = {key: getattr(s.finder, key) for key in FINDER_STATS}
+    return {**s.counts, **finder, "success": success, "t_final": s.t}
 
 
 # --- argument checks: both backends raise the same words -------------------------------------

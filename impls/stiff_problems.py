@@ -1,17 +1,10 @@
-"""Stiff test problems, their scipy references, error figures and tolerance sweeps.
-
-Framework-free: each :class:`Problem`'s right-hand side and Jacobian diagonal are written once
-against an array namespace ``xp`` (``numpy``, ``torch`` or ``jax.numpy``) using only arithmetic,
-indexing, ``xp.stack``, ``xp.concatenate`` and ``xp.roll``, so the scipy reference, the PyTorch
-solver and the JAX solver integrate the very same equations. States are ``(batch, dim)``.
+"""Stiff test problems, their scipy references and error figures, framework-free: each
+:class:`Problem`'s right-hand side and Jacobian diagonal are written once against an array
+namespace ``xp`` (numpy, torch or jax.numpy: arithmetic, indexing, ``stack``, ``concatenate``,
+``roll``), so scipy and both solvers integrate the very same equations on (batch, dim) states.
 
 >>> p = robertson(t1=40.0)
->>> ref = reference(p)                     # (1, 3): Radau at rtol 1e-10, at t1
->>> p.rhs(0.0, p.y0[None], np).shape       # (1, 3)
-
-The HollowNet system ``f(x) = -diag(lambda) x + g(x)`` needs a backend to evaluate ``g``; its
-metadata is :func:`hollow_problem`, its reference :func:`reference_solution` over any numpy
-right-hand side.
+>>> reference(p)                           # (1, 3): Radau at rtol 1e-10, at t1
 """
 
 from __future__ import annotations
@@ -357,13 +350,6 @@ def reference(problem: Problem, ts: Sequence[float] | None = None) -> np.ndarray
             atol=1e-12 * problem.atol_scale,
             jac_sparsity=problem.jac_sparsity,
         )
-    return _CACHE[key]
-
-
-def cached(key: tuple, compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """``compute()`` once per key per process (for references built outside this module)."""
-    if key not in _CACHE:
-        _CACHE[key] = compute()
     return _CACHE[key]
 
 

@@ -1,15 +1,10 @@
-"""Implicit solvers for stiff ODEs in JAX: backward Euler and variable-step BDF2, fixed step or
-adaptive, each with a pluggable root finder for its implicit stage.
+"""Implicit solvers for stiff ODEs in JAX, with the API and arithmetic of the PyTorch
+backend's ``stiff`` module. ``solve`` is pure: nested ``lax.while_loop``s compiled once per
+system structure and static configuration (:class:`impls._stiff.Config`, the number of
+output times); times and tolerances are traced, so tolerance sweeps do not recompile.
 
-The API and the arithmetic are those of the PyTorch backend's ``stiff`` module (see its
-docstring); here everything is pure and traceable: ``solve`` runs as nested
-``lax.while_loop``s, compiled once per system structure and static configuration (stepper,
-root finder, reuse, max_iters, max_steps, fixed/adaptive, number of output times), while the
-times and tolerances are traced, so tolerance sweeps do not recompile.
-
-:func:`diffrax_solve` runs diffrax's implicit Runge-Kutta solvers (``Kvaerno5`` ...) with
-Jacobi-Newton as their root finder (:func:`jacobi_newton_root_finder`), where optimistix is
-installed.
+:func:`diffrax_solve` runs diffrax's implicit Runge-Kutta solvers (``Kvaerno5`` ...), with
+Jacobi-Newton as their root finder where asked (optimistix needed).
 """
 
 from __future__ import annotations
@@ -17,7 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -26,26 +21,10 @@ from jax import lax
 from jax.scipy.linalg import lu_factor, lu_solve
 
 from impls import _stiff
-from impls._stiff import summarize
+from impls._stiff import RootResult, Solution
+from impls._stiff import summarize as summarize  # the public name of both backends
 from impls.jax_backend import operators
 from impls.stiff_problems import HollowProblem, Problem
-
-__all__ = [
-    "ROOT_FINDERS",
-    "FixedPoint",
-    "HollowSystem",
-    "JacobiNewton",
-    "Newton",
-    "ProblemSystem",
-    "RootResult",
-    "Solution",
-    "System",
-    "diffrax_solve",
-    "find_root",
-    "jacobi_newton_root_finder",
-    "solve",
-    "summarize",
-]
 
 _RUNNING, _CONVERGED, _FAILED = 0, 1, 2
 
@@ -53,12 +32,6 @@ _RUNNING, _CONVERGED, _FAILED = 0, 1, 2
 class _SystemBase(eqx.Module):
     """A vector field ``rhs(t, y)`` on (batch, dim) states with its Jacobian diagonal
     ``diag(t, y)`` = D_dim f, (batch, dim). The dense Jacobian is ``vmap(jacfwd)``."""
-
-    def rhs(self, t: jax.Array, y: jax.Array) -> jax.Array:
-        raise NotImplementedError
-
-    def diag(self, t: jax.Array, y: jax.Array) -> jax.Array:
-        raise NotImplementedError
 
     @property
     def has_diag(self) -> bool:
@@ -143,32 +116,9 @@ class HollowSystem(_SystemBase):
         return cls(JaxBackend(device).build(problem.spec, problem.seed), problem.lambdas)
 
 
-class Solution(NamedTuple):
-    """``ys[i]`` (batch, dim) at ``ts[i]`` (NaN past a stop at max_steps); ``stats``: the
-    counters of ``_stiff.STATS`` plus ``success`` and ``t_final``, as arrays."""
-
-    ts: jax.Array
-    ys: jax.Array
-    stats: dict
-
-
-class RootResult(NamedTuple):
-    y: jax.Array
-    converged: jax.Array
-    n_iters: jax.Array
-    nfe: jax.Array
-    n_jac: jax.Array
-    n_diag: jax.Array
-    n_lu: jax.Array
-
-
 def _wrms(x: jax.Array) -> jax.Array:
     """The largest per-sample root-mean-square: samples share steps but none is diluted."""
     return jnp.sqrt(jnp.mean(x * x, axis=-1)).max()
-
-
-def _counts() -> dict[str, jax.Array]:
-    return {key: jnp.zeros((), jnp.int32) for key in _stiff.RUN_STATS}
 
 
 # --- root finders: the PyTorch backend's classes as pytrees (the while loops carry them) -----
@@ -256,12 +206,8 @@ ROOT_FINDERS = {finder.name: finder for finder in (FixedPoint, Newton, JacobiNew
 
 
 def _iterate(system, t, rhs, c, y, cfg: _stiff.Config, tol: _stiff.Tol, finder: FixedPoint):
-    """Solve y - c f(t, y) = rhs from the guess y: (y, converged, iterations, finder).
-
-    Same rule as the PyTorch backend: converged when theta/(1-theta) * |dy| <= root_tol (from
-    the second iteration on) or dy == 0; failed on a non-finite update, theta >= 1 or
-    max_iters.
-    """
+    """Solve y - c f(t, y) = rhs from the guess y: (y, converged, iterations, finder), by the
+    PyTorch backend's rule, with a status in place of its early returns."""
     if cfg.reuse == "step":
         finder = finder.update(system, t, y, c)
     elif cfg.reuse == "always":
@@ -356,9 +302,7 @@ def solve(
     max_iters: int = _stiff.DEFAULTS["max_iters"],
     max_steps: int = _stiff.DEFAULTS["max_steps"],
 ) -> Solution:
-    """Integrate ``y' = system.rhs(t, y)`` from ``y0`` (batch, dim) at ``ts[0]`` through the
-    output times ``ts``: ys (len(ts), batch, dim), ``ys[0] = y0``. Arguments and semantics
-    as in the PyTorch backend's ``solve``; traceable (``y0`` and the system may be traced)."""
+    """The PyTorch backend's ``solve``; traceable (``y0`` and the system may be traced)."""
     times, h, cfg = _stiff.configure(
         ts, stepper, root_finder, reuse, rtol, atol, root_tol, max_iters, max_steps, step_size
     )
@@ -370,52 +314,11 @@ def solve(
     return _solve(system, y0, jnp.asarray(times, dtype), tol, step_size, cfg)
 
 
-class _State(NamedTuple):
-    t: jax.Array
-    y: jax.Array
-    d1: jax.Array  # [y_n, y_{n-1}], f(t0, y0) at the start
-    d2: jax.Array  # [y_n, y_{n-1}, y_{n-2}]
-    h1: jax.Array  # t_n - t_{n-1} (0 at the start)
-    h2: jax.Array
-    h: jax.Array  # proposed next step
-    grow: jax.Array  # growth limit of the next step (1 after a rejection)
-    idx: jax.Array  # next output time
-    ys: jax.Array
-    finder: FixedPoint
-    counts: dict
-
-
-@functools.partial(jax.jit, static_argnames="cfg")
-def _solve(system, y0, ts, tol: _stiff.Tol, step_size, cfg: _stiff.Config) -> Solution:
-    dtype = y0.dtype
-    counts = _stiff.bump(_counts(), nfe=1)
-    f0 = system.rhs(ts[0], y0)
-    if cfg.adaptive:
-        h, counts = _initial_step(system, ts[0], y0, f0, ts[-1] - ts[0], tol, counts)
-    else:
-        h = step_size
-    ys = jnp.full((ts.shape[0], *y0.shape), jnp.nan, dtype).at[0].set(y0)
-    zero = jnp.zeros((), dtype)
-    state = _State(
-        ts[0], y0, f0, jnp.zeros_like(y0), zero, zero, h,
-        jnp.asarray(_stiff.FAC_MAX[cfg.stepper], dtype), jnp.ones((), jnp.int32), ys,
-        ROOT_FINDERS[cfg.root_finder].start(y0), counts,
-    )  # fmt: skip
-
-    def running(s: _State):
-        return (s.idx < ts.shape[0]) & (s.counts["n_steps"] < cfg.max_steps)
-
-    s = lax.while_loop(running, lambda s: _step(system, s, ts, tol, step_size, cfg), state)
-    finder = {key: getattr(s.finder, key) for key in _stiff.FINDER_STATS}
-    stats = {**s.counts, **finder, "success": s.idx == ts.shape[0], "t_final": s.t}
-    return Solution(ts, s.ys, stats)
-
-
 def _weights(tol: _stiff.Tol, *ys: jax.Array) -> jax.Array:
     return tol.atol + tol.rtol * functools.reduce(jnp.maximum, [jnp.abs(y) for y in ys])
 
 
-def _initial_step(system, t, y, f0, span, tol: _stiff.Tol, counts: dict):
+def _initial_step(system, t, y, f0, span, tol: _stiff.Tol) -> jax.Array:
     """Hairer & Wanner's starting step for order 1 (one extra f evaluation)."""
     scale = _weights(tol, y)
     d0, d1 = _wrms(y / scale), _wrms(f0 / scale)
@@ -424,53 +327,42 @@ def _initial_step(system, t, y, f0, span, tol: _stiff.Tol, counts: dict):
     d2 = _wrms((system.rhs(t + h0, y + h0 * f0) - f0) / scale) / h0
     big = jnp.maximum(d1, d2)
     h1 = jnp.where(big <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3), jnp.sqrt(0.01 / big))
-    return jnp.minimum(jnp.minimum(100 * h0, h1), span), _stiff.bump(counts, nfe=1)
+    return jnp.minimum(jnp.minimum(100 * h0, h1), span)
 
 
-def _step(system, s: _State, ts, tol: _stiff.Tol, step_size, cfg: _stiff.Config) -> _State:
-    """One step attempt (see the PyTorch backend's ``_Run._step``)."""
-    target = ts[s.idx]
-    landing = target - s.t <= s.h * (1 + _stiff.STRETCH)
-    h_try = jnp.where(landing, target - s.t, s.h)
-    second = (s.counts["n_accepted"] > 0).astype(s.y.dtype) if cfg.stepper == "bdf2" else 0.0
-    beta, gamma, p2, ratio = _stiff.bdf_step(h_try, s.h1, s.h2, second)
-    guess = s.y + h_try * s.d1 + p2 * s.d2
-    rhs = s.y + (h_try * gamma) * s.d1
-    y_new, ok, iters, finder = _iterate(
-        system, s.t + h_try, rhs, h_try * beta, guess, cfg, tol, s.finder
-    )
-    counts = _stiff.bump(s.counts, n_steps=1, n_iters=iters, nfe=iters, n_failed=~ok)
-    finder = replace(finder, stale=finder.stale | ~ok)
+_OPS = _stiff.Ops(jnp.where, jnp.maximum, jnp.minimum, jnp.logical_not, _wrms, _weights, _iterate)
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _solve(system, y0, ts, tol: _stiff.Tol, step_size, cfg: _stiff.Config) -> Solution:
+    """The loop over step attempts, carrying (state, index of the next output time, ys)."""
+    dtype = y0.dtype
+    counts = {key: jnp.zeros((), jnp.int32) for key in _stiff.RUN_STATS}
+    counts = _stiff.bump(counts, nfe=1)
+    f0 = system.rhs(ts[0], y0)
+    h = step_size
     if cfg.adaptive:
-        error = _wrms(ratio * (y_new - guess) / _weights(tol, s.y, y_new))
-        factor = _stiff.SAFETY * jnp.maximum(error, 1e-10) ** (-1 / (2 + second))
-        accept = ok & (error <= 1)
-        counts = _stiff.bump(counts, n_rejected=ok & (error > 1))
-        shrink = jnp.where(ok, jnp.maximum(_stiff.FAC_MIN, factor), _stiff.FAIL_FACTOR)
-        h_grow = jnp.minimum(s.grow, jnp.maximum(_stiff.FAC_MIN, factor))
-        h_next = h_try * jnp.where(accept, h_grow, shrink)
-        grow = jnp.where(accept, _stiff.FAC_MAX[cfg.stepper], 1.0).astype(s.grow.dtype)
-    else:
-        accept, h_next, grow = jnp.asarray(True), step_size, s.grow
-    d1 = (y_new - s.y) / h_try
-    d2 = (d1 - s.d1) / (h_try + s.h1)
-    landed = accept & landing
-    ys = s.ys.at[s.idx].set(jnp.where(landed, y_new, s.ys[s.idx]))
-    keep = functools.partial(jnp.where, accept)
-    return _State(
-        t=keep(jnp.where(landing, target, s.t + h_try), s.t),
-        y=keep(y_new, s.y),
-        d1=keep(d1, s.d1),
-        d2=keep(d2, s.d2),
-        h1=keep(h_try, s.h1),
-        h2=keep(s.h1, s.h2),
-        h=h_next,
-        grow=grow,
-        idx=s.idx + landed.astype(jnp.int32),
-        ys=ys,
-        finder=finder,
-        counts=_stiff.bump(counts, n_accepted=accept),
-    )
+        h = _initial_step(system, ts[0], y0, f0, ts[-1] - ts[0], tol)
+        counts = _stiff.bump(counts, nfe=1)
+    zero = jnp.zeros((), dtype)
+    grow = jnp.asarray(_stiff.FAC_MAX[cfg.stepper], dtype)
+    finder = ROOT_FINDERS[cfg.root_finder].start(y0)
+    state = _stiff.State(ts[0], y0, f0, jnp.zeros_like(y0), zero, zero, h, grow, finder, counts)
+    ys = jnp.full((ts.shape[0], *y0.shape), jnp.nan, dtype).at[0].set(y0)
+
+    def body(carry):
+        s, idx, ys = carry
+        new, landed = _stiff.step(system, s, ts[idx], cfg, tol, step_size, _OPS)
+        new = new._replace(grow=new.grow.astype(dtype))  # a weak Python float in the select
+        ys = ys.at[idx].set(jnp.where(landed, new.y, ys[idx]))
+        return new, idx + landed.astype(jnp.int32), ys
+
+    def running(carry):
+        s, idx, _ = carry
+        return (idx < ts.shape[0]) & (s.counts["n_steps"] < cfg.max_steps)
+
+    s, idx, ys = lax.while_loop(running, body, (state, jnp.ones((), jnp.int32), ys))
+    return Solution(ts, ys, _stiff.stats(s, idx == ts.shape[0]))
 
 
 # --- diffrax: Jacobi-Newton as the root finder of an implicit Runge-Kutta solver ------------
@@ -499,18 +391,12 @@ def _jacobi_newton_class() -> type:
         step: jax.Array
 
     class JacobiNewton(optx.AbstractRootFinder):
-        """Jacobi-Newton root finding, y <- y - F(y) / diag(F'(y)), for residuals whose
-        linearisation is diagonal: the diagonal is one JVP with tangent 1.
-
-        Only correct as a Newton-type method on functions built from a vector field wrapped by
-        :func:`jacobi_vector_field` (whose tangent map is ``diag(D_dim f)``); diffrax's implicit
-        stage residuals ``z - vf(t, y_partial + a z)`` then have Jacobian ``1 - a D_dim f``.
-        Termination as diffrax's ``VeryChord`` (at least two iterations; converged when
-        theta/(1-theta) * size < kappa; diverged when the rate theta exceeds 2), except that
-        the size of an update is normwise, ``norm(dz) / (atol + rtol * norm(z))``: diffrax
-        iterates on stage derivatives z with the controller's y-space atol, so a componentwise
-        test asks near-zero derivatives (Robertson's quasi-steady y2) for an accuracy a
-        linearly converging method cannot reach, and the step size collapses.
+        """y <- y - F(y) / diag(F'(y)), the diagonal from one JVP with tangent 1: Newton-type
+        on the stage residuals ``z - vf(t, y + a z)`` of a :func:`jacobi_vector_field`.
+        Terminates as diffrax's ``VeryChord``, except that an update's size is normwise,
+        ``norm(dz) / (atol + rtol * norm(z))``: z are stage derivatives, and a componentwise
+        test with the y-space atol asks Robertson's near-zero y2' for an accuracy a linearly
+        converging method cannot reach, so the step size collapses.
         """
 
         rtol: float
@@ -555,19 +441,16 @@ def _jacobi_newton_class() -> type:
 
 
 def jacobi_newton_root_finder(**kwargs: Any):
-    """An optimistix root finder doing Jacobi-Newton, its rtol/atol taken from diffrax's step
-    size controller; for ``diffrax.Kvaerno5(root_finder=...)`` and the other implicit solvers,
-    on a vector field from :func:`jacobi_vector_field`. Needs diffrax and optimistix
-    (ImportError otherwise). ``kwargs``: ``kappa``."""
+    """Jacobi-Newton for ``diffrax.Kvaerno5(root_finder=...)`` and the other implicit solvers,
+    on a :func:`jacobi_vector_field`; rtol/atol from the step size controller, ``kappa``."""
     import diffrax
 
     return diffrax.with_stepsize_controller_tols(_jacobi_newton_class())(**kwargs)
 
 
 def jacobi_vector_field(system: _SystemBase) -> Callable:
-    """``vf(t, y, args) = system.rhs(t, y)`` whose JVP is ``system.diag(t, y) * tangent``:
-    to the root finder, the Jacobian is its diagonal. For solving only: differentiating a
-    solve through it would use that approximation."""
+    """``vf(t, y, args) = system.rhs(t, y)`` whose JVP is ``system.diag(t, y) * tangent``; for
+    solving only (differentiating a solve through it would use that approximation)."""
     return lambda t, y, args: _jacobi_linearised(system, t, y)
 
 
@@ -586,14 +469,10 @@ def diffrax_solve(
     max_iters: int = _stiff.DEFAULTS["max_iters"],
     max_steps: int = _stiff.DEFAULTS["max_steps"],
 ) -> Solution:
-    """``diffrax.diffeqsolve`` with an implicit ESDIRK (Kvaerno 3/4/5) and a PID controller,
-    saving at ``ts``, with at most ``max_iters`` root-finder iterations per stage.
-
-    ``root_finder``: "jacobi_newton" (:func:`jacobi_newton_root_finder` on
-    :func:`jacobi_vector_field`), or "newton" (diffrax's default ``VeryChord``: one dense
-    Jacobian per step). Stats: diffrax's step counts (``n_steps``, ``n_accepted``,
-    ``n_rejected``), ``success`` and ``t_final``. Traceable.
-    """
+    """``diffrax.diffeqsolve`` with an implicit ESDIRK (Kvaerno 3/4/5), a PID controller and
+    at most ``max_iters`` root-finder iterations per stage, saving at ``ts``. ``root_finder``:
+    "jacobi_newton", or "newton" (diffrax's ``VeryChord``). Stats: diffrax's step counts,
+    ``success`` and ``t_final``. Traceable."""
     import diffrax
 
     times = _stiff.check_times(ts)

@@ -1,64 +1,44 @@
 """Implicit solvers for stiff ODEs in PyTorch: backward Euler and variable-step BDF2, fixed
-step or adaptive, each with a pluggable root finder for its implicit stage.
+step or adaptive, with a pluggable root finder for the implicit stage ``F(y) = y - c f(t, y) -
+r = 0`` (``c = h*beta``), found by name in ``ROOT_FINDERS`` (as torchdiffeq's ``SOLVERS``):
 
->>> from impls.stiff_problems import robertson
->>> sol = solve(ProblemSystem(robertson(40.0)), y0, (0.0, 40.0), root_finder="jacobi_newton")
->>> sol.ys[-1]                     # (batch, 3) at t = 40
->>> summarize(sol.stats)           # iterations, failures, NFE, Jacobian/diagonal evaluations
-
-Every step solves ``F(y) = y - c f(t, y) - r = 0`` (``c = h*beta``) with one of the root
-finders of ``ROOT_FINDERS`` (by name, as torchdiffeq's ``SOLVERS``)
-
-- ``fixed_point`` (FixedPoint):      y <- r + c f(y)                      (no derivative)
-- ``jacobi_newton`` (JacobiNewton):  y <- y - F(y) / (1 - c D_dim f(y))   (the Jacobian diagonal)
-- ``newton`` (Newton):               y <- y - (I - c J(y))^{-1} F(y)      (dense J, LU solve)
+- ``fixed_point``:    y <- r + c f(y)                      (no derivative)
+- ``jacobi_newton``:  y <- y - F(y) / (1 - c D_dim f(y))   (the Jacobian diagonal)
+- ``newton``:         y <- y - (I - c J(y))^{-1} F(y)      (dense J, LU solve)
 
 ``reuse`` says when newton/jacobi_newton re-evaluate J (or D_dim f): every iteration
 ("never"), once per step attempt ("step"), or only after a failed iteration ("always"; the LU
 is refactored whenever c changes). The JAX backend's ``stiff`` module has the same API.
+
+>>> sol = solve(ProblemSystem(robertson(40.0)), y0, (0.0, 40.0), root_finder="jacobi_newton")
+>>> sol.ys[-1], summarize(sol.stats)   # (batch, 3) at t = 40; iterations, NFE, failures
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch.func import jacrev, vmap
 
 from impls import _stiff
-from impls._stiff import summarize
+from impls._stiff import RootResult, Solution
+from impls._stiff import summarize as summarize  # the public name of both backends
 from impls.stiff_problems import HollowProblem, Problem
 from impls.torch_backend import operators
-
-__all__ = [
-    "ROOT_FINDERS",
-    "FixedPoint",
-    "HollowSystem",
-    "JacobiNewton",
-    "Newton",
-    "ProblemSystem",
-    "RootResult",
-    "Solution",
-    "System",
-    "find_root",
-    "solve",
-    "summarize",
-]
 
 Tensor = torch.Tensor
 
 
 class System:
-    """A vector field ``rhs(t, y)`` on (batch, dim) states, with its Jacobian diagonal.
-
-    ``diag(t, y)`` is ``D_dim f``, (batch, dim); None means jacobi_newton cannot be used.
-    The dense Jacobian (for newton) is autodiff: ``vmap(jacrev)`` per sample (torch's
-    forward mode costs 3-6x more per op on small systems).
-    """
+    """A vector field ``rhs(t, y)`` on (batch, dim) states, with its Jacobian diagonal
+    ``diag(t, y)`` = D_dim f, (batch, dim) (None: no jacobi_newton). The dense Jacobian is
+    ``vmap(jacrev)``: torch's forward mode costs 3-6x more per op on small systems."""
 
     def __init__(
         self,
@@ -121,32 +101,13 @@ class HollowSystem(System):
         return cls(build(problem.spec, problem.seed, device), problem.lambdas)
 
 
-class Solution(NamedTuple):
-    """``ys[i]`` (batch, dim) at ``ts[i]``; ``stats``: the counters of ``_stiff.STATS`` plus
-    ``success`` (all output times reached) and ``t_final``."""
-
-    ts: Tensor
-    ys: Tensor
-    stats: dict
-
-
-class RootResult(NamedTuple):
-    y: Tensor
-    converged: bool
-    n_iters: int
-    nfe: int
-    n_jac: int
-    n_diag: int
-    n_lu: int
-
-
 def _wrms(x: Tensor) -> float:
     """The largest per-sample root-mean-square: samples share steps but none is diluted."""
     return float(x.square().mean(-1).sqrt().max())
 
 
-# --- root finders: what the iteration turns a residual F into an update with, and the counts
-# of evaluations that cost. Immutable: every method returns the new finder, as in JAX. ----------
+# --- root finders: the update a residual F gives, and the evaluations counted. Immutable, as
+# in JAX: every method returns the new finder. --------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -220,24 +181,11 @@ class Newton(FixedPoint):
 ROOT_FINDERS = {finder.name: finder for finder in (FixedPoint, Newton, JacobiNewton)}
 
 
-def _iterate(
-    system: System,
-    t: float,
-    rhs: Tensor,
-    c: float,
-    y: Tensor,
-    cfg: _stiff.Config,
-    tol: _stiff.Tol,
-    finder: FixedPoint,
-) -> tuple[Tensor, bool, int, FixedPoint]:
-    """Solve y - c f(t, y) = rhs from the guess y: (y, converged, iterations, finder). The f
-    evaluations equal the iterations.
-
-    Converged when the estimated remaining error theta/(1-theta) * |dy| is below root_tol in
-    the weighted norm, which takes two iterations to estimate the contraction rate theta
-    (a small first update proves nothing when the iteration does not contract), or when an
-    update is exactly 0; failed when an update is not finite, theta reaches 1, or max_iters
-    run out.
+def _iterate(system, t: float, rhs, c: float, y, cfg: _stiff.Config, tol: _stiff.Tol, finder):
+    """Solve y - c f(t, y) = rhs from the guess y: (y, converged, iterations = f evaluations,
+    finder). Converged when an update is 0, or when the remaining error theta/(1-theta) * |dy|
+    is below root_tol, from the second iteration (theta, the contraction rate, needs two);
+    failed when an update is not finite, theta reaches 1, or max_iters run out.
     """
     if cfg.reuse == "step" or (cfg.reuse == "always" and finder.stale):
         finder = finder.update(system, t, y, c)
@@ -297,6 +245,29 @@ def _check_state(system: System, y: Tensor) -> None:
     _stiff.check_state(tuple(y.shape), str(y.dtype).removeprefix("torch."), system.dim)
 
 
+def _weights(tol: _stiff.Tol, *ys: Tensor) -> Tensor:
+    big = ys[0].abs() if len(ys) == 1 else torch.maximum(ys[0].abs(), ys[1].abs())
+    return tol.atol + tol.rtol * big
+
+
+def _initial_step(system: System, t: float, y: Tensor, f0: Tensor, span: float, tol) -> float:
+    """Hairer & Wanner's starting step for order 1 (one extra f evaluation)."""
+    scale = _weights(tol, y)
+    d0, d1 = _wrms(y / scale), _wrms(f0 / scale)
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    h0 = min(h0, span)
+    d2 = _wrms((system.rhs(t + h0, y + h0 * f0) - f0) / scale) / h0
+    big = max(d1, d2)
+    h1 = max(1e-6, h0 * 1e-3) if big <= 1e-15 else (0.01 / big) ** 0.5
+    return min(100 * h0, h1, span)
+
+
+# The step control runs on the host, on Python floats.
+_OPS = _stiff.Ops(
+    lambda cond, a, b: a if cond else b, max, min, operator.not_, _wrms, _weights, _iterate
+)
+
+
 @torch.no_grad()
 def solve(
     system: System,
@@ -316,10 +287,9 @@ def solve(
     """Integrate ``y' = system.rhs(t, y)`` from ``y0`` (batch, dim) at ``ts[0]`` through the
     output times ``ts``: ys (len(ts), batch, dim), ``ys[0] = y0``.
 
-    ``step_size=None``: adaptive, rtol/atol on Milne's local error estimate, integral
-    controller; a step whose root finder fails is retried 4x smaller. ``step_size=h``: fixed
-    steps of h (each output time is landed on exactly); rtol/atol then only weight the root
-    finder's convergence test, and a step whose root finder fails is kept and counted.
+    ``step_size=None``: adaptive, rtol/atol on Milne's local error estimate. ``step_size=h``:
+    fixed steps of h (each output time is landed on exactly); rtol/atol then only weight the
+    root finder's convergence test, and a step whose root finder fails is kept and counted.
     The batch's samples share the step sequence; norms take the worst sample.
     """
     times, h, cfg = _stiff.configure(
@@ -329,88 +299,22 @@ def solve(
     _stiff.check_diag(ROOT_FINDERS[root_finder], system)
     if not bool(torch.isfinite(y0).all()):
         raise ValueError("y0 contains NaN or inf")
-    return _Run(system, cfg, _stiff.Tol(rtol, atol, root_tol))(y0, times, h)
-
-
-class _Run:
-    """One integration: the accepted history (divided differences), step control, counters."""
-
-    def __init__(self, system: System, cfg: _stiff.Config, tol: _stiff.Tol):
-        self.system, self.cfg, self.tol = system, cfg, tol
-        self.counts = dict.fromkeys(_stiff.RUN_STATS, 0)
-
-    def __call__(self, y0: Tensor, times: tuple[float, ...], step_size: float | None) -> Solution:
-        t, y = times[0], y0
-        self.finder = ROOT_FINDERS[self.cfg.root_finder].start(y0)
-        self.d1, self.d2 = self._rhs(t, y), torch.zeros_like(y)
-        self.h1 = self.h2 = 0.0
-        h = step_size or self._initial_step(t, y, times[-1] - t)
-        grow = _stiff.FAC_MAX[self.cfg.stepper]
-        ys = [y0]
-        for target in times[1:]:
-            while t < target and self.counts["n_steps"] < self.cfg.max_steps:
-                t, y, h, grow = self._step(t, y, h, grow, target, step_size)
-            if t < target:
-                break
-            ys.append(y)
-        ys += [torch.full_like(y0, math.nan)] * (len(times) - len(ys))
-        finder = {key: getattr(self.finder, key) for key in _stiff.FINDER_STATS}
-        stats = {**self.counts, **finder, "success": t >= times[-1], "t_final": t}
-        ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
-        return Solution(ts, torch.stack(ys), stats)
-
-    def _rhs(self, t: float, y: Tensor) -> Tensor:
-        self.counts = _stiff.bump(self.counts, nfe=1)
-        return self.system.rhs(t, y)
-
-    def _weights(self, *ys: Tensor) -> Tensor:
-        big = ys[0].abs() if len(ys) == 1 else torch.maximum(ys[0].abs(), ys[1].abs())
-        return self.tol.atol + self.tol.rtol * big
-
-    def _initial_step(self, t: float, y: Tensor, span: float) -> float:
-        """Hairer & Wanner's starting step for order 1 (one extra f evaluation)."""
-        scale = self._weights(y)
-        d0, d1 = _wrms(y / scale), _wrms(self.d1 / scale)
-        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-        h0 = min(h0, span)
-        d2 = _wrms((self._rhs(t + h0, y + h0 * self.d1) - self.d1) / scale) / h0
-        big = max(d1, d2)
-        h1 = max(1e-6, h0 * 1e-3) if big <= 1e-15 else (0.01 / big) ** 0.5
-        return min(100 * h0, h1, span)
-
-    def _step(
-        self, t: float, y: Tensor, h: float, grow: float, target: float, fixed: float | None
-    ) -> tuple[float, Tensor, float, float]:
-        """One attempt from (t, y) with proposed step h: the new (t, y, h, growth limit)."""
-        landing = target - t <= h * (1 + _stiff.STRETCH)
-        h_try = target - t if landing else h
-        second = float(self.cfg.stepper == "bdf2" and self.counts["n_accepted"] > 0)
-        beta, gamma, p2, ratio = _stiff.bdf_step(h_try, self.h1, self.h2, second)
-        guess = y + h_try * self.d1 + p2 * self.d2
-        rhs = y + (h_try * gamma) * self.d1
-        y_new, ok, iters, self.finder = _iterate(
-            self.system, t + h_try, rhs, h_try * beta, guess, self.cfg, self.tol, self.finder
-        )
-        self.counts = _stiff.bump(self.counts, n_steps=1, n_iters=iters, nfe=iters)
-        if not ok:
-            self.counts = _stiff.bump(self.counts, n_failed=1)
-            self.finder = replace(self.finder, stale=True)
-            if fixed is None:
-                return t, y, h_try * _stiff.FAIL_FACTOR, 1.0
-        error = _wrms(ratio * (y_new - guess) / self._weights(y, y_new)) if fixed is None else 0.0
-        factor = _stiff.SAFETY * max(error, 1e-10) ** (-1 / (2 + second))
-        if error > 1:
-            self.counts = _stiff.bump(self.counts, n_rejected=1)
-            return t, y, h_try * max(_stiff.FAC_MIN, factor), 1.0
-        self._accept(y, y_new, h_try)
-        t_new = target if landing else t + h_try
-        if fixed is not None:
-            return t_new, y_new, fixed, grow
-        h_next = h_try * min(grow, max(_stiff.FAC_MIN, factor))
-        return t_new, y_new, h_next, _stiff.FAC_MAX[self.cfg.stepper]
-
-    def _accept(self, y: Tensor, y_new: Tensor, h: float) -> None:
-        d1 = (y_new - y) / h
-        self.d2 = (d1 - self.d1) / (h + self.h1)
-        self.d1, self.h1, self.h2 = d1, h, self.h1
-        self.counts = _stiff.bump(self.counts, n_accepted=1)
+    tol, t = _stiff.Tol(rtol, atol, root_tol), times[0]
+    f0 = system.rhs(t, y0)
+    counts = _stiff.bump(dict.fromkeys(_stiff.RUN_STATS, 0), nfe=1)
+    if cfg.adaptive:
+        h = _initial_step(system, t, y0, f0, times[-1] - t, tol)
+        counts = _stiff.bump(counts, nfe=1)
+    finder = ROOT_FINDERS[root_finder].start(y0)
+    grow = _stiff.FAC_MAX[stepper]
+    s = _stiff.State(t, y0, f0, torch.zeros_like(y0), 0.0, 0.0, h, grow, finder, counts)
+    ys = [y0]
+    for target in times[1:]:
+        while s.t < target and s.counts["n_steps"] < max_steps:
+            s, _ = _stiff.step(system, s, target, cfg, tol, step_size, _OPS)
+        if s.t < target:
+            break
+        ys.append(s.y)
+    ys += [torch.full_like(y0, math.nan)] * (len(times) - len(ys))
+    ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
+    return Solution(ts, torch.stack(ys), _stiff.stats(s, s.t >= times[-1]))

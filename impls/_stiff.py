@@ -63,25 +63,21 @@ class Tol(NamedTuple):
 
 
 def bump(counts: dict[str, Any], **by: Any) -> dict[str, Any]:
-    """The run's counters plus ``by``: Python ints in PyTorch, int32 scalars in JAX (where a
-    traced bool adds 0 or 1)."""
+    """The run's counters plus ``by`` (Python ints in PyTorch, int32 scalars in JAX)."""
     return counts | {key: counts[key] + value for key, value in by.items()}
 
 
 def bdf_step(h, h1, h2, second) -> tuple[Any, Any, Any, Any]:
-    """Coefficients of one variable-step BDF step of size ``h``, as (beta, gamma, p2, ratio).
-
-    ``second`` is 1 for BDF2 and 0 for BDF1 (backward Euler); the two are blended with
-    arithmetic alone so this runs on Python floats and traced JAX scalars alike. The step is
+    """Coefficients of one variable-step BDF step of size ``h``, as (beta, gamma, p2, ratio);
+    ``second`` is 1 for BDF2 and 0 for BDF1, blended by arithmetic (Python floats and traced
+    JAX scalars alike). Nothing divides by h1 or h2, which are 0 at the start:
 
         y = y_n + h*gamma*d1 + h*beta*f(y)                  (the implicit stage)
         predictor = y_n + h*d1 + p2*d2                      (the root finder's first guess)
         local error ~= ratio * (y - predictor)              (Milne's device)
 
-    ``ratio = C / (C_pred - C)`` from the error constants of the corrector (C) and of the
-    predictor (C_pred), for the current step sizes; it is -1/2 for a first explicit-Euler
-    predicted BE step and -2/11 for constant-step BDF2. Nothing divides by h1 or h2, which
-    are 0 at the start.
+    ``ratio = C / (C_pred - C)`` from the error constants of corrector and predictor: -1/2 for
+    a first explicit-Euler predicted BE step, -2/11 for constant-step BDF2.
     """
     beta2 = (h + h1) / (h1 + 2 * h)
     gamma2 = h / (h1 + 2 * h)

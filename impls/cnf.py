@@ -1,20 +1,13 @@
-"""Framework-free parts of the continuous normalizing flow (CNF) workload: data sets, the data
-transforms and their log-determinants, the flow's configuration, the model the benchmark uses,
-and the statistics both backends share.
+"""Framework-free parts of the continuous normalizing flow (CNF) workload: data sets and their
+transforms, the flow's configuration and model, and the statistics both backends share.
 
-A CNF (FFJORD) integrates ``d/dt [x, a] = [f(t, x), -div f(t, x)]`` from ``x(0) = x`` (data,
-in model space) to ``z = x(t1)``, with ``a(0) = 0``; ``delta_logp = a(t1)`` and
-``log p(x) = log N(z; 0, I) - delta_logp``. Sampling integrates ``z ~ N(0, I)`` back to t = 0.
-The backends' ``cnf`` modules (``impls.torch_backend.cnf``, ``impls.jax_backend.cnf``) solve
-it with torchdiffeq and diffrax under the same names.
+A CNF (FFJORD) integrates ``d/dt [x, a] = [f(t, x), -div f(t, x)]`` from data ``x`` (model
+space) at t = 0, ``a(0) = 0``, to ``z = x(t1)``: ``log p(x) = log N(z; 0, I) - a(t1)``.
+Sampling integrates ``z ~ N(0, I)`` back to t = 0. Data: FFJORD's 2-D toys from a seed,
+scikit-learn's bundled ``digits`` (dequantised, logit-transformed), or any ``.npy`` array.
 
->>> data = load_dataset("digits")            # 64-d, dequantised, logit-transformed
->>> data.train.shape, data.dim               # (1438, 64) in model space, float64
->>> data.nll(logp_test)                      # NLL in data space: nats and bits/dim
-
-Data sets: 2-D toys generated in code from a seed (``moons``, ``8gaussians``, ``checkerboard``,
-``rings``, as FFJORD defines them), scikit-learn's bundled ``digits`` (no download), and any
-``(n, d)`` array saved as ``.npy`` (:func:`load_npy`: POWER, GAS, MINIBOONE, ...).
+>>> data = load_dataset("digits")            # train (1438, 64), model space, float64
+>>> data.nll(logp_test)                      # held-out NLL in data space: nats, bits/dim
 """
 
 from __future__ import annotations
@@ -24,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -38,9 +31,8 @@ CNF_METHODS = ("hollow", "hutchinson", "hutchpp", "dense_vectorized", "dense_loo
 STOCHASTIC_TRACES = ("hutchinson", "hutchpp")
 CNF_EXACT = tuple(method for method in CNF_METHODS if method not in STOCHASTIC_TRACES)
 SOLVERS = ("dopri5", "tsit5")  # torchdiffeq has dopri5 only; diffrax both
-# New evaluations of f per step attempt of the FSAL Runge-Kutta pairs (7 stages, the last
-# reused as the next step's first). diffrax makes exactly 6 * num_steps + 1 evaluations per
-# solve with a PID controller, the initial-step heuristic included: checked in the tests.
+# New evaluations of f per step attempt of the FSAL pairs (7 stages, the last reused): diffrax
+# makes 6 * num_steps + 1 per solve, the initial step included (checked in the tests).
 EVALS_PER_STEP = {"dopri5": 6, "tsit5": 6}
 
 DIGITS_LEVELS = 17  # load_digits' pixels are integers 0..16
@@ -48,21 +40,9 @@ LOGIT_ALPHA = 0.05  # keeps the logit off 0 and 1, as RealNVP/FFJORD do (they us
 TOY_SIZES = (10_000, 2_000)  # default train and test sizes of a toy set
 
 
-# --- transforms: data space -> model space, elementwise bijections ------------------------
-
-
-class Transform(Protocol):
-    """An elementwise bijection from data space to model space. Written against an array
-    namespace ``xp`` (numpy, torch or jax.numpy) so autodiff can check its log-determinant."""
-
-    def forward(self, x: Any, xp: Any = np) -> Any:
-        """y = T(x), (n, d)."""
-
-    def inverse(self, y: Any, xp: Any = np) -> Any:
-        """x = T^-1(y), (n, d)."""
-
-    def log_det(self, x: Any, xp: Any = np) -> Any:
-        """log |det dT/dx| at each row of x, (n,)."""
+# --- transforms: elementwise bijections T from data space to model space, written against an
+# array namespace xp (numpy, torch or jax.numpy) so autodiff can check log_det:
+# forward(x) = T(x), inverse(y) = T^-1(y), both (n, d); log_det(x) = log |det dT/dx|, (n,). ---
 
 
 @dataclass(frozen=True)
@@ -121,19 +101,28 @@ class Logit:
         return (math.log(self._scale()) - xp.log(s) - xp.log(1 - s)).sum(-1)
 
 
+Transform = Identity | Standardize | Logit
+
+
 # --- data sets ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Train and test rows in model space (float64), the transform from data space, and its
-    log-determinant at each test row, so held-out NLL is reported in data space."""
+    """Train and test rows in model space (float64), the transform from data space and its
+    log-determinant at each test row (held-out NLL is reported in data space)."""
 
     name: str
     train: np.ndarray  # (n_train, d)
     test: np.ndarray  # (n_test, d)
     test_log_det: np.ndarray  # (n_test,)
     transform: Transform = field(default_factory=Identity)
+
+    @classmethod
+    def transformed(cls, name: str, train, test, transform: Transform) -> Dataset:
+        """The data-space rows ``train`` and ``test``, moved to model space by ``transform``."""
+        test_log_det = transform.log_det(test)
+        return cls(name, transform.forward(train), transform.forward(test), test_log_det, transform)
 
     @property
     def dim(self) -> int:
@@ -167,9 +156,9 @@ def bits_per_dim(nll_nats: float, dim: int) -> float:
 def load_dataset(
     name: str, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0
 ) -> Dataset:
-    """A named data set. Toys: ``n_train``/``n_test`` fresh samples (default 10 000 / 2 000).
-    ``digits``: scikit-learn's 1797 8x8 images, a seeded 80/20 split (``n_train``/``n_test``
-    take the first rows of each part), uniform dequantisation, then :class:`Logit`."""
+    """A named data set: ``n_train``/``n_test`` fresh toy samples (default 10 000 / 2 000), or
+    the first rows of a seeded 80/20 split of ``digits`` (1797 8x8 images), dequantised and
+    :class:`Logit`-transformed."""
     if name not in DATASETS:
         raise ValueError(
             f"unknown dataset {name!r}; available: {', '.join(DATASETS)} "
@@ -218,13 +207,7 @@ def load_npy(
     if standardize:
         std = train.std(0)
         transform = Standardize(train.mean(0), np.where(std > 0, std, 1.0))
-    return Dataset(
-        name or path.stem,
-        transform.forward(train),
-        transform.forward(test),
-        transform.log_det(test),
-        transform,
-    )
+    return Dataset.transformed(name or path.stem, train, test, transform)
 
 
 def _digits(n_train: int | None, n_test: int | None, seed: int) -> Dataset:
@@ -244,13 +227,7 @@ def _digits(n_train: int | None, n_test: int | None, seed: int) -> Dataset:
     dequantised = pixels + rng.uniform(size=pixels.shape)
     transform = Logit(DIGITS_LEVELS)
     train, test = dequantised[train_rows], dequantised[test_rows]
-    return Dataset(
-        "digits",
-        transform.forward(train),
-        transform.forward(test),
-        transform.log_det(test),
-        transform,
-    )
+    return Dataset.transformed("digits", train, test, transform)
 
 
 # The toys as FFJORD's lib/toy_data.py defines them, from a numpy Generator.
@@ -321,18 +298,12 @@ def batches(data: np.ndarray, batch: int, rng: np.random.Generator) -> Iterator[
 
 @dataclass(frozen=True)
 class FlowConfig:
-    """How a flow is solved and its divergence computed.
-
-    - ``method``: "hollow" (exact, HollowNets only), "hutchinson" (``n_probes`` probes of
-      ``noise``, drawn once per solve as in FFJORD), "hutchpp" (Hutch++ with ``n_matvecs``
-      Jacobian-vector products of Gaussian probes, also drawn once per solve),
-      "dense_vectorized" or "dense_loop" (exact). ``noise`` None: the method's default.
-    - ``solver`` with ``rtol``/``atol``: "dopri5" (torchdiffeq, diffrax) or "tsit5" (diffrax).
-    - ``adjoint``: False differentiates through the solver's steps (torchdiffeq ``odeint``,
-      diffrax ``RecursiveCheckpointAdjoint``); True solves the continuous adjoint backwards
-      (``odeint_adjoint``, diffrax ``BacksolveAdjoint``), in O(1) memory.
-    - ``t1``: the flow's end time; ``max_steps``: the solver's step limit.
-    """
+    """How a flow is solved and its divergence computed. ``method``: "hollow" (exact,
+    HollowNets only), "hutchinson" (``n_probes`` probes of ``noise``, None: the method's
+    default), "hutchpp" (``n_matvecs`` products), both drawn once per solve as in FFJORD, or
+    "dense_vectorized"/"dense_loop" (exact). ``adjoint``: True solves the continuous adjoint
+    backwards in O(1) memory (``odeint_adjoint``, ``BacksolveAdjoint``) instead of
+    differentiating through the solver's steps."""
 
     method: str = "hollow"
     n_probes: int = 1
@@ -393,8 +364,7 @@ DEFAULT_CONFIG = FlowConfig()
 
 
 def flow_spec(dim: int, dtype: str = "float32") -> HollowSpec:
-    """The benchmark's CNF dynamics: a small time-dependent HollowNet (d_h = 8, a 16-wide
-    masked conditioner, a 32-32 tanh transformer over ``[x_i, h_i, t]``)."""
+    """The benchmark's CNF dynamics: a small time-dependent HollowNet."""
     return HollowSpec(
         dim=dim,
         d_h=8,
@@ -426,8 +396,8 @@ def check_seed(seed: Any) -> int:
 
 
 def check_budget(steps: int | None, budget_s: float | None) -> None:
-    """A training run stops after ``steps`` iterations or ``budget_s`` seconds (the first
-    reached); at least one must be given."""
+    """A training run stops after ``steps`` iterations or ``budget_s`` seconds, whichever
+    comes first; at least one must be given."""
     if steps is None and budget_s is None:
         raise ValueError("give steps=..., budget_s=... or both")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
@@ -437,8 +407,7 @@ def check_budget(steps: int | None, budget_s: float | None) -> None:
 
 
 def probe_seed(seed: int, index: int) -> int:
-    """The probe seed of training iteration (or evaluation batch) ``index``: fresh noise for
-    each, reproducibly."""
+    """The probe seed of training iteration (or evaluation batch) ``index``."""
     return seed * 1_000_003 + index
 
 
@@ -453,9 +422,9 @@ def check_data(data: Any, dim: int) -> np.ndarray:
 
 @dataclass
 class TrainResult:
-    """What a training run did: the trained ``field`` (the torch module, trained in place, or
-    the new JAX module), the loss (mean NLL in model space, nats) and NFE of each iteration,
-    and the wall seconds its iterations took (JAX compilation excluded)."""
+    """A training run: the trained ``field`` (torch: in place; JAX: a new module), each
+    iteration's loss (mean model-space NLL, nats) and NFE, and the wall seconds of the
+    iterations (JAX compilation excluded)."""
 
     field: Any
     losses: list[float]
@@ -468,16 +437,14 @@ class TrainResult:
         return len(self.losses)
 
     def done(self, steps: int | None, budget_s: float | None) -> bool:
-        """Whether ``steps`` iterations or ``budget_s`` wall seconds are reached (None: no
-        bound on that side)."""
+        """Whether ``steps`` iterations or ``budget_s`` wall seconds (None: no bound) are done."""
         return (steps is not None and self.iterations >= steps) or (
             budget_s is not None and self.seconds >= budget_s
         )
 
     def record(self, loss: Any, stats: dict, start: float) -> None:
-        """One iteration's loss and NFE, then the seconds since ``start``
-        (``time.perf_counter``): reading the loss waits for the step, so the clock sees it
-        done."""
+        """One iteration's loss and NFE; reading the loss waits for the step, so the seconds
+        since ``start`` (``time.perf_counter``) include it."""
         self.losses.append(float(loss))
         self.nfe_forward.append(int(stats["nfe_forward"]))
         backward = stats["nfe_backward"]

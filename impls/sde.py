@@ -1,30 +1,15 @@
-"""Fokker-Planck matching, framework-free: target densities with closed-form marginals, the
-residual's formula, the fields' container and the argument checks both backends share.
-
-An SDE ``dx = f(t, x) dt + diag(g(t, x)) dW`` (Itô, diagonal noise) moves densities by
-
-    dp/dt = -sum_i d_i (f_i p) + 1/2 sum_i d_i^2 (g_i^2 p).
-
-Divided by p, with ``s = log p`` and ``G = g^2`` (elementwise), it reads
+"""Fokker-Planck matching, framework-free: targets with closed-form marginals, the residual,
+the fields' container and the checks both backends share. An Itô SDE with diagonal noise,
+``dx = f dt + diag(g) dW``, moves ``s = log p`` by (``G = g^2``, elementwise)
 
     d_t s = sum_i [ -d_i f_i - f_i d_i s + 1/2 d_i^2 G_i + d_i G_i d_i s
                     + 1/2 G_i (d_i^2 s + (d_i s)^2) ],
 
-in which only dimension-wise derivatives of the fields appear: ``D_dim f``, and ``D_dim G =
-2 g D_dim g``, ``D_dim^2 G = 2 (D_dim g)^2 + 2 g D_dim^2 g`` from ``D_dim g`` and ``D_dim^2 g``,
-which a HollowNet gives in a few passes whatever d is. :func:`residual` assembles
-``r = d_t s - (right-hand side)`` from those terms; the backends' ``sde`` modules compute them
-(``route="hollow"`` or ``"dense"``).
-
-Targets provide ``log p``, its score ``grad log p``, the Hessian diagonal and ``d_t log p``:
-
-- :class:`OUMixture`: Ornstein-Uhlenbeck marginals, closed form in any d, started from one
-  Gaussian (:func:`ou_process`) or a Gaussian mixture (:func:`ou_mixture`), which the linear
-  flow keeps a mixture;
-- :class:`UserTarget`: any ``log_prob(t, x)``; the backends differentiate it.
-
-Closed forms are written once against an array namespace ``xp`` (``numpy``, ``torch`` or
-``jax.numpy``): ``t`` is (batch,), ``x`` (batch, d).
+in which only dimension-wise derivatives of the fields appear (``D_dim G = 2 g D_dim g``,
+``D_dim^2 G = 2 (D_dim g)^2 + 2 g D_dim^2 g``): a HollowNet gives them in a few passes
+whatever d is. Targets (an OU mixture, or any ``log_prob``) give ``log p``, its score, the
+Hessian diagonal and ``d_t log p``; closed forms are written once against an array namespace
+``xp`` (numpy, torch or jax.numpy), with ``t`` (batch,) and ``x`` (batch, d).
 """
 
 from __future__ import annotations
@@ -37,8 +22,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from impls._checks import check_t_shape
-
 ROUTES = ("hollow", "dense")
 # The derivative orders the residual takes of each field: D_dim f, and D_dim g, D_dim^2 g.
 DRIFT_ORDER, DIFFUSION_ORDER = 1, 2
@@ -49,20 +32,11 @@ Array = Any
 Field = Callable[[Array, Array], Array]  # (t (batch,), x (batch, d)) -> (batch, d)
 
 
-def residual(
-    dt_logp: Array,
-    score: Array,
-    hess_diag: Array,
-    f: Array,
-    df: Array,
-    g: Array,
-    dg: Array,
-    d2g: Array,
-) -> Array:
+def residual(dt_logp, score, hess_diag, f, df, g, dg, d2g) -> Array:
     """The Fokker-Planck residual ``d_t log p - rhs``, (batch,), from the target's terms
     (``dt_logp`` (batch,); ``score``, ``hess_diag`` (batch, d)) and the fields' values and
     dimension-wise derivatives (``f, df = D_dim f, g, dg = D_dim g, d2g = D_dim^2 g``, each
-    (batch, d)). Arithmetic only, so any array type works."""
+    (batch, d)), in any array type."""
     g2 = g * g
     dg2 = 2 * g * dg
     d2g2 = 2 * (dg * dg + g * d2g)
@@ -72,10 +46,9 @@ def residual(
 
 @dataclass(frozen=True, eq=False)
 class DimwiseField:
-    """A vector field ``fn(t, x)`` with its dimension-wise derivatives given explicitly:
-    ``ddim[k-1](t, x)`` is ``D_dim^k fn = [d^k fn_i / dx_i^k]_i``. Each callable maps t (batch,)
-    and x (batch, dim) to (batch, dim). The hollow route takes the derivatives from here; the
-    dense route differentiates ``fn`` itself."""
+    """A vector field ``fn(t, x)`` with explicit dimension-wise derivatives for the hollow
+    route: ``ddim[k-1](t, x)`` is ``D_dim^k fn``. Each maps t (batch,), x (batch, dim) to
+    (batch, dim)."""
 
     fn: Field
     ddim: tuple[Field, ...]
@@ -117,14 +90,11 @@ def _span(t_span: Any) -> tuple[float, float]:
 
 @dataclass(frozen=True, eq=False)
 class OUMixture:
-    """Marginals of ``dX = -theta (X - mu) dt + sigma dW`` (each dimension on its own) started
-    at ``t_span[0]`` from ``sum_k weights[k] N(means0[k], diag(stds0[k]^2))``.
-
-    Given X_0, X_t is Gaussian with mean ``mu + (X_0 - mu) a`` and variance
-    ``sigma^2 (1 - a^2) / (2 theta)``, ``a = exp(-theta (t - t0))``, so every component stays a
-    diagonal Gaussian, with mean ``m = mu + (m0 - mu) a`` and variance
-    ``v = s0^2 a^2 + sigma^2 (1 - a^2) / (2 theta)``: the marginal is a mixture in closed form.
-    Parameters: ``theta, mu, sigma`` (dim,), ``weights`` (K,), ``means0, stds0`` (K, dim).
+    """Marginals of ``dX = -theta (X - mu) dt + sigma dW`` (per dimension) started at
+    ``t_span[0]`` from ``sum_k weights[k] N(means0[k], diag(stds0[k]^2))``: with
+    ``a = exp(-theta (t - t0))`` each component stays a diagonal Gaussian, mean
+    ``mu + (m0 - mu) a``, variance ``s0^2 a^2 + sigma^2 (1 - a^2) / (2 theta)``.
+    ``theta, mu, sigma`` (dim,), ``weights`` (K,), ``means0, stds0`` (K, dim).
     """
 
     theta: np.ndarray
@@ -162,8 +132,8 @@ class OUMixture:
         return xp.log(_const(self.weights, x, xp)) + log_n
 
     def terms(self, t: Array, x: Array, xp) -> tuple[Array, Array, Array]:
-        """(d_t log p (batch,), grad log p (batch, d), diag of its Hessian (batch, d)), closed
-        form: responsibility-weighted sums of the components' Gaussian terms."""
+        """(d_t log p (batch,), grad log p (batch, d), diag of its Hessian (batch, d)): the
+        components' Gaussian terms weighted by their responsibilities."""
         m, v, dm, dv = self._components(t, xp, x)
         joint = self._log_joint(x, m, v, xp)
         resp = xp.exp(joint - _logsumexp(joint, xp)[:, None])[..., None]  # (batch, K, 1)
@@ -175,8 +145,7 @@ class OUMixture:
         return (resp[..., 0] * dt_k).sum(-1), score, hess
 
     def fields(self, xp) -> tuple[DimwiseField, DimwiseField]:
-        """The true drift ``-theta (x - mu)`` and diffusion ``sigma`` in namespace ``xp``, with
-        their dimension-wise derivatives (``-theta``; 0 and 0)."""
+        """The true drift ``-theta (x - mu)`` and diffusion ``sigma`` in namespace ``xp``."""
 
         def drift(t, x):
             return -_const(self.theta, x, xp) * (x - _const(self.mu, x, xp))
@@ -232,10 +201,9 @@ def ou_mixture(
     sigma: Any = 1.0,
     t_span: tuple[float, float] = (0.0, 1.0),
 ) -> OUMixture:
-    """An OU process from a Gaussian mixture. ``weights`` (K,) must be positive and sum to 1;
-    ``means0`` (K, dim) or (K,) (broadcast over dimensions; default: K points spread over
-    [-1.5, 1.5]); ``stds0`` scalar, (K,) or (K, dim); ``theta, sigma > 0`` and ``mu`` scalar or
-    (dim,)."""
+    """An OU process from a Gaussian mixture: ``weights`` (K,) positive, summing to 1;
+    ``means0`` (K, dim) or (K,) (default: spread over [-1.5, 1.5]); ``stds0`` scalar, (K,) or
+    (K, dim); ``theta, sigma > 0`` and ``mu`` scalar or (dim,)."""
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise ValueError(f"dim must be a positive int, got {dim!r}")
     w = np.asarray(weights, dtype=np.float64).reshape(-1)
@@ -278,8 +246,7 @@ def ou_process(
     std0: Any = 0.5,
     t_span: tuple[float, float] = (0.0, 1.0),
 ) -> OUMixture:
-    """The OU process ``dX = -theta (X - mu) dt + sigma dW`` from ``N(mean0, diag(std0^2))``:
-    Gaussian marginals for any d. Parameters are scalars or (dim,)."""
+    """The OU process from ``N(mean0, diag(std0^2))``; parameters scalars or (dim,)."""
     return ou_mixture(
         dim,
         weights=(1.0,),
@@ -297,10 +264,9 @@ Sampler = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 @dataclass(frozen=True, eq=False)
 class UserTarget:
-    """A target given by ``log_prob(t, x) -> (batch,)`` in the backend's own arrays (t (batch,),
-    x (batch, dim)); rows must be independent. The backends derive the score, the Hessian
-    diagonal and ``d_t log p`` by autodiff. ``sampler(t (n,), rng) -> (n, dim)`` numpy draws
-    training points (x ~ p_t or any proposal); without it, pass one to ``fit``."""
+    """A target ``log_prob(t (batch,), x (batch, dim)) -> (batch,)`` in the backend's arrays,
+    rows independent (the backends differentiate it). ``sampler(t (n,), rng) -> (n, dim)``
+    draws numpy training points (x ~ p_t or any proposal), else pass one to ``fit``."""
 
     dim: int
     log_prob: Callable[[Array, Array], Array]
@@ -336,36 +302,25 @@ def training_batch(
 
 
 class FitResult(NamedTuple):
-    """What ``fit`` returns in both backends: the trained fields (torch: the same modules,
-    trained in place; JAX: new modules, the inputs unchanged) and the loss per step (steps,)."""
+    """The trained fields (torch: in place; JAX: new modules) and the loss per step (steps,)."""
 
     drift: Any
     diffusion: Any
     losses: np.ndarray
 
 
-def jet(
-    field: Any,
-    t: Any,
-    x: Any,
-    order: int,
-    route: str,
-    hollow_jet: Callable[[Any, Any, Any, int], list],
-    dense_jet: Callable[[Callable, Any, Any, int], list],
-    is_hollow_net: bool,
-) -> list:
+def jet(field, t, x, order: int, route: str, hollow_jet, dense_jet) -> list:
     """``[f, D_dim f, ..., D_dim^order f]`` at (t (batch,), x (batch, d)), each (batch, d), by
-    ``route``: "hollow" takes a backend's ``hollow_jet(net, t, x, order)`` for its HollowNets
-    or a DimwiseField's own callables; "dense" takes ``dense_jet(fn, t, x, order)`` for any
-    field. The backends' ``dimwise_jet`` pass their own jets."""
+    ``route``: "hollow" takes a backend's ``hollow_jet(net, t, x, order)`` (None when the field
+    is no HollowNet of that backend) or a DimwiseField's callables; "dense" takes
+    ``dense_jet(fn, t, x, order)`` for any field."""
     check_route(route)
-    if route == "hollow":
-        if is_hollow_net:
-            out = hollow_jet(field, t, x, order)
-        else:  # a DimwiseField (checked by the caller)
-            out = [field.fn(t, x), *(fn(t, x) for fn in field.ddim[:order])]
-    else:
+    if route == "dense":
         out = dense_jet(field.fn if isinstance(field, DimwiseField) else field, t, x, order)
+    elif hollow_jet is not None:
+        out = hollow_jet(field, t, x, order)
+    else:  # a DimwiseField (checked by the caller)
+        out = [field.fn(t, x), *(fn(t, x) for fn in field.ddim[:order])]
     for k, value in enumerate(out):
         check_output(value.shape, x.shape, f"D_dim^{k} of the field" if k else "the field")
     return out
@@ -395,10 +350,6 @@ def check_state(shape: tuple, dtype: str, dim: int) -> None:
         raise ValueError(f"x must hold at least one sample, got shape {tuple(shape)}")
     if dtype not in ("float32", "float64"):
         raise TypeError(f"x must be float32 or float64, got {dtype}")
-
-
-def check_times(shape: tuple, batch: int) -> None:
-    check_t_shape(tuple(shape), batch)
 
 
 def check_output(shape: tuple, expected: tuple, name: str) -> None:
@@ -431,8 +382,8 @@ def check_sampling(ts: Any, dt: Any) -> tuple[float, ...]:
 
 
 def field_problem(field: Any, name: str, route: str, dim: int, hollow: bool) -> str | None:
-    """Why ``field`` cannot serve as ``name`` on ``route`` (None when it can). ``hollow`` says
-    whether it is a HollowNet of the calling backend."""
+    """Why ``field`` cannot serve as ``name`` on ``route`` (None when it can); ``hollow``: it
+    is a HollowNet of the calling backend."""
     spec = getattr(field, "spec", None)
     if spec is not None:
         if not spec.time_dependent:

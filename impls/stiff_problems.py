@@ -26,11 +26,9 @@ Rhs = Callable[[Any, Any, Any], Any]  # (t, y (batch, d), xp) -> (batch, d)
 
 @dataclass(frozen=True, eq=False)
 class Problem:
-    """A stiff initial value problem ``y' = rhs(t, y)``, ``y(t0) = y0``.
-
-    ``diag`` is the exact Jacobian diagonal ``D_dim f`` (analytic); ``atol_scale`` the magnitude
-    below which a component is noise (atol = rtol * atol_scale); ``jac_sparsity`` the Jacobian's
-    sparsity pattern (d, d), or None for dense, handed to scipy's reference solver.
+    """A stiff initial value problem ``y' = rhs(t, y)``, ``y(t0) = y0``, with its analytic
+    Jacobian diagonal ``diag``; below ``atol_scale`` a component is noise (atol = rtol *
+    atol_scale); ``jac_sparsity`` (d, d) or None (dense) is handed to scipy's reference solver.
     """
 
     name: str
@@ -248,11 +246,9 @@ def make_problem(name: str, **params: Any) -> Problem:
 
 @dataclass(frozen=True, eq=False)
 class HollowProblem:
-    """Metadata of ``f(x) = -diag(lambdas) x + g(x)`` with ``g`` the HollowNet ``spec``.
-
-    ``lambdas`` (d,) are log-spaced over [1, stiffness]; g is O(1)-Lipschitz, so ``stiffness``
-    is the ratio of the fastest to the slowest decay rate.
-    """
+    """Metadata of ``f(x) = -diag(lambdas) x + g(x)``, g the HollowNet ``spec``: ``lambdas``
+    (d,) log-spaced over [1, stiffness], the ratio of the fastest to the slowest decay rate (g
+    is O(1)-Lipschitz)."""
 
     spec: HollowSpec
     lambdas: np.ndarray  # (d,)
@@ -278,11 +274,8 @@ class HollowProblem:
 def hollow_problem(
     d: int, stiffness: float = 1e3, t1: float = 2.0, seed: int = 0, spec: HollowSpec | None = None
 ) -> HollowProblem:
-    """The stiff HollowNet system at dimension d; build g with ``B.build(p.spec, seed=p.seed)``.
-
-    The default g is a float64 HollowNet (d_h 8, conditioner width 8, transformer 32-32);
-    y0 ~ N(0, I) from ``seed``.
-    """
+    """The stiff HollowNet system at dimension d, y0 ~ N(0, I) from ``seed``; build g with
+    ``B.build(p.spec, seed=p.seed)``."""
     if not isinstance(d, int) or d < 1:
         raise ValueError(f"d must be a positive int, got {d!r}")
     if not stiffness >= 1:
@@ -314,10 +307,8 @@ def reference_solution(
     jac: Callable | None = None,
     jac_sparsity: np.ndarray | None = None,
 ) -> np.ndarray:
-    """scipy ``solve_ivp`` of ``y' = fun(t, y)`` (y (d,)), at ``ts`` (default: t1): (len(ts), d).
-
-    Raises RuntimeError when scipy fails: a reference must never silently be wrong.
-    """
+    """scipy ``solve_ivp`` of ``y' = fun(t, y)`` (y (d,)) at ``ts`` (default: t1), (len(ts), d);
+    RuntimeError when scipy fails: a reference must never silently be wrong."""
     from scipy.integrate import solve_ivp
 
     ts = np.asarray([t_span[1]] if ts is None else ts, dtype=float)

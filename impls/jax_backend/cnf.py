@@ -1,19 +1,12 @@
-"""Continuous normalizing flows in JAX: diffrax's ``diffeqsolve`` with ``Dopri5`` or ``Tsit5``,
-a ``PIDController``, and ``RecursiveCheckpointAdjoint`` or ``BacksolveAdjoint``.
+"""Continuous normalizing flows in JAX: the PyTorch backend's ``cnf`` API on diffrax's
+``diffeqsolve`` (Dopri5 or Tsit5, a PID controller, ``RecursiveCheckpointAdjoint`` or
+``BacksolveAdjoint``). Pure and traceable; probes come from ``key`` (else ``seed``).
 
-The API is the PyTorch backend's (see its ``cnf`` module and :mod:`impls.cnf`), with JAX's
-conventions: everything is pure and traceable (``jax.jit``, ``eqx.filter_value_and_grad``),
-and Hutchinson probes come from ``key`` (else ``seed``), drawn once per solve.
-
->>> logp, stats = log_likelihood(net, x, FlowConfig(method="hollow"))
 >>> (loss, stats), grads = eqx.filter_value_and_grad(nll, has_aux=True)(net, x, config, key=k)
 
-NFE (``stats``) are derived, not counted (``NFE_KIND``): diffrax reports step counts
-(``n_steps`` attempts, ``n_accepted``, ``n_rejected``), not evaluations, and a compiled solve
-has no place for a counter. Dopri5 and Tsit5 evaluate f 6 times per step attempt (FSAL) plus
-once at the start, so ``nfe_forward = 6 n_steps + 1`` (a test counts the calls with a host
-callback and finds exactly that). ``nfe_backward`` is None: reverse mode through diffrax's
-checkpointed loop, and its adjoint solve, report no count, and none is assumed.
+NFE are derived (``NFE_KIND``): diffrax counts steps, not evaluations, so ``nfe_forward =
+6 n_steps + 1`` (FSAL; a test counts the calls and finds exactly that). ``nfe_backward`` is
+None: reverse mode and the adjoint solve report no count, and none is assumed.
 """
 
 from __future__ import annotations
@@ -32,18 +25,6 @@ from impls import cnf
 from impls.cnf import DEFAULT_CONFIG, STOCHASTIC_TRACES, FlowConfig, TrainResult
 from impls.jax_backend import operators
 from impls.jax_backend.models import HollowNet, _Model
-
-__all__ = [
-    "NFE_KIND",
-    "SOLVERS",
-    "decode",
-    "encode",
-    "held_out_log_likelihood",
-    "log_likelihood",
-    "nll",
-    "sample",
-    "train",
-]
 
 SOLVERS = ("dopri5", "tsit5")
 NFE_KIND = "derived"  # nfe_forward from diffrax's step count, nfe_backward not known
@@ -75,9 +56,9 @@ def _value_and_divergence(field: Callable, x, t, key, config: FlowConfig):
 
 @eqx.filter_jit
 def _integrate(field, y0: jax.Array, t0: jax.Array, t1: jax.Array, key, config: FlowConfig):
-    """Solve ``d/dt [x, a] = [f, -div f]`` from t0 to t1: (y(t1), a(t1), stats). Compiled once
-    per field structure, config and shape; t0 and t1 are traced, so encode and decode share
-    it. The field's arrays travel in ``args``, which BacksolveAdjoint differentiates."""
+    """Solve ``d/dt [x, a] = [f, -div f]`` from t0 to t1: (y(t1), a(t1), stats). t0 and t1 are
+    traced (encode and decode share a compilation); the field's arrays travel in ``args``,
+    which BacksolveAdjoint differentiates."""
     params, static = eqx.partition(field, eqx.is_inexact_array)
 
     def vector_field(t, state, args):
@@ -208,8 +189,8 @@ def sample(
     key: jax.Array | None = None,
     seed: int = 0,
 ) -> tuple[jax.Array, jax.Array]:
-    """n samples of a built model's flow: z ~ N(0, I), decoded; (x, log p(x)). ``key`` (else
-    ``seed``) is split into the draw's key and the probes' key."""
+    """n samples of a built model's flow, (x, log p(x)); ``key`` (else ``seed``) is split into
+    the draw's and the probes' keys."""
     if not _is_model(net):
         raise TypeError("sample needs a model built by this backend; decode any z instead")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -229,9 +210,8 @@ def held_out_log_likelihood(
     seed: int = 0,
     batch: int = 512,
 ) -> np.ndarray:
-    """Model-space log p of every row of ``data`` (n, d), in batches of one shape (the last
-    is padded), so one compilation serves them all. Batch i draws its Hutchinson probes from
-    ``probe_seed(seed, i)``: no two rows share one."""
+    """The PyTorch backend's ``held_out_log_likelihood``, in batches of one shape (the last
+    padded), so one compilation serves them all."""
     param = next(iter(field.params.values()))
     data = cnf.check_data(data, field.spec.dim)
     cnf.check_seed(seed)
@@ -258,9 +238,8 @@ def train(
     lr: float = 1e-3,
     seed: int = 0,
 ) -> TrainResult:
-    """optax Adam on the mean NLL of minibatches of ``data`` (model space) until ``steps``
-    iterations or ``budget_s`` wall seconds; the step is compiled before the clock starts.
-    Returns the trained field in the result. Batches follow ``seed`` as in the torch backend."""
+    """The PyTorch backend's ``train`` with optax's Adam, the step compiled before the clock
+    starts; the result holds the new field."""
     import optax
 
     cnf.check_budget(steps, budget_s)

@@ -1,25 +1,14 @@
-"""SDEs by Fokker-Planck matching in JAX: the residual on a hollow or a dense route, training
-with optax, and sampling with diffrax.
+"""SDEs by Fokker-Planck matching in JAX: the PyTorch backend's ``sde`` API, training with
+optax and sampling with diffrax. The hollow route takes nested JVPs with tangent 1 through
+the transformer (exact: it is separable). Everything is pure and compiled
+(``eqx.filter_jit``: arrays are traced, targets and plain callables static).
 
->>> from impls.sde import ou_process
->>> target = ou_process(8)
->>> spec = HollowSpec(dim=8, time_dependent=True, dtype="float64")
->>> f, g = build(spec, 0, device), build(spec, 1, device)     # drift, diagonal diffusion
->>> r = fp_residual(f, g, target, t, x, route="hollow")       # (batch,)
->>> f, g, losses = fit(f, g, target, steps=300)                # minimise mean r^2 (Adam)
->>> paths = sample_sde(f, g, x0, [0.0, 1.0], dt=0.01)          # (2, n, 8), diffrax Euler
-
-The hollow route takes ``D_dim f``, ``D_dim g`` and ``D_dim^2 g`` from the transformer alone
-(one conditioner pass per field, then nested JVPs with tangent 1: exact, the transformer is
-separable), or from a :class:`~impls.sde.DimwiseField`'s explicit callables; the dense route
-differentiates any field ``f(t, x)`` along each of the d basis directions. Everything is pure
-and jit-compiled (``eqx.filter_jit``: arrays are traced, targets and plain callables are
-static); ``jax.grad`` reaches every parameter. The PyTorch backend's ``sde`` module has the
-same API.
+>>> f, g, losses = fit(f, g, target, steps=300)   # new modules; the inputs are unchanged
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -30,19 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from impls import sde
+from impls._checks import check_t_shape
 from impls.jax_backend.models import HollowNet
 from impls.jax_backend.operators import check_finite, is_concrete
 from impls.sde import FitResult, Target, UserTarget
-
-__all__ = [
-    "FitResult",
-    "dimwise_jet",
-    "fit",
-    "fp_loss",
-    "fp_residual",
-    "sample_sde",
-    "target_terms",
-]
 
 
 def fp_residual(
@@ -55,9 +35,9 @@ def fp_residual(
     route: str = "hollow",
     chunk_size: int | None = None,
 ) -> jax.Array:
-    """The Fokker-Planck residual ``d_t log p - rhs`` of ``dx = drift dt + diag(diffusion) dW``
-    against ``target`` at times ``t`` (scalar or (batch,)) and points ``x`` (batch, d):
-    (batch,). ``chunk_size`` bounds the dense route's memory (basis directions per map)."""
+    """The Fokker-Planck residual of ``dx = drift dt + diag(diffusion) dW`` against ``target``
+    at times ``t`` (scalar or (batch,)) and ``x`` (batch, d): (batch,). ``chunk_size`` bounds
+    the dense route's memory (basis directions per map)."""
     t = _prepare(drift, diffusion, target, t, x, route)
     return _residual(drift, diffusion, target, t, x, route, chunk_size)
 
@@ -87,7 +67,7 @@ def _prepare(drift, diffusion, target, t, x, route) -> jax.Array:
             raise ValueError(problem)
         _check_model(field, x, name)
     t = jnp.asarray(t, dtype=x.dtype)
-    sde.check_times(t.shape, x.shape[0])
+    check_t_shape(tuple(t.shape), x.shape[0])
     check_finite(x, "x")
     check_finite(t, "t")
     return jnp.broadcast_to(t.reshape(-1), (x.shape[0],))
@@ -108,24 +88,15 @@ def dimwise_jet(
     field: Any, t: jax.Array, x: jax.Array, order: int, route: str, *, chunk_size=None
 ) -> list[jax.Array]:
     """``[f, D_dim f, ..., D_dim^order f]`` at (t (batch,), x (batch, d)), each (batch, d)."""
+    hollow = _hollow_jet if isinstance(field, HollowNet) else None
     return sde.jet(
-        field,
-        t,
-        x,
-        order,
-        route,
-        _hollow_jet,
-        lambda fn, t, x, order: _dense_jet(fn, t, x, order, chunk_size),
-        isinstance(field, HollowNet),
+        field, t, x, order, route, hollow, functools.partial(_dense_jet, chunk_size=chunk_size)
     )
 
 
 def _hollow_jet(net: HollowNet, t: jax.Array, x: jax.Array, order: int) -> list[jax.Array]:
-    """One conditioner pass, then nested JVPs with tangent 1 through the transformer alone.
-
-    h is computed outside the differentiated function, so the JVPs hold it fixed while an
-    outer ``grad`` still reaches the conditioner's parameters through it.
-    """
+    """One conditioner pass, then nested JVPs with tangent 1 through the transformer alone: h
+    is computed outside them, so they hold it fixed while an outer ``grad`` reaches it."""
     h = net.conditioner(x, t)
     ones = jnp.ones_like(x)
 
@@ -139,10 +110,9 @@ def _hollow_jet(net: HollowNet, t: jax.Array, x: jax.Array, order: int) -> list[
     return list(jet(x, order))
 
 
-def _dense_jet(fn, t: jax.Array, x: jax.Array, order: int, chunk_size) -> list[jax.Array]:
-    """The value, then nested JVPs along each basis direction e_i, vmapped over the d of them
-    (or mapped in chunks), keeping component i: the Jacobian's (and each output's Hessian's)
-    diagonal at the cost of d directional passes."""
+def _dense_jet(fn, t: jax.Array, x: jax.Array, order: int, *, chunk_size) -> list[jax.Array]:
+    """The value, then nested JVPs along each basis direction e_i (vmapped, or mapped in
+    chunks), keeping component i: the diagonals of the Jacobian and of each output's Hessian."""
     along_x = lambda y: fn(t, y)  # noqa: E731
 
     def along(e: jax.Array) -> tuple[jax.Array, ...]:
@@ -166,8 +136,7 @@ def target_terms(
     target: Target, t: jax.Array, x: jax.Array, *, autodiff: bool = False
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(d_t log p (batch,), grad log p (batch, d), Hessian diagonal (batch, d)) at t (batch,):
-    closed form for an OU target, autodiff of ``log_prob`` for a UserTarget (or when
-    ``autodiff``)."""
+    closed form for an OU target, autodiff for a UserTarget (or when ``autodiff``)."""
     if isinstance(target, UserTarget):
         return _autodiff_terms(target.log_prob, t, x)
     if autodiff:
@@ -176,8 +145,8 @@ def target_terms(
 
 
 def _autodiff_terms(log_prob, t: jax.Array, x: jax.Array) -> tuple[jax.Array, ...]:
-    """Rows are independent, so gradients of the batch sum are per-sample gradients; the
-    Hessian diagonal takes one forward-over-reverse pass per dimension."""
+    """Gradients of the batch sum are per-sample (rows are independent); the Hessian diagonal
+    takes one forward-over-reverse pass per dimension."""
     sde.check_output(jax.eval_shape(log_prob, t, x).shape, x.shape[:1], "log_prob")
     score_fn = jax.grad(lambda y: log_prob(t, y).sum())
     basis = jnp.eye(x.shape[1], dtype=x.dtype)
@@ -200,8 +169,7 @@ def fit(
     seed: int = 0,
     sampler: sde.Sampler | None = None,
 ) -> FitResult:
-    """Fokker-Planck matching: Adam (optax) on the mean squared residual over fresh (t, x) each
-    step, t uniform over the target's t_span and x from ``sampler`` (default: the target)."""
+    """The PyTorch backend's ``fit``, with optax's Adam."""
     sde.check_fit(steps, batch, lr)
     for field, name in ((drift, "drift"), (diffusion, "diffusion")):
         if not isinstance(field, eqx.Module) or not hasattr(field, "params"):
@@ -251,10 +219,8 @@ def sample_sde(
     dt: float = 1e-2,
     seed: int = 0,
 ) -> jax.Array:
-    """Paths of ``dx = drift dt + diag(diffusion) dW`` (Itô) from ``x0`` (n, d) at times ``ts``:
-    (len(ts), n, d), by diffrax's ``diffeqsolve`` (Euler-Maruyama, fixed step ``dt``) over
-    ``MultiTerm(ODETerm, ControlTerm)`` driven by a ``VirtualBrownianTree`` from ``seed``.
-    Fields are called as ``f(t, x)``, t a scalar array."""
+    """The PyTorch backend's ``sample_sde``, by diffrax's Euler-Maruyama on a
+    ``VirtualBrownianTree`` from ``seed``; fields are called as ``f(t, x)``, t a 0-d array."""
     times = sde.check_sampling(ts, dt)
     if not isinstance(x0, jax.Array) or x0.ndim != 2:
         raise ValueError("x0 must be a (n, d) jax.Array")

@@ -1,22 +1,14 @@
-"""Continuous normalizing flows in PyTorch: torchdiffeq's ``odeint`` / ``odeint_adjoint``.
+"""Continuous normalizing flows in PyTorch, with torchdiffeq's ``odeint`` / ``odeint_adjoint``
+(:mod:`impls.cnf` has the maths, configuration and data; the JAX ``cnf`` module the same API).
+The ``field`` is a time-dependent model of this backend (a HollowNet for method "hollow") or
+any callable ``f(t, x)`` on (batch, d) tensors.
 
-The flow's ``field`` is a time-dependent model built by this backend (``net(t, x)``; a
-HollowNet for method "hollow"), or any callable ``f(t, x)`` on (batch, d) tensors (then the
-dense methods or Hutchinson, computed by the operators' own code). See :mod:`impls.cnf` for
-the maths, the configuration and the data; the JAX backend's ``cnf`` module has the same API.
-
->>> from impls.cnf import FlowConfig, flow_spec
->>> net = TorchBackend("cpu").build(flow_spec(2), seed=0)
->>> logp, stats = log_likelihood(net, x, FlowConfig(method="hollow"))   # (batch,)
 >>> loss, stats = nll(net, x, FlowConfig(method="hutchinson")); loss.backward()
->>> stats["nfe_forward"], stats["nfe_backward"]                            # counted
+>>> stats["nfe_forward"], stats["nfe_backward"]     # counted (NFE_KIND)
 
-NFE (``stats``): ``nfe_forward`` counts evaluations of the dynamics during the solve;
-``nfe_backward`` counts vector-Jacobian products of the dynamics during ``backward()`` (an
-autograd hook on their output), which the dict gains while backward runs: one per forward
-evaluation the graph holds (``adjoint=False``), or one per evaluation of the adjoint solve
-(``adjoint=True``). Each evaluation takes f and its divergence from one pass of the field
-(``value_and_divergence``). Both NFE figures are counted (``NFE_KIND``).
+``nfe_forward`` counts evaluations of the dynamics in the solve; ``nfe_backward`` counts their
+VJPs during ``backward()`` (an autograd hook on their output): one per evaluation the graph
+holds, or per evaluation of the adjoint solve (``adjoint=True``).
 """
 
 from __future__ import annotations
@@ -35,21 +27,8 @@ from impls.cnf import DEFAULT_CONFIG, STOCHASTIC_TRACES, FlowConfig, TrainResult
 from impls.torch_backend import operators
 from impls.torch_backend.models import HollowNet
 
-__all__ = [
-    "NFE_KIND",
-    "SOLVERS",
-    "Dynamics",
-    "decode",
-    "encode",
-    "held_out_log_likelihood",
-    "log_likelihood",
-    "nll",
-    "sample",
-    "train",
-]
-
 SOLVERS = ("dopri5",)
-NFE_KIND = "counted"  # both NFE figures count real calls (see the module docstring)
+NFE_KIND = "counted"  # both NFE figures count real calls
 Tensor = torch.Tensor
 
 
@@ -68,17 +47,14 @@ class _CountVJP(torch.autograd.Function):
 
 
 class Dynamics(nn.Module):
-    """``d/dt [x, a] = [f(t, x), -div f(t, x)]`` on the state ``(x (batch, d), a (batch,))``.
-
-    Hutchinson probes come from ``seed`` at every evaluation, so one solve (and its adjoint)
-    sees a single draw, as in FFJORD. ``calls`` counts evaluations.
-    """
+    """``d/dt [x, a] = [f(t, x), -div f(t, x)]`` on the state ``(x (batch, d), a (batch,))``;
+    probes come from ``seed`` at every evaluation: one draw per solve, as in FFJORD."""
 
     def __init__(self, field: Callable, config: FlowConfig, seed: int, stats: dict):
         super().__init__()
         self.field = field  # a Module registers as a child: odeint_adjoint finds its params
         self.config, self.seed, self.stats = config, seed, stats
-        self.calls = 0
+        self.calls = 0  # the adjoint solve calls it too: nfe_forward is read after the solve
 
     def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         self.calls += 1
@@ -216,8 +192,8 @@ def held_out_log_likelihood(
     seed: int = 0,
     batch: int = 512,
 ) -> np.ndarray:
-    """Model-space log p of every row of ``data`` (n, d), in batches, without gradients.
-    Batch i draws its Hutchinson probes from ``probe_seed(seed, i)``: no two rows share one."""
+    """Model-space log p of every row of ``data`` (n, d), in batches without gradients; batch
+    i draws its probes from ``probe_seed(seed, i)``."""
     param = next(field.parameters())
     data = cnf.check_data(data, field.spec.dim)
     cnf.check_seed(seed)
@@ -241,8 +217,8 @@ def train(
     lr: float = 1e-3,
     seed: int = 0,
 ) -> TrainResult:
-    """Adam on the mean NLL of minibatches of ``data`` (model space), in place, until
-    ``steps`` iterations or ``budget_s`` wall seconds. Batches and probes follow ``seed``."""
+    """Adam on the mean NLL of minibatches of ``data`` (model space), in place, until ``steps``
+    iterations or ``budget_s`` wall seconds; batches and probes follow ``seed``."""
     cnf.check_budget(steps, budget_s)
     cnf.check_seed(seed)
     param = next(field.parameters())

@@ -1,23 +1,19 @@
 """SDEs by Fokker-Planck matching in PyTorch: the residual on a hollow or a dense route,
-training, and sampling with torchsde.
+training, and sampling with torchsde; the JAX backend's ``sde`` module has the same API.
 
->>> from impls.sde import ou_process
->>> target = ou_process(8)
->>> spec = HollowSpec(dim=8, time_dependent=True, dtype="float64")
->>> f, g = build(spec, 0, "cpu"), build(spec, 1, "cpu")      # drift, diagonal diffusion
->>> r = fp_residual(f, g, target, t, x, route="hollow")       # (batch,)
+>>> f, g = build(spec, 0, "cpu"), build(spec, 1, "cpu")   # time-dependent: drift, diffusion
+>>> r = fp_residual(f, g, ou_process(8), t, x, route="hollow")    # (batch,)
 >>> fit(f, g, target, steps=300)                               # minimise mean r^2 (Adam)
 >>> paths = sample_sde(f, g, x0, [0.0, 1.0], dt=0.01)          # (2, n, 8), torchsde Euler
 
-The hollow route takes ``D_dim f``, ``D_dim g`` and ``D_dim^2 g`` from the transformer alone
-(reverse passes with h held fixed, one conditioner pass per field), or from a
-:class:`~impls.sde.DimwiseField`'s explicit callables; the dense route differentiates any
-field ``f(t, x)`` along each of the d basis directions. Every result back-propagates to the
-fields' parameters when grad mode is on. The JAX backend's ``sde`` module has the same API.
+The hollow route differentiates the transformer alone (h held fixed), or takes a
+:class:`~impls.sde.DimwiseField`'s callables; the dense route differentiates any field along
+each of the d basis directions. Results back-propagate to the fields' parameters.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,19 +22,10 @@ import torch
 from torch.func import grad, jvp, vmap
 
 from impls import sde
+from impls._checks import check_t_shape
 from impls.sde import FitResult, Target, UserTarget
 from impls.torch_backend.models import HollowNet
 from impls.torch_backend.operators import check_finite
-
-__all__ = [
-    "FitResult",
-    "dimwise_jet",
-    "fit",
-    "fp_loss",
-    "fp_residual",
-    "sample_sde",
-    "target_terms",
-]
 
 Tensor = torch.Tensor
 
@@ -53,9 +40,9 @@ def fp_residual(
     route: str = "hollow",
     chunk_size: int | None = None,
 ) -> Tensor:
-    """The Fokker-Planck residual ``d_t log p - rhs`` of ``dx = drift dt + diag(diffusion) dW``
-    against ``target`` at times ``t`` (scalar or (batch,)) and points ``x`` (batch, d):
-    (batch,). ``chunk_size`` bounds the dense route's memory (basis directions per vmap)."""
+    """The Fokker-Planck residual of ``dx = drift dt + diag(diffusion) dW`` against ``target``
+    at times ``t`` (scalar or (batch,)) and ``x`` (batch, d): (batch,). ``chunk_size`` bounds
+    the dense route's memory (basis directions per vmap)."""
     t = _prepare(drift, diffusion, target, t, x, route)
     f, df = dimwise_jet(drift, t, x, sde.DRIFT_ORDER, route, chunk_size=chunk_size)
     g, dg, d2g = dimwise_jet(diffusion, t, x, sde.DIFFUSION_ORDER, route, chunk_size=chunk_size)
@@ -80,7 +67,7 @@ def _prepare(drift, diffusion, target, t, x, route) -> Tensor:
             raise ValueError(problem)
         _check_model(field, x, name)
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    sde.check_times(tuple(t.shape), x.shape[0])
+    check_t_shape(tuple(t.shape), x.shape[0])
     check_finite(x, "x")
     check_finite(t, "t")
     return t.reshape(-1).expand(x.shape[0]).contiguous()
@@ -100,25 +87,16 @@ def dimwise_jet(
     field: Any, t: Tensor, x: Tensor, order: int, route: str, *, chunk_size: int | None = None
 ) -> list[Tensor]:
     """``[f, D_dim f, ..., D_dim^order f]`` at (t (batch,), x (batch, d)), each (batch, d)."""
+    hollow = _hollow_jet if isinstance(field, HollowNet) else None
     return sde.jet(
-        field,
-        t,
-        x,
-        order,
-        route,
-        _hollow_jet,
-        lambda fn, t, x, order: _dense_jet(fn, t, x, order, chunk_size),
-        isinstance(field, HollowNet),
+        field, t, x, order, route, hollow, functools.partial(_dense_jet, chunk_size=chunk_size)
     )
 
 
 def _hollow_jet(net: HollowNet, t: Tensor, x: Tensor, order: int) -> list[Tensor]:
-    """One conditioner pass, then ``order`` reverse passes through the transformer alone.
-
-    The derivatives are taken with respect to a node that feeds the transformer only, so h
-    is held fixed there while every result stays in the graph of x and all parameters (a
-    ``h.detach()`` would drop the conditioner's share of the parameter gradients).
-    """
+    """One conditioner pass, then ``order`` reverse passes through the transformer alone, with
+    respect to a node that feeds it only: h is held fixed, yet every result stays in the graph
+    of x and all parameters (``h.detach()`` would drop the conditioner's gradient share)."""
     keep_graph = torch.is_grad_enabled()
     with torch.enable_grad():
         h = net.conditioner(x, t)
@@ -133,10 +111,9 @@ def _hollow_jet(net: HollowNet, t: Tensor, x: Tensor, order: int) -> list[Tensor
     return out if keep_graph else [v.detach() for v in out]
 
 
-def _dense_jet(fn, t: Tensor, x: Tensor, order: int, chunk_size: int | None) -> list[Tensor]:
-    """The value, then nested JVPs along each basis direction e_i, vmapped over the d of them,
-    keeping component i: the Jacobian's (and each output's Hessian's) diagonal at the cost of
-    d directional passes."""
+def _dense_jet(fn, t: Tensor, x: Tensor, order: int, *, chunk_size: int | None) -> list[Tensor]:
+    """The value, then nested JVPs along each basis direction e_i (vmapped), keeping component
+    i: the diagonals of the Jacobian and of each output's Hessian, in d directional passes."""
     basis = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
     along_x = lambda y: fn(t, y)  # noqa: E731
 
@@ -156,8 +133,7 @@ def target_terms(
     target: Target, t: Tensor, x: Tensor, *, autodiff: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(d_t log p (batch,), grad log p (batch, d), Hessian diagonal (batch, d)) at t (batch,):
-    closed form for an OU target, autodiff of ``log_prob`` for a UserTarget (or when
-    ``autodiff``)."""
+    closed form for an OU target, autodiff for a UserTarget (or when ``autodiff``)."""
     if isinstance(target, UserTarget):
         return _autodiff_terms(target.log_prob, t, x)
     if autodiff:
@@ -166,8 +142,8 @@ def target_terms(
 
 
 def _autodiff_terms(log_prob, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Rows are independent, so gradients of the batch sum are per-sample gradients; the
-    Hessian diagonal takes one forward-over-reverse pass per dimension."""
+    """Gradients of the batch sum are per-sample (rows are independent); the Hessian diagonal
+    takes one forward-over-reverse pass per dimension."""
     sde.check_output(log_prob(t, x).shape, x.shape[:1], "log_prob")
     score_fn = grad(lambda y: log_prob(t, y).sum())
     basis = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
@@ -188,8 +164,8 @@ def fit(
     seed: int = 0,
     sampler: sde.Sampler | None = None,
 ) -> FitResult:
-    """Fokker-Planck matching: Adam on the mean squared residual over fresh (t, x) each step,
-    t uniform over the target's t_span and x from ``sampler`` (default: the target itself)."""
+    """Adam on the mean squared residual over fresh (t, x) each step: t uniform over the
+    target's t_span, x from ``sampler`` (default: the target)."""
     sde.check_fit(steps, batch, lr)
     for field, name in ((drift, "drift"), (diffusion, "diffusion")):
         if not isinstance(field, torch.nn.Module):
@@ -221,9 +197,9 @@ def sample_sde(
     dt: float = 1e-2,
     seed: int = 0,
 ) -> Tensor:
-    """Paths of ``dx = drift dt + diag(diffusion) dW`` (Itô) from ``x0`` (n, d) at times ``ts``:
-    (len(ts), n, d), by torchsde's ``sdeint`` (Euler-Maruyama, fixed step ``dt``) on a
-    ``BrownianInterval`` seeded by ``seed``. Fields are called as ``f(t, x)``, t a 0-d tensor."""
+    """Paths of ``dx = drift dt + diag(diffusion) dW`` (Itô) from ``x0`` (n, d) at ``ts``:
+    (len(ts), n, d), by torchsde's Euler-Maruyama with step ``dt``, seeded by ``seed``. Fields
+    are called as ``f(t, x)``, t a 0-d tensor."""
     times = sde.check_sampling(ts, dt)
     if not isinstance(x0, Tensor) or x0.ndim != 2:
         raise ValueError("x0 must be a (n, d) torch.Tensor")

@@ -1,6 +1,6 @@
-"""Framework-free parts of the implicit solvers, shared so both backends do identical maths:
-argument checks, the configuration, the variable-step BDF1/BDF2 coefficients, step control
-and the statistics' names.
+"""The implicit solvers, framework-free, so both backends do identical maths: argument checks,
+the configuration, the variable-step BDF1/BDF2 coefficients, the root iteration, the step
+attempt and its loop, over the scalar operations and loops a backend passes as :class:`Ops`.
 
 The BDF formulas use divided differences of the accepted solution, ``d1 = [y_n, y_{n-1}]``,
 ``d2 = [y_n, y_{n-1}, y_{n-2}]``, and the step sizes ``h1 = t_n - t_{n-1}``,
@@ -33,13 +33,7 @@ STRETCH = 1e-6  # a step within this fraction of an output time lands on it exac
 FINDER_STATS = ("n_jac", "n_diag", "n_lu")
 RUN_STATS = ("n_steps", "n_accepted", "n_rejected", "n_failed", "n_iters", "nfe")
 STATS = (*RUN_STATS, *FINDER_STATS)
-DEFAULTS = {
-    "rtol": 1e-6,
-    "atol": 1e-9,
-    "root_tol": 1e-2,
-    "max_iters": 20,
-    "max_steps": 10_000,
-}
+DEFAULTS = {"rtol": 1e-6, "atol": 1e-9, "root_tol": 1e-2, "max_iters": 20, "max_steps": 10_000}
 
 
 @dataclass(frozen=True)
@@ -120,22 +114,81 @@ class State(NamedTuple):
     h1: Any
     h2: Any
     h: Any  # the proposed next step
-    grow: Any  # the growth limit of the next step (1 after a rejection)
+    accepted: Any  # whether the last attempt was (else the next step may not grow)
     finder: Any
     counts: dict
 
 
 class Ops(NamedTuple):
-    """What a step needs from a backend: select and compare scalars (Python's operators in
-    PyTorch, jax.numpy's in JAX), the norm, the error weights and the root finder."""
+    """What the solver needs from a backend: Python's scalars and loops in PyTorch (the control
+    runs on the host), jax.numpy's and lax's in JAX (traced)."""
 
-    where: Callable  # (cond, a, b)
+    where: Callable  # (cond, a, b): both evaluated
+    cond: Callable  # (pred, a(), b()): one called
+    while_loop: Callable  # (running, body, carry)
+    array: Callable  # (value, dtype=None): a loop's initial scalar
     maximum: Callable
     minimum: Callable
     logical_not: Callable
+    isfinite: Callable
     wrms: Callable  # (batch, dim) -> the largest per-sample root-mean-square
     weights: Callable  # (tol, *ys) -> atol + rtol * max |y|, (batch, dim)
-    iterate: Callable  # (system, t, rhs, c, y, cfg, tol, finder) -> (y, ok, iterations, finder)
+    record: Callable  # (ys, i, landed, y) -> ys with ys[i] = y where landed
+
+
+_RUNNING, _CONVERGED, _FAILED = 0, 1, 2
+
+
+def iterate(system, t, rhs, c, y, cfg: Config, tol: Tol, finder, ops: Ops):
+    """Solve y - c f(t, y) = rhs from the guess y: (y, converged, iterations = f evaluations,
+    finder). Converged when an update is 0, or when the remaining error theta/(1-theta) * |dy|
+    is below root_tol, from the second iteration (theta, the contraction rate, needs two);
+    failed when an update is not finite, theta reaches 1, or max_iters run out.
+    """
+    if cfg.reuse == "step":
+        finder = finder.update(system, t, y, c)
+    elif cfg.reuse == "always":
+        finder = ops.cond(
+            finder.stale, lambda: finder.update(system, t, y, c), lambda: finder.refactor(c)
+        )
+
+    def body(carry):
+        k, y, previous, _, finder = carry
+        if cfg.reuse == "never":
+            finder = finder.update(system, t, y, c)
+        delta = finder.direction(y - c * system.rhs(t, y) - rhs)
+        y = y - delta
+        size = ops.wrms(delta / (tol.atol + tol.rtol * abs(y)))
+        theta = size / previous  # 0 at the first iteration: previous is inf
+        failed = ops.logical_not(ops.isfinite(size)) | (theta >= 1)
+        # The floor only keeps Python floats from dividing by 0 where theta >= 1 (failed wins).
+        remaining = size * theta / ops.maximum(1 - theta, 1e-300)
+        converged = (size == 0) | ((k > 0) & (remaining <= tol.root_tol))
+        status = ops.where(failed, _FAILED, ops.where(converged, _CONVERGED, _RUNNING))
+        return k + 1, y, size, status, finder
+
+    def running(carry):
+        return (carry[3] == _RUNNING) & (carry[0] < cfg.max_iters)
+
+    start = (ops.array(0, "int32"), y, ops.array(math.inf, y.dtype), ops.array(_RUNNING), finder)
+    k, y, _, status, finder = ops.while_loop(running, body, start)
+    return y, status == _CONVERGED, k, finder
+
+
+def run(system, s: State, ts, ys, cfg: Config, tol: Tol, step_size, ops: Ops):
+    """Step attempts from ``s`` until the last output time of ``ts`` is reached or max_steps are
+    spent: (the state, the number of output times reached, ``ys`` with their states)."""
+
+    def body(carry):
+        s, i, ys = carry
+        new, landed = step(system, s, ts[i], cfg, tol, step_size, ops)
+        return new, i + landed, ops.record(ys, i, landed, new.y)
+
+    def running(carry):
+        s, i, _ = carry
+        return (i < len(ts)) & (s.counts["n_steps"] < cfg.max_steps)
+
+    return ops.while_loop(running, body, (s, ops.array(1, "int32"), ys))
 
 
 def step(system, s: State, target, cfg: Config, tol: Tol, step_size, ops: Ops):
@@ -148,7 +201,7 @@ def step(system, s: State, target, cfg: Config, tol: Tol, step_size, ops: Ops):
     beta, gamma, p2, ratio = bdf_step(h, s.h1, s.h2, second)
     guess = s.y + h * s.d1 + p2 * s.d2
     rhs = s.y + (h * gamma) * s.d1
-    y, ok, iters, finder = ops.iterate(system, s.t + h, rhs, h * beta, guess, cfg, tol, s.finder)
+    y, ok, iters, finder = iterate(system, s.t + h, rhs, h * beta, guess, cfg, tol, s.finder, ops)
     failed = ops.logical_not(ok)
     counts = bump(s.counts, n_steps=1, n_iters=iters, nfe=iters, n_failed=failed)
     finder = replace(finder, stale=finder.stale | failed)
@@ -158,11 +211,10 @@ def step(system, s: State, target, cfg: Config, tol: Tol, step_size, ops: Ops):
         accept = ok & (error <= 1)
         counts = bump(counts, n_rejected=ok & (error > 1))
         shrink = ops.where(ok, ops.maximum(FAC_MIN, factor), FAIL_FACTOR)
-        h_grow = ops.minimum(s.grow, ops.maximum(FAC_MIN, factor))
-        h_next = h * ops.where(accept, h_grow, shrink)
-        grow = ops.where(accept, FAC_MAX[cfg.stepper], 1.0)
+        grow = ops.where(s.accepted, FAC_MAX[cfg.stepper], 1.0)
+        h_next = h * ops.where(accept, ops.minimum(grow, ops.maximum(FAC_MIN, factor)), shrink)
     else:
-        accept, h_next, grow = True, step_size, s.grow
+        accept, h_next = True, step_size
     d1 = (y - s.y) / h
 
     def keep(new, old):
@@ -176,7 +228,7 @@ def step(system, s: State, target, cfg: Config, tol: Tol, step_size, ops: Ops):
         h1=keep(h, s.h1),
         h2=keep(s.h1, s.h2),
         h=h_next,
-        grow=grow,
+        accepted=accept if cfg.adaptive else s.accepted,
         finder=finder,
         counts=bump(counts, n_accepted=accept),
     )

@@ -26,8 +26,6 @@ from impls._stiff import summarize as summarize  # the public name of both backe
 from impls.jax_backend import operators
 from impls.stiff_problems import HollowProblem, Problem
 
-_RUNNING, _CONVERGED, _FAILED = 0, 1, 2
-
 
 class _SystemBase(eqx.Module):
     """A vector field ``rhs(t, y)`` on (batch, dim) states with its Jacobian diagonal
@@ -205,39 +203,6 @@ class Newton(FixedPoint):
 ROOT_FINDERS = {finder.name: finder for finder in (FixedPoint, Newton, JacobiNewton)}
 
 
-def _iterate(system, t, rhs, c, y, cfg: _stiff.Config, tol: _stiff.Tol, finder: FixedPoint):
-    """Solve y - c f(t, y) = rhs from the guess y: (y, converged, iterations, finder), by the
-    PyTorch backend's rule, with a status in place of its early returns."""
-    if cfg.reuse == "step":
-        finder = finder.update(system, t, y, c)
-    elif cfg.reuse == "always":
-        finder = lax.cond(
-            finder.stale, lambda: finder.update(system, t, y, c), lambda: finder.refactor(c)
-        )
-
-    def body(carry):
-        k, y, previous, _, finder = carry
-        if cfg.reuse == "never":
-            finder = finder.update(system, t, y, c)
-        delta = finder.direction(y - c * system.rhs(t, y) - rhs)
-        y = y - delta
-        size = _wrms(delta / (tol.atol + tol.rtol * jnp.abs(y)))
-        theta = size / previous  # 0 at the first iteration: previous is inf
-        failed = ~jnp.isfinite(size) | (theta >= 1)
-        converged = (size == 0) | ((k > 0) & (size * theta / (1 - theta) <= tol.root_tol))
-        status = jnp.where(failed, _FAILED, jnp.where(converged, _CONVERGED, _RUNNING))
-        return k + 1, y, size, status, finder
-
-    def running(carry):
-        k, _, _, status, _ = carry
-        return (status == _RUNNING) & (k < cfg.max_iters)
-
-    inf = jnp.asarray(jnp.inf, y.dtype)
-    start = (jnp.zeros((), jnp.int32), y, inf, jnp.asarray(_RUNNING), finder)
-    k, y, _, status, finder = lax.while_loop(running, body, start)
-    return y, status == _CONVERGED, k, finder
-
-
 def find_root(
     system: _SystemBase,
     t: Any,
@@ -266,7 +231,7 @@ def find_root(
 def _find_root(system, t, rhs, c, y, tol: _stiff.Tol, cfg: _stiff.Config) -> RootResult:
     t, c = jnp.asarray(t, y.dtype), jnp.asarray(c, y.dtype)
     finder = ROOT_FINDERS[cfg.root_finder].start(y)
-    y, ok, k, finder = _iterate(system, t, rhs, c, y, cfg, tol, finder)
+    y, ok, k, finder = _stiff.iterate(system, t, rhs, c, y, cfg, tol, finder, _OPS)
     return RootResult(y, ok, k, k, finder.n_jac, finder.n_diag, finder.n_lu)
 
 
@@ -330,12 +295,23 @@ def _initial_step(system, t, y, f0, span, tol: _stiff.Tol) -> jax.Array:
     return jnp.minimum(jnp.minimum(100 * h0, h1), span)
 
 
-_OPS = _stiff.Ops(jnp.where, jnp.maximum, jnp.minimum, jnp.logical_not, _wrms, _weights, _iterate)
+_OPS = _stiff.Ops(
+    where=jnp.where,
+    cond=lax.cond,
+    while_loop=lax.while_loop,
+    array=jnp.asarray,
+    maximum=jnp.maximum,
+    minimum=jnp.minimum,
+    logical_not=jnp.logical_not,
+    isfinite=jnp.isfinite,
+    wrms=_wrms,
+    weights=_weights,
+    record=lambda ys, i, landed, y: ys.at[i].set(jnp.where(landed, y, ys[i])),
+)
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
 def _solve(system, y0, ts, tol: _stiff.Tol, step_size, cfg: _stiff.Config) -> Solution:
-    """The loop over step attempts, carrying (state, index of the next output time, ys)."""
     dtype = y0.dtype
     counts = {key: jnp.zeros((), jnp.int32) for key in _stiff.RUN_STATS}
     counts = _stiff.bump(counts, nfe=1)
@@ -345,24 +321,12 @@ def _solve(system, y0, ts, tol: _stiff.Tol, step_size, cfg: _stiff.Config) -> So
         h = _initial_step(system, ts[0], y0, f0, ts[-1] - ts[0], tol)
         counts = _stiff.bump(counts, nfe=1)
     zero = jnp.zeros((), dtype)
-    grow = jnp.asarray(_stiff.FAC_MAX[cfg.stepper], dtype)
     finder = ROOT_FINDERS[cfg.root_finder].start(y0)
-    state = _stiff.State(ts[0], y0, f0, jnp.zeros_like(y0), zero, zero, h, grow, finder, counts)
+    accepted = jnp.asarray(True)
+    state = _stiff.State(ts[0], y0, f0, jnp.zeros_like(y0), zero, zero, h, accepted, finder, counts)
     ys = jnp.full((ts.shape[0], *y0.shape), jnp.nan, dtype).at[0].set(y0)
-
-    def body(carry):
-        s, idx, ys = carry
-        new, landed = _stiff.step(system, s, ts[idx], cfg, tol, step_size, _OPS)
-        new = new._replace(grow=new.grow.astype(dtype))  # a weak Python float in the select
-        ys = ys.at[idx].set(jnp.where(landed, new.y, ys[idx]))
-        return new, idx + landed.astype(jnp.int32), ys
-
-    def running(carry):
-        s, idx, _ = carry
-        return (idx < ts.shape[0]) & (s.counts["n_steps"] < cfg.max_steps)
-
-    s, idx, ys = lax.while_loop(running, body, (state, jnp.ones((), jnp.int32), ys))
-    return Solution(ts, ys, _stiff.stats(s, idx == ts.shape[0]))
+    s, reached, ys = _stiff.run(system, state, ts, ys, cfg, tol, step_size, _OPS)
+    return Solution(ts, ys, _stiff.stats(s, reached == ts.shape[0]))
 
 
 # --- diffrax: Jacobi-Newton as the root finder of an implicit Runge-Kutta solver ------------

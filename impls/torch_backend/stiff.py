@@ -181,34 +181,6 @@ class Newton(FixedPoint):
 ROOT_FINDERS = {finder.name: finder for finder in (FixedPoint, Newton, JacobiNewton)}
 
 
-def _iterate(system, t: float, rhs, c: float, y, cfg: _stiff.Config, tol: _stiff.Tol, finder):
-    """Solve y - c f(t, y) = rhs from the guess y: (y, converged, iterations = f evaluations,
-    finder). Converged when an update is 0, or when the remaining error theta/(1-theta) * |dy|
-    is below root_tol, from the second iteration (theta, the contraction rate, needs two);
-    failed when an update is not finite, theta reaches 1, or max_iters run out.
-    """
-    if cfg.reuse == "step" or (cfg.reuse == "always" and finder.stale):
-        finder = finder.update(system, t, y, c)
-    elif cfg.reuse == "always":
-        finder = finder.refactor(c)
-    previous = math.inf
-    for k in range(1, cfg.max_iters + 1):
-        if cfg.reuse == "never":
-            finder = finder.update(system, t, y, c)
-        delta = finder.direction(y - c * system.rhs(t, y) - rhs)
-        y = y - delta
-        size = _wrms(delta / (tol.atol + tol.rtol * y.abs()))
-        if size == 0:
-            return y, True, k, finder
-        theta = size / previous
-        if not math.isfinite(size) or theta >= 1:
-            return y, False, k, finder
-        if k > 1 and size * theta / (1 - theta) <= tol.root_tol:
-            return y, True, k, finder
-        previous = size
-    return y, False, cfg.max_iters, finder
-
-
 @torch.no_grad()
 def find_root(
     system: System,
@@ -233,8 +205,8 @@ def find_root(
     _stiff.check_diag(finder, system)
     cfg = _stiff.Config("backward_euler", root_finder, reuse, max_iters)
     tol = _stiff.Tol(rtol, atol, root_tol)
-    y, ok, iters, finder = _iterate(
-        system, float(t), rhs, float(c), y_guess, cfg, tol, finder.start(y_guess)
+    y, ok, iters, finder = _stiff.iterate(
+        system, float(t), rhs, float(c), y_guess, cfg, tol, finder.start(y_guess), _OPS
     )
     return RootResult(y, ok, iters, iters, finder.n_jac, finder.n_diag, finder.n_lu)
 
@@ -262,9 +234,30 @@ def _initial_step(system: System, t: float, y: Tensor, f0: Tensor, span: float, 
     return min(100 * h0, h1, span)
 
 
-# The step control runs on the host, on Python floats.
+def _while_loop(running, body, carry):
+    while running(carry):
+        carry = body(carry)
+    return carry
+
+
+def _record(ys: Tensor, i: int, landed: bool, y: Tensor) -> Tensor:
+    if landed:
+        ys[i] = y
+    return ys
+
+
 _OPS = _stiff.Ops(
-    lambda cond, a, b: a if cond else b, max, min, operator.not_, _wrms, _weights, _iterate
+    where=lambda cond, a, b: a if cond else b,
+    cond=lambda pred, a, b: a() if pred else b(),
+    while_loop=_while_loop,
+    array=lambda value, dtype=None: value,
+    maximum=max,
+    minimum=min,
+    logical_not=operator.not_,
+    isfinite=math.isfinite,
+    wrms=_wrms,
+    weights=_weights,
+    record=_record,
 )
 
 
@@ -306,15 +299,9 @@ def solve(
         h = _initial_step(system, t, y0, f0, times[-1] - t, tol)
         counts = _stiff.bump(counts, nfe=1)
     finder = ROOT_FINDERS[root_finder].start(y0)
-    grow = _stiff.FAC_MAX[stepper]
-    s = _stiff.State(t, y0, f0, torch.zeros_like(y0), 0.0, 0.0, h, grow, finder, counts)
-    ys = [y0]
-    for target in times[1:]:
-        while s.t < target and s.counts["n_steps"] < max_steps:
-            s, _ = _stiff.step(system, s, target, cfg, tol, step_size, _OPS)
-        if s.t < target:
-            break
-        ys.append(s.y)
-    ys += [torch.full_like(y0, math.nan)] * (len(times) - len(ys))
+    s = _stiff.State(t, y0, f0, torch.zeros_like(y0), 0.0, 0.0, h, True, finder, counts)
+    ys = torch.full((len(times), *y0.shape), math.nan, dtype=y0.dtype, device=y0.device)
+    ys[0] = y0
+    s, reached, ys = _stiff.run(system, s, times, ys, cfg, tol, step_size, _OPS)
     ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
-    return Solution(ts, torch.stack(ys), _stiff.stats(s, s.t >= times[-1]))
+    return Solution(ts, ys, _stiff.stats(s, reached == len(times)))

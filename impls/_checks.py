@@ -23,6 +23,8 @@ VARIANTS = {"torch": ("eager", "cudagraph", "compile", "triton"), "jax": ("jit",
 # Variants whose one change is tau's value and tangent in a fused kernel: they apply to
 # hollow_forward at k = 1 only, on a GPU (their interpreters are for tests).
 FUSED_VARIANTS = ("triton", "pallas")
+# The variant each fused one runs as, kernel aside: its Hutchinson-1 twin in goal (a).
+FUSED_BASE = {"triton": "eager", "pallas": "jit"}
 DEFAULT_VARIANT = {name: variants[0] for name, variants in VARIANTS.items()}
 
 # Options each method takes besides ``t``; the JAX backend's stochastic methods also take a PRNG

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 import pandas as pd
 
-from impls import DENSE_METHODS, HOLLOW_METHODS
+from impls import DENSE_METHODS, FUSED_BASE, HOLLOW_METHODS
 from reports.tables import (
     AT_MOST_ONE,
     EXACT_DIVERGENCE,
@@ -31,8 +31,9 @@ NOISY = "noisy"
 @dataclass(frozen=True)
 class Goal:
     """``num`` over ``den`` matched on ``keys`` and d, bounded by ``target``; ``needs`` is the
-    NoData message, ``annotate(table, frame)`` adds a last column. Called on the report's
-    frame: its table, a row per key, a column per d, the verdict."""
+    NoData message, ``annotate(table, frame)`` adds a last column, ``relabel`` rewrites the
+    numerator's rows before pairing. Called on the report's frame: its table, a row per key, a
+    column per d, the verdict."""
 
     letter: str
     num: Side
@@ -41,9 +42,11 @@ class Goal:
     target: Target
     needs: str
     annotate: Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame] | None = None
+    relabel: Callable[[pd.DataFrame], pd.DataFrame] | None = None
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         num, den = _rows(self.num, frame), _rows(self.den, frame)
+        num = self.relabel(num) if self.relabel else num
         if num.empty or den.empty:
             raise NoData(self.needs)
         pairs = pair_ratios(self.num.cells(num, self.keys), self.den.cells(den, self.keys))
@@ -117,6 +120,15 @@ def _names_by_d(names: pd.Series, key: tuple) -> str:
     return ", ".join(f"d={d}: {v}" for d, v in over_d.items())
 
 
+def _fused_as_base(rows: pd.DataFrame) -> pd.DataFrame:
+    """A fused variant's points as its base variant's (FUSED_BASE), the method named
+    "hollow_forward+triton": no Hutchinson step runs a fused tau, and the base variant's is the
+    same step without the kernel."""
+    fused = rows["variant"].isin(FUSED_BASE)
+    method = rows["method"].mask(fused, rows["method"] + "+" + rows["variant"])
+    return rows.assign(method=method, variant=rows["variant"].replace(FUSED_BASE))
+
+
 # (a) each hollow method's divergence over Hutchinson-1 on the FLOP-matched MLP. Train steps
 # pair only with steps of the same definition (the fair "value_and" step, or the older
 # "separate_forward" one): a row per step.
@@ -127,6 +139,7 @@ goal_a = Goal(
     (*KEYS, "step"),
     AT_MOST_ONE,
     "needs hollow divergence points and hutchinson-1 on the FLOP-matched MLP",
+    relabel=_fused_as_base,
 )
 # (b) the faster dense method over each hollow method, for d >= 128.
 goal_b = Goal(

@@ -118,6 +118,26 @@ def test_goal_a_pairs_eval_points_where_the_mlp_ran_no_train_step(tmp_path):
     assert table["verdict"].iloc[0] == "met at every measured d"
 
 
+def test_goal_a_pairs_a_fused_variant_with_its_base_variants_hutchinson(tmp_path):
+    # No Hutchinson step runs a fused tau: triton's twin is eager's, pallas's is jit's.
+    points = {
+        ("torch", "triton", "divergence", "hollow_forward", "hollownet", "train", 1, 8): 1.5,
+        ("torch", "eager", "divergence", "hollow_forward", "hollownet", "train", 1, 8): 6.0,
+        ("torch", "eager", "divergence", "hutchinson", "mlp_flop_matched", "train", 1, 8): 3.0,
+        ("torch", "cudagraph", "divergence", "hutchinson", "mlp_flop_matched", "train", 1, 8): 1.0,
+        ("jax", "pallas", "divergence", "hollow_forward", "hollownet", "train", 1, 8): 0.9,
+        ("jax", "jit", "divergence", "hutchinson", "mlp_flop_matched", "train", 1, 8): 0.6,
+    }
+    table = goal_a(load(tmp_path, points))
+    triton = one(table, method="hollow_forward+triton")
+    assert triton["variant"] == "eager" and triton["d=8"] == pytest.approx(0.5)
+    assert one(table, method="hollow_forward", variant="eager")["d=8"] == pytest.approx(2.0)
+    pallas = one(table, method="hollow_forward+pallas")
+    assert pallas["variant"] == "jit" and pallas["d=8"] == pytest.approx(1.5)
+    assert pallas["verdict"] == "missed at d=8 (1.5 vs 1)"
+    assert len(table) == 3  # cudagraph's Hutchinson has no hollow partner
+
+
 def test_goal_b_takes_the_faster_dense_method_against_d_over_4(frame):
     table = goal_b(frame)
     r = one(table, backend="torch", mode="eval")

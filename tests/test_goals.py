@@ -159,6 +159,18 @@ def test_goal_d_takes_the_fastest_torch_variant_against_jax(frame):
     assert r["fastest torch variant"] == "cudagraph"
 
 
+def test_goal_d_takes_the_fastest_jax_variant_too(tmp_path):
+    points = {
+        ("torch", "eager", "divergence", "hollow_forward", "hollownet", "train", 1, 8): 2.0,
+        ("torch", "triton", "divergence", "hollow_forward", "hollownet", "train", 1, 8): 1.0,
+        ("jax", "jit", "divergence", "hollow_forward", "hollownet", "train", 1, 8): 4.0,
+        ("jax", "pallas", "divergence", "hollow_forward", "hollownet", "train", 1, 8): 0.5,
+    }
+    r = one(goal_d(load(tmp_path, points)), method="hollow_forward")
+    assert r["d=8"] == pytest.approx(1.0 / 0.5)  # not the median of jit and pallas
+    assert r["fastest torch variant"] == "triton"
+
+
 def test_goals_without_their_points_say_so(frame):
     jax_only = frame[frame["backend"].eq("jax")]
     with pytest.raises(NoData, match="both backends"):

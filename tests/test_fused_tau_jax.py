@@ -1,0 +1,128 @@
+"""The JAX ``pallas`` variant: tau's value and tangent in one Pallas kernel
+(impls/jax_backend/fused_tau.py), run in Pallas's interpreter on the CPU.
+
+The kernel runs in float32; the reference is float64 autodiff of the model's own transformer
+(``net.transformer``), which shares no code with the kernel or the Taylor module.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.harness import operators as bench_operators
+from impls import HollowSpec
+
+pytest.importorskip("jax")
+eqx = pytest.importorskip("equinox")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from impls.jax_backend import fused_tau  # noqa: E402
+from tests.conftest import backend_or_skip  # noqa: E402
+
+RTOL, ATOL = 1e-4, 1e-5  # float32 kernel against float64
+
+# Every activation; one and two hidden layers, widths padded to 16 (8, 6 and d_h 3, 2);
+# with and without t.
+SPECS = {
+    "tanh": HollowSpec(dim=5, d_h=3, cond_hidden=(4,), trans_hidden=(8, 8)),
+    "sigmoid": HollowSpec(dim=5, d_h=3, trans_hidden=(8, 8), activation="sigmoid"),
+    "softplus_t": HollowSpec(
+        dim=5, d_h=2, trans_hidden=(6,), activation="softplus", time_dependent=True
+    ),
+    "sin_t": HollowSpec(dim=5, d_h=3, trans_hidden=(8, 8), activation="sin", time_dependent=True),
+}
+BATCH = 7  # 35 rows: three 16-row tiles, the last one part padding
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """16-row tiles and at most two backward programs, so 35 rows span several tiles in each
+    program and the rows end inside a tile."""
+    monkeypatch.setattr(fused_tau, "FWD_TILE", 16)
+    monkeypatch.setattr(fused_tau, "BWD_TILE", 16)
+    monkeypatch.setattr(fused_tau, "MAX_PROGRAMS", 2)
+
+
+def _reference(net, x, h, t):
+    """(f, D_dim f) at h held fixed: tau is separable in x_i, so the gradient of the sum of
+    its outputs is the diagonal."""
+    f = net.transformer(x, h, t)
+    return f, jax.grad(lambda y: net.transformer(y, h, t).sum())(x)
+
+
+def _value_and_grads(fn, net, inputs, cotangents):
+    """((f, D), gradients of <a, f> + <b, D> to tau's weights and to x, h, t)."""
+    a, b = cotangents
+
+    def loss(params, *inputs):
+        f, deriv = fn(eqx.tree_at(lambda m: m.params, net, params), *inputs)
+        return (a * f).sum() + (b * deriv).sum(), (f, deriv)
+
+    tau = {k: v for k, v in net.params.items() if k.startswith("tau")}
+    argnums = tuple(range(len(inputs) + 1))
+    grad = jax.jit(jax.grad(lambda p, *i: loss({**net.params, **p}, *i), argnums, has_aux=True))
+    grads, values = grad(tau, *inputs)
+    return values, grads
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_kernel_matches_float64_autodiff(name, small_tiles):
+    """f, D and the gradients to x, h, t and every tau weight, each activation."""
+    backend = backend_or_skip("jax")
+    spec = SPECS[name]
+    net = backend.build(spec, seed=3)
+    net64 = backend.astype(net, "float64")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((BATCH, spec.dim))
+    h = rng.standard_normal((BATCH, spec.dim, spec.d_h))
+    inputs = (x, h, rng.uniform(0, 1, BATCH) if spec.time_dependent else None)
+    cotangents = [rng.standard_normal((BATCH, spec.dim)) for _ in range(2)]
+
+    def arrays(dtype):
+        return [None if a is None else jnp.asarray(a, dtype) for a in inputs]
+
+    got_values, got_grads = _value_and_grads(
+        fused_tau.value_and_tangent, net, arrays(jnp.float32), cotangents
+    )
+    want_values, want_grads = _value_and_grads(_reference, net64, arrays(jnp.float64), cotangents)
+    for got, want, what in ((got_values, want_values, "(f, D)"), (got_grads, want_grads, "")):
+        paths = jax.tree_util.tree_leaves_with_path(want)
+        for (path, w), g in zip(paths, jax.tree.leaves(got), strict=True):
+            label = what or jax.tree_util.keystr(path)
+            assert g.dtype == jnp.float32, label
+            np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL, err_msg=label)
+    # t's gradient sums over the dimensions of each sample: a real (batch,) gradient here.
+    assert not spec.time_dependent or np.abs(got_grads[1][2]).min() > 0
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "softplus", "sin"])
+def test_kernels_lower_to_triton_for_cuda(activation):
+    """Both kernels of a train step lower through Triton for a CUDA device (no GPU needed to
+    lower; Triton compiles them on the GPU): every primitive they use has a Triton rule."""
+    backend = backend_or_skip("jax")
+    spec = HollowSpec(dim=64, activation=activation, time_dependent=True)
+    net = backend.build(spec)
+    x, t = jnp.ones((512, spec.dim), jnp.float32), jnp.full((512,), 0.5, jnp.float32)
+
+    def step(net, x):
+        f, deriv = fused_tau.value_and_tangent(net, x, net.conditioner(x, t), t, interpret=False)
+        return (f * f).sum() + deriv.sum()
+
+    grad = jax.jit(jax.grad(step, argnums=(0, 1)))
+    text = grad.trace(net, x).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("xla.gpu.triton") == 2
+    assert 'name = "fused_tau_forward"' in text and 'name = "fused_tau_backward"' in text
+
+
+def test_unsupported_models_are_refused():
+    backend = backend_or_skip("jax")
+    x = backend.asarray(np.zeros((2, 4), np.float32))
+    affine = backend.build(HollowSpec(dim=4, d_h=2, trans_hidden=()))
+    with pytest.raises(ValueError, match=r"hidden layer in tau \(trans_hidden is \(\)\)"):
+        fused_tau.value_and_tangent(affine, x, affine.conditioner(x), None)
+    mlp = backend.build(bench_operators.model_spec("mlp_flop_matched", 4))
+    with pytest.raises(ValueError, match="needs a HollowNet, got MLPSpec"):
+        fused_tau.value_and_tangent(mlp, x, None, None)

@@ -18,8 +18,9 @@ MAX_K = 4
 # How a step runs. torch: as written (eager), captured whole in one CUDA graph and replayed
 # (cudagraph: no per-kernel launch cost; CUDA devices only), through torch.compile (eval
 # only: AOTAutograd cannot differentiate twice, and every train step here does), or eagerly
-# with the k = 1 hollow_forward transformer in fused Triton kernels (triton). JAX: jit.
-VARIANTS = {"torch": ("eager", "cudagraph", "compile", "triton"), "jax": ("jit",)}
+# with the k = 1 hollow_forward transformer in fused Triton kernels (triton). JAX: jit, or jit
+# with that transformer in one fused Pallas kernel (pallas).
+VARIANTS = {"torch": ("eager", "cudagraph", "compile", "triton"), "jax": ("jit", "pallas")}
 # Variants whose one change is tau's value and tangent in a fused kernel: they apply to
 # hollow_forward at k = 1 only, on a GPU (their interpreters are for tests).
 FUSED_VARIANTS = ("triton", "pallas")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench.harness import grid, options
 from bench.harness import operators as bench_operators
-from impls import HollowSpec
+from bench.harness.grid import Point
+from impls import METHODS, HollowSpec
 
 pytest.importorskip("jax")
 eqx = pytest.importorskip("equinox")
@@ -126,3 +128,48 @@ def test_unsupported_models_are_refused():
     mlp = backend.build(bench_operators.model_spec("mlp_flop_matched", 4))
     with pytest.raises(ValueError, match="needs a HollowNet, got MLPSpec"):
         fused_tau.value_and_tangent(mlp, x, None, None)
+
+
+def test_pallas_variant_train_step_matches_jit(monkeypatch):
+    """The harness's hollow_forward train step (the package's default HollowNet) compiled as
+    the pallas variant: the same loss, divergence and every parameter's gradient as jit's;
+    its trace holds the kernel's forward and backward, jit's (compiled after it) neither."""
+    backend = backend_or_skip("jax")
+    traced = []
+    for name in ("_forward", "_backward"):
+        real = getattr(fused_tau, name)
+        spy = lambda *a, real=real, name=name: traced.append(name) or real(*a)  # noqa: E731
+        monkeypatch.setattr(fused_tau, name, spy)
+    point = Point("divergence", "jax", "cpu", "hollow_forward", "hollownet", 8, 5, 1, "train")
+    spec = bench_operators.model_spec(point.model, point.d)
+    net = backend.build(spec, seed=0)
+    x = backend.asarray(bench_operators.data(point.batch, point.d, spec.dtype))
+    fn, args, _ = bench_operators.step(backend, net, x, point)
+    got = backend.compile_step(fn, args, "pallas")[0](*args)
+    assert set(traced) == {"_forward", "_backward"}
+    count = len(traced)
+    want = backend.compile_step(fn, args, "jit")[0](*args)
+    assert len(traced) == count
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
+
+
+def test_pallas_runs_hollow_forward_at_k1_and_skips_off_a_gpu():
+    """The pallas variant's points are hollow_forward at k = 1, in both modes, each beside its
+    jit twin; off a GPU they are skipped with the reason, on one they run."""
+    settings = options.resolve({"preset": "paper"})
+    devices = {"jax": ("cpu", "cuda:0")}
+    grids = (grid.Grid("divergence", METHODS, (1,)), grid.Grid("ddim", METHODS))
+    points = [p for g in grids for p in grid.expand(g, settings, devices)]
+    fused = [p for p in points if p.variant == "pallas"]
+    assert {(p.method, p.k, p.label) for p in fused} == {
+        ("hollow_forward", 1, "hollow_forward+pallas")
+    }
+    assert {(p.mode, p.device) for p in fused} == {
+        (mode, device) for mode in ("eval", "train") for device in devices["jax"]
+    }
+    jit = {p.id for p in points if p.variant == "jit"}
+    assert all(Point(**{**p.__dict__, "variant": "jit"}).id in jit for p in fused)
+    for p in fused:
+        reason = grid.variant_unavailable(p)
+        assert reason is None if p.device == "cuda:0" else "needs a GPU" in reason

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from impls import _checks
-from impls.jax_backend import operators
+from impls.jax_backend import fused_tau, operators
 from impls.jax_backend.models import MLP, HollowNet, build
 from impls.spec import ModelSpec
 
@@ -129,11 +129,19 @@ class JaxBackend:
         self, fn: Callable[..., Any], args: tuple, variant: str = "jit"
     ) -> tuple[Callable[..., Any], float, tuple[int | None, str | None]]:
         """(``fn`` compiled ahead of time for ``args``, compile seconds, the executable's
-        device footprint (bytes, kind) from XLA's memory analysis)."""
-        if variant != "jit":
-            raise ValueError(f"unknown JAX variant {variant!r}; JAX steps run as jit")
+        device footprint (bytes, kind) from XLA's memory analysis). ``pallas``: traced with
+        hollow_forward's k = 1 transformer in the fused Pallas kernel (interpreted on a CPU)."""
+        if variant not in self.variants:
+            choices = " or ".join(self.variants)
+            raise ValueError(f"unknown JAX variant {variant!r}; choose {choices}")
+        traced, fused = fn, contextlib.nullcontext()
+        if variant == "pallas":
+            # jit caches traces by function: a fresh one, so that neither this trace nor an
+            # earlier one of fn without the kernel is ever reused for the other.
+            traced, fused = (lambda *a: fn(*a)), fused_tau.use(self.jax_device)
         start = time.perf_counter()
-        compiled = jax.jit(fn).lower(*args).compile()
+        with fused:  # tracing happens in lower()
+            compiled = jax.jit(traced).lower(*args).compile()
         return compiled, time.perf_counter() - start, _xla_peak(compiled)
 
     def warm_up(self) -> None:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from impls import _checks
-from impls.jax_backend import estimators, taylor
+from impls.jax_backend import estimators, fused_tau, taylor
 from impls.jax_backend.models import HollowNet
 
 Fn = Callable[[jax.Array], jax.Array]
@@ -38,7 +38,7 @@ def value_and_ddim(
     loss on both and differentiates once, with no second ``net(x)``. (Under ``jit`` an unused
     f costs nothing: ``ddim`` is this, less f.)"""
     t = _prepare(net, x, k, method, opts)
-    return _compute(net, x, t, _key(method, opts), method=method, k=k, **_static(opts))
+    return _compute(net, x, t, _key(method, opts), method=method, k=k, **_static(method, opts))
 
 
 def value_and_divergence(
@@ -46,12 +46,19 @@ def value_and_divergence(
 ) -> tuple[jax.Array, jax.Array]:
     """(f(x) (batch, dim), its divergence (batch,)) from one forward pass."""
     t = _prepare(net, x, 1, method, opts)
-    return _compute(net, x, t, _key(method, opts), method=method, k=1, trace=True, **_static(opts))
+    static = _static(method, opts)
+    return _compute(net, x, t, _key(method, opts), method=method, k=1, trace=True, **static)
 
 
-def _static(opts: dict) -> dict:
+def _static(method: str, opts: dict) -> dict:
+    """_compute's static options; ``fused``: the platform hollow_forward's fused tau kernel
+    runs on (:func:`fused_tau.use`), a static argument so that a step traced with it and one
+    traced without never share a compiled ``_compute``."""
     names = ("n_probes", "n_matvecs", "noise", "chunk_size")
-    return {name: opts[name] for name in names if name in opts}
+    static = {name: opts[name] for name in names if name in opts}
+    if method == "hollow_forward" and fused_tau.platform() is not None:
+        static["fused"] = fused_tau.platform()
+    return static
 
 
 def _key(method: str, opts: dict) -> jax.Array | None:
@@ -70,11 +77,13 @@ def _key(method: str, opts: dict) -> jax.Array | None:
 
 @functools.partial(
     jax.jit,
-    static_argnames=("method", "k", "trace", "n_probes", "n_matvecs", "noise", "chunk_size"),
-)
+    static_argnames=(
+        "method", "k", "trace", "n_probes", "n_matvecs", "noise", "chunk_size", "fused",
+    ),
+)  # fmt: skip
 def _compute(
     net, x, t, key, *, method, k, trace=False, n_probes=1, n_matvecs=None, noise=None,
-    chunk_size=None,
+    chunk_size=None, fused=None,
 ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """(f, values) of the checked call, compiled once per model structure and static option
     set, so eager calls run compiled code too (under an outer ``jit`` this simply inlines)."""
@@ -84,7 +93,7 @@ def _compute(
     if method == "hollow":
         f, out = _hollow(net, x, t, k)
     elif method == "hollow_forward":
-        f, out = _hollow_forward(net, x, t, k)
+        f, out = _hollow_forward(net, x, t, k, fused)
     elif method == "dense_loop":
         f, out = dense_loop(lambda y: net.evaluate(y, t), x, k, with_value=True)
     else:
@@ -181,10 +190,15 @@ def _grad_of_sum_with_aux(g):
     return jax.grad(lambda y: (lambda out, aux: (out.sum(), aux))(*g(y)), has_aux=True)
 
 
-def _hollow_forward(net: HollowNet, x: jax.Array, t, k: int) -> tuple[jax.Array, jax.Array]:
+def _hollow_forward(
+    net: HollowNet, x: jax.Array, t, k: int, fused: str | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Value and tangent (Taylor series for k > 1) carried by hand through the transformer
-    (:mod:`taylor`): exact, since tau is separable, and trained by one ordinary reverse pass."""
+    (:mod:`taylor`): exact, since tau is separable, and trained by one ordinary reverse pass.
+    ``fused``: k = 1 runs in the Pallas kernel (:mod:`fused_tau`) for that platform."""
     h = net.conditioner(x, t)
+    if k == 1 and fused is not None:
+        return fused_tau.value_and_tangent(net, x, h, t, interpret=fused == "cpu")
     if k == 1:  # in cache-sized chunks, with a backward that recomputes each one
         return taylor.value_and_tangent(net, x, h, t)
     series = taylor.jet(net, x, h, t, k)

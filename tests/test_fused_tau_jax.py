@@ -1,11 +1,15 @@
 """The JAX ``pallas`` variant: tau's value and tangent in one Pallas kernel
-(impls/jax_backend/fused_tau.py), run in Pallas's interpreter on the CPU.
+(impls/jax_backend/fused_tau.py), run in Pallas's interpreter on the CPU, and compiled for real
+on a GPU where one is visible (those cases skip elsewhere).
 
 The kernel runs in float32; the reference is float64 autodiff of the model's own transformer
-(``net.transformer``), which shares no code with the kernel or the Taylor module.
+(``net.transformer``), which shares no code with the kernel or the Taylor module. Matmuls run
+at full float32 precision ("highest"), so that on a GPU neither side takes TF32's shortcut.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pytest
@@ -13,7 +17,7 @@ import pytest
 from bench.harness import grid, options
 from bench.harness import operators as bench_operators
 from bench.harness.grid import Point
-from impls import METHODS, HollowSpec
+from impls import METHODS, HollowSpec, load_backend
 
 pytest.importorskip("jax")
 eqx = pytest.importorskip("equinox")
@@ -25,6 +29,7 @@ from impls.jax_backend import fused_tau  # noqa: E402
 from tests.conftest import backend_or_skip  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5  # float32 kernel against float64
+DEVICES = ("cpu", "cuda:0")  # the interpreter; the kernel compiled by Triton
 
 # Every activation; one and two hidden layers, widths padded to 16 (8, 6 and d_h 3, 2);
 # with and without t.
@@ -46,6 +51,14 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(fused_tau, "FWD_TILE", 16)
     monkeypatch.setattr(fused_tau, "BWD_TILE", 16)
     monkeypatch.setattr(fused_tau, "MAX_PROGRAMS", 2)
+
+
+def _backend(device: str):
+    """The JAX backend on ``device``; skip where there is no such device."""
+    backend = backend_or_skip("jax")
+    if device not in backend.devices():
+        pytest.skip(f"no {device} here: the kernel's GPU run needs one")
+    return load_backend("jax", device)
 
 
 def _reference(net, x, h, t):
@@ -71,9 +84,10 @@ def _value_and_grads(fn, net, inputs, cotangents):
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_kernel_matches_float64_autodiff(name, small_tiles):
+@pytest.mark.parametrize("device", DEVICES)
+def test_kernel_matches_float64_autodiff(device, name, small_tiles):
     """f, D and the gradients to x, h, t and every tau weight, each activation."""
-    backend = backend_or_skip("jax")
+    backend = _backend(device)
     spec = SPECS[name]
     net = backend.build(spec, seed=3)
     net64 = backend.astype(net, "float64")
@@ -83,13 +97,18 @@ def test_kernel_matches_float64_autodiff(name, small_tiles):
     inputs = (x, h, rng.uniform(0, 1, BATCH) if spec.time_dependent else None)
     cotangents = [rng.standard_normal((BATCH, spec.dim)) for _ in range(2)]
 
-    def arrays(dtype):
-        return [None if a is None else jnp.asarray(a, dtype) for a in inputs]
+    def arrays(values, dtype):
+        return [None if a is None else backend.asarray(a.astype(dtype)) for a in values]
 
-    got_values, got_grads = _value_and_grads(
-        fused_tau.value_and_tangent, net, arrays(jnp.float32), cotangents
-    )
-    want_values, want_grads = _value_and_grads(_reference, net64, arrays(jnp.float64), cotangents)
+    # Under jit the arrays' device is not known at trace time: say where the kernel runs.
+    kernel = functools.partial(fused_tau.value_and_tangent, interpret=device == "cpu")
+    with jax.default_matmul_precision("highest"):
+        got_values, got_grads = _value_and_grads(
+            kernel, net, arrays(inputs, np.float32), arrays(cotangents, np.float32)
+        )
+        want_values, want_grads = _value_and_grads(
+            _reference, net64, arrays(inputs, np.float64), arrays(cotangents, np.float64)
+        )
     for got, want, what in ((got_values, want_values, "(f, D)"), (got_grads, want_grads, "")):
         paths = jax.tree_util.tree_leaves_with_path(want)
         for (path, w), g in zip(paths, jax.tree.leaves(got), strict=True):
@@ -130,26 +149,28 @@ def test_unsupported_models_are_refused():
         fused_tau.value_and_tangent(mlp, x, None, None)
 
 
-def test_pallas_variant_train_step_matches_jit(monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_pallas_variant_train_step_matches_jit(device, monkeypatch):
     """The harness's hollow_forward train step (the package's default HollowNet) compiled as
     the pallas variant: the same loss, divergence and every parameter's gradient as jit's;
     its trace holds the kernel's forward and backward, jit's (compiled after it) neither."""
-    backend = backend_or_skip("jax")
+    backend = _backend(device)
     traced = []
     for name in ("_forward", "_backward"):
         real = getattr(fused_tau, name)
         spy = lambda *a, real=real, name=name: traced.append(name) or real(*a)  # noqa: E731
         monkeypatch.setattr(fused_tau, name, spy)
-    point = Point("divergence", "jax", "cpu", "hollow_forward", "hollownet", 8, 5, 1, "train")
+    point = Point("divergence", "jax", device, "hollow_forward", "hollownet", 8, 5, 1, "train")
     spec = bench_operators.model_spec(point.model, point.d)
     net = backend.build(spec, seed=0)
     x = backend.asarray(bench_operators.data(point.batch, point.d, spec.dtype))
     fn, args, _ = bench_operators.step(backend, net, x, point)
-    got = backend.compile_step(fn, args, "pallas")[0](*args)
-    assert set(traced) == {"_forward", "_backward"}
-    count = len(traced)
-    want = backend.compile_step(fn, args, "jit")[0](*args)
-    assert len(traced) == count
+    with jax.default_matmul_precision("highest"):
+        got = backend.compile_step(fn, args, "pallas")[0](*args)
+        assert set(traced) == {"_forward", "_backward"}
+        count = len(traced)
+        want = backend.compile_step(fn, args, "jit")[0](*args)
+        assert len(traced) == count
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
 

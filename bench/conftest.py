@@ -2,15 +2,17 @@
 
 Options and presets: bench/harness/options.py and grid.py. Each test module declares a
 ``WORKLOAD`` (bench/harness/workload.py); this file asks it for its points (the JSON's
-``params``), shards them,
-orders the run, and wires the sweep's state into pytest-benchmark's JSON, the journal, the
-terminal header, progress lines and the summary.
+``params``), shards them (``--bench-shard``, else a Slurm job array's task), orders the run,
+hands the sweep the upcoming points to compile ahead (bench/harness/ahead.py), and wires the
+sweep's state into pytest-benchmark's JSON, the journal, the terminal header, progress lines
+and the summary.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Iterator
 
 # JAX would otherwise grab 75% of each GPU at import, starving torch points in the same process.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import grid, options, telemetry
+from bench.harness import ahead, grid, options, telemetry
 from bench.harness.journal import Journal, journal_path
 from bench.harness.progress import Progress
 from bench.harness.sweep import Sweep
@@ -29,6 +31,7 @@ SWEEP = pytest.StashKey[Sweep]()
 DEVICES = pytest.StashKey[tuple[dict[str, tuple[str, ...]], dict[str, str]]]()
 PROGRESS = pytest.StashKey[Progress]()
 POINT_IDS = pytest.StashKey[set[str]]()
+ITEMS = pytest.StashKey[dict[str, tuple[list[pytest.Item], int]]]()  # nodeid -> (items, index)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,6 +56,7 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = options.from_config(config)
     except options.OptionError as exc:
         raise pytest.UsageError(str(exc)) from None
+    ahead.use_jax_cache(settings.jax_cache)  # before a backend imports JAX
     json_file = config.getoption("benchmark_json", None)
     path = journal_path(settings.journal, json_file, config.rootpath, config.invocation_params.dir)
     sweep = Sweep(settings, Journal(path, lambda: _machine_info(config)))
@@ -61,6 +65,12 @@ def pytest_configure(config: pytest.Config) -> None:
     except options.OptionError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SWEEP] = sweep
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    sweep = config.stash.get(SWEEP, None)
+    if sweep is not None:
+        sweep.close()
 
 
 def _machine_info(config: pytest.Config) -> dict:
@@ -126,6 +136,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     ids = {item.nodeid for item in session.items if _is_point(item)}
     config.stash[POINT_IDS] = ids
+    config.stash[ITEMS] = {item.nodeid: (session.items, i) for i, item in enumerate(session.items)}
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     write = reporter.write_line if reporter is not None else (lambda line: None)
     config.stash[PROGRESS] = Progress(len(ids), write)
@@ -133,10 +144,36 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item):
-    yield
     config = item.config
-    if item.nodeid in config.stash.get(POINT_IDS, ()):
+    is_point = item.nodeid in config.stash.get(POINT_IDS, ())
+    sweep = config.stash[SWEEP]
+    if is_point and sweep.wants_ahead(item.nodeid) and not config.getoption("benchmark_skip"):
+        items, index = config.stash[ITEMS][item.nodeid]
+        sweep.compile_ahead(_upcoming(items[index:]))
+    yield
+    if is_point:
         config.stash[PROGRESS].tick()
+
+
+def _upcoming(items: list[pytest.Item]) -> Iterator[tuple[str, Callable]]:
+    """(fullname, describe) of the points to run from ``items`` on, for Sweep.compile_ahead:
+    ``describe(recorder)`` has the point's workload run it with the recorder for the sweep.
+    Points skipped by a mark (a missing package) never run, so they are passed over."""
+    for item in items:
+        if not _is_point(item):
+            return
+        if item.get_closest_marker("skip") is None:
+            yield item.nodeid, _describer(item)
+
+
+def _describer(item: pytest.Item) -> Callable[[ahead.Recorder], None]:
+    workload = item.module.WORKLOAD
+
+    def describe(recorder: ahead.Recorder) -> None:
+        point = workload.point(item.callspec.params)
+        workload.run(recorder, ahead.Stand(item.name, item.nodeid), point)
+
+    return describe
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -147,6 +184,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"{','.join(map(str, s.dims))}, batch {','.join(map(str, s.batches))}, "
         f"timeout {s.timeout_s:g}s, matmul precision {s.matmul_precision}, variants "
         f"{','.join(s.variants)}",
+        f"hollowbench: shard from {s.shard_source}; JAX steps compiled ahead by "
+        f"{s.compile_workers} threads; JAX compilation cache {s.jax_cache or 'off'}",
         f"hollowbench: timing ~{s.timing.budget_s:g}s per point in {s.timing.min_rounds}.."
         f"{s.timing.max_rounds} rounds after warm-up (replaces pytest-benchmark's calibration); "
         + describe_rule(sweep.rule),

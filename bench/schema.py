@@ -14,7 +14,8 @@ INFO_KEYS = (
     "backend", "device", "device_name", "workload", "method", "variant", "model", "d", "batch", "k",
     "n_probes", "mode", "step", "dtype", "matmul_precision", "n_params", "flops", "compile_s",
     "peak_mem_bytes", "peak_mem_kind", "error", "error_kind", "energy_j", "energy_kind",
-    "predicted_bytes", "wall_s", "status", "reason", *NOISE_KEYS, *CONDITION_KEYS,
+    "predicted_bytes", "wall_s", "status", "reason", "compile_ahead", "compile_cache",
+    *NOISE_KEYS, *CONDITION_KEYS,
 )  # fmt: skip
 # extra_info keys whose presence marks a benchmark as hollowbench's.
 OUR_KEYS = ("backend", "workload")

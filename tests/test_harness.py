@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -93,6 +94,7 @@ class _Config:
     def __init__(self, args=(), addopts=(), **cli):
         self.cli = {"benchmark_max_time": 1.0, "benchmark_min_rounds": 5} | cli
         self.addopts = list(addopts)
+        self.rootpath = ROOT
         self.invocation_params = pytest.Config.InvocationParams(
             args=tuple(args), plugins=None, dir=ROOT
         )
@@ -103,6 +105,15 @@ class _Config:
     def getini(self, name):
         assert name == "addopts"
         return self.addopts
+
+
+def test_the_jax_cache_sits_under_the_rootdir_unless_named_or_off(monkeypatch, tmp_path):
+    for name in ("HOLLOWBENCH_JAX_CACHE", "HOLLOWBENCH_SHARD", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    default = options.from_config(_Config()).jax_cache
+    assert default == str(ROOT / ".benchmarks" / "jax-cache")
+    assert options.from_config(_Config(bench_jax_cache=str(tmp_path))).jax_cache == str(tmp_path)
+    assert options.from_config(_Config(bench_jax_cache="off")).jax_cache is None
 
 
 def test_command_line_beats_environment_beats_preset(monkeypatch):
@@ -711,3 +722,133 @@ def test_train_step_is_fair(backend_name, method):
     finally:
         setattr(cls, name, original)
     assert len(calls) == 1
+
+
+# --- throughput: time predictions and compiling ahead --------------------------------------
+
+
+def test_slow_min_rounds_follow_an_explicit_min_rounds():
+    assert options.resolve({"preset": "paper"}).timing.slow_min_rounds == 3
+    assert options.resolve({"preset": "paper"}, min_rounds=7).timing.slow_min_rounds == 7
+
+
+def test_a_dense_point_predicted_past_its_limit_is_skipped_before_it_runs(tmp_path):
+    sweep = _sweep(tmp_path, timeout="10")
+    point = {"workload": "divergence", "method": "dense_loop", "model": "hollownet", "k": 1,
+             "backend": "torch", "device": "cpu"}  # fmt: skip
+    sweep.learn(point | {"d": 64, "flops": 1000}, 0.5)
+    sweep.learn(point | {"d": 128, "flops": 2000}, 1.0)
+    # d = 256 at 4000 FLOPs: 1.0 s x 2 x 2 = 4 s a call, 4 calls = 16 s > half of 10 s
+    bench = _FakeBenchmark()
+    with pytest.raises(pytest.skip.Exception, match="skipped: predicted 4 s a call x 4 calls"):
+        sweep.run(bench, _FakeBackend(), lambda: pytest.fail("built"), point | {"d": 256,
+                  "flops": 4000})  # fmt: skip
+    assert "d = 128 took 1 s a call" in bench.extra_info["reason"]
+    # another method, another model, or a limit it fits under: measured as usual
+    for other in ({"method": "hollow"}, {"model": "mlp_flop_matched"}):
+        sweep.run(_FakeBenchmark(), _FakeBackend(), lambda: Task(lambda a: a + 1, (1,)),
+                  point | other | {"d": 256, "flops": 4000})  # fmt: skip
+    sweep = _sweep(tmp_path, timeout="100")
+    sweep.learn(point | {"d": 128, "flops": 2000}, 1.0)
+    sweep.run(bench := _FakeBenchmark(), _FakeBackend(), lambda: Task(lambda a: a, (1,)),
+              point | {"d": 256, "flops": 4000})  # fmt: skip
+    assert bench.extra_info["status"] == "ok"
+
+
+class _PureBackend(_FakeBackend):
+    """A JAX-like backend whose compilations take 0.2 s on a pool thread, and log when."""
+
+    name, default_variant, pure_steps = "jax", "jit", True
+
+    def __init__(self, log):
+        self.log = log
+
+    def lower_step(self, fn, args, variant):
+        assert threading.current_thread() is threading.main_thread()  # Python: main thread
+
+        def rest():
+            time.sleep(0.2)
+            if fn is _broken:
+                raise RuntimeError("XLA could not compile this")
+            self.log.append(("compiled", time.perf_counter(), threading.current_thread().name))
+            return fn, 0.25, (123, "xla_memory_analysis")
+
+        return rest
+
+
+def _broken(a):
+    return a
+
+
+def test_a_window_is_compiled_in_parallel_before_its_points_are_timed(tmp_path):
+    sweep, log = _sweep(tmp_path, compile_workers="3"), []
+    backend = _PureBackend(log)
+
+    def step(a):
+        log.append(("timed", time.perf_counter(), threading.current_thread().name))
+        return a
+
+    fns = {f"test_x[{i}]": (_broken if i == 2 else step) for i in range(4)}
+
+    def describe(name):
+        return lambda recorder: recorder.run(
+            _FakeBenchmark(), backend, lambda: Task(fns[name], (1,)), {"workload": "fake"}
+        )
+
+    start = time.perf_counter()
+    assert sweep.compile_ahead((name, describe(name)) for name in fns) == 4
+    assert time.perf_counter() - start < 0.6  # 4 compilations of 0.2 s on 3 threads, not 0.8 s
+    assert not sweep.wants_ahead("test_x[3]") and sweep.wants_ahead("test_x[4]")
+    for name, fn in fns.items():
+        bench = _FakeBenchmark()
+        bench.name = bench.fullname = name
+        if fn is _broken:  # a failed compilation is recorded as the point's own error
+            with pytest.raises(RuntimeError, match="XLA could not compile"):
+                sweep.run(bench, backend, lambda: pytest.fail("built twice"), {})
+            assert bench.extra_info["status"] == "error"
+            continue
+        sweep.run(bench, backend, lambda: pytest.fail("built twice"), {})
+        info = bench.extra_info
+        assert (info["compile_s"], info["compile_ahead"], info["status"]) == (0.25, 4, "ok")
+    compiled = [t for kind, t, _ in log if kind == "compiled"]
+    timed = [t for kind, t, _ in log if kind == "timed"]
+    assert len(compiled) == 3 and len(timed) == 3 and max(compiled) < min(timed)
+    assert all(thread != "MainThread" for kind, _, thread in log if kind == "compiled")
+
+
+def test_a_window_stops_where_a_time_prediction_waits_on_it(tmp_path):
+    sweep, backend = _sweep(tmp_path, compile_workers="4"), _PureBackend([])
+    dense = {"workload": "divergence", "method": "dense_loop", "model": "hollownet", "flops": 1}
+
+    def describe(d):
+        return lambda recorder: recorder.run(
+            _FakeBenchmark(), backend, lambda: Task(lambda a: a, (1,)), dense | {"d": d}
+        )
+
+    assert sweep.compile_ahead((f"test_x[{d}]", describe(d)) for d in (8, 16, 32)) == 1
+    assert sweep.wants_ahead("test_x[16]")
+    assert _sweep(tmp_path, compile_workers="0").wants_ahead("test_x[8]") is False
+
+
+def test_a_jax_sweep_compiles_ahead_and_reuses_its_cache(tmp_path):
+    pytest.importorskip("jax")
+    cache = tmp_path / "cache"
+    cmd = [*_sweep_command(tmp_path / "out.json", "2,3"), "--bench-backends", "jax",
+           "--bench-jax-cache", str(cache), "--bench-compile-workers", "2"]  # fmt: skip
+    results = []
+    for attempt in ("cold", "warm"):
+        out = tmp_path / f"{attempt}.json"
+        cmd[cmd.index("--benchmark-json") + 1] = str(out)
+        run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env=_env())  # fmt: skip
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        results.append(json.loads(out.read_text()))
+    for result, cached in zip(results, ("miss", "hit"), strict=True):
+        assert result["hollowbench"]["settings"]["jax_cache"] == str(cache)
+        infos = [b["extra_info"] for b in result["benchmarks"]]
+        assert len(infos) == 4 and all(i["backend"] == "jax" and i["status"] == "ok" for i in infos)
+        assert {i["compile_ahead"] for i in infos} == {4}  # 2 workers: a window of 4
+        assert {i["compile_cache"] for i in infos} == {cached}
+        assert all(i["compile_s"] > 0 for i in infos)
+        assert all(i["error"] < 1e-4 for i in infos if i["error_kind"] == "max_abs")
+    assert any(cache.iterdir())

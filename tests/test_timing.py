@@ -315,3 +315,12 @@ def test_an_injected_burst_is_flagged_remeasured_and_reported_near_the_quiet_med
     assert stats["median"] == pytest.approx(quiet["stats"]["median"], rel=0.2)
     assert stats["max"] < NOISE_S  # none of the burst's rounds is left in the stats
     assert set(info) >= set(INFO_KEYS)
+
+
+def test_a_slow_call_gets_fewer_rounds():
+    paper = Timing(budget_s=1.0, min_rounds=5, max_rounds=200)
+    assert timing.rounds_for(1.9, paper) == 3  # dense_loop at d = 2048: 5 rounds = 10 budgets
+    assert timing.rounds_for(0.8, paper) == 3  # 5 rounds would take 4 budgets, 3 fit
+    assert timing.rounds_for(0.6, paper) == 5  # 5 rounds fit in 3 budgets
+    assert timing.rounds_for(0.3, paper) == 5
+    assert timing.rounds_for(1.9, Timing(1.0, 5, 200, slow_min_rounds=5)) == 5  # asked for

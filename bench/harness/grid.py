@@ -119,11 +119,14 @@ class Limit:
 
 @dataclass(frozen=True)
 class Timing:
-    """How long each point is timed: rounds = budget_s / call time, clamped to the bounds."""
+    """How long each point is timed: rounds = budget_s / call time, clamped to the bounds.
+    A call so slow that ``min_rounds`` of it would take SLOW_BUDGETS budgets gets fewer
+    rounds, down to ``slow_min_rounds`` (bench/harness/timing.py, ``rounds_for``)."""
 
     budget_s: float
     min_rounds: int
     max_rounds: int
+    slow_min_rounds: int = 3
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,6 +19,11 @@ from impls import BACKENDS, MAX_K, METHODS
 
 PRECISIONS = ("default", "tf32", "highest")
 INJECT_ENV = "HOLLOWBENCH_INJECT"  # test hook, see Faults
+# JAX's persistent compilation cache, relative to the rootdir (pytest-benchmark's own folder).
+JAX_CACHE = ".benchmarks/jax-cache"
+# A Slurm job array's task: its id, how many tasks, the lowest id and the step between ids.
+SLURM_ARRAY = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN")
+SLURM_STEP = "SLURM_ARRAY_TASK_STEP"
 
 
 class OptionError(ValueError):
@@ -63,6 +68,9 @@ class Settings:
     journal: str | None
     matmul_precision: str
     faults: Faults = field(default_factory=Faults)
+    shard_source: str = "default"  # "option", or the Slurm array task it came from
+    compile_workers: int = 0  # threads compiling JAX steps ahead of time; 0: each in its run
+    jax_cache: str | None = None  # JAX's persistent compilation cache directory; None: off
 
     @property
     def limits(self) -> tuple[Limit, ...]:
@@ -84,6 +92,9 @@ class Settings:
             "variants": list(self.variants),
             "devices": list(self.devices) if self.devices else None,
             "shard": f"{self.shard[0]}/{self.shard[1]}",
+            "shard_source": self.shard_source,
+            "compile_workers": self.compile_workers,
+            "jax_cache": self.jax_cache,
             "limits": [limit.describe() for limit in self.limits],
             "budget_s": self.timing.budget_s,
             "min_rounds": self.timing.min_rounds,
@@ -154,11 +165,21 @@ def _devices(raw: str) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(out))
 
 
-def _shard(raw: str) -> tuple[int, int]:
+def parse_shard(raw: str) -> tuple[int, int]:
     i, sep, n = raw.strip().partition("/")
     if not (sep and i.isdigit() and n.isdigit()) or not 1 <= int(i) <= int(n):
         raise ValueError(f"{raw!r} is not I/N with 1 <= I <= N (shards are numbered from 1)")
     return int(i), int(n)
+
+
+def _count(raw: str) -> int:
+    if not raw.strip().isdigit():
+        raise ValueError(f"{raw!r} is not a whole number >= 0")
+    return int(raw)
+
+
+def _cache_dir(raw: str) -> str | None:
+    return None if raw.strip().lower() in ("off", "none", "0") else raw.strip()
 
 
 def _seconds(raw: str) -> float:
@@ -216,8 +237,22 @@ OPTIONS = (
         "how steps run: torch eager,cudagraph,compile; JAX jit (default: the preset's)",
     ),
     Option("devices", _devices, "cpu,cuda:0,... or all (default: cpu + every visible GPU)"),
-    Option("shard", _shard, "run shard I of N (1-based) of the grid, e.g. 2/4", "I/N"),
+    Option("shard", parse_shard, "run shard I of N (1-based) of the grid, e.g. 2/4", "I/N"),
     Option("timeout", _seconds, "per-point time limit in seconds, 0 = none", "SECONDS"),
+    Option(
+        "compile_workers",
+        _count,
+        "threads compiling upcoming JAX points ahead of time, in windows of 2N points timed "
+        "after their compilation (0: each point compiles in its own run; default: usable cores)",
+        "N",
+    ),
+    Option(
+        "jax_cache",
+        _cache_dir,
+        f"JAX's persistent compilation cache directory, or off (default {JAX_CACHE} under the "
+        "rootdir)",
+        "DIR",
+    ),
     Option("journal", str, "JSON-lines journal path (default: beside --benchmark-json)", "PATH"),
     Option(
         "matmul_precision",
@@ -255,13 +290,53 @@ def parse_faults(raw: str | None) -> Faults:
     return Faults(**values)
 
 
+def slurm_shard(environ: Mapping[str, str]) -> tuple[tuple[int, int], str] | None:
+    """((I, N), where from) for the Slurm job-array task ``environ`` describes, or None outside
+    an array. Task ids run from SLURM_ARRAY_TASK_MIN (0 or 1, or any start) in steps of
+    SLURM_ARRAY_TASK_STEP (default 1); the task with the lowest id runs shard 1."""
+    if "SLURM_ARRAY_TASK_ID" not in environ:
+        return None
+    values = {}
+    for name in (*SLURM_ARRAY, SLURM_STEP):
+        raw = environ.get(name, "1" if name == SLURM_STEP else None)
+        if raw is None or not raw.strip().lstrip("-").isdigit():
+            got = "unset" if raw is None else repr(raw)
+            raise OptionError(
+                f"Slurm array sharding: {name} is {got}, not an integer; give --bench-shard I/N "
+                "(or $HOLLOWBENCH_SHARD) instead"
+            )
+        values[name] = int(raw)
+    task, count, low, step = values.values()
+    index, off_step = divmod(task - low, step) if step > 0 else (-1, 0)
+    if count < 1 or off_step or not 0 <= index < count:
+        raise OptionError(
+            f"Slurm array sharding: task {task} is not one of the {count} ids {low}, {low + step}, "
+            f"... (SLURM_ARRAY_TASK_ID, _COUNT, _MIN, _STEP); a list of ids such as 1,5,9 cannot "
+            "be mapped to shards: give --bench-shard I/N instead"
+        )
+    return (index + 1, count), f"slurm array task {task} (ids {low}..{low + step * (count - 1)})"
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (a Slurm allocation or taskset narrows them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def resolve(
-    raw: dict[str, str | None], max_time: float | None = None, min_rounds: int | None = None
+    raw: dict[str, str | None],
+    max_time: float | None = None,
+    min_rounds: int | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Settings from raw option strings (``raw[dest]``; None where not given).
 
     ``max_time`` / ``min_rounds``: pytest-benchmark's own --benchmark-max-time and
     --benchmark-min-rounds where the user set them; they replace the preset's timing budget.
+    ``environ``: where a Slurm job array's task is read from when no shard is given (None:
+    nowhere).
     """
     values: dict[str, Any] = {}
     for opt in OPTIONS:
@@ -275,10 +350,16 @@ def resolve(
     timing = preset.timing
     if max_time is not None:
         timing = replace(timing, budget_s=max_time)
-    if min_rounds is not None:
+    if min_rounds is not None:  # asked for: slow calls get them too
         timing = replace(
-            timing, min_rounds=min_rounds, max_rounds=max(min_rounds, timing.max_rounds)
+            timing,
+            min_rounds=min_rounds,
+            max_rounds=max(min_rounds, timing.max_rounds),
+            slow_min_rounds=min_rounds,
         )
+    shard, shard_source = values.get("shard"), "option"
+    if shard is None:
+        shard, shard_source = slurm_shard(environ or {}) or ((1, 1), "default")
     settings = Settings(
         preset=preset,
         backends=values.get("backends", BACKENDS),
@@ -292,7 +373,10 @@ def resolve(
         n_matvecs=values.get("n_matvecs", preset.n_matvecs),
         variants=values.get("variants", preset.variants),
         devices=values.get("devices"),
-        shard=values.get("shard", (1, 1)),
+        shard=shard,
+        shard_source=shard_source,
+        compile_workers=values.get("compile_workers", usable_cores()),
+        jax_cache=values.get("jax_cache", JAX_CACHE),
         timing=timing,
         timeout_s=values.get("timeout", preset.timeout_s),
         journal=values.get("journal"),
@@ -314,7 +398,12 @@ def from_config(config) -> Settings:
     given = _given(config, ("--benchmark-max-time", "--benchmark-min-rounds"))
     max_time = float(config.getoption("benchmark_max_time")) if given[0] else None
     min_rounds = int(config.getoption("benchmark_min_rounds")) if given[1] else None
-    return resolve(raw, max_time, min_rounds)
+    settings = resolve(raw, max_time, min_rounds, os.environ)
+    if settings.jax_cache is None:
+        return settings
+    # The default is the rootdir's; a directory the user names is relative to where pytest runs.
+    base = config.rootpath if raw["jax_cache"] is None else config.invocation_params.dir
+    return replace(settings, jax_cache=str((base / settings.jax_cache).resolve()))
 
 
 def _given(config, flags: tuple[str, ...]) -> tuple[bool, ...]:

@@ -2,9 +2,14 @@
 
 ``run`` owns the measurement rules, so later workloads (CNF, ODE, SDE) reuse them unchanged:
 
-1. skip the point, with the reason, when its predicted memory does not fit;
+1. skip the point, with the reason, when its predicted memory does not fit, or when a dense
+   method's predicted time (from the sweep's own measurement at a smaller d) would take over
+   half the per-point limit;
 2. under a per-point time limit (SIGALRM), build the task and, for JAX, compile it ahead of
-   time (``jax.jit(fn).lower(*args).compile()``), timing compilation apart;
+   time (``jax.jit(fn).lower(*args).compile()``), timing compilation apart; JAX points are
+   usually built and compiled earlier, in a window of upcoming points compiled in parallel
+   (:meth:`Sweep.compile_ahead`, bench/harness/ahead.py), their compile time charged to
+   their limit;
 3. warm up, then time synchronised calls with ``benchmark.pedantic``, rounds calibrated from
    the median of several warm-up calls so each point costs about the preset's budget; judge
    the measurement's noise and re-measure a noisy point once (bench/harness/timing.py);
@@ -21,14 +26,16 @@ import gc
 import signal
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from bench.harness import ahead
 from bench.harness.journal import Journal
 from bench.harness.options import OptionError, Settings
 from bench.harness.telemetry import (
@@ -40,6 +47,7 @@ from bench.harness.telemetry import (
 )
 from bench.harness.timing import RULE, measure, rounds_for, warm_up
 from bench.schema import INFO_KEYS, STATS
+from impls import DENSE_METHODS
 
 # Predictions are rough. On the CPU a point that does not fit summons the OOM killer, which
 # ends the sweep: it must be predicted to fit in 80% of the free RAM. On a GPU an OOM is caught
@@ -50,6 +58,17 @@ OOM_MARKERS = ("resource_exhausted", "out of memory", "can't allocate memory", "
 # and in the first NOISE_CALLS timed calls of the first measurement of a matching point.
 NOISE_S = 0.1
 NOISE_CALLS = 2
+# A dense method's point is skipped when its predicted time, its first call and the fewest
+# rounds a slow call gets, exceeds this fraction of the per-point limit: it would time out.
+TIME_FRACTION = 0.5
+# The points of a compile-ahead window: this many per compiling thread (so threads that finish
+# early find work), their predicted memory together within this fraction of the free memory
+# (a window holds their weights and inputs until its points run).
+WINDOW_PER_WORKER = 2
+WINDOW_MEMORY_FRACTION = 0.5
+# What a dense point's time is predicted from: the same computation at a smaller d.
+COST_KEYS = ("workload", "backend", "device", "method", "variant", "model", "mode", "batch", "k",
+             "n_probes", "n_matvecs")  # fmt: skip
 
 
 class PointTimeout(BaseException):
@@ -79,6 +98,24 @@ class Task:
     info: dict[str, Any] = field(default_factory=dict)
     variant: str | None = None
     measure: Callable[[Any, Callable[..., Any]], dict[str, Any]] | None = None
+
+
+@dataclass
+class Prepared:
+    """A point built and compiled ahead of its run: its task, ``compiled`` (step, compile_s,
+    static peak) and ``info`` (compile_ahead, compile_cache), or the ``error`` that its build,
+    lowering or compilation raised, re-raised when the point runs so it is recorded there.
+    ``build_s``: the build's seconds, which belong to the point's wall time."""
+
+    task: Task | None = None
+    compiled: tuple | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    error: BaseException | None = None
+    build_s: float = 0.0
+
+    @property
+    def compile_s(self) -> float:
+        return self.compiled[1] if self.compiled else 0.0
 
 
 IMPORT_FRAMES = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
@@ -153,6 +190,10 @@ class Sweep:
         self._memo: dict[Any, Any] = {}
         self.rule = RULE  # the noise test (bench/harness/timing.py)
         self._deadline: float | None = None  # the running point's time limit (perf_counter)
+        self._calls: defaultdict[tuple, list[tuple[int, float, float]]] = defaultdict(list)
+        self._prepared: dict[str, Prepared] = {}  # by the point's fullname
+        self._seen_ahead: set[str] = set()  # points a compile-ahead window has considered
+        self._pool: ThreadPoolExecutor | None = None
 
     # --- backends and devices -------------------------------------------------------------
 
@@ -197,6 +238,80 @@ class Sweep:
             self._memo[key] = compute()
         return self._memo[key]
 
+    # --- compiling ahead ------------------------------------------------------------------
+
+    def wants_ahead(self, fullname: str) -> bool:
+        """Whether reaching point ``fullname`` should compile a window from it: compiling
+        ahead is on, and no window has considered this point yet."""
+        return self.settings.compile_workers > 0 and fullname not in self._seen_ahead
+
+    def compile_ahead(
+        self, upcoming: Iterable[tuple[str, Callable[[ahead.Recorder], None]]]
+    ) -> int:
+        """Build and compile, ahead of their runs, a window of the ``upcoming`` points
+        (fullname, describe: calls the point's workload ``run`` with the recorder given), in
+        run order; returns the window's size. The window ends at a point whose steps are not
+        pure (torch: compiled in its run, if at all), at a dense point whose time prediction
+        waits on another point of the window, once its predicted memory together would pass
+        WINDOW_MEMORY_FRACTION of the free memory, or at WINDOW_PER_WORKER points per worker.
+        Points that would be skipped are left to their run. Builds and lowerings run here;
+        compilations in the pool, all finished before this returns, so none overlaps a timed
+        call."""
+        window: list[tuple[str, Any, Callable[[], Task]]] = []
+        costs, need_total = set(), 0
+        for considered, (fullname, describe) in enumerate(upcoming):
+            recorder = ahead.Recorder(self)
+            describe(recorder)
+            ((backend, make_task, extra_info, need_bytes),) = recorder.calls
+            info = self._identify(backend, extra_info, need_bytes)
+            cost = _cost_key(info) if info.get("method") in DENSE_METHODS else None
+            free, _ = available_bytes(backend)
+            need_total += need_bytes or 0
+            full = considered and (
+                (cost is not None and cost in costs)
+                or (free is not None and need_total > WINDOW_MEMORY_FRACTION * free)
+                or len(window) >= WINDOW_PER_WORKER * self.settings.compile_workers
+            )
+            if full or (considered and not backend.pure_steps):
+                break
+            self._seen_ahead.add(fullname)
+            if not backend.pure_steps:
+                break
+            if self._skip_reason(backend, info, need_bytes) is None:
+                window.append((fullname, backend, make_task))
+                costs.add(cost)
+        pending = {name: self._lower(backend, make_task) for name, backend, make_task in window}
+        for name, (prepared, rest) in pending.items():
+            if rest is not None:
+                compiled, cache = rest.result()
+                prepared.compiled = compiled
+                prepared.info = {"compile_ahead": len(window)} | cache
+            self._prepared[name] = prepared
+        return len(window)
+
+    def _lower(self, backend, make_task: Callable[[], Task]):
+        """(Prepared, the future of its compilation or None): the point's task built and its
+        step lowered here, under the per-point limit; its compilation submitted to the pool.
+        A failure is kept in the Prepared, for the point's run to record."""
+        start = time.perf_counter()
+        try:
+            with time_limit(self.settings.timeout_s):
+                task = make_task()
+                variant = task.variant or backend.default_variant
+                rest = backend.lower_step(task.fn, task.args, variant)
+        except (Exception, PointTimeout) as exc:
+            return Prepared(error=exc, build_s=time.perf_counter() - start), None
+        if self._pool is None:
+            workers = self.settings.compile_workers
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="hollowbench-compile")
+        prepared = Prepared(task=task, build_s=time.perf_counter() - start)
+        return prepared, self._pool.submit(_compile_rest, rest, prepared)
+
+    def close(self) -> None:
+        """Stop the compile pool (its threads are idle: every window waits for its own)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+
     # --- one point ------------------------------------------------------------------------
 
     def run(
@@ -215,25 +330,27 @@ class Sweep:
         predicted not to fit) or re-raised (any other error).
         """
         self.memo(("warm", backend.name, backend.device), backend.warm_up)
-        info = dict.fromkeys(INFO_KEYS) | extra_info
-        info |= {
-            "backend": backend.name,
-            "device": backend.device,
-            "device_name": device_name(backend),
-            "matmul_precision": backend.matmul_precision(),
-            "predicted_bytes": need_bytes,
-        }
-        start = time.perf_counter()
-        skip = self._wont_fit(backend, need_bytes)
+        info = self._identify(backend, extra_info, need_bytes)
+        prepared = self._prepared.pop(benchmark.fullname, None)
+        # Work done ahead for this point counts in its wall time.
+        start = time.perf_counter() - (prepared.build_s + prepared.compile_s if prepared else 0)
+        skip = self._skip_reason(backend, info, need_bytes)
         if skip:
             self._finish(benchmark, info, "skipped", skip, start)
             pytest.skip(f"skipped: {skip}")
         limit = self.settings.timeout_s
-        self._deadline = time.perf_counter() + limit if limit else None
+        # A compilation done ahead is charged to the point's limit, as if done in its run.
+        left = max(limit - prepared.compile_s, 1e-3) if limit and prepared else limit
+        self._deadline = time.perf_counter() + left if limit else None
         try:
-            with time_limit(limit):
+            with time_limit(left):
+                if limit and prepared and prepared.compile_s >= limit:
+                    raise PointTimeout(
+                        f"compiled ahead in {prepared.compile_s:.1f} s, past the per-point "
+                        f"limit of {limit:g} s"
+                    )
                 self._inject_faults(benchmark.name)
-                info |= self._measure(benchmark, backend, make_task)
+                info |= self._measure(benchmark, backend, make_task, prepared)
         except (Exception, PointTimeout) as exc:
             status = classify(exc)
             self._finish(benchmark, info, status, describe(exc), start)
@@ -245,6 +362,48 @@ class Sweep:
         finally:
             _release(backend, failed=info["status"] != "ok")
         pytest.skip(f"{info['status']}: {info['reason']}")
+
+    def _identify(self, backend, extra_info: dict[str, Any], need_bytes: int | None) -> dict:
+        """The point's extra_info before it runs: what it is, and on what."""
+        info = dict.fromkeys(INFO_KEYS) | extra_info
+        return info | {
+            "backend": backend.name,
+            "device": backend.device,
+            "device_name": device_name(backend),
+            "matmul_precision": backend.matmul_precision(),
+            "predicted_bytes": need_bytes,
+        }
+
+    def _skip_reason(self, backend, info: dict[str, Any], need_bytes: int | None) -> str | None:
+        return self._wont_fit(backend, need_bytes) or self._too_slow(info)
+
+    def _too_slow(self, info: dict[str, Any]) -> str | None:
+        """Why a dense method's point would time out, predicted from the sweep's measurement of
+        the same computation at the largest smaller d: a call costs d passes of a network
+        whose FLOPs grow with d, so time scales as d x FLOPs. None: no limit, not a dense
+        method, or nothing to predict from yet."""
+        limit = self.settings.timeout_s
+        if not limit or info.get("method") not in DENSE_METHODS or not info.get("flops"):
+            return None
+        smaller = [c for c in self._calls.get(_cost_key(info), ()) if c[0] < info["d"]]
+        if not smaller:
+            return None
+        d0, flops0, seconds0 = max(smaller)
+        per_call = seconds0 * (info["d"] / d0) * (info["flops"] / flops0)
+        calls = 1 + self.settings.timing.slow_min_rounds
+        if per_call * calls <= TIME_FRACTION * limit:
+            return None
+        return (
+            f"predicted {per_call:.3g} s a call x {calls} calls > {TIME_FRACTION:.0%} of the "
+            f"per-point limit of {limit:g} s (d = {d0} took {seconds0:.3g} s a call; scaled "
+            "by d x FLOPs)"
+        )
+
+    def learn(self, info: dict[str, Any], seconds: float) -> None:
+        """Note a measured point's median call time, for the time predictions of later points
+        (a point without d and FLOPs predicts nothing)."""
+        if info.get("d") and info.get("flops"):
+            self._calls[_cost_key(info)].append((info["d"], info["flops"], seconds))
 
     def _wont_fit(self, backend, need_bytes: int | None) -> str | None:
         if not need_bytes:
@@ -277,14 +436,24 @@ class Sweep:
 
         return disturb
 
-    def _measure(self, benchmark, backend, make_task: Callable[[], Task]) -> dict[str, Any]:
+    def _measure(
+        self, benchmark, backend, make_task: Callable[[], Task], prepared: Prepared | None
+    ) -> dict[str, Any]:
         # From before the build: on the CPU, memory freed by the warm-up stays in the heap,
         # so a peak taken over the timed calls alone would read ~0.
         peak = PeakMemory(backend)
         peak.start()
-        task = make_task()
-        variant = task.variant or backend.default_variant
-        step, compile_s, static_peak = backend.compile_step(task.fn, task.args, variant)
+        if prepared is not None:
+            if prepared.error is not None:
+                raise prepared.error
+            task, compiled, how = prepared.task, prepared.compiled, prepared.info
+        else:
+            task = make_task()
+            variant = task.variant or backend.default_variant
+            with ahead.cache_status() as how:
+                compiled = backend.compile_step(task.fn, task.args, variant)
+            how = {"compile_ahead": None} | how
+        step, compile_s, static_peak = compiled
 
         def call():
             out = step(*task.args)
@@ -293,7 +462,7 @@ class Sweep:
 
         if not benchmark.enabled:  # --benchmark-disable: run once, measure nothing
             checked = _checked(task, benchmark.pedantic(call), step)
-            return {"compile_s": compile_s} | checked | task.info
+            return {"compile_s": compile_s} | how | checked | task.info
         timing = self.settings.timing
         disturb = self._disturbance(benchmark.name)
         out, seconds = warm_up(call, timing.budget_s, disturb)
@@ -312,7 +481,7 @@ class Sweep:
         kept = outcome.chosen
         joules = kept.extra.get("joules")
         peak_bytes, peak_kind = static_peak if static_peak is not None else peak.stop()
-        measured = {
+        measured = how | {
             "compile_s": compile_s,
             "peak_mem_bytes": peak_bytes,
             "peak_mem_kind": peak_kind,
@@ -334,6 +503,8 @@ class Sweep:
         stats = None
         if status == "ok":
             stats = _stats(benchmark)
+            if stats is not None:
+                self.learn(info, stats["median"])
         else:
             benchmark.has_error = True  # keeps partial stats (a time-out mid-rounds) out of JSON
             self.not_run.append(
@@ -388,6 +559,19 @@ def _stats(benchmark) -> dict[str, Any] | None:
     return {key: getattr(stats, key) for key in (*STATS, "rounds", "ops")} | {
         "iterations": benchmark.stats.iterations
     }
+
+
+def _cost_key(info: dict[str, Any]) -> tuple:
+    return tuple(info.get(k) for k in COST_KEYS)
+
+
+def _compile_rest(rest: Callable[[], tuple], prepared: Prepared) -> tuple:
+    """The pool's job: finish one compilation; a failure becomes the point's to record."""
+    try:
+        return ahead.finish(rest)
+    except Exception as exc:
+        prepared.error = exc
+        return None, {}
 
 
 def _release(backend, failed: bool) -> None:

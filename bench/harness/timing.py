@@ -6,7 +6,8 @@
    costs, up to ``WARMUP_CALLS`` more calls, bounded in time; their median sets the rounds, so
    one call caught in a burst of load no longer cuts a point to its minimum of rounds. A call
    slower than the whole budget is not called again for calibration, and is still timed;
-   a call shorter than a fifth of the budget gets at least ``FAST_MIN_ROUNDS`` rounds.
+   a call shorter than a fifth of the budget gets at least ``FAST_MIN_ROUNDS`` rounds, one
+   too slow for ``min_rounds`` in ``SLOW_BUDGETS`` budgets fewer (``slow_min_rounds``).
 2. **The noise test** (:data:`RULE`, :func:`failures`): a measurement is noisy when its IQR
    over its median or its max over its min is above the limit, or when the process got less
    than ``cpu_share`` of the CPU time it was ready to use (other work took the CPUs: torch's
@@ -38,6 +39,10 @@ WARMUP_CALLS = 5  # calibration calls after the first, at most
 WARMUP_MIN_CALLS = 3  # ... and at least, unless their time reaches the budget
 FAST_FRACTION = 5  # a call shorter than budget / FAST_FRACTION is "fast" ...
 FAST_MIN_ROUNDS = 5  # ... and gets at least this many rounds
+# A call so slow that min_rounds of it would take over SLOW_BUDGETS budgets gets as many
+# rounds as fit in them, but at least Timing.slow_min_rounds (3: enough for a median and an
+# IQR): dense_loop at d = 2048 takes ~2 s a call on an H100, 5 rounds of it 10 budgets.
+SLOW_BUDGETS = 3
 # The re-measurement stops early once it has taken AGAIN_MAX_BUDGETS budgets and 3 rounds: a
 # machine that turned slower since the first measurement must not stretch a point tenfold.
 AGAIN_MAX_BUDGETS = 3
@@ -163,11 +168,15 @@ def warm_up(
 
 def rounds_for(seconds: float, timing: Timing) -> int:
     """Rounds for a call of ``seconds``: the budget's worth, within [min_rounds, max_rounds],
-    and at least FAST_MIN_ROUNDS for a call shorter than budget / FAST_FRACTION. A call
-    slower than the whole budget still runs (min_rounds times, at least once)."""
+    and at least FAST_MIN_ROUNDS for a call shorter than budget / FAST_FRACTION. A call so
+    slow that min_rounds would take over SLOW_BUDGETS budgets gets what fits in them, but at
+    least slow_min_rounds (and at least one round)."""
     rounds = min(max(math.ceil(timing.budget_s / seconds), timing.min_rounds), timing.max_rounds)
     if seconds < timing.budget_s / FAST_FRACTION:
         rounds = max(rounds, FAST_MIN_ROUNDS)
+    elif rounds * seconds > SLOW_BUDGETS * timing.budget_s:
+        fit = math.floor(SLOW_BUDGETS * timing.budget_s / seconds)
+        rounds = min(rounds, max(fit, timing.slow_min_rounds))
     return max(rounds, 1)
 
 

@@ -131,6 +131,15 @@ class JaxBackend:
         """(``fn`` compiled ahead of time for ``args``, compile seconds, the executable's
         device footprint (bytes, kind) from XLA's memory analysis). ``pallas``: traced with
         hollow_forward's k = 1 transformer in the fused Pallas kernel (interpreted on a CPU)."""
+        return self.lower_step(fn, args, variant)()
+
+    def lower_step(
+        self, fn: Callable[..., Any], args: tuple, variant: str = "jit"
+    ) -> Callable[[], tuple[Callable[..., Any], float, tuple[int | None, str | None]]]:
+        """:meth:`compile_step` in two parts: ``fn`` traced and lowered for ``args`` now, on
+        this thread (Python), and the rest, XLA's compilation, returned as a call that any
+        thread may make (XLA releases the GIL), so several steps compile at once. The
+        compile seconds it returns are the lowering's plus the compilation's."""
         if variant not in self.variants:
             choices = " or ".join(self.variants)
             raise ValueError(f"unknown JAX variant {variant!r}; choose {choices}")
@@ -141,8 +150,15 @@ class JaxBackend:
             traced, fused = (lambda *a: fn(*a)), fused_tau.use(self.jax_device)
         start = time.perf_counter()
         with fused:  # tracing happens in lower()
-            compiled = jax.jit(traced).lower(*args).compile()
-        return compiled, time.perf_counter() - start, _xla_peak(compiled)
+            lowered = jax.jit(traced).lower(*args)
+        lower_s = time.perf_counter() - start
+
+        def compile_rest():
+            start = time.perf_counter()
+            compiled = lowered.compile()
+            return compiled, lower_s + time.perf_counter() - start, _xla_peak(compiled)
+
+        return compile_rest
 
     def warm_up(self) -> None:
         """Nothing: JAX imports its transformations up front, and tiny eager calls would only

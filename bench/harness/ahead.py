@@ -1,0 +1,121 @@
+"""JAX steps compiled ahead of time, several at once, and JAX's persistent compilation cache.
+
+XLA compiles a JAX point's step in native code that releases the GIL, so the sweep compiles a
+window of upcoming points in a thread pool (tracing and lowering, which is Python, stays in the
+main thread), then times them one after another (:meth:`Sweep.compile_ahead
+<bench.harness.sweep.Sweep.compile_ahead>`). A window is compiled in full before its first
+point is timed and the next one only after its last point, so no compilation ever runs beside
+a timed call. Each point keeps its own compile time (``compile_s``: its lowering plus its
+compilation, the latter beside the window's other compilations), ``compile_ahead`` (how many
+points shared the window) and ``compile_cache`` (whether the persistent cache had it).
+
+The cache keeps compiled executables on disk across sessions (JAX's
+``jax_compilation_cache_dir``), so a second sweep on the same machine skips most compilation.
+No JAX import at module level: options and shards are planned before any backend loads.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+# JAX's own setting names; a user's environment wins over ours.
+CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+ENABLE_ENV = "JAX_ENABLE_COMPILATION_CACHE"
+# JAX writes only compilations slower than this (default 1 s); a cached entry loads in ~10 ms
+# where the quick preset's CPU compilations take 0.2-1 s, so every one is worth keeping.
+MIN_COMPILE_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
+CACHE_EVENTS = "/jax/compilation_cache/"
+
+_seen = threading.local()  # the cache events of the compilation running on this thread
+_listening = False
+
+
+def use_jax_cache(directory: str | None) -> None:
+    """Point JAX's persistent compilation cache at ``directory``, or turn it off (None).
+
+    Through JAX's environment variables, which it reads at import (before any compilation);
+    a JAX already imported (tests, notebooks) is configured directly.
+    """
+    if directory is None:
+        os.environ[ENABLE_ENV] = "false"
+    else:
+        os.environ.setdefault(CACHE_ENV, directory)
+        os.environ.setdefault(MIN_COMPILE_ENV, "0")
+    if "jax" in sys.modules:
+        import jax
+
+        jax.config.update("jax_enable_compilation_cache", directory is not None)
+        if directory is not None:
+            jax.config.update("jax_compilation_cache_dir", os.environ[CACHE_ENV])
+            min_s = float(os.environ[MIN_COMPILE_ENV])
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", min_s)
+
+
+def _listen(event: str, **_: Any) -> None:
+    events = getattr(_seen, "events", None)
+    if events is not None and event.startswith(CACHE_EVENTS):
+        events.add(event.removeprefix(CACHE_EVENTS))
+
+
+@contextmanager
+def cache_status() -> Iterator[dict[str, str | None]]:
+    """Around one compilation on this thread: fills ``{"compile_cache": "hit" | "miss" |
+    None}`` from JAX's monitoring events (None: the persistent cache was not consulted, as
+    when it is off). Costs nothing where JAX is not loaded."""
+    global _listening
+    found: dict[str, str | None] = {"compile_cache": None}
+    if "jax" not in sys.modules:
+        yield found
+        return
+    if not _listening:
+        import jax.monitoring
+
+        jax.monitoring.register_event_listener(_listen)
+        _listening = True
+    _seen.events = set()
+    try:
+        yield found
+    finally:
+        events, _seen.events = _seen.events, None
+        if "cache_hits" in events:
+            found["compile_cache"] = "hit"
+        elif "compile_requests_use_cache" in events:
+            found["compile_cache"] = "miss"
+
+
+def finish(compile_rest: Callable[[], tuple]) -> tuple[tuple, dict[str, str | None]]:
+    """Run the thread-safe rest of a compilation (a backend's ``lower_step`` thunk) and say
+    whether the cache served it: ((step, compile_s, peak), {"compile_cache": ...})."""
+    with cache_status() as cache:
+        compiled = compile_rest()
+    return compiled, cache
+
+
+class Recorder:
+    """Stands in for the sweep in a workload's ``run``, to learn what that point would measure
+    without measuring it: ``run`` records its arguments, everything else is the sweep's own
+    (``backend``, ``memo``, ``settings``), so the task the point builds later is the same."""
+
+    def __init__(self, sweep):
+        self._sweep = sweep
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sweep, name)
+
+    def run(self, benchmark, backend, make_task, extra_info, *, need_bytes=None) -> None:
+        self.calls.append((backend, make_task, extra_info, need_bytes))
+
+
+class Stand:
+    """The benchmark fixture's stand-in while a workload describes a point ahead of its run:
+    workloads only set its ``group`` and read its names."""
+
+    def __init__(self, name: str, fullname: str):
+        self.name, self.fullname, self.group = name, fullname, None
+        self.extra_info: dict[str, Any] = {}

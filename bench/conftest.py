@@ -56,7 +56,8 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = options.from_config(config)
     except options.OptionError as exc:
         raise pytest.UsageError(str(exc)) from None
-    ahead.use_jax_cache(settings.jax_cache)  # before a backend imports JAX
+    # Before a backend imports JAX.
+    settings = dataclasses.replace(settings, jax_cache=ahead.use_jax_cache(settings.jax_cache))
     json_file = config.getoption("benchmark_json", None)
     path = journal_path(settings.journal, json_file, config.rootpath, config.invocation_params.dir)
     sweep = Sweep(settings, Journal(path, lambda: _machine_info(config)))

@@ -35,8 +35,9 @@ _seen = threading.local()  # the cache events of the compilation running on this
 _listening = False
 
 
-def use_jax_cache(directory: str | None) -> None:
-    """Point JAX's persistent compilation cache at ``directory``, or turn it off (None).
+def use_jax_cache(directory: str | None) -> str | None:
+    """Point JAX's persistent compilation cache at ``directory``, or turn it off (None);
+    returns the directory in use (the user's own JAX_COMPILATION_CACHE_DIR wins).
 
     Through JAX's environment variables, which it reads at import (before any compilation);
     a JAX already imported (tests, notebooks) is configured directly.
@@ -54,6 +55,7 @@ def use_jax_cache(directory: str | None) -> None:
             jax.config.update("jax_compilation_cache_dir", os.environ[CACHE_ENV])
             min_s = float(os.environ[MIN_COMPILE_ENV])
             jax.config.update("jax_persistent_cache_min_compile_time_secs", min_s)
+    return os.environ[CACHE_ENV] if directory is not None else None
 
 
 def _listen(event: str, **_: Any) -> None:

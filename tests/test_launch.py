@@ -5,6 +5,7 @@ launchers through sbatch."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -125,8 +126,6 @@ def test_the_launcher_fails_when_a_process_fails(tmp_path):
 
 
 def _env_with(**extra: str) -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if not k.startswith("HOLLOWBENCH_")} | extra
 
 

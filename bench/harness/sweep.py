@@ -261,8 +261,12 @@ class Sweep:
         costs, need_total = set(), 0
         for considered, (fullname, describe) in enumerate(upcoming):
             recorder = ahead.Recorder(self)
-            describe(recorder)
-            ((backend, make_task, extra_info, need_bytes),) = recorder.calls
+            try:
+                describe(recorder)
+                ((backend, make_task, extra_info, need_bytes),) = recorder.calls
+            except Exception:  # the point's own run meets this again, and records it
+                self._seen_ahead.add(fullname)
+                break
             info = self._identify(backend, extra_info, need_bytes)
             cost = _cost_key(info) if info.get("method") in DENSE_METHODS else None
             free, _ = available_bytes(backend)

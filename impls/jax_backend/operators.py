@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from impls import _checks
+from impls._operators import nested_jvp
 from impls.jax_backend import estimators, fused_tau, taylor
 from impls.jax_backend.models import HollowNet
 
@@ -205,40 +206,6 @@ def _hollow_forward(
     return series[0], series[k]
 
 
-def _nested_jvp(fun: Fn, x: jax.Array, tangent: jax.Array, k: int) -> jax.Array:
-    """d^k/ds^k fun(x + s*tangent) at s=0."""
-    for _ in range(k):
-        fun = _jvp_along(fun, tangent)
-    return fun(x)
-
-
-def _nested_jvp_with_value(
-    fun: Fn, x: jax.Array, tangent: jax.Array, k: int
-) -> tuple[jax.Array, jax.Array]:
-    """(fun(x), d^k/ds^k fun(x + s*tangent) at s=0): the value rides along as ``aux``."""
-
-    def g(y):
-        value = fun(y)
-        return value, value
-
-    for _ in range(k):
-        g = _jvp_along_with_aux(g, tangent)
-    deriv, value = g(x)
-    return value, deriv
-
-
-def _jvp_along_with_aux(g, tangent: jax.Array):
-    def along(y):
-        _, deriv, aux = jax.jvp(g, (y,), (tangent,), has_aux=True)
-        return deriv, aux
-
-    return along
-
-
-def _jvp_along(g: Fn, tangent: jax.Array) -> Fn:
-    return lambda y: jax.jvp(g, (y,), (tangent,))[1]
-
-
 def dense_loop(fun: Fn, x: jax.Array, k: int, with_value: bool = False):
     """FFJORD's divergence_bf: d sequential reverse passes (``lax.map``), k nested per output.
     ``with_value``: (f, D_dim^k f); for k = 1 f is the forward the pullbacks share, for k > 1
@@ -252,7 +219,7 @@ def dense_loop(fun: Fn, x: jax.Array, k: int, with_value: bool = False):
             return pullback(e)[0][:, i]
 
     else:
-        f = fun(x) if with_value else None
+        f = fun(x)
 
         def column(i):
             g = _component(fun, i)
@@ -281,17 +248,14 @@ def dense_vectorized(
     basis = jnp.eye(x.shape[1], dtype=x.dtype)
 
     def along(e: jax.Array):
-        tangent = jnp.broadcast_to(e, x.shape)
-        if not with_value:
-            return (_nested_jvp(fun, x, tangent, k) * e).sum(-1)
-        value, deriv = _nested_jvp_with_value(fun, x, tangent, k)
+        value, deriv = nested_jvp(jax.jvp, fun, x, jnp.broadcast_to(e, x.shape), k)
         return value, (deriv * e).sum(-1)
 
     if chunk_size is None:
         out = jax.vmap(along)(basis)
     else:
         out = jax.lax.map(along, basis, batch_size=chunk_size)
-    return (out[0][0], out[1].T) if with_value else out.T
+    return (out[0][0], out[1].T) if with_value else out[1].T
 
 
 def hutchinson(

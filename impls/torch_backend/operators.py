@@ -12,6 +12,7 @@ import torch
 from torch.func import jvp, vmap
 
 from impls import _checks
+from impls._operators import nested_jvp
 from impls.torch_backend import estimators, taylor
 from impls.torch_backend.models import HollowNet
 
@@ -151,40 +152,6 @@ def _hollow_forward(
     return series[0], series[k]
 
 
-def _nested_jvp(fun: Fn, x: torch.Tensor, tangent: torch.Tensor, k: int) -> torch.Tensor:
-    """d^k/ds^k fun(x + s*tangent) at s=0."""
-    for _ in range(k):
-        fun = _jvp_along(fun, tangent)
-    return fun(x)
-
-
-def _nested_jvp_with_value(
-    fun: Fn, x: torch.Tensor, tangent: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fun(x), d^k/ds^k fun(x + s*tangent) at s=0): the value rides along as ``aux``."""
-
-    def base(y):
-        value = fun(y)
-        return value, value
-
-    g = base
-    for _ in range(k):
-        g = _jvp_along_with_aux(g, tangent)
-    return tuple(reversed(g(x)))
-
-
-def _jvp_along_with_aux(g, tangent: torch.Tensor):
-    def along(y):
-        _, deriv, aux = jvp(g, (y,), (tangent,), has_aux=True)
-        return deriv, aux
-
-    return along
-
-
-def _jvp_along(g: Fn, tangent: torch.Tensor) -> Fn:
-    return lambda y: jvp(g, (y,), (tangent,))[1]
-
-
 def dense_loop(fun: Fn, x: torch.Tensor, k: int, with_value: bool = False):
     """FFJORD's divergence_bf: one forward, then k reverse passes per output dimension.
     ``with_value``: (f, D_dim^k f), f from that one forward."""
@@ -202,9 +169,7 @@ def dense_loop(fun: Fn, x: torch.Tensor, k: int, with_value: bool = False):
                 g = grad[:, i]
             columns.append(g)
     out = torch.stack(columns, dim=1)
-    if not with_value:
-        return out
-    return (f if keep_graph else f.detach()), out
+    return ((f if keep_graph else f.detach()), out) if with_value else out
 
 
 def dense_vectorized(
@@ -218,19 +183,12 @@ def dense_vectorized(
     """
     basis = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
 
-    if not with_value:
-
-        def along(e: torch.Tensor) -> torch.Tensor:
-            return (_nested_jvp(fun, x, e.expand_as(x), k) * e).sum(-1)
-
-        return vmap(along, chunk_size=chunk_size)(basis).T
-
-    def along_with_value(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        value, deriv = _nested_jvp_with_value(fun, x, e.expand_as(x), k)
+    def along(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        value, deriv = nested_jvp(jvp, fun, x, e.expand_as(x), k)
         return value, (deriv * e).sum(-1)
 
-    values, diag = vmap(along_with_value, chunk_size=chunk_size)(basis)
-    return values[0], diag.T
+    values, diag = vmap(along, chunk_size=chunk_size)(basis)
+    return (values[0], diag.T) if with_value else diag.T
 
 
 def hutchinson(fun: Fn, x: torch.Tensor, opts: dict, trace: bool, with_value: bool = False):
@@ -253,9 +211,7 @@ def hutchinson(fun: Fn, x: torch.Tensor, opts: dict, trace: bool, with_value: bo
                 f, x_in, probes, create_graph=keep_graph, is_grads_batched=True
             )
     est = (e_j * probes).sum(-1).mean(0)
-    if not with_value:
-        return est
-    return (f if keep_graph else f.detach()), est
+    return ((f if keep_graph else f.detach()), est) if with_value else est
 
 
 def _probes(shape: tuple, noise: str, seed: int | None, like: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,6 @@
-"""Framework-free model specifications and the shared numpy initialiser.
-
-Both backends build their models from :func:`init_params`, so the same spec and seed give
-bit-identical float64 weights in PyTorch and JAX. Weights use the ``y = x @ W + b`` layout.
-
-Parameter names (shapes per sample; ``d = dim``, ``d_in = dim + time_dependent``):
-
-- masked conditioner: ``cond0_w`` (d_in, d, w0) with its ``x_i -> h_i`` entries zeroed, then
-  per-dimension block-diagonal layers ``cond{j}_w`` (d, w_{j-1}, w_j); biases ``cond{j}_b``.
-- MADE conditioner: two masked MLPs ``made_fwd{j}_w`` / ``made_rev{j}_w`` (in, out), whose strict
-  masks (:func:`made_masks`) make the forward net see ``x_{<i}`` and the reverse one ``x_{>i}``.
-- transformer, shared by all dimensions: ``tau{j}_w`` (in, out) over ``[x_i, h_i, (t)]``.
-- MLP: ``mlp{j}_w`` (in, out).
+"""Framework-free model specifications, the numpy initialiser and the code both backends'
+models share: the same spec and seed give bit-identical float64 weights in PyTorch and JAX,
+laid out for ``y = x @ W + b`` and named as in :func:`param_shapes`.
 """
 
 from __future__ import annotations
@@ -39,8 +29,25 @@ def _check_common(dim: int, activation: str, dtype: str, widths: dict[str, tuple
             raise ValueError(f"{name} must hold positive ints, got {ws!r}")
 
 
+class _Costs:
+    @property
+    def n_params(self) -> int:
+        """Number of stored parameters (masked-out entries included)."""
+        return sum(math.prod(s) for s in param_shapes(self).values())
+
+    @property
+    def flops(self) -> int:
+        """Forward FLOPs per sample: 2 per multiply-add of every linear layer, as computed. The
+        transformer's weights are applied once per dimension; every other weight once."""
+        return 2 * sum(
+            math.prod(shape) * (self.dim if name.startswith("tau") else 1)
+            for name, shape in param_shapes(self).items()
+            if name.endswith("_w")
+        )
+
+
 @dataclass(frozen=True)
-class HollowSpec:
+class HollowSpec(_Costs):
     """A HollowNet ``f_i(x) = tau([x_i, h_i, t])`` with ``h_i = c_i(x_{-i}, t)`` in R^d_h.
 
     ``cond_hidden`` are the conditioner's hidden widths *per dimension*: the masked
@@ -73,19 +80,9 @@ class HollowSpec:
                 f"unknown conditioner {self.conditioner!r}; choose from {CONDITIONERS}"
             )
 
-    @property
-    def n_params(self) -> int:
-        """Number of stored parameters (masked-out entries included)."""
-        return sum(math.prod(s) for s in param_shapes(self).values())
-
-    @property
-    def flops(self) -> int:
-        """Forward FLOPs per sample: 2 per multiply-add of every linear layer, as computed."""
-        return _linear_flops(self)
-
 
 @dataclass(frozen=True)
-class MLPSpec:
+class MLPSpec(_Costs):
     """A plain MLP R^d -> R^d (input ``[x, t]`` when time-dependent), the dense baseline."""
 
     dim: int
@@ -100,20 +97,21 @@ class MLPSpec:
         if self.matched not in (None, "params", "flops"):
             raise ValueError(f"matched must be None, 'params' or 'flops', got {self.matched!r}")
 
-    @property
-    def n_params(self) -> int:
-        return sum(math.prod(s) for s in param_shapes(self).values())
-
-    @property
-    def flops(self) -> int:
-        return _linear_flops(self)
-
 
 ModelSpec = HollowSpec | MLPSpec
 
 
 def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every parameter's name and shape, in initialisation order."""
+    """Every parameter's name and shape, in initialisation order (``d = dim``,
+    ``d_in = dim + time_dependent``):
+
+    - masked conditioner: ``cond0_w`` (d_in, d, w0) with its ``x_i -> h_i`` entries zeroed, then
+      per-dimension block-diagonal layers ``cond{j}_w`` (d, w_{j-1}, w_j); biases ``cond{j}_b``.
+    - MADE conditioner: two masked MLPs ``made_fwd{j}_w`` / ``made_rev{j}_w`` (in, out), whose
+      strict masks (:func:`made_masks`) make the forward net see ``x_{<i}``, the reverse ``x_{>i}``.
+    - transformer, shared by all dimensions: ``tau{j}_w`` (in, out) over ``[x_i, h_i, (t)]``.
+    - MLP: ``mlp{j}_w`` (in, out).
+    """
     d, t = spec.dim, int(spec.time_dependent)
     shapes: dict[str, tuple[int, ...]] = {}
     if isinstance(spec, MLPSpec):
@@ -135,15 +133,6 @@ def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
 def _dense_stack(shapes: dict, prefix: str, sizes: list[int]) -> None:
     for j, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         shapes[f"{prefix}{j}_w"], shapes[f"{prefix}{j}_b"] = (n_in, n_out), (n_out,)
-
-
-def _linear_flops(spec: ModelSpec) -> int:
-    # The transformer's weights are applied once per dimension; every other weight once.
-    return 2 * sum(
-        math.prod(shape) * (spec.dim if name.startswith("tau") else 1)
-        for name, shape in param_shapes(spec).items()
-        if name.endswith("_w")
-    )
 
 
 def made_masks(spec: HollowSpec, direction: Literal["fwd", "rev"]) -> list[np.ndarray]:
@@ -220,3 +209,27 @@ def _matched(spec: HollowSpec, depth: int, kind: str, cost, target: int) -> MLPS
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if cost(mlp(mid)) < target else (lo, mid)
     return min((mlp(lo), mlp(hi)), key=lambda m: abs(cost(m) - target))
+
+
+def dense(params, act, prefix: str, z, n_layers: int, masks=None):
+    """Linear layers ``prefix{j}`` (``z @ W + b``, W times its mask if given) with ``act``
+    between them, not after the last: the same code for torch tensors and JAX arrays."""
+    for j in range(n_layers):
+        w = params[f"{prefix}{j}_w"]
+        if masks is not None:
+            w = w * masks[j]
+        z = z @ w + params[f"{prefix}{j}_b"]
+        if j < n_layers - 1:
+            z = act(z)
+    return z
+
+
+def split_args(args: tuple, time_dependent: bool) -> tuple:
+    """(t or None, x) from a model call's arguments, ``(x,)`` or ``(t, x)``."""
+    if time_dependent:
+        if len(args) != 2:
+            raise TypeError("a time-dependent model is called as net(t, x)")
+        return args
+    if len(args) != 1:
+        raise TypeError("this model is called as net(x); it is not time-dependent")
+    return None, args[0]

@@ -1,9 +1,6 @@
-"""JAX HollowNet and MLP (equinox modules), built from :func:`impls.spec.init_params`.
-
-Both are called as ``net(x)`` or ``net(t, x)``; x is (batch, dim), t a scalar or (batch,).
-They are pytrees, so ``jax.jit``, ``jax.grad`` and ``jax.jacfwd`` take them or close over them.
-A HollowNet also exposes ``conditioner(x, t) -> h`` (batch, dim, d_h) and
-``transformer(x, h, t) -> f`` (batch, dim), which the hollow operators use.
+"""JAX HollowNet and MLP (equinox modules, so pytrees that ``jax.jit`` and ``jax.grad`` take),
+built from :func:`impls.spec.init_params`; called and split as the torch ones
+(:mod:`impls.torch_backend.models`).
 """
 
 from __future__ import annotations
@@ -13,9 +10,8 @@ import functools
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from impls.spec import HollowSpec, MLPSpec, ModelSpec, init_params, made_masks
+from impls.spec import HollowSpec, MLPSpec, ModelSpec, dense, init_params, made_masks, split_args
 
 
 def _softplus(z: jax.Array) -> jax.Array:
@@ -36,38 +32,19 @@ class _Model(eqx.Module):
     spec: ModelSpec = eqx.field(static=True)
     params: dict[str, jax.Array]
 
-    @property
-    def dim(self) -> int:
-        return self.spec.dim
-
-    @property
-    def time_dependent(self) -> bool:
-        return self.spec.time_dependent
-
     def __call__(self, *args: jax.Array) -> jax.Array:
-        t, x = _split_args(args, self.time_dependent)
-        return self.evaluate(x, t)
+        t, x = split_args(args, self.spec.time_dependent)
+        return self.evaluate(x, None if t is None else jnp.asarray(t, dtype=x.dtype))
 
     def act(self, z: jax.Array) -> jax.Array:
         return ACTIVATIONS[self.spec.activation](z)
-
-    def _dense(self, prefix: str, z: jax.Array, n_layers: int, masks=None) -> jax.Array:
-        """Linear layers ``prefix{j}`` with the activation between them (not after the last)."""
-        for j in range(n_layers):
-            w = self.params[f"{prefix}{j}_w"]
-            if masks is not None:
-                w = w * masks[j]
-            z = z @ w + self.params[f"{prefix}{j}_b"]
-            if j < n_layers - 1:
-                z = self.act(z)
-        return z
 
 
 class MLP(_Model):
     """Plain MLP R^d -> R^d; the dense baseline."""
 
     def evaluate(self, x: jax.Array, t: jax.Array | None = None) -> jax.Array:
-        return self._dense("mlp", _with_time(x, t), len(self.spec.hidden) + 1)
+        return dense(self.params, self.act, "mlp", _with_time(x, t), len(self.spec.hidden) + 1)
 
 
 class HollowNet(_Model):
@@ -92,7 +69,7 @@ class HollowNet(_Model):
         if spec.conditioner == "made":
             n = len(spec.cond_hidden) + 1
             z = sum(
-                self._dense(f"made_{dn}", _with_time(x, t), n, _made_masks(spec, dn))
+                dense(self.params, self.act, f"made_{dn}", _with_time(x, t), n, _masks(spec, dn))
                 for dn in ("fwd", "rev")
             )
             return jnp.swapaxes(self.act(z).reshape(batch, spec.dim, spec.d_h), 0, 1)
@@ -139,26 +116,13 @@ class HollowNet(_Model):
         return values.T
 
 
-@functools.cache
-def _made_masks(spec: HollowSpec, direction: str) -> list[np.ndarray]:
-    return made_masks(spec, direction)
+_masks = functools.cache(made_masks)  # numpy, built once per spec and direction
 
 
 def _with_time(x: jax.Array, t: jax.Array | None) -> jax.Array:
     if t is None:
         return x
     return jnp.concatenate([x, jnp.broadcast_to(jnp.reshape(t, (-1, 1)), (x.shape[0], 1))], -1)
-
-
-def _split_args(args: tuple, time_dependent: bool) -> tuple[jax.Array | None, jax.Array]:
-    if time_dependent:
-        if len(args) != 2:
-            raise TypeError("a time-dependent model is called as net(t, x)")
-        t, x = args
-        return jnp.asarray(t, dtype=x.dtype), x
-    if len(args) != 1:
-        raise TypeError("this model is called as net(x); it is not time-dependent")
-    return None, args[0]
 
 
 def build(spec: ModelSpec, seed: int, device: jax.Device) -> _Model:

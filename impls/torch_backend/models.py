@@ -1,8 +1,8 @@
-"""PyTorch HollowNet and MLP, built from :func:`impls.spec.init_params`.
+"""PyTorch HollowNet and MLP (``nn.Module``s), built from :func:`impls.spec.init_params`.
 
-Both are ``nn.Module``s called as ``net(x)`` or ``net(t, x)``; x is (batch, dim), t a scalar
-or (batch,). A HollowNet also exposes its two halves, which the hollow operators use:
-``conditioner(x, t) -> h`` (batch, dim, d_h) and ``transformer(x, h, t) -> f`` (batch, dim).
+Called as ``net(x)`` or ``net(t, x)``; x is (batch, dim), t a scalar or (batch,). A HollowNet
+also exposes ``conditioner(x, t) -> h`` (batch, dim, d_h) and ``transformer(x, h, t) -> f``
+(batch, dim), which the hollow operators use.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from impls.spec import HollowSpec, MLPSpec, ModelSpec, init_params, made_masks
+from impls.spec import HollowSpec, MLPSpec, ModelSpec, dense, init_params, made_masks, split_args
 
 
 def _softplus(z: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,7 @@ ACTIVATIONS = {
 
 
 class _Model(nn.Module):
-    def __init__(self, spec: ModelSpec, seed: int, device: torch.device):
+    def __init__(self, spec: ModelSpec, seed: int = 0, device="cpu"):
         super().__init__()
         self.spec = spec
         dtype = getattr(torch, spec.dtype)
@@ -39,45 +39,25 @@ class _Model(nn.Module):
         )
         self.act = ACTIVATIONS[spec.activation]
 
-    @property
-    def dim(self) -> int:
-        return self.spec.dim
-
-    @property
-    def time_dependent(self) -> bool:
-        return self.spec.time_dependent
-
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        t, x = _split_args(args, self.time_dependent)
+        t, x = split_args(args, self.spec.time_dependent)
+        if t is not None:
+            t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         return self.evaluate(x, t)
-
-    def _dense(self, prefix: str, z: torch.Tensor, n_layers: int, masks=None) -> torch.Tensor:
-        """Linear layers ``prefix{j}`` with the activation between them (not after the last)."""
-        for j in range(n_layers):
-            w = self.params[f"{prefix}{j}_w"]
-            if masks is not None:
-                w = w * masks[j]
-            z = z @ w + self.params[f"{prefix}{j}_b"]
-            if j < n_layers - 1:
-                z = self.act(z)
-        return z
 
 
 class MLP(_Model):
     """Plain MLP R^d -> R^d; the dense baseline."""
 
-    def __init__(self, spec: MLPSpec, seed: int = 0, device="cpu"):
-        super().__init__(spec, seed, torch.device(device))
-
     def evaluate(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        return self._dense("mlp", _with_time(x, t), len(self.spec.hidden) + 1)
+        return dense(self.params, self.act, "mlp", _with_time(x, t), len(self.spec.hidden) + 1)
 
 
 class HollowNet(_Model):
     """f_i(x) = tau([x_i, h_i, t]) with h_i = c_i(x_{-i}, t); see :class:`impls.spec.HollowSpec`."""
 
     def __init__(self, spec: HollowSpec, seed: int = 0, device="cpu"):
-        super().__init__(spec, seed, torch.device(device))
+        super().__init__(spec, seed, device)
         if spec.conditioner == "made":
             for direction in ("fwd", "rev"):
                 for j, mask in enumerate(made_masks(spec, direction)):
@@ -93,8 +73,11 @@ class HollowNet(_Model):
         spec, batch = self.spec, x.shape[0]
         if spec.conditioner == "made":
             n = len(spec.cond_hidden) + 1
+            masks = {
+                dn: [getattr(self, f"mask_{dn}{j}") for j in range(n)] for dn in ("fwd", "rev")
+            }
             z = sum(
-                self._dense(f"made_{dn}", _with_time(x, t), n, self._made_masks(dn, n))
+                dense(self.params, self.act, f"made_{dn}", _with_time(x, t), n, masks[dn])
                 for dn in ("fwd", "rev")
             )
             return self.act(z).reshape(batch, spec.dim, spec.d_h)
@@ -150,25 +133,11 @@ class HollowNet(_Model):
         """(dim * batch,) per-row values of :meth:`transformer_first`'s rows as (batch, dim)."""
         return values.view(-1, batch).T
 
-    def _made_masks(self, direction: str, n: int) -> list[torch.Tensor]:
-        return [getattr(self, f"mask_{direction}{j}") for j in range(n)]
-
 
 def _with_time(x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
     if t is None:
         return x
     return torch.cat([x, t.reshape(-1, 1).expand(x.shape[0], 1)], dim=-1)
-
-
-def _split_args(args: tuple, time_dependent: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
-    if time_dependent:
-        if len(args) != 2:
-            raise TypeError("a time-dependent model is called as net(t, x)")
-        t, x = args
-        return torch.as_tensor(t, dtype=x.dtype, device=x.device), x
-    if len(args) != 1:
-        raise TypeError("this model is called as net(x); it is not time-dependent")
-    return None, args[0]
 
 
 def build(spec: ModelSpec, seed: int, device: str) -> _Model:

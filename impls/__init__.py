@@ -77,61 +77,42 @@ class Backend(Protocol):
     default_variant: str
     pure_steps: bool  # a compiled step is a pure function of its arguments (JAX)
 
-    def build(self, spec: ModelSpec, seed: int = 0) -> Any:
-        """A model callable as ``net(x)``, or ``net(t, x)`` when ``spec.time_dependent``."""
+    # Models: net(x), or net(t, x) when spec.time_dependent; astype casts the weights exactly.
+    def build(self, spec: ModelSpec, seed: int = 0) -> Any: ...
+    def astype(self, net: Any, dtype: str) -> Any: ...
 
-    def astype(self, net: Any, dtype: str) -> Any:
-        """The same model in ``dtype``, its weights cast exactly."""
-
-    def asarray(self, a: np.ndarray) -> Any:
-        """``a`` on this backend's device, dtype kept."""
-
+    # Arrays: asarray keeps the dtype; sync blocks until the device (torch) or arrays (JAX) are
+    # ready; random_opts seed a random operator (torch seed, JAX a device key; None: torch's
+    # global RNG, JAX's key 0).
+    def asarray(self, a: np.ndarray) -> Any: ...
     def to_numpy(self, a: Any) -> np.ndarray: ...
+    def sync(self, *arrays: Any) -> None: ...
+    def random_opts(self, seed: int | None) -> dict[str, Any]: ...
 
-    def sync(self, *arrays: Any) -> None:
-        """Block until the device (torch) or the given arrays (JAX) are ready."""
+    # Device: devices() names those usable ("cpu", "cuda:0"); device_name is the GPU's (None on
+    # the CPU); matmul precision of float32 in force ("highest", "high", ...), set as "default"
+    # (leave it), "tf32" or "highest".
+    def devices(self) -> list[str]: ...
+    def device_name(self) -> str | None: ...
+    def matmul_precision(self) -> str: ...
+    def set_matmul_precision(self, precision: str) -> None: ...
 
-    def devices(self) -> list[str]:
-        """Device names this backend can use, e.g. ``["cpu", "cuda:0"]``."""
+    # Memory: (bytes a new computation may use, source) or None where the framework cannot say;
+    # a peak window (reset: False where none is tracked) read as (bytes, how measured);
+    # release_memory returns cached memory, so the next computation sees what is really free.
+    def memory_available(self) -> tuple[int | None, str] | None: ...
+    def reset_peak_memory(self) -> bool: ...
+    def peak_memory(self) -> tuple[int | None, str | None]: ...
+    def release_memory(self) -> None: ...
 
-    def device_name(self) -> str | None:
-        """The GPU's name; None on the CPU."""
-
-    def random_opts(self, seed: int | None) -> dict[str, Any]:
-        """Keyword options that seed a random operator (torch ``seed``, JAX a device ``key``);
-        seed None: torch's global RNG, JAX's key 0."""
-
-    def matmul_precision(self) -> str:
-        """The float32 matmul precision in force ("highest", "high", "default", ...)."""
-
-    def set_matmul_precision(self, precision: str) -> None:
-        """ "default" (leave it), "tf32" or "highest" (full fp32) for float32 matmuls."""
-
-    def memory_available(self) -> tuple[int | None, str] | None:
-        """(bytes a new computation may use, source), or None where the framework cannot say."""
-
-    def reset_peak_memory(self) -> bool:
-        """Start a peak-memory window; False where the framework tracks none."""
-
-    def peak_memory(self) -> tuple[int | None, str | None]:
-        """(peak bytes since :meth:`reset_peak_memory`, how they were measured)."""
-
-    def release_memory(self) -> None:
-        """Return cached device memory, so the next computation sees what is really free."""
-
-    def no_grad(self) -> AbstractContextManager:
-        """Where a step runs without recording an autograd graph."""
-
-    def reference_mode(self) -> AbstractContextManager:
-        """Where a float64 reference is computed (no graph; full-precision matmuls)."""
-
-    def grad_step(self, loss: Callable, argnums: tuple[int, ...] = (0,)) -> Callable:
-        """``step(*args) -> ((loss, aux), grads)`` from ``loss(*args) -> (loss, aux)``: the
-        backward pass into the parameters of ``args[argnums]`` (torch: grads into ``.grad``,
-        ``grads`` None)."""
-
-    def jit(self, fn: Callable) -> Callable:
-        """``fn`` compiled on first call (JAX), or as it is."""
+    # Steps: no_grad records no autograd graph; reference_mode is where a float64 reference is
+    # computed (no graph, full-precision matmuls). grad_step turns loss(*args) -> (loss, aux)
+    # into step(*args) -> ((loss, aux), grads) into the parameters of args[argnums] (torch:
+    # grads into .grad, returned as None). jit compiles on first call (JAX) or is the identity.
+    def no_grad(self) -> AbstractContextManager: ...
+    def reference_mode(self) -> AbstractContextManager: ...
+    def grad_step(self, loss: Callable, argnums: tuple[int, ...] = (0,)) -> Callable: ...
+    def jit(self, fn: Callable) -> Callable: ...
 
     def compile_step(
         self, fn: Callable, args: tuple, variant: str = ...
@@ -145,22 +126,17 @@ class Backend(Protocol):
     def kernel_times(self, call: Callable[[], Any], calls: int) -> tuple[dict[str, float], float]:
         """Kernel (GPU) or op (CPU) self time in us by name over ``calls`` calls, and the sum."""
 
-    def ddim(self, net: Any, x: Any, k: int = 1, method: str = "hollow", **opts: Any) -> Any:
-        """D_dim^k f(x) = [d^k f_i / dx_i^k]_i, shape (batch, dim)."""
-
-    def divergence(self, net: Any, x: Any, method: str = "hollow", **opts: Any) -> Any:
-        """sum_i df_i/dx_i, shape (batch,)."""
-
+    # The operators. D_dim^k f(x) = [d^k f_i / dx_i^k]_i is (batch, dim), the divergence
+    # sum_i df_i/dx_i (batch,); the value_and_ forms also return f(x) (batch, dim) from the same
+    # forward pass, so that the fair train step's loss takes both and runs one backward.
+    def ddim(self, net: Any, x: Any, k: int = 1, method: str = "hollow", **opts: Any) -> Any: ...
+    def divergence(self, net: Any, x: Any, method: str = "hollow", **opts: Any) -> Any: ...
     def value_and_ddim(
         self, net: Any, x: Any, k: int = 1, method: str = "hollow", **opts: Any
-    ) -> tuple[Any, Any]:
-        """(f(x), D_dim^k f(x)), both (batch, dim), from one forward pass."""
-
+    ) -> tuple[Any, Any]: ...
     def value_and_divergence(
         self, net: Any, x: Any, method: str = "hollow", **opts: Any
-    ) -> tuple[Any, Any]:
-        """(f(x) (batch, dim), its divergence (batch,)), from one forward pass: the fair train
-        step's loss takes both and runs one backward."""
+    ) -> tuple[Any, Any]: ...
 
 
 def load_backend(name: str, device: str | None = None) -> Backend:

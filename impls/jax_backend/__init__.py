@@ -9,14 +9,17 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
+import equinox as eqx
 import jax
 import numpy as np
 
 from impls import _checks
 from impls.jax_backend import fused_tau, operators
 from impls.jax_backend.models import MLP, HollowNet, build
+from impls.jax_backend.profiling import kernel_times
 from impls.spec import ModelSpec
 
 __all__ = ["MLP", "HollowNet", "JaxBackend"]
@@ -44,11 +47,6 @@ class JaxBackend:
         return build(spec, seed, self.jax_device)
 
     def astype(self, net, dtype: str):
-        """The same model in ``dtype`` with the weights cast exactly."""
-        from dataclasses import replace
-
-        import equinox as eqx
-
         copy = build(replace(net.spec, dtype=dtype), 0, self.jax_device)
         params = {k: v.astype(dtype) for k, v in net.params.items()}
         return eqx.tree_at(lambda m: m.params, copy, params)
@@ -64,26 +62,20 @@ class JaxBackend:
         jax.block_until_ready(arrays)
 
     def random_opts(self, seed: int | None) -> dict[str, Any]:
-        """Options that seed a random operator: a PRNG ``key`` on this device (seed None: 0)."""
         return {"key": jax.device_put(jax.random.key(seed or 0), self.jax_device)}
-
-    # --- precision, memory, device --------------------------------------------------------
 
     def matmul_precision(self) -> str:
         return str(jax.config.jax_default_matmul_precision or "default")
 
     def set_matmul_precision(self, precision: str) -> None:
-        """ "default" (leave it), "tf32" or "highest" for float32 matmuls."""
         if precision in PRECISIONS:
             jax.config.update("jax_default_matmul_precision", PRECISIONS[precision])
 
     def device_name(self) -> str | None:
-        """The GPU's name; None on the CPU (the caller knows the CPU's)."""
         return self.jax_device.device_kind if self.device.startswith("cuda") else None
 
     def memory_available(self) -> tuple[int | None, str] | None:
-        """(bytes a new computation may still use, where the figure came from); None where
-        JAX does not say (the CPU, or a GPU without a limit in memory_stats)."""
+        # None where JAX does not say: the CPU, or a GPU without a limit in memory_stats.
         if not self.device.startswith("cuda"):
             return None
         stats = self.jax_device.memory_stats() or {}
@@ -92,8 +84,8 @@ class JaxBackend:
         return None
 
     def reset_peak_memory(self) -> bool:
-        """False: JAX's peak counter is process-wide and cannot be reset; a compiled step's
-        footprint comes from :meth:`compile_step` instead."""
+        # JAX's peak counter is process-wide and cannot be reset; a compiled step's footprint
+        # comes from compile_step instead.
         return False
 
     def peak_memory(self) -> tuple[int | None, str | None]:
@@ -102,23 +94,17 @@ class JaxBackend:
     def release_memory(self) -> None:
         pass
 
-    # --- steps ----------------------------------------------------------------------------
-
     def no_grad(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
     def reference_mode(self) -> contextlib.AbstractContextManager:
-        """Where a float64 reference is computed: full-precision matmuls."""
         return jax.default_matmul_precision("highest")
 
     def grad_step(
         self, loss: Callable[..., tuple[Any, Any]], argnums: tuple[int, ...] = (0,)
     ) -> Callable[..., Any]:
-        """``step(*args) -> ((loss, aux), grads)``: ``loss(*args) -> (loss, aux)`` and its
-        gradient with respect to ``args[argnums]`` (pure: the harness jits it)."""
+        """Pure: the harness jits it."""
         if argnums == (0,):  # equinox's filter: non-array leaves of the module are static
-            import equinox as eqx
-
             step = eqx.filter_value_and_grad(loss, has_aux=True)
             return lambda *args: step(*args)  # a function: jax.jit hashes a Module's fields
         return jax.value_and_grad(loss, argnums=argnums, has_aux=True)
@@ -161,13 +147,9 @@ class JaxBackend:
         return compile_rest
 
     def warm_up(self) -> None:
-        """Nothing: JAX imports its transformations up front, and tiny eager calls would only
-        cost compilation."""
+        """Nothing: JAX imports its transformations up front; tiny calls would only compile."""
 
-    def kernel_times(self, call: Callable[[], Any], calls: int) -> tuple[dict[str, float], float]:
-        from impls.jax_backend.profiling import kernel_times
-
-        return kernel_times(call, calls)
+    kernel_times = staticmethod(kernel_times)
 
     ddim = staticmethod(operators.ddim)
     divergence = staticmethod(operators.divergence)

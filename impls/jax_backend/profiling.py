@@ -13,10 +13,8 @@ import jax
 
 
 def kernel_times(call: Callable[[], Any], calls: int) -> tuple[dict[str, float], float]:
-    """Kernel self time in us over ``calls`` calls, and their sum, from a jax.profiler trace:
-    the events on the GPU's streams. XLA's CPU runtime
-    traces no per-kernel times (only markers and thread-pool waits), so on the CPU this is
-    empty and XLA's cost analysis stands alone."""
+    """From a jax.profiler trace: the events on the GPU's streams. XLA's CPU runtime traces no
+    per-kernel times (only markers and thread-pool waits): on the CPU this is empty."""
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp, create_perfetto_trace=True):
             for _ in range(calls):

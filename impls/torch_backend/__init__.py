@@ -40,8 +40,7 @@ class TorchBackend:
         return build(spec, seed, self.device)
 
     def astype(self, net: torch.nn.Module, dtype: str) -> torch.nn.Module:
-        """The same model in ``dtype`` with the weights cast exactly (a build from the seed in
-        the new dtype would differ by the rounding of the old one)."""
+        # Cast, not rebuilt: a build from the seed in dtype would differ by the old rounding.
         copy = build(replace(net.spec, dtype=dtype), 0, self.device)
         cast = getattr(torch, dtype)
         copy.load_state_dict(
@@ -61,62 +60,47 @@ class TorchBackend:
             torch.cuda.synchronize(self.device)
 
     def random_opts(self, seed: int | None) -> dict[str, Any]:
-        """Options that seed a random operator: ``seed``; none draws from torch's global RNG."""
         return {} if seed is None else {"seed": seed}
-
-    # --- precision, memory, device --------------------------------------------------------
 
     def matmul_precision(self) -> str:
         return torch.get_float32_matmul_precision()
 
     def set_matmul_precision(self, precision: str) -> None:
-        """ "default" (leave it), "tf32" or "highest" for float32 matmuls."""
         if precision in PRECISIONS:
             torch.set_float32_matmul_precision(PRECISIONS[precision])
 
     def device_name(self) -> str | None:
-        """The GPU's name; None on the CPU (the caller knows the CPU's)."""
         return torch.cuda.get_device_name(self.device) if self._cuda else None
 
     def memory_available(self) -> tuple[int | None, str] | None:
-        """(bytes a new computation may still use, where the figure came from); None on the
-        CPU, whose free memory is the machine's."""
-        if not self._cuda:
+        if not self._cuda:  # the CPU's free memory is the machine's
             return None
         free, _ = torch.cuda.mem_get_info(self.device)
         cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
         return free + cached, "torch.cuda.mem_get_info"
 
     def reset_peak_memory(self) -> bool:
-        """Start a peak-memory window; False where torch does not track the device (CPU)."""
         if self._cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         return self._cuda
 
     def peak_memory(self) -> tuple[int, str]:
-        """(peak bytes since :meth:`reset_peak_memory`, how they were measured)."""
         return torch.cuda.max_memory_allocated(self.device), "torch.cuda.max_memory_allocated"
 
     def release_memory(self) -> None:
-        """Hand cached device memory back, so the next computation sees the real free memory."""
         if self._cuda:
             torch.cuda.empty_cache()
-
-    # --- steps ----------------------------------------------------------------------------
 
     def no_grad(self) -> contextlib.AbstractContextManager:
         return torch.no_grad()
 
     def reference_mode(self) -> contextlib.AbstractContextManager:
-        """Where a float64 reference is computed: no autograd graph."""
         return torch.no_grad()
 
     def grad_step(
         self, loss: Callable[..., tuple[Any, Any]], argnums: tuple[int, ...] = (0,)
     ) -> Callable[..., Any]:
-        """``step(*args) -> ((loss, aux), None)``: ``loss(*args) -> (loss, aux)``, then the
-        backward pass into the parameters of the modules ``args[argnums]`` (grads set to None
-        first); ``aux`` detached."""
+        """Grads go into the ``.grad`` of the modules ``args[argnums]`` (set to None first)."""
 
         def step(*args):
             for i in argnums:
@@ -134,8 +118,7 @@ class TorchBackend:
     def compile_step(
         self, fn: Callable[..., Any], args: tuple, variant: str = "eager"
     ) -> tuple[Callable[..., Any], float | None, tuple[int | None, str | None] | None]:
-        """(the callable to time, seconds its variant took to set up or None for eager, None:
-        torch has no static memory footprint, its peak is measured)."""
+        # No static memory footprint: torch's peak is measured.
         step, learned = torch_variant(fn, args, variant)
         return step, learned.get("compile_s"), None
 
@@ -150,9 +133,7 @@ class TorchBackend:
             self.divergence(net, x, method="hutchinson")
 
     def kernel_times(self, call: Callable[[], Any], calls: int) -> tuple[dict[str, float], float]:
-        """Kernel (GPU) or op (CPU) self time in us over ``calls`` calls, and their sum. By
-        the device profiled, not by whether the machine has a GPU: a CPU step on a GPU machine
-        launches no kernels."""
+        # By the device profiled, not the machine: a CPU step on a GPU machine launches no kernels.
         from torch.profiler import ProfilerActivity
 
         gpu = self._cuda

@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 
+def hollow_forward(taylor, net, x, t, k: int):
+    """(f, D_dim^k f), both (batch, dim): value and tangent (Taylor series for k > 1) carried by
+    hand through the transformer by the backend's ``taylor`` module; exact, since tau is
+    separable, and trained by one ordinary reverse pass."""
+    h = net.conditioner(x, t)
+    if k == 1:  # in cache-sized chunks, with a backward that recomputes each one
+        return taylor.value_and_tangent(net, x, h, t)
+    series = taylor.jet(net, x, h, t, k)
+    return series[0], series[k]
+
+
 def nested_jvp(jvp, fun, x, tangent, k: int):
     """(fun(x), d^k/ds^k fun(x + s*tangent) at s=0) through the framework's ``jvp`` (torch.func
     and JAX share its signature); the value rides along as ``aux``."""

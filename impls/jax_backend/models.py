@@ -54,16 +54,10 @@ class HollowNet(_Model):
         return self.transformer(x, self.conditioner(x, t), t)
 
     def conditioner(self, x: jax.Array, t: jax.Array | None = None) -> jax.Array:
-        """h, shape (batch, dim, d_h); h[:, i] never depends on x[:, i]."""
-        return jnp.swapaxes(self._conditioner_dim_major(x, t), 0, 1)
+        """h, shape (batch, dim, d_h); h[:, i] never depends on x[:, i].
 
-    def _conditioner_dim_major(self, x: jax.Array, t: jax.Array | None) -> jax.Array:
-        """h as (dim, batch, d_h): the order the per-dimension layers and tau's rows use.
-
-        The per-dimension layers are batched matmuls over d, whose batch dimension XLA wants
-        leading: in (batch, dim, w) order every layer would transpose its input and output.
-        The public (batch, dim, d_h) is a transpose of this, which cancels against the
-        transformer's own.
+        Computed as (dim, batch, w): the per-dimension layers are batched matmuls over d, whose
+        batch dimension XLA wants leading; the final transpose cancels against tau's own.
         """
         spec, batch = self.spec, x.shape[0]
         if spec.conditioner == "made":
@@ -72,7 +66,7 @@ class HollowNet(_Model):
                 dense(self.params, self.act, f"made_{dn}", _with_time(x, t), n, _masks(spec, dn))
                 for dn in ("fwd", "rev")
             )
-            return jnp.swapaxes(self.act(z).reshape(batch, spec.dim, spec.d_h), 0, 1)
+            return self.act(z).reshape(batch, spec.dim, spec.d_h)
         w0 = self.params["cond0_w"]
         # Take x_i's own contribution back out instead of masking the (d_in, d, w) weight on
         # every call: O(batch*d*w) rather than O(d^2*w), and d h_i / d x_i is exactly zero.
@@ -83,7 +77,7 @@ class HollowNet(_Model):
         for j in range(1, len(spec.cond_hidden) + 1):
             z = jnp.einsum("dbi,dio->dbo", z, self.params[f"cond{j}_w"])
             z = self.act(z + self.params[f"cond{j}_b"][:, None, :])
-        return z
+        return jnp.swapaxes(z, 0, 1)
 
     def transformer(self, x: jax.Array, h: jax.Array, t: jax.Array | None = None) -> jax.Array:
         """f, shape (batch, dim): one MLP shared by all dimensions, over rows [x_i, h_i, t]."""
@@ -95,13 +89,8 @@ class HollowNet(_Model):
     def transformer_first(
         self, x: jax.Array, h: jax.Array, t: jax.Array | None = None
     ) -> jax.Array:
-        """The transformer's first pre-activation over its rows, (dim, batch, width).
-
-        Rows run dimension-major, the order the conditioner computes h in. Split by input
-        rather than over concatenated rows [x_i, h_i, t]: h's block is one matmul, x's column
-        (and t's) a broadcast multiply-add, so no row copy is made. :meth:`from_rows` maps a
-        per-row value back to (batch, dim).
-        """
+        """The transformer's first pre-activation over its rows, (dim, batch, width), split by
+        input as the torch one (:mod:`impls.torch_backend.models`)."""
         d_h = self.spec.d_h
         w0 = self.params["tau0_w"]
         z = jnp.swapaxes(h, 0, 1) @ w0[1 : 1 + d_h] + x.T[..., None] * w0[0]

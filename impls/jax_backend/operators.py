@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from impls import _checks
-from impls._operators import nested_jvp
+from impls._operators import hollow_forward, nested_jvp
 from impls.jax_backend import estimators, fused_tau, taylor
 from impls.jax_backend.models import HollowNet
 
@@ -131,7 +131,9 @@ def _prepare(net, x, k, method, opts) -> jax.Array | None:
         extra_opts=_EXTRA_OPTS,
     )
     _checks.check_input(shape=x.shape, dtype=x.dtype.name, dim=spec.dim, model_dtype=spec.dtype)
-    _check_device(net, x)
+    param = next(iter(net.params.values()))
+    if is_concrete(x) and is_concrete(param) and x.devices() != param.devices():
+        raise ValueError(f"x is on {x.devices()} but the model is on {param.devices()}")
     check_finite(x, "x")
     t = opts.get("t")
     _checks.check_time(time_dependent=spec.time_dependent, t_given=t is not None)
@@ -155,12 +157,6 @@ def check_finite(a: jax.Array, name: str) -> None:
         finite = bool(jnp.isfinite(a).all())
     if not finite:
         raise ValueError(f"{name} contains NaN or inf")
-
-
-def _check_device(net, x: jax.Array) -> None:
-    param = next(iter(net.params.values()))
-    if is_concrete(x) and is_concrete(param) and x.devices() != param.devices():
-        raise ValueError(f"x is on {x.devices()} but the model is on {param.devices()}")
 
 
 def _hollow(net: HollowNet, x: jax.Array, t, k: int) -> tuple[jax.Array, jax.Array]:
@@ -194,16 +190,12 @@ def _grad_of_sum_with_aux(g):
 def _hollow_forward(
     net: HollowNet, x: jax.Array, t, k: int, fused: str | None = None
 ) -> tuple[jax.Array, jax.Array]:
-    """Value and tangent (Taylor series for k > 1) carried by hand through the transformer
-    (:mod:`taylor`): exact, since tau is separable, and trained by one ordinary reverse pass.
-    ``fused``: k = 1 runs in the Pallas kernel (:mod:`fused_tau`) for that platform."""
-    h = net.conditioner(x, t)
+    """:func:`impls._operators.hollow_forward`, or with ``fused`` k = 1 in the Pallas kernel
+    (:mod:`fused_tau`) for that platform."""
     if k == 1 and fused is not None:
+        h = net.conditioner(x, t)
         return fused_tau.value_and_tangent(net, x, h, t, interpret=fused == "cpu")
-    if k == 1:  # in cache-sized chunks, with a backward that recomputes each one
-        return taylor.value_and_tangent(net, x, h, t)
-    series = taylor.jet(net, x, h, t, k)
-    return series[0], series[k]
+    return hollow_forward(taylor, net, x, t, k)
 
 
 def dense_loop(fun: Fn, x: jax.Array, k: int, with_value: bool = False):

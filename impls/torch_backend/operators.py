@@ -12,7 +12,7 @@ import torch
 from torch.func import jvp, vmap
 
 from impls import _checks
-from impls._operators import nested_jvp
+from impls._operators import hollow_forward, nested_jvp
 from impls.torch_backend import estimators, taylor
 from impls.torch_backend.models import HollowNet
 
@@ -38,7 +38,7 @@ def value_and_ddim(
     if method == "hollow":
         return _hollow(net, x, t, k)
     if method == "hollow_forward":
-        return _hollow_forward(net, x, t, k)
+        return hollow_forward(taylor, net, x, t, k)
     if method == "dense_loop":
         return dense_loop(fun, x, k, with_value=True)
     if method == "dense_vectorized":
@@ -107,22 +107,14 @@ def check_finite(a: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or inf")
 
 
-def _leaf_for_tau(x: torch.Tensor) -> torch.Tensor:
-    """A node that feeds the transformer only.
-
-    Differentiating with respect to it holds h = c(x) fixed, while the result stays in the
-    graph of x and the parameters: the conditioner keeps its share of every parameter gradient
-    (a plain ``h.detach()`` would silently drop it).
-    """
-    return x.clone() if x.requires_grad else x.detach().requires_grad_()
-
-
 def _hollow(net: HollowNet, x: torch.Tensor, t, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's way: k reverse passes through the transformer alone; f is their forward."""
     keep_graph = torch.is_grad_enabled()
     with torch.enable_grad():
         h = net.conditioner(x, t)
-        x_tau = _leaf_for_tau(x)
+        # A node that feeds tau only: differentiating by it holds h = c(x) fixed, while the
+        # result stays in the graph of x and the parameters (h.detach() would drop c's share).
+        x_tau = x.clone() if x.requires_grad else x.detach().requires_grad_()
         out = value = net.transformer(x_tau, h, t)
         for j in range(k):
             # tau is separable in x_tau, so the gradient of the sum is the diagonal.
@@ -138,18 +130,6 @@ def _hollow(net: HollowNet, x: torch.Tensor, t, k: int) -> tuple[torch.Tensor, t
                 out = torch.zeros_like(x)
                 break
     return (value, out) if keep_graph else (value.detach(), out)
-
-
-def _hollow_forward(
-    net: HollowNet, x: torch.Tensor, t, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Value and tangent (Taylor series for k > 1) carried by hand through the transformer
-    (:mod:`taylor`): exact, since tau is separable, and trained by one ordinary reverse pass."""
-    h = net.conditioner(x, t)
-    if k == 1:  # in cache-sized chunks, with a backward that recomputes each one
-        return taylor.value_and_tangent(net, x, h, t)
-    series = taylor.jet(net, x, h, t, k)
-    return series[0], series[k]
 
 
 def dense_loop(fun: Fn, x: torch.Tensor, k: int, with_value: bool = False):

@@ -10,12 +10,13 @@ at the same number of Jacobian products whenever the Jacobian's spectrum decays.
 Each sample has its own Jacobian J (d x d); matrices are (batch, d, n), QR batched over the
 samples. ``draw(shape)`` supplies the probes, (n, batch, d). Every result is differentiable, QR
 included. A sketch wider than d spans everything, so it is capped at d. ``with_value``:
-(f, estimate), f from the forward the first products run anyway. Each backend binds ``ops``.
+(f, estimate), f from the forward the first products run anyway; each backend :func:`bind`s ops.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 from impls import _checks
@@ -28,6 +29,12 @@ class Ops(NamedTuple):
     products: Callable
     xp: Any  # torch or jax.numpy: moveaxis, concatenate, diagonal, linalg.qr
     loo: Callable  # R (batch, s, s) upper triangular -> R^-T with unit columns
+
+
+def bind(products: Callable, xp: Any, loo: Callable) -> tuple[Callable, ...]:
+    """(estimate, hutchpp, xtrace, xdiag) over a backend's :class:`Ops`."""
+    ops = Ops(products, xp, loo)
+    return tuple(partial(fn, ops=ops) for fn in (estimate, hutchpp, xtrace, xdiag))
 
 
 def estimate(method, fun, x, n_matvecs, draw, trace, *, ops: Ops):

@@ -8,8 +8,6 @@ second call, idle, in the runtime; the whole process's later calls then wait too
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 
@@ -37,8 +35,4 @@ def _loo(r: jax.Array) -> jax.Array:
     return inv_t / jnp.linalg.norm(inv_t, axis=-2, keepdims=True)
 
 
-_OPS = _estimators.Ops(_products, jnp, _loo)
-estimate = partial(_estimators.estimate, ops=_OPS)
-hutchpp = partial(_estimators.hutchpp, ops=_OPS)
-xtrace = partial(_estimators.xtrace, ops=_OPS)
-xdiag = partial(_estimators.xdiag, ops=_OPS)
+estimate, hutchpp, xtrace, xdiag = _estimators.bind(_products, jnp, _loo)

@@ -3,8 +3,6 @@ VJPs of the batched f, vectorised over the columns with vmap."""
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 from torch.func import jvp, vjp, vmap
 
@@ -30,8 +28,4 @@ def _loo(r: torch.Tensor) -> torch.Tensor:
     return inv_t / torch.linalg.vector_norm(inv_t, dim=-2, keepdim=True)
 
 
-_OPS = _estimators.Ops(_products, torch, _loo)
-estimate = partial(_estimators.estimate, ops=_OPS)
-hutchpp = partial(_estimators.hutchpp, ops=_OPS)
-xtrace = partial(_estimators.xtrace, ops=_OPS)
-xdiag = partial(_estimators.xdiag, ops=_OPS)
+estimate, hutchpp, xtrace, xdiag = _estimators.bind(_products, torch, _loo)

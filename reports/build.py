@@ -158,7 +158,7 @@ def _figure(key: str, frame: pd.DataFrame, out: Path) -> Section:
         return Section(spec.key, spec.title, [spec.caption], note=f"could not be drawn ({exc})")
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)
-    fig.savefig(files["svg"], format="svg")
+    fig.savefig(files["svg"], format="svg", metadata={"Date": None})  # rebuilds byte-identical
     plt.close(fig)
     files["png"].write_bytes(png.getvalue())
     return Section(spec.key, spec.title, [spec.caption], png=png.getvalue())

@@ -460,6 +460,18 @@ def test_report_files_are_written_and_self_contained(report):
     assert "| exact method |" in md or "exact method" in md
 
 
+def test_a_rebuild_writes_the_same_figures_and_tables_byte_for_byte(report, tmp_path):
+    """Committed reference reports are checked by rebuilding them, so no date or random id may
+    enter a figure or a table."""
+    inputs = str(report.parent / "*.json")
+    assert main(["build", inputs, "--out", str(tmp_path / "again")]) == 0
+    for kind in ("figures", "tables"):
+        first = {p.name: p.read_bytes() for p in (report / kind).iterdir()}
+        second = {p.name: p.read_bytes() for p in (tmp_path / "again" / kind).iterdir()}
+        assert first.keys() == second.keys() and len(first) > 0
+        assert [name for name in first if first[name] != second[name]] == []
+
+
 def journal_point(entry: dict, point_stats: dict | None, **changes) -> dict:
     fields = {k: entry[k] for k in ("name", "fullname", "params", "extra_info")}
     return {"kind": "point", **fields, **changes, "stats": point_stats}

@@ -472,6 +472,29 @@ def test_a_rebuild_writes_the_same_figures_and_tables_byte_for_byte(report, tmp_
         assert [name for name in first if first[name] != second[name]] == []
 
 
+@pytest.mark.parametrize("run", ["cpu", "nvidia-h100", "nvidia-h200"])
+def test_committed_reference_reports_rebuild_identical(run, tmp_path, monkeypatch):
+    """Each committed reference report is what today's builder makes of its committed inputs
+    (the ones its report.md names), table for table: a change that moves a number shows here."""
+    committed = ROOT / "reports/reference" / run / "report"
+    built_line, *_ = re.findall(
+        r"^Built .* UTC from (.*)\.$", (committed / "report.md").read_text(), re.M
+    )
+    monkeypatch.chdir(ROOT)  # the inputs are named relative to the repository root
+    assert main(["build", *built_line.split(", "), "--out", str(tmp_path)]) == 0
+
+    def text(path: Path) -> str:
+        return re.sub(r"^Built .*$", "", path.read_text(), flags=re.M)
+
+    assert text(tmp_path / "report.md") == text(committed / "report.md")
+    tables = sorted(p.name for p in (committed / "tables").glob("*.csv"))
+    assert tables == sorted(p.name for p in (tmp_path / "tables").glob("*.csv"))
+    for name in tables:
+        assert (tmp_path / "tables" / name).read_bytes() == (
+            committed / "tables" / name
+        ).read_bytes()
+
+
 def journal_point(entry: dict, point_stats: dict | None, **changes) -> dict:
     fields = {k: entry[k] for k in ("name", "fullname", "params", "extra_info")}
     return {"kind": "point", **fields, **changes, "stats": point_stats}

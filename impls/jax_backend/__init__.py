@@ -16,8 +16,8 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from impls import _checks
-from impls.jax_backend import fused_tau, operators
+from impls import _checks, _operators
+from impls.jax_backend import operators
 from impls.jax_backend.models import MLP, HollowNet, build
 from impls.jax_backend.profiling import kernel_times
 from impls.spec import ModelSpec
@@ -133,7 +133,7 @@ class JaxBackend:
         if variant == "pallas":
             # jit caches traces by function: a fresh one, so that neither this trace nor an
             # earlier one of fn without the kernel is ever reused for the other.
-            traced, fused = (lambda *a: fn(*a)), fused_tau.use(self.jax_device)
+            traced, fused = (lambda *a: fn(*a)), _operators.fused(self.jax_device.platform)
         start = time.perf_counter()
         with fused:  # tracing happens in lower()
             lowered = jax.jit(traced).lower(*args)

@@ -22,11 +22,8 @@ slow, but the same code, which is how the tests check it; they also lower them f
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import functools
-from collections.abc import Iterator
 from typing import NamedTuple
 
 import jax
@@ -43,24 +40,6 @@ MIN_WIDTH = 16  # Triton's smallest dot dimension
 # Lower through Triton (JAX's GPU default is Mosaic GPU, whose copies need other shapes); the
 # interpreter ignores this.
 _TRITON = pl_triton.CompilerParams(num_warps=4)
-
-# The device platform ("cpu", "gpu") a step being traced runs the fused kernel on; None: off.
-_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("fused_tau", default=None)
-
-
-@contextlib.contextmanager
-def use(device: jax.Device) -> Iterator[None]:
-    """Within this block, hollow_forward's k = 1 traces the fused kernel for ``device``."""
-    token = _PLATFORM.set(device.platform)
-    try:
-        yield
-    finally:
-        _PLATFORM.reset(token)
-
-
-def platform() -> str | None:
-    """The platform :func:`use` set, or None outside it."""
-    return _PLATFORM.get()
 
 
 class _Rows(NamedTuple):

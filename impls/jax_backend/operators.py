@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from impls import _checks
-from impls._operators import hollow_forward, nested_jvp
+from impls._operators import fused_platform, hollow_forward, nested_jvp
 from impls.jax_backend import estimators, fused_tau, taylor
 from impls.jax_backend.models import HollowNet
 
@@ -53,12 +53,12 @@ def value_and_divergence(
 
 def _static(method: str, opts: dict) -> dict:
     """_compute's static options; ``fused``: the platform hollow_forward's fused tau kernel
-    runs on (:func:`fused_tau.use`), a static argument so that a step traced with it and one
-    traced without never share a compiled ``_compute``."""
+    runs on (:func:`impls._operators.fused`), a static argument so that a step traced with it
+    and one traced without never share a compiled ``_compute``."""
     names = ("n_probes", "n_matvecs", "noise", "chunk_size")
     static = {name: opts[name] for name in names if name in opts}
-    if method == "hollow_forward" and fused_tau.platform() is not None:
-        static["fused"] = fused_tau.platform()
+    if method == "hollow_forward" and fused_platform() is not None:
+        static["fused"] = fused_platform()
     return static
 
 
@@ -94,7 +94,10 @@ def _compute(
     if method == "hollow":
         f, out = _hollow(net, x, t, k)
     elif method == "hollow_forward":
-        f, out = _hollow_forward(net, x, t, k, fused)
+        kernel = None  # the taylor module's, unless a fused variant is traced
+        if fused is not None:
+            kernel = functools.partial(fused_tau.value_and_tangent, interpret=fused == "cpu")
+        f, out = hollow_forward(taylor, net, x, t, k, kernel)
     elif method == "dense_loop":
         f, out = dense_loop(lambda y: net.evaluate(y, t), x, k, with_value=True)
     else:
@@ -185,17 +188,6 @@ def _grad_of_sum(g: Fn) -> Fn:
 
 def _grad_of_sum_with_aux(g):
     return jax.grad(lambda y: (lambda out, aux: (out.sum(), aux))(*g(y)), has_aux=True)
-
-
-def _hollow_forward(
-    net: HollowNet, x: jax.Array, t, k: int, fused: str | None = None
-) -> tuple[jax.Array, jax.Array]:
-    """:func:`impls._operators.hollow_forward`, or with ``fused`` k = 1 in the Pallas kernel
-    (:mod:`fused_tau`) for that platform."""
-    if k == 1 and fused is not None:
-        h = net.conditioner(x, t)
-        return fused_tau.value_and_tangent(net, x, h, t, interpret=fused == "cpu")
-    return hollow_forward(taylor, net, x, t, k)
 
 
 def dense_loop(fun: Fn, x: jax.Array, k: int, with_value: bool = False):

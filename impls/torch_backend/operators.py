@@ -12,7 +12,7 @@ import torch
 from torch.func import jvp, vmap
 
 from impls import _checks
-from impls._operators import hollow_forward, nested_jvp
+from impls._operators import fused_platform, hollow_forward, nested_jvp
 from impls.torch_backend import estimators, taylor
 from impls.torch_backend.models import HollowNet
 
@@ -38,7 +38,7 @@ def value_and_ddim(
     if method == "hollow":
         return _hollow(net, x, t, k)
     if method == "hollow_forward":
-        return hollow_forward(taylor, net, x, t, k)
+        return hollow_forward(taylor, net, x, t, k, _fused_kernel())
     if method == "dense_loop":
         return dense_loop(fun, x, k, with_value=True)
     if method == "dense_vectorized":
@@ -65,6 +65,15 @@ def stochastic(fun: Fn, x: torch.Tensor, method: str, opts: dict, trace: bool):
     noise, seed = opts.get("noise", _checks.DEFAULT_NOISE[method]), opts.get("seed")
     draw = lambda shape: _probes(shape, noise, seed, x)  # noqa: E731
     return estimators.estimate(method, fun, x, n_matvecs, draw, trace)
+
+
+def _fused_kernel() -> Callable | None:
+    """The fused Triton tau kernel while a step runs as the ``triton`` variant, else None."""
+    if fused_platform() is None:
+        return None
+    from impls.torch_backend import fused_tau  # imports triton: only for this variant
+
+    return fused_tau.value_and_tangent
 
 
 def _prepare(net, x, k, method, opts) -> tuple[Fn, torch.Tensor | None]:

@@ -17,8 +17,6 @@ would cost 2^k passes. The JAX backend's ``taylor`` module is the same code.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 
 import torch
@@ -102,32 +100,12 @@ def _derivs(name: str, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, 
     return torch.cos(z), -y  # sin
 
 
-# Set (by :func:`fused`) while a step runs as the ``triton`` variant: value_and_tangent then
-# hands tau to the fused kernels of :mod:`fused_tau` instead of the chunks below.
-_FUSED = contextvars.ContextVar("fused_tau", default=False)
-
-
-@contextlib.contextmanager
-def fused():
-    """Within it, :func:`value_and_tangent` runs the fused Triton kernels (:mod:`fused_tau`)."""
-    token = _FUSED.set(True)
-    try:
-        yield
-    finally:
-        _FUSED.reset(token)
-
-
 def value_and_tangent(
     net, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(tau, d tau / dx_i) at h held fixed, each (batch, dim): :func:`jet` for k = 1, run in
-    cache-sized chunks of rows with a backward that recomputes each chunk, or within
-    :func:`fused` by the fused kernels. Differentiable once (a train step's backward), not
-    twice."""
-    if _FUSED.get():
-        from impls.torch_backend import fused_tau  # imports triton: only for this variant
-
-        return fused_tau.value_and_tangent(net, x, h, t)
+    cache-sized chunks of rows with a backward that recomputes each chunk. Differentiable
+    once (a train step's backward), not twice."""
     spec = net.spec
     if not spec.trans_hidden:  # an affine tau: nothing to chunk
         return tuple(jet(net, x, h, t, 1))

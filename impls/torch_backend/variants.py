@@ -21,11 +21,12 @@ def torch_variant(
         return fn, {}
     import torch
 
+    on_cuda = any(isinstance(a, torch.Tensor) and a.is_cuda for a in args)
     start = time.perf_counter()
     if variant == "cudagraph":
         step = capture(fn, args)
     elif variant == "triton":
-        step = _fused(fn)
+        step = _fused(fn, "cuda" if on_cuda else "cpu")
         step(*args)  # Triton compiles and autotunes its kernels on the first call
     elif variant == "compile":
         # Static shapes: after a second d, torch.compile would otherwise trace d symbolically,
@@ -36,18 +37,18 @@ def torch_variant(
         raise ValueError(
             f"unknown torch variant {variant!r}; choose eager, cudagraph, compile or triton"
         )
-    if any(isinstance(a, torch.Tensor) and a.is_cuda for a in args):
+    if on_cuda:
         torch.cuda.synchronize()
     return step, {"compile_s": time.perf_counter() - start}
 
 
-def _fused(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _fused(fn: Callable[..., Any], platform: str) -> Callable[..., Any]:
     """``fn`` run eagerly, with the k = 1 hollow_forward transformer in the fused Triton
     kernels (impls/torch_backend/fused_tau.py)."""
-    from impls.torch_backend import taylor
+    from impls._operators import fused
 
     def step(*args):
-        with taylor.fused():
+        with fused(platform):
             return fn(*args)
 
     return step

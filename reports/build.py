@@ -12,18 +12,18 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from reports.goals import GOALS
+from reports.goals import GOALS, Goal
 from reports.load import analysis_columns, load_results, warn
 from reports.render import Section, html_report, markdown_report
 from reports.tables import TABLES, NoData, Table
 
 TITLE = "hollowbench report"
-PAPER = ("c1_ddim_k_passes", "c2_dense_diagonal", "c3_exact_vs_stochastic")
-WORKLOADS = ("ode_jacobi_newton", "cnf_exact_vs_stochastic", "sde_fp_residual")
-GOAL_KEYS = tuple(g.key for g in GOALS)
+# The report's parts in order: each table names its own, and the figures fill theirs.
+SECTIONS = ("Paper claims", "Speed goals", "Workloads", "Figures", "Details")
 
 
 @dataclass(frozen=True)
@@ -46,27 +46,19 @@ def build(inputs: Sequence[str], out: str | Path) -> Built:
     frame.to_csv(out / "tables" / "points.csv", index=False)
     slim = analysis_columns(frame)
     with _figure_pool(slim, out) as drawn:  # figures are drawn while the tables are made
-        tables = {
-            spec.key: _table(spec, frame if spec.details else slim, out)
-            for spec in (*TABLES, *GOALS)
-        }
+        tables = [(s, _table(s, frame if s.details else slim, out)) for s in (*TABLES, *GOALS)]
     figures = drawn()
-    parts = [
-        ("Paper claims", [tables[k] for k in PAPER]),
-        ("Speed goals", [tables[g.key] for g in GOALS]),
-        ("Workloads", [tables[k] for k in WORKLOADS]),
-        ("Figures", figures),
-        ("Details", [t for k, t in tables.items() if k not in {*PAPER, *WORKLOADS, *GOAL_KEYS}]),
-    ]
+    parts = {name: [t for spec, t in tables if spec.section == name] for name in SECTIONS}
+    parts["Figures"] = figures
     intro = _intro(frame, inputs)
     (out / "report.md").write_text(markdown_report(TITLE, intro, parts), encoding="utf-8")
     (out / "index.html").write_text(html_report(TITLE, intro, parts), encoding="utf-8")
-    sections = [*tables.values(), *figures]
+    sections = [*(t for _, t in tables), *figures]
     return Built(
         out=out,
         points=len(frame),
         figures=sum(s.png is not None for s in figures),
-        tables=sum(s.table is not None for s in tables.values()),
+        tables=sum(s.table is not None for s in sections),
         skipped=[f"{s.title}: {s.note}" for s in sections if s.note is not None],
     )
 
@@ -97,17 +89,25 @@ def _intro(frame: pd.DataFrame, inputs: Sequence[str]) -> list[str]:
     return lines
 
 
-def _table(spec: Table, frame: pd.DataFrame, out: Path) -> Section:
+def _attempt(kind: str, spec: Any, text: list[str], make: Callable[[], Any]) -> tuple[Any, Any]:
+    """(what ``make()`` made, None), or (None, the Section that says why there is nothing)."""
+    try:
+        return make(), None
+    except NoData as exc:
+        note = str(exc)
+    except Exception as exc:  # one table's or figure's bug must not cost the whole report
+        warn(f"{kind} '{spec.key}' failed: {type(exc).__name__}: {exc}")
+        note = f"could not be {'built' if kind == 'table' else 'drawn'} ({exc})"
+    return None, Section(spec.key, spec.title, text, note=note)
+
+
+def _table(spec: Table | Goal, frame: pd.DataFrame, out: Path) -> Section:
     text = [spec.claim, f"Compared: {spec.compared}"]
     csv = out / "tables" / f"{spec.key}.csv"
     csv.unlink(missing_ok=True)  # an earlier build's table must not outlive its data
-    try:
-        table = spec.build(frame)
-    except NoData as exc:
-        return Section(spec.key, spec.title, text, note=str(exc))
-    except Exception as exc:  # one table's bug must not cost the whole report
-        warn(f"table '{spec.key}' failed: {type(exc).__name__}: {exc}")
-        return Section(spec.key, spec.title, text, note=f"could not be built ({exc})")
+    table, failed = _attempt("table", spec, text, lambda: spec.build(frame))
+    if failed is not None:
+        return failed
     table.to_csv(csv, index=False)
     return Section(spec.key, spec.title, text, table=table)
 
@@ -131,7 +131,6 @@ def _figure_pool(frame: pd.DataFrame, out: Path) -> Iterator[Callable[[], list[S
         sections = [_figure(*job) for job in jobs]
         yield lambda: sections
         return
-    # Forked workers share the frame with this process instead of unpickling a copy.
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         result = pool.starmap_async(_figure, jobs, chunksize=1)
         yield result.get
@@ -148,14 +147,10 @@ def _figure(key: str, frame: pd.DataFrame, out: Path) -> Section:
     files = {ext: out / "figures" / f"{spec.key}.{ext}" for ext in ("png", "svg")}
     for path in files.values():
         path.unlink(missing_ok=True)  # an earlier build's figure must not outlive its data
-    try:
-        fig = spec.draw(frame)
-    except NoData as exc:
-        return Section(spec.key, spec.title, [spec.caption], note=str(exc))
-    except Exception as exc:  # one figure's bug must not cost the whole report
+    fig, failed = _attempt("figure", spec, [spec.caption], lambda: spec.draw(frame))
+    if failed is not None:
         plt.close("all")
-        warn(f"figure '{spec.key}' failed: {type(exc).__name__}: {exc}")
-        return Section(spec.key, spec.title, [spec.caption], note=f"could not be drawn ({exc})")
+        return failed
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)
     fig.savefig(files["svg"], format="svg", metadata={"Date": None})  # rebuilds byte-identical

@@ -16,9 +16,9 @@ from reports.tables import (
     HUTCHINSON_1,
     NoData,
     Side,
-    Table,
     Target,
     cells,
+    is_measured,
     pair_ratios,
 )
 
@@ -30,46 +30,48 @@ NOISY = "noisy"
 
 @dataclass(frozen=True)
 class Goal:
-    """``num`` over ``den`` matched on ``keys`` and d, bounded by ``target``; ``needs`` is the
-    NoData message, ``annotate(table, frame)`` adds a last column, ``relabel`` rewrites the
-    numerator's rows before pairing. Called on the report's frame: its table, a row per key, a
-    column per d, the verdict."""
+    """A goal, declared as data and reported like a :class:`~reports.tables.Table`: ``num`` over
+    ``den`` matched on ``keys`` and d, bounded by ``target``; ``needs`` is the NoData message,
+    ``relabel`` rewrites the numerator's rows before pairing, ``annotate(table, frame)`` adds a
+    last column. ``build(frame)``: a row per key, a column per d, the target and the verdict."""
 
-    letter: str
+    key: str  # goal_<letter>_...
+    title: str
+    claim: str
+    compared: str
     num: Side
     den: Side
     keys: tuple[str, ...]
     target: Target
     needs: str
-    annotate: Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame] | None = None
     relabel: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+    annotate: Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame] | None = None
+    section = "Speed goals"
+    details = False
 
-    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def build(self, frame: pd.DataFrame) -> pd.DataFrame:
         num, den = _rows(self.num, frame), _rows(self.den, frame)
         num = self.relabel(num) if self.relabel else num
         if num.empty or den.empty:
             raise NoData(self.needs)
         pairs = pair_ratios(self.num.cells(num, self.keys), self.den.cells(den, self.keys))
-        table = _by_d(pairs, self.letter, self.target)
+        if pairs.empty:
+            raise NoData(f"no matching pairs of points for goal ({self.key.split('_')[1]})")
+        keys = [c for c in pairs.columns if c not in ("d", "ratio")]
+        wide = pairs.set_index([*keys, "d"])["ratio"].unstack("d")
+        table = wide.rename(columns=lambda d: f"d={d}").reset_index()
+        table["target"] = self.target.label
+        table["verdict"] = [_verdict(row, self.target) for _, row in wide.iterrows()]
+        table = table.rename(columns={"device_id": "device"})
         return self.annotate(table, frame) if self.annotate else table
+
+    __call__ = build
 
 
 def _rows(side: Side, frame: pd.DataFrame) -> pd.DataFrame:
     """The side's points; a noisy one counts as not measured, with the status "noisy"."""
     rows = side.rows(frame)
     return rows.assign(status=rows["status"].mask(rows["noisy"], NOISY))
-
-
-def _by_d(pairs: pd.DataFrame, goal: str, target: Target) -> pd.DataFrame:
-    """One row per key, one column per d, and the verdict against the target."""
-    if pairs.empty:
-        raise NoData(f"no matching pairs of points for goal ({goal})")
-    keys = [c for c in pairs.columns if c not in ("d", "ratio")]
-    wide = pairs.set_index([*keys, "d"])["ratio"].unstack("d")
-    out = wide.rename(columns=lambda d: f"d={d}").reset_index()
-    out["target"] = target.label
-    out["verdict"] = [_verdict(row, target) for _, row in wide.iterrows()]
-    return out.rename(columns={"device_id": "device"})
 
 
 def _verdict(row: pd.Series, target: Target) -> str:
@@ -82,11 +84,10 @@ def _verdict(row: pd.Series, target: Target) -> str:
             unknown.append(f"d={d} ({value})")
         elif target.verdict(value, d) == "not met":
             missed.append(f"d={d} ({value:.3g} vs {target.bound(d):g})")
-    measured = [v for v in row if not isinstance(v, str) and pd.notna(v)]
     if missed:
         verdict = f"missed at {', '.join(missed)}"
     else:
-        verdict = "met at every measured d" if measured else "not measured"
+        verdict = "met at every measured d" if any(map(is_measured, row)) else "not measured"
     verdict += f"; did not run at {', '.join(unknown)}" if unknown else ""
     return verdict + (f"; noisy, left out at {', '.join(noisy)}" if noisy else "")
 
@@ -101,7 +102,7 @@ def _fastest_variant(table: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
     method and d."""
     keys = ["device_id", "mode", "batch", "method", "d", "variant"]
     per = cells(_rows(TORCH_VARIANTS, frame), keys)
-    measured = per[per.map(lambda v: not isinstance(v, str) and pd.notna(v))].astype(float)
+    measured = per[per.map(is_measured)].astype(float)
     best = measured.groupby(level=list(range(per.index.nlevels - 1))).idxmin()
     names = best.map(lambda index: index[-1])
     rows = table[["device", "mode", "batch", "method"]].itertuples(index=False)
@@ -133,7 +134,17 @@ def _fused_as_base(rows: pd.DataFrame) -> pd.DataFrame:
 # pair only with steps of the same definition (the fair "value_and" step, or the older
 # "separate_forward" one): a row per step.
 goal_a = Goal(
-    "a",
+    "goal_a_exact_vs_hutchinson",
+    "Goal (a): exact divergence at the cost of one Hutchinson probe",
+    "The hollow exact-divergence train step costs at most 1.0x the Hutchinson-1 train step on the "
+    "FLOP-matched MLP, for every d from 8 to 4096, on a GPU, in both backends.",
+    "Divergence workload: each hollow method's median time on the HollowNet over hutchinson "
+    "(n_probes=1) on the FLOP-matched MLP, same backend, device, variant, mode and batch, one "
+    "column per d. The goal concerns train mode; eval rows show the operator alone. A train "
+    "step's 'step' says how it is defined: 'value_and' is the fair step, f and the divergence "
+    "from one pass (value_and_divergence), a loss on both, one backward; 'separate_forward' "
+    "(results from before it) took the loss's f from a second net(x), which adds the same cost to "
+    "both sides and pulls the ratio towards 1.",
     replace(EXACT_DIVERGENCE, by=("method",)),
     HUTCHINSON_1,
     (*KEYS, "step"),
@@ -143,7 +154,12 @@ goal_a = Goal(
 )
 # (b) the faster dense method over each hollow method, for d >= 128.
 goal_b = Goal(
-    "b",
+    "goal_b_dense_vs_hollow",
+    "Goal (b): dense / hollow >= d/4 for d >= 128",
+    "The exact hollow operator beats the dense diagonal by at least d/4 at every d >= 128.",
+    "Divergence workload on the HollowNet: the faster of dense_loop and dense_vectorized over "
+    "each hollow method, same backend, device, variant, mode and batch; the target is d/4 for "
+    "each column's d.",
     Side("divergence", DENSE_METHODS, ("hollownet",), min_d=128, fastest="method"),
     replace(EXACT_DIVERGENCE, min_d=128, by=("method",), rename={"method": "hollow method"}),
     KEYS,
@@ -152,7 +168,11 @@ goal_b = Goal(
 )
 # (c) D_dim^4 over D_dim^1, per hollow method.
 goal_c = Goal(
-    "c",
+    "goal_c_ddim_k4_vs_k1",
+    "Goal (c): D_dim^4 costs at most 5x D_dim^1",
+    "A k-th order dimension-wise derivative costs about k passes: cost(k=4) / cost(k=1) <= 5.",
+    "ddim workload on the HollowNet: each hollow method's median time at k=4 over its time at "
+    "k=1, same backend, device, variant, mode, batch and d.",
     Side("ddim", HOLLOW_METHODS, ("hollownet",), {"k": 4}, by=("method",)),
     Side("ddim", HOLLOW_METHODS, ("hollownet",), {"k": 1}, by=("method",)),
     KEYS,
@@ -161,63 +181,18 @@ goal_c = Goal(
 )
 # (d) the fastest torch variant over the fastest JAX one, per device, mode, batch and method.
 goal_d = Goal(
-    "d",
+    "goal_d_torch_vs_jax",
+    "Goal (d): the best PyTorch variant within 1.5x of the best JAX one",
+    "On a GPU the fastest PyTorch variant of each hollow method is within 1.5x of JAX's jit at "
+    "every d.",
+    "Divergence workload on the HollowNet: the fastest torch variant (eager, cudagraph, compile, "
+    "triton) over the fastest JAX one (jit, pallas), per device, mode, batch, method and d; "
+    "'fastest torch variant' names which one it was.",
     replace(TORCH_VARIANTS, fastest="variant"),
-    Side(
-        "divergence",
-        HOLLOW_METHODS,
-        ("hollownet",),
-        {"backend": "jax"},
-        by=("method",),
-        fastest="variant",
-    ),
+    replace(TORCH_VARIANTS, where={"backend": "jax"}, fastest="variant"),
     ("device_id", "mode", "batch"),
     Target("<= 1.5", lambda d: 1.5),
     "needs hollow divergence points from both backends",
     annotate=_fastest_variant,
 )
-
-
-GOALS: tuple[Table, ...] = (
-    Table(
-        "goal_a_exact_vs_hutchinson",
-        "Goal (a): exact divergence at the cost of one Hutchinson probe",
-        "The hollow exact-divergence train step costs at most 1.0x the Hutchinson-1 train step "
-        "on the FLOP-matched MLP, for every d from 8 to 4096, on a GPU, in both backends.",
-        "Divergence workload: each hollow method's median time on the HollowNet over "
-        "hutchinson (n_probes=1) on the FLOP-matched MLP, same backend, device, variant, mode "
-        "and batch, one column per d. The goal concerns train mode; eval rows show the "
-        "operator alone. A train step's 'step' says how it is defined: 'value_and' is the fair "
-        "step, f and the divergence from one pass (value_and_divergence), a loss on both, one "
-        "backward; 'separate_forward' (results from before it) took the loss's f from a second "
-        "net(x), which adds the same cost to both sides and pulls the ratio towards 1.",
-        goal_a,
-    ),
-    Table(
-        "goal_b_dense_vs_hollow",
-        "Goal (b): dense / hollow >= d/4 for d >= 128",
-        "The exact hollow operator beats the dense diagonal by at least d/4 at every d >= 128.",
-        "Divergence workload on the HollowNet: the faster of dense_loop and dense_vectorized "
-        "over each hollow method, same backend, device, variant, mode and batch; the target "
-        "is d/4 for each column's d.",
-        goal_b,
-    ),
-    Table(
-        "goal_c_ddim_k4_vs_k1",
-        "Goal (c): D_dim^4 costs at most 5x D_dim^1",
-        "A k-th order dimension-wise derivative costs about k passes: cost(k=4) / cost(k=1) <= 5.",
-        "ddim workload on the HollowNet: each hollow method's median time at k=4 over its time "
-        "at k=1, same backend, device, variant, mode, batch and d.",
-        goal_c,
-    ),
-    Table(
-        "goal_d_torch_vs_jax",
-        "Goal (d): the best PyTorch variant within 1.5x of the best JAX one",
-        "On a GPU the fastest PyTorch variant of each hollow method is within 1.5x of JAX's "
-        "jit at every d.",
-        "Divergence workload on the HollowNet: the fastest torch variant (eager, cudagraph, "
-        "compile, triton) over the fastest JAX one (jit, pallas), per device, mode, batch, "
-        "method and d; 'fastest torch variant' names which one it was.",
-        goal_d,
-    ),
-)
+GOALS = (goal_a, goal_b, goal_c, goal_d)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,10 +70,10 @@ def _numeric(column: pd.Series) -> bool:
     )
 
 
-def markdown_report(title: str, intro: Sequence[str], parts: Sequence[tuple[str, list[Section]]]):
+def markdown_report(title: str, intro: Sequence[str], parts: Mapping[str, list[Section]]):
     """The whole report.md; figures link to ``figures/<key>.png`` beside it."""
     lines = [f"# {title}", "", *[f"{p}\n" for p in intro]]
-    for heading, sections in parts:
+    for heading, sections in parts.items():
         lines += [f"## {heading}", ""]
         for s in sections:
             lines += [f"### {s.title}", "", *[f"{t}\n" for t in s.text]]
@@ -105,14 +105,16 @@ nav li { font-size: 13px; }
 """
 
 
-def html_report(title: str, intro: Sequence[str], parts: Sequence[tuple[str, list[Section]]]):
+def html_report(title: str, intro: Sequence[str], parts: Mapping[str, list[Section]]):
     """The whole index.html, self-contained: styles inline, figures as base64 data URIs."""
     toc = "".join(
-        f'<li><a href="#{s.key}">{html.escape(s.title)}</a></li>' for _, ss in parts for s in ss
+        f'<li><a href="#{s.key}">{html.escape(s.title)}</a></li>'
+        for ss in parts.values()
+        for s in ss
     )
     body = [f"<h1>{html.escape(title)}</h1>", *[f"<p>{html.escape(p)}</p>" for p in intro]]
     body.append(f"<nav><ul>{toc}</ul></nav>")
-    for heading, sections in parts:
+    for heading, sections in parts.items():
         body.append(f"<h2>{html.escape(heading)}</h2>")
         body += [_html_section(s) for s in sections]
     return (

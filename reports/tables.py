@@ -1,6 +1,7 @@
-"""The report's tables, registered in :data:`TABLES`: a builder returns a DataFrame or raises
-:class:`NoData` with the reason. A cell holds a number, the status of a point that did not run
-("oom", "timeout", ...), or NaN where the inputs have no such point: never a zero."""
+"""The report's tables, each registered in :data:`TABLES` by the :func:`table` decorator on its
+builder, which returns a DataFrame or raises :class:`NoData` with the reason. A cell holds a
+number, the status of a point that did not run ("oom", "timeout", ...), or NaN where the inputs
+have no such point: never a zero."""
 
 from __future__ import annotations
 
@@ -31,15 +32,30 @@ class NoData(Exception):
 
 @dataclass(frozen=True)
 class Table:
-    """A registered table: ``build(frame)`` makes it; ``compared`` says what it compares.
-    ``details``: it reads the machine_info and commit columns, which the others go without."""
+    """A registered table: ``build(frame)`` makes it, ``compared`` says what it compares, and
+    ``section`` is the part of the report it stands in. ``details``: it reads the machine_info
+    and commit columns, which the others go without."""
 
     key: str
     title: str
     claim: str
     compared: str
     build: Callable[[pd.DataFrame], pd.DataFrame]
+    section: str = "Details"
     details: bool = False
+
+
+TABLES: list[Table] = []  # in the report's order
+
+
+def table(key: str, title: str, claim: str, compared: str, **options) -> Callable:
+    """Registers the decorated builder in :data:`TABLES` (``options``: Table's)."""
+
+    def register(build: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable:
+        TABLES.append(Table(key, title, claim, compared, build, **options))
+        return build
+
+    return register
 
 
 def cells(rows: pd.DataFrame, keys: Sequence[str], column: str = "time_ms") -> pd.Series:
@@ -68,6 +84,10 @@ def ratio(num: Cell, den: Cell) -> Cell:
     return float(num) / float(den)
 
 
+def _ratios(num: pd.Series, den: pd.Series) -> list[Cell]:
+    return [ratio(a, b) for a, b in zip(num, den, strict=True)]
+
+
 def pair_ratios(num: pd.Series, den: pd.Series, how: str = "inner") -> pd.DataFrame:
     """num / den matched on the index levels both have (``how``: the merge's); a level only
     ``num`` has (e.g. the method) stays a column. One row per pair, the ratio in ``ratio``."""
@@ -81,9 +101,14 @@ def pair_ratios(num: pd.Series, den: pd.Series, how: str = "inner") -> pd.DataFr
     return both.drop(columns=["num", "den"])
 
 
+def is_measured(cell: Cell) -> bool:
+    """A number, not a not-run status nor a missing value."""
+    return not isinstance(cell, str) and pd.notna(cell)
+
+
 def _best(values: pd.Series) -> Cell:
     """The fastest measured cell, else the statuses of those that did not run."""
-    measured = [v for v in values if not isinstance(v, str) and pd.notna(v)]
+    measured = [v for v in values if is_measured(v)]
     if measured:
         return min(measured)
     statuses = sorted({v for v in values if isinstance(v, str)})
@@ -130,8 +155,7 @@ class Target:
     above: bool = False
 
     def verdict(self, value: Cell, d: float) -> str:
-        """One ratio's verdict: "met", "not met", the status of a side that did not run, or
-        "—" where the inputs lack a side."""
+        """One ratio's verdict: "met", "not met", a not-run side's status, or "—" (no side)."""
         if isinstance(value, str):
             return value
         if pd.isna(value):
@@ -164,8 +188,20 @@ def _not_run_list(rows: pd.Series) -> str:
     return ", ".join(f"d={d}: {v}" for d, v in rows.items() if isinstance(v, str))
 
 
+@table(
+    "c1_ddim_k_passes",
+    "C1: D_dim^k costs k passes, whatever d is",
+    "A hollow operator's cost grows no faster than the network's own: its 'cost ratio / FLOP "
+    "ratio' between the largest and the smallest d stays near or below 1, and its 'cost vs k=1' "
+    "is about k (k passes). A dense method needs d passes per order, so its cost ratio grows like "
+    "the d ratio times the FLOP ratio.",
+    "Median time of each ddim point (workload 'ddim'), largest measured d against smallest, per "
+    "backend, device, mode, method, model and k. 'FLOP ratio' is the model's analytic forward "
+    "FLOPs at those two d; 'cost vs k=1' is the time at d max over the same method's k=1 time "
+    "there.",
+    section="Paper claims",
+)
 def c1_ddim(frame: pd.DataFrame) -> pd.DataFrame:
-    """C1: per method, model and k, cost at the largest d over cost at the smallest d."""
     ddim = workload_rows(frame, "ddim")
     ddim = ddim[ddim["d"].notna() & ddim["k"].notna()]
     line = [*facet_columns(ddim), "method", "model"]
@@ -181,7 +217,7 @@ def c1_ddim(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _c1_row(head: dict, times: pd.Series, flops: pd.Series, k1: pd.Series) -> dict:
     """One C1 row from a line's cells and FLOPs per d (and the same line's k=1 cells)."""
-    measured = times[times.map(lambda v: not isinstance(v, str) and pd.notna(v))]
+    measured = times[times.map(is_measured)]
     if measured.empty:
         return {**head, "not run": _not_run_list(times)}
     lo, hi = measured.index.min(), measured.index.max()
@@ -202,8 +238,19 @@ def _c1_row(head: dict, times: pd.Series, flops: pd.Series, k1: pd.Series) -> di
     }
 
 
+@table(
+    "c2_dense_diagonal",
+    "C2: a dense Jacobian diagonal costs as much as the full Jacobian",
+    "Without structure, the diagonal needs d vector-Jacobian products, the price of the whole "
+    "Jacobian: dense_loop (keeps only the diagonal) costs about what dense_vectorized (builds the "
+    "full Jacobian, then reads its diagonal) costs, and about d one-VJP passes.",
+    "Divergence workload, per backend, device, mode, model and d. 'one VJP' is the hutchinson "
+    "n_probes=1 time on the same model (one forward and one vector-Jacobian product); the harness "
+    "does not time a standalone full Jacobian, so dense_vectorized, which materialises it for "
+    "k=1, stands for it.",
+    section="Paper claims",
+)
 def c2_dense_diagonal(frame: pd.DataFrame) -> pd.DataFrame:
-    """C2: the dense diagonal against the full Jacobian and against one vector-Jacobian pass."""
     div = workload_rows(frame, "divergence")
     dense = div["method"].isin(DENSE_METHODS)
     if not dense.any():
@@ -224,12 +271,17 @@ def c2_dense_diagonal(frame: pd.DataFrame) -> pd.DataFrame:
     return _display(out)
 
 
-def _ratios(num: pd.Series, den: pd.Series) -> list[Cell]:
-    return [ratio(a, b) for a, b in zip(num, den, strict=True)]
-
-
+@table(
+    "c3_exact_vs_stochastic",
+    "C3: the exact divergence costs about as much as a stochastic estimate",
+    "With a HollowNet the exact divergence costs about one Hutchinson probe on a comparable plain "
+    "MLP. The design goal is a ratio of at most 1.0 against the FLOP-matched MLP, at every d.",
+    "Divergence workload: hollow (and hollow_forward) on the HollowNet against hutchinson with "
+    "n_probes=1 on the FLOP-matched and the parameter-matched MLP, per backend, device, mode and "
+    "d; the ratio is exact time over Hutchinson time.",
+    section="Paper claims",
+)
 def c3_exact_vs_stochastic(frame: pd.DataFrame) -> pd.DataFrame:
-    """C3: hollow (exact) on the HollowNet against Hutchinson-1 on the matched MLPs."""
     div = workload_rows(frame, "divergence")
     exact = EXACT_DIVERGENCE.rows(div)
     hutch = replace(HUTCHINSON_1, models=tuple(m for m, _ in MATCHED)).rows(div)
@@ -248,13 +300,23 @@ def c3_exact_vs_stochastic(frame: pd.DataFrame) -> pd.DataFrame:
     return _display(table.drop(columns=[m for m, _ in MATCHED], errors="ignore"))
 
 
-# Relative std an estimator must reach in the budgets table.
-TARGETS = (0.1, 0.01)
+TARGETS = (0.1, 0.01)  # the relative stds the budgets table asks of an estimator
 
 
+@table(
+    "estimator_budgets",
+    "Stochastic estimators: the budget each needs, against the exact operator",
+    "Hutch++ and XTrace reach a given relative std with fewer Jacobian-vector products than "
+    "Hutchinson wherever the Jacobian's spectrum decays; the exact hollow divergence has no "
+    "variance at all, so an estimator is worth its noise only where its time at the needed budget "
+    "is below the hollow step's ('time / hollow' < 1).",
+    "Divergence training steps (mode train), per backend, device, d, model and stochastic method: "
+    "the smallest budget (Jacobian-vector products: Hutchinson's probes, the others' n_matvecs) "
+    "whose relative std across probe seeds is below 10% and 1%, and the median time of that step "
+    "over the median time of the hollow step on the HollowNet at the same d. 'not reached' gives "
+    "the best relative std measured and its budget.",
+)
 def estimator_budgets(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per estimator: the smallest budget whose relative std is below each target, and the
-    training step at that budget over the exact hollow one."""
     div = workload_rows(frame, "divergence")
     train = div[div["mode"].eq("train") & div["status"].eq("ok")]
     est = train[train["method"].isin(STOCHASTIC_METHODS) & train["error_kind"].eq("rel_std")]
@@ -288,11 +350,9 @@ def _first_below(budgets: pd.DataFrame, target: float, hollow_ms: float) -> dict
     }
 
 
-# One ODE case: the problem instance, the stepper and the tolerance. Root finders are compared
-# within a case. stiffness (HollowNet system) and t1 (presets shorten Robertson) are shown only
-# where they tell cases apart.
+# One ODE case: root finders are compared within it. stiffness (HollowNet system) and t1
+# (presets shorten Robertson) are shown only where they tell cases apart.
 ODE_CASE = ("problem", "d", "stiffness", "t1", "stepper", "rtol")
-JACOBI_NEWTON = "jacobi_newton"
 # Solver counters (bench/SCHEMA.md, "ODE keys") and their table headings.
 ODE_METRICS = {
     "n_steps": "step attempts",
@@ -304,17 +364,15 @@ ODE_METRICS = {
     "error": "max abs error",
     "error_rel": "max rel error",
 }
-ODE_ERRORS = ("max abs error", "max rel error")
 
 
 def ode_points(frame: pd.DataFrame) -> pd.DataFrame:
     """The 'ode' rows with typed counters, ``stepper`` (older files: ``method``), a ``root
     finder`` label that names a Jacobian reuse other than "never", and ``ran``: the status, or
     "stopped" for a timed solve that did not reach t1 (its time is not a whole solve's)."""
-    rows = workload_rows(frame, "ode").copy()
-    for column in (*ODE_CASE, "root_finder", "reuse", "success", "t_final", *ODE_METRICS):
-        if column not in rows:
-            rows[column] = None
+    rows = workload_rows(frame, "ode")
+    needed = (*ODE_CASE, "root_finder", "reuse", "success", "t_final", *ODE_METRICS)
+    rows = rows.assign(**{c: None for c in needed if c not in rows})
     for column in ("stiffness", "t1", "rtol", "t_final", *ODE_METRICS):
         rows[column] = pd.to_numeric(rows[column], errors="coerce").astype(float)
     rows["stepper"] = rows["stepper"].fillna(rows["method"])
@@ -326,16 +384,6 @@ def ode_points(frame: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def ode_case(rows: pd.DataFrame) -> list[str]:
-    """The ODE_CASE columns that tell the cases of ``rows`` apart: stiffness where a problem
-    has one, t1 where one problem was run to several end times."""
-    shown = {
-        "stiffness": rows["stiffness"].notna().any(),
-        "t1": rows.groupby("problem")["t1"].nunique().gt(1).any(),
-    }
-    return [c for c in ODE_CASE if shown.get(c, True)]
-
-
 def _rank(finder: str, reuse: str) -> int:
     """Fixed-point, then Newton, then Jacobi-Newton, each by reuse; unknown ones last."""
     f = ROOT_FINDERS.index(finder) if finder in ROOT_FINDERS else len(ROOT_FINDERS)
@@ -343,16 +391,39 @@ def _rank(finder: str, reuse: str) -> int:
     return f * (len(REUSE) + 1) + r
 
 
+@table(
+    "ode_jacobi_newton",
+    "Jacobi-Newton against fixed-point iteration and Newton (workload 'ode')",
+    "Jacobi-Newton (elementwise Newton with the Jacobian diagonal D_dim F) solves the implicit "
+    "stages of a stiff solver in fewer iterations than fixed-point iteration, which fails to "
+    "converge as steps grow, at a fraction of full Newton's cost (a dense Jacobian and an LU per "
+    "iteration): on a Jacobi-Newton row, '<finder> / JN time' above 1 means Jacobi-Newton was "
+    "faster. It converges linearly, not quadratically like Newton, so where the Jacobian's "
+    "off-diagonal coupling is strong (the classic chemistry problems) it needs more iterations "
+    "per step than Newton; on the HollowNet system it needs as few.",
+    "One row per backend, device, case (problem, d, the HollowNet system's stiffness, stepper, "
+    "rtol; t1 where a problem ran to several end times) and root finder ('reuse': when Newton "
+    "re-evaluates its Jacobian; 'never': every iteration). Median time of one whole solve; the "
+    "solver's counters of that solve: step attempts, root-finder iterations per attempt, attempts "
+    "whose root finder did not converge, NFE, dense Jacobian and diagonal evaluations; the max "
+    "absolute and the max componentwise relative error of y(t1) against scipy (Radau, or BDF for "
+    "the HollowNet system, at rtol 1e-10; the relative error divides by max(|ref|, 1e-6 x the "
+    "problem's atol scale), so a tiny species counts as much as a large one). 'stopped': the "
+    "solve hit max_steps before t1, so it has no error and no ratio. The time ratios sit on the "
+    "Jacobi-Newton rows, one column per other root finder of the same case.",
+    section="Workloads",
+)
 def ode_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per facet, ODE case and root finder: median time (or why there is none), the
-    solver counters, the error, and on Jacobi-Newton rows each other finder's time over JN's."""
     rows = ode_points(frame)
     # every ODE point runs mode "eval" in float64, where the matmul precision does not apply
     facets = [c for c in facet_columns(rows) if c not in ("mode", "matmul_precision")]
-    case = ode_case(rows)
+    shown = {  # stiffness where a problem has one, t1 where a problem ran to several end times
+        "stiffness": rows["stiffness"].notna().any(),
+        "t1": rows.groupby("problem")["t1"].nunique().gt(1).any(),
+    }
+    case = [c for c in ODE_CASE if shown.get(c, True)]
     keys = [*facets, *case, "root finder"]
-    by = [rows[k] for k in keys]
-    ok = rows["status"].eq("ok")
+    by, ok = [rows[k] for k in keys], rows["status"].eq("ok")
     table = pd.concat(
         [
             cells(rows, keys).rename("ms (median)"),
@@ -365,10 +436,12 @@ def ode_table(frame: pd.DataFrame) -> pd.DataFrame:
         ],
         axis=1,
     ).rename(columns=ODE_METRICS)
-    for column in ODE_ERRORS:
-        error = table[column].astype(object)
-        error[table["stopped"]] = [_stopped(t) for t in table.loc[table["stopped"], "t_final"]]
-        table[column] = error
+    # a stopped solve's error cells say where it stopped (diffrax reports no time when it fails)
+    at = table.loc[table["stopped"], "t_final"]
+    note = [f"stopped at t={t:.3g}" if np.isfinite(t) else "stopped" for t in at]
+    for column in ("max abs error", "max rel error"):
+        table[column] = table[column].astype(object)
+        table.loc[table["stopped"], column] = note
     order = [*facets, *case, "rank"]  # tolerances from loose to tight
     table = table.reset_index().sort_values(order, ascending=[c != "rtol" for c in order])
     table = _jn_ratios(table.reset_index(drop=True), [*facets, *case])
@@ -382,14 +455,9 @@ def tolerance(rtol: float) -> str:
     return f"{float(mantissa):g}e{exponent}"
 
 
-def _stopped(t_final: float) -> str:
-    """The error cell of a solve that hit max_steps (diffrax reports no time when it fails)."""
-    return f"stopped at t={t_final:.3g}" if np.isfinite(t_final) else "stopped"
-
-
 def _jn_ratios(table: pd.DataFrame, case: list[str]) -> pd.DataFrame:
     """On each Jacobi-Newton row, '<finder> / JN time' for every other finder of its case."""
-    jn = table["root finder"].str.startswith(JACOBI_NEWTON)
+    jn = table["root finder"].str.startswith("jacobi_newton")
     others = list(dict.fromkeys(table.loc[~jn, "root finder"]))
     ratios = pd.DataFrame(np.nan, index=table.index, columns=others, dtype=object)
     for _, group in table.groupby(case, dropna=False, sort=False):
@@ -416,9 +484,20 @@ CNF_COLUMNS = (
 )
 
 
+@table(
+    "cnf_exact_vs_stochastic",
+    "CNF: exact against stochastic trace (workload 'cnf')",
+    "An exact trace costs about a 1-probe estimate per training step and removes the estimator's "
+    "variance from the log-likelihood.",
+    "Per backend, device, data set, d and batch, one row per divergence method: median ms of one "
+    "training iteration (forward solve + backward) and its NFE forward/backward, the median ms of "
+    "a held-out batch log-likelihood, and, from the fixed wall-clock budget points, the "
+    "iterations run, the exact held-out NLL in data space and the std of the method's "
+    "log-likelihood estimate across probe seeds ('exact': no variance). 'ms vs hutchinson-1' is "
+    "the iteration time over Hutchinson-1's.",
+    section="Workloads",
+)
 def cnf_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per backend, device, data set, d and batch, one row per trace method: its training
-    iteration (time, NFE), held-out evaluation time, and what a wall-clock budget reached."""
     rows = workload_rows(frame, "cnf")
     needed = ["cnf_item", "dataset", "nfe_kind", *(c for c, _, _ in CNF_COLUMNS)]
     rows = rows.assign(**{c: np.nan for c in needed if c not in rows})
@@ -453,15 +532,24 @@ def _cnf_method_rank(label: str) -> float:
     return len(CNF_EXACT) + (float(probes) if probes.isdigit() else 0.0)
 
 
-SDE_ROUTE_OF_METHOD = {method: route for route, method in ROUTE_METHODS.items()}
-
-
+@table(
+    "sde_fp_residual",
+    "Fokker-Planck residual cost (workload 'sde')",
+    "The hollow route gives the residual's D_dim f, D_dim g and D_dim^2 g in a few passes "
+    "whatever d is, so its cost grows more slowly in d than the dense route's d directional "
+    "passes: 'dense / hollow' grows with d.",
+    "Median time of each 'sde' point per backend, device, mode and d: the hollow route "
+    "(derivatives from the HollowNets' transformers) against the dense route (second-order JVPs "
+    "along each basis direction). Mode eval is the residual at a batch of (t, x); train is the "
+    "mean squared residual plus the backward pass into both nets. A cell holds the status of a "
+    "point that did not run; 'missing' names a side the inputs lack.",
+    section="Workloads",
+)
 def sde_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Fokker-Planck residual cost: per backend, device, mode and d, the hollow route's median
-    time against the dense route's, their ratio, and which side the inputs lack."""
     rows = workload_rows(frame, "sde")
     route = rows["route"] if "route" in rows else pd.Series(None, index=rows.index)
-    rows = rows.assign(route=route.fillna(rows["method"].map(SDE_ROUTE_OF_METHOD)))
+    route_of_method = {method: route for route, method in ROUTE_METHODS.items()}
+    rows = rows.assign(route=route.fillna(rows["method"].map(route_of_method)))
     keys = [*facet_columns(rows), "d"]
     table = wide(rows[rows["route"].isin(ROUTES)], keys, "route")
     table = table.assign(**{r: np.nan for r in ROUTES if r not in table})
@@ -471,78 +559,10 @@ def sde_table(frame: pd.DataFrame) -> pd.DataFrame:
     out["hollow ms"], out["dense ms"] = hollow, dense
     out["dense / hollow"] = _ratios(dense, hollow)
     out["missing"] = [
-        ", ".join(f"no {r} point" for r, v in zip(ROUTES, pair, strict=True) if _absent(v))
+        ", ".join(f"no {r} point" for r, v in zip(ROUTES, pair, strict=True) if pd.isna(v))
         for pair in zip(hollow, dense, strict=True)
     ]
     return _display(out)
-
-
-def _absent(cell: Cell) -> bool:
-    return not isinstance(cell, str) and pd.isna(cell)
-
-
-# What the lists of points name of each point.
-POINT_COLUMNS = (
-    *("machine", "backend", "device_id", "workload", "method", "model", "d", "k", "n_probes"),
-    "mode",
-)
-
-
-def not_run_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Every point that did not run, with its reason."""
-    missed = frame[frame["status"].ne("ok")]
-    if missed.empty:
-        raise NoData("every point in the inputs ran")
-    return _display(missed[[*POINT_COLUMNS, "status", "reason"]])
-
-
-def noisy_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Every noisy point, with what the harness saw while timing it."""
-    noisy = frame[frame["noisy"]]
-    if noisy.empty:
-        raise NoData("no point in the inputs is flagged noisy (or the files predate the flag)")
-    columns = [*POINT_COLUMNS, "time_ms", "remeasured", "load_1m", "cpu_share", "noise"]
-    table = noisy.assign(**{c: None for c in columns if c not in noisy})[columns]
-    table["noise"] = table["noise"].map(_failed_checks)
-    return table.rename(columns={**FACET_NAMES, "noise": "failed checks"}).reset_index(drop=True)
-
-
-def _failed_checks(noise) -> str:
-    """'max_min, cpu_share' from a point's ``noise`` record (JSON text in the frame)."""
-    try:
-        return ", ".join(json.loads(noise).get("failed") or [])
-    except (TypeError, ValueError, AttributeError):
-        return ""
-
-
-def machines_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Which machine and device each point came from, with versions and commit."""
-    fields = {
-        "machine.hollowbench.cpu": "cpu",
-        "gpu_names": "gpus",
-        "machine.hollowbench.torch": "torch",
-        "machine.hollowbench.jax": "jax",
-        "machine.hollowbench.cuda": "cuda",
-        "machine.hollowbench.load_avg": "load avg at start (1, 5, 15 min)",
-        "commit.id": "commit",
-    }
-    frame = frame.assign(**{c: None for c in fields if c not in frame})
-    groups = frame.groupby(["machine", "device_id", "backend"], dropna=False)
-    table = groups[list(fields)].first().rename(columns=fields)
-    table["points"] = groups.size()
-    table["did not run"] = groups["status"].agg(lambda s: int(s.ne("ok").sum()))
-    return _display(table.reset_index())
-
-
-def scaling_fits(frame: pd.DataFrame) -> pd.DataFrame:
-    """The fitted exponent b of time ~ d^b for each divergence line, with its 95% CI."""
-    div = workload_rows(frame, "divergence")
-    keys = [*facet_columns(div), "series"]
-    fits = loglog_fits(div, keys)
-    if not fits:
-        raise NoData("no line has two or more measured d")
-    rows = [{**dict(zip(keys, key, strict=True)), **fit.as_dict()} for key, fit in fits.items()]
-    return _display(pd.DataFrame(rows))
 
 
 def step_flops(row: pd.Series) -> float:
@@ -569,9 +589,20 @@ def step_flops(row: pd.Series) -> float:
     return per_sample * int(row["batch"])
 
 
+@table(
+    "efficiency",
+    "Efficiency: achieved FLOP/s against the FLOP-matched MLP step",
+    "A method is as fast as its FLOPs allow when it runs at the machine's matmul rate: the "
+    "FLOP-matched MLP's Hutchinson-1 step, nearly all GEMMs, stands for that rate, so a fraction "
+    "well below 1 is time lost to layout, memory traffic or launches, not to arithmetic.",
+    "Divergence workload, k = 1, measured points: 'step GFLOP' is the step's analytic FLOPs (F "
+    "the model's forward FLOPs per sample, times the batch: Hutchinson with m probes (1 + m) F; a "
+    "hollow method F plus one pass of tau's matmuls after its first layer; a dense method (1 + d) "
+    "F; a train step 3x that, for its reverse pass); 'GFLOP/s' is that over the median time, and "
+    "the fraction divides it by the FLOP-matched MLP Hutchinson-1 step's GFLOP/s at the same "
+    "backend, device, variant, mode, train step definition ('step'), batch and d.",
+)
 def efficiency_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Achieved FLOP/s of each divergence point and its fraction of the FLOP-matched MLP's
-    Hutchinson-1 step's on the same device, backend, variant, mode, step, batch and d."""
     div = workload_rows(frame, "divergence")
     div = div[div["k"].eq(1).fillna(False) & div["status"].eq("ok")]
     if div.empty or "model_spec" not in div:
@@ -592,156 +623,93 @@ def efficiency_table(frame: pd.DataFrame) -> pd.DataFrame:
     return _display(flat.assign(**{"fraction of FLOP-matched MLP step": fraction}))
 
 
-TABLES: tuple[Table, ...] = (
-    Table(
-        "c1_ddim_k_passes",
-        "C1: D_dim^k costs k passes, whatever d is",
-        "A hollow operator's cost grows no faster than the network's own: its 'cost ratio / "
-        "FLOP ratio' between the largest and the smallest d stays near or below 1, and its "
-        "'cost vs k=1' is about k (k passes). A dense method needs d passes per order, so its "
-        "cost ratio grows like the d ratio times the FLOP ratio.",
-        "Median time of each ddim point (workload 'ddim'), largest measured d against smallest, "
-        "per backend, device, mode, method, model and k. 'FLOP ratio' is the model's analytic "
-        "forward FLOPs at those two d; 'cost vs k=1' is the time at d max over the same "
-        "method's k=1 time there.",
-        c1_ddim,
-    ),
-    Table(
-        "c2_dense_diagonal",
-        "C2: a dense Jacobian diagonal costs as much as the full Jacobian",
-        "Without structure, the diagonal needs d vector-Jacobian products, the price of the "
-        "whole Jacobian: dense_loop (keeps only the diagonal) costs about what dense_vectorized "
-        "(builds the full Jacobian, then reads its diagonal) costs, and about d one-VJP passes.",
-        "Divergence workload, per backend, device, mode, model and d. 'one VJP' is the "
-        "hutchinson n_probes=1 time on the same model (one forward and one vector-Jacobian "
-        "product); the harness does not time a standalone full Jacobian, so dense_vectorized, "
-        "which materialises it for k=1, stands for it.",
-        c2_dense_diagonal,
-    ),
-    Table(
-        "c3_exact_vs_stochastic",
-        "C3: the exact divergence costs about as much as a stochastic estimate",
-        "With a HollowNet the exact divergence costs about one Hutchinson probe on a "
-        "comparable plain MLP. The design goal is a ratio of at most 1.0 against the "
-        "FLOP-matched MLP, at every d.",
-        "Divergence workload: hollow (and hollow_forward) on the HollowNet against hutchinson "
-        "with n_probes=1 on the FLOP-matched and the parameter-matched MLP, per backend, device, "
-        "mode and d; the ratio is exact time over Hutchinson time.",
-        c3_exact_vs_stochastic,
-    ),
-    Table(
-        "estimator_budgets",
-        "Stochastic estimators: the budget each needs, against the exact operator",
-        "Hutch++ and XTrace reach a given relative std with fewer Jacobian-vector products than "
-        "Hutchinson wherever the Jacobian's spectrum decays; the exact hollow divergence has no "
-        "variance at all, so an estimator is worth its noise only where its time at the "
-        "needed budget is below the hollow step's ('time / hollow' < 1).",
-        "Divergence training steps (mode train), per backend, device, d, model and stochastic "
-        "method: the smallest budget (Jacobian-vector products: Hutchinson's probes, the "
-        "others' n_matvecs) whose relative std across probe seeds is below 10% and 1%, and the "
-        "median time of that step over the median time of the hollow step on the HollowNet at "
-        "the same d. 'not reached' gives the best relative std measured and its budget.",
-        estimator_budgets,
-    ),
-    Table(
-        "ode_jacobi_newton",
-        "Jacobi-Newton against fixed-point iteration and Newton (workload 'ode')",
-        "Jacobi-Newton (elementwise Newton with the Jacobian diagonal D_dim F) solves the "
-        "implicit stages of a stiff solver in fewer iterations than fixed-point iteration, which "
-        "fails to converge as steps grow, at a fraction of full Newton's cost (a dense Jacobian "
-        "and an LU per iteration): on a Jacobi-Newton row, '<finder> / JN time' above 1 means "
-        "Jacobi-Newton was faster. It converges linearly, not quadratically like Newton, so "
-        "where the Jacobian's off-diagonal coupling is strong (the classic chemistry problems) "
-        "it needs more iterations per step than Newton; on the HollowNet system it needs as few.",
-        "One row per backend, device, case (problem, d, the HollowNet system's stiffness, "
-        "stepper, rtol; t1 where a problem ran to several end times) and root finder ('reuse': "
-        "when Newton re-evaluates its Jacobian; 'never': every iteration). Median time of one "
-        "whole solve; the solver's counters of that solve: step attempts, root-finder "
-        "iterations per attempt, attempts whose root finder did not converge, NFE, dense "
-        "Jacobian and diagonal evaluations; the max absolute and the max componentwise "
-        "relative error of y(t1) against scipy (Radau, or BDF for the HollowNet system, at "
-        "rtol 1e-10; the relative error divides by max(|ref|, 1e-6 x the problem's atol "
-        "scale), so a tiny species counts as much as a large one). 'stopped': the "
-        "solve hit max_steps before t1, so it has no error and no ratio. The time ratios sit on "
-        "the Jacobi-Newton rows, one column per other root finder of the same case.",
-        ode_table,
-    ),
-    Table(
-        "cnf_exact_vs_stochastic",
-        "CNF: exact against stochastic trace (workload 'cnf')",
-        "An exact trace costs about a 1-probe estimate per training step and removes the "
-        "estimator's variance from the log-likelihood.",
-        "Per backend, device, data set, d and batch, one row per divergence method: median ms "
-        "of one training iteration (forward solve + backward) and its NFE forward/backward, "
-        "the median ms of a held-out batch log-likelihood, and, from the fixed wall-clock "
-        "budget points, the iterations run, the exact held-out NLL in data space and the std "
-        "of the method's log-likelihood estimate across probe seeds ('exact': no variance). "
-        "'ms vs hutchinson-1' is the iteration time over Hutchinson-1's.",
-        cnf_table,
-    ),
-    Table(
-        "sde_fp_residual",
-        "Fokker-Planck residual cost (workload 'sde')",
-        "The hollow route gives the residual's D_dim f, D_dim g and D_dim^2 g in a few passes "
-        "whatever d is, so its cost grows more slowly in d than the dense route's d "
-        "directional passes: 'dense / hollow' grows with d.",
-        "Median time of each 'sde' point per backend, device, mode and d: the hollow route "
-        "(derivatives from the HollowNets' transformers) against the dense route (second-order "
-        "JVPs along each basis direction). Mode eval is the residual at a batch of (t, x); "
-        "train is the mean squared residual plus the backward pass into both nets. A cell "
-        "holds the status of a point that did not run; 'missing' names a side the inputs lack.",
-        sde_table,
-    ),
-    Table(
-        "efficiency",
-        "Efficiency: achieved FLOP/s against the FLOP-matched MLP step",
-        "A method is as fast as its FLOPs allow when it runs at the machine's matmul rate: "
-        "the FLOP-matched MLP's Hutchinson-1 step, nearly all GEMMs, stands for that rate, so "
-        "a fraction well below 1 is time lost to layout, memory traffic or launches, not to "
-        "arithmetic.",
-        "Divergence workload, k = 1, measured points: 'step GFLOP' is the step's analytic "
-        "FLOPs (F the model's forward FLOPs per sample, times the batch: Hutchinson with m "
-        "probes (1 + m) F; a hollow method F plus one pass of tau's matmuls after its first "
-        "layer; a dense method (1 + d) F; a train step 3x that, for its reverse pass); "
-        "'GFLOP/s' is that over the median time, and the fraction divides it by the "
-        "FLOP-matched MLP Hutchinson-1 step's GFLOP/s at the same backend, device, variant, "
-        "mode, train step definition ('step'), batch and d.",
-        efficiency_table,
-    ),
-    Table(
-        "scaling_exponents",
-        "Fitted scaling exponents",
-        "The exponent b of time ~ d^b for each line of the time-vs-d figure.",
-        "OLS of log time on log d over the measured points of each line that are not noisy "
-        "(their count is in 'noisy points left out'); the 95% CI uses the t distribution with "
-        "n-2 degrees of freedom (none with two points).",
-        scaling_fits,
-    ),
-    Table(
-        "not_run",
-        "Points that did not run",
-        "A point that ran out of memory, timed out, was skipped or failed is listed here "
-        "and marked in the figures; it is never counted as zero.",
-        "Every input point whose status is not 'ok'.",
-        not_run_table,
-    ),
-    Table(
-        "noisy",
-        "Noisy points",
-        "A point timed while other work disturbed it (its spread, or the CPU share the process "
-        "got, failed the harness's noise test twice) is drawn hollow in the figures and left "
-        "out of the fitted exponents and the goal verdicts; its time is an upper bound.",
-        "Every input point flagged 'noisy' (bench/SCHEMA.md): its median ms, whether it was "
-        "re-measured, the 1-minute load average and the process's CPU share while it was "
-        "timed, and which checks of the noise test it failed.",
-        noisy_table,
-    ),
-    Table(
-        "machines",
-        "Machines and devices",
-        "Where each point was measured.",
-        "One row per machine, device and backend in the inputs.",
-        machines_table,
-        details=True,
-    ),
+@table(
+    "scaling_exponents",
+    "Fitted scaling exponents",
+    "The exponent b of time ~ d^b for each line of the time-vs-d figure.",
+    "OLS of log time on log d over the measured points of each line that are not noisy (their "
+    "count is in 'noisy points left out'); the 95% CI uses the t distribution with n-2 degrees of "
+    "freedom (none with two points).",
 )
+def scaling_fits(frame: pd.DataFrame) -> pd.DataFrame:
+    div = workload_rows(frame, "divergence")
+    keys = [*facet_columns(div), "series"]
+    fits = loglog_fits(div, keys)
+    if not fits:
+        raise NoData("no line has two or more measured d")
+    rows = [{**dict(zip(keys, key, strict=True)), **fit.as_dict()} for key, fit in fits.items()]
+    return _display(pd.DataFrame(rows))
+
+
+# What the lists of points name of each point.
+POINT_COLUMNS = (
+    *("machine", "backend", "device_id", "workload", "method", "model", "d", "k", "n_probes"),
+    "mode",
+)
+
+
+@table(
+    "not_run",
+    "Points that did not run",
+    "A point that ran out of memory, timed out, was skipped or failed is listed here and marked "
+    "in the figures; it is never counted as zero.",
+    "Every input point whose status is not 'ok'.",
+)
+def not_run_table(frame: pd.DataFrame) -> pd.DataFrame:
+    missed = frame[frame["status"].ne("ok")]
+    if missed.empty:
+        raise NoData("every point in the inputs ran")
+    return _display(missed[[*POINT_COLUMNS, "status", "reason"]])
+
+
+@table(
+    "noisy",
+    "Noisy points",
+    "A point timed while other work disturbed it (its spread, or the CPU share the process got, "
+    "failed the harness's noise test twice) is drawn hollow in the figures and left out of the "
+    "fitted exponents and the goal verdicts; its time is an upper bound.",
+    "Every input point flagged 'noisy' (bench/SCHEMA.md): its median ms, whether it was "
+    "re-measured, the 1-minute load average and the process's CPU share while it was timed, and "
+    "which checks of the noise test it failed.",
+)
+def noisy_table(frame: pd.DataFrame) -> pd.DataFrame:
+    noisy = frame[frame["noisy"]]
+    if noisy.empty:
+        raise NoData("no point in the inputs is flagged noisy (or the files predate the flag)")
+    columns = [*POINT_COLUMNS, "time_ms", "remeasured", "load_1m", "cpu_share", "noise"]
+    table = noisy.assign(**{c: None for c in columns if c not in noisy})[columns]
+    table["noise"] = table["noise"].map(_failed_checks)
+    return table.rename(columns={**FACET_NAMES, "noise": "failed checks"}).reset_index(drop=True)
+
+
+def _failed_checks(noise) -> str:
+    """'max_min, cpu_share' from a point's ``noise`` record (JSON text in the frame)."""
+    try:
+        return ", ".join(json.loads(noise).get("failed") or [])
+    except (TypeError, ValueError, AttributeError):
+        return ""
+
+
+@table(
+    "machines",
+    "Machines and devices",
+    "Where each point was measured.",
+    "One row per machine, device and backend in the inputs.",
+    details=True,
+)
+def machines_table(frame: pd.DataFrame) -> pd.DataFrame:
+    fields = {
+        "machine.hollowbench.cpu": "cpu",
+        "gpu_names": "gpus",
+        "machine.hollowbench.torch": "torch",
+        "machine.hollowbench.jax": "jax",
+        "machine.hollowbench.cuda": "cuda",
+        "machine.hollowbench.load_avg": "load avg at start (1, 5, 15 min)",
+        "commit.id": "commit",
+    }
+    frame = frame.assign(**{c: None for c in fields if c not in frame})
+    groups = frame.groupby(["machine", "device_id", "backend"], dropna=False)
+    table = groups[list(fields)].first().rename(columns=fields)
+    table["points"] = groups.size()
+    table["did not run"] = groups["status"].agg(lambda s: int(s.ne("ok").sum()))
+    return _display(table.reset_index())

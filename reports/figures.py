@@ -1,6 +1,7 @@
-"""The report's figures (seaborn on matplotlib's Agg backend), registered in :data:`FIGURES`:
-``draw(frame)`` returns a figure or raises :class:`~reports.tables.NoData`. A point that did
-not run is an 'x' with its status at the bottom edge, never a value; a noisy one is hollow."""
+"""The report's figures (seaborn on matplotlib's Agg backend), each registered in
+:data:`FIGURES` by the :func:`figure` decorator on its drawer, which returns a figure or raises
+:class:`~reports.tables.NoData`. A point that did not run is an 'x' with its status at the
+bottom edge, never a value; a noisy one is hollow."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ NOISY_NOTE = (
     "(bench/SCHEMA.md, 'noisy'), so read it as an upper bound"
 )
 NOISY_LABEL = "noisy (hollow)"
+NOISY_ATTR = "_hollowbench_noisy"  # set on an Axes that drew a hollow marker
+# Fixed margins in inches around each panel: tight_layout would cost one more full draw.
+MARGINS = {"left": 0.75, "right": 0.15, "bottom": 0.5, "top": 0.35, "wspace": 0.75, "hspace": 0.8}
+PANEL = (4.0, 3.1)  # inches
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,19 @@ class Figure:
     draw: Callable[[pd.DataFrame], MplFigure]
 
 
+FIGURES: list[Figure] = []  # in the report's order
+
+
+def figure(key: str, title: str, caption: str) -> Callable:
+    """Registers the decorated drawer in :data:`FIGURES`."""
+
+    def register(draw: Callable[[pd.DataFrame], MplFigure]) -> Callable:
+        FIGURES.append(Figure(key, title, caption, draw))
+        return draw
+
+    return register
+
+
 def setup_style() -> None:
     """One look for every figure; SVG text stays text (smaller files, faster to write), and a
     fixed hash salt makes the SVG's clip-path ids, so its bytes, the same on every rebuild."""
@@ -54,10 +72,8 @@ def setup_style() -> None:
 
 def _measured(rows: pd.DataFrame, y: str) -> pd.DataFrame:
     """Rows that ran with a positive ``y`` (the axes are logarithmic), d and k as floats."""
-    ok = rows[rows["status"].eq("ok") & rows[y].gt(0)].copy()
-    for column in ("d", "k", "n_probes", "matvecs"):
-        ok[column] = ok[column].astype(float)
-    return ok
+    ok = rows[rows["status"].eq("ok") & rows[y].gt(0)]
+    return ok.astype(dict.fromkeys(("d", "k", "n_probes", "matvecs"), float))
 
 
 def _palette(values: Iterable) -> dict[str, tuple]:
@@ -68,33 +84,6 @@ def _palette(values: Iterable) -> dict[str, tuple]:
     return dict(zip(names, colors, strict=False))
 
 
-# Fixed margins in inches around each panel: tight_layout would cost one more full draw.
-MARGINS = {"left": 0.75, "right": 0.15, "bottom": 0.5, "top": 0.35, "wspace": 0.75, "hspace": 0.8}
-
-
-def _grid(n: int, ncols: int, size: tuple[float, float], legend_in: float, own: bool):
-    """A figure with ``n`` panels of ``size`` inches in rows of ``ncols``, and its axes;
-    ``legend_in`` inches on the right hold the figure legend, or with ``own`` each panel's."""
-    ncols = max(1, min(n, ncols))
-    nrows = math.ceil(n / ncols)
-    m = MARGINS
-    wspace = m["wspace"] + (legend_in if own else 0.0)
-    width = ncols * size[0] + (ncols - 1) * wspace + m["left"] + m["right"] + legend_in
-    height = nrows * size[1] + (nrows - 1) * m["hspace"] + m["bottom"] + m["top"]
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False)
-    fig.subplots_adjust(
-        left=m["left"] / width,
-        right=1 - (m["right"] + legend_in) / width,
-        bottom=m["bottom"] / height,
-        top=1 - m["top"] / height,
-        wspace=wspace / size[0],
-        hspace=m["hspace"] / size[1],
-    )
-    for ax in axes.flat[n:]:
-        ax.remove()
-    return fig, list(axes.flat[:n])
-
-
 def _panels(
     rows: pd.DataFrame,
     draw: Callable[[Axes, pd.DataFrame], bool],
@@ -102,14 +91,31 @@ def _panels(
     *,
     by: str = "facet",
     ncols: int = 3,
-    size: tuple[float, float] = (4.0, 3.1),
     own_legends: bool = False,
 ) -> MplFigure:
-    """A panel per value of ``by``; ``draw(ax, rows)`` plots one and says if it marked a point
-    that did not run. One legend for the figure, unless each panel keeps its own."""
+    """A PANEL-sized panel per value of ``by``, in rows of ``ncols`` (2 with ``own_legends``);
+    ``draw(ax, rows)`` plots one and says if it marked a point that did not run. One legend on
+    the right for the figure, unless each panel keeps its own beside it."""
     keys = sorted(rows[by].unique())
     legend_in = 3.3 if own_legends else 2.6
-    fig, axes = _grid(len(keys), 2 if own_legends else ncols, size, legend_in, own_legends)
+    ncols = max(1, min(len(keys), 2 if own_legends else ncols))
+    nrows = math.ceil(len(keys) / ncols)
+    m, (w, h) = MARGINS, PANEL
+    wspace = m["wspace"] + (legend_in if own_legends else 0.0)
+    width = ncols * w + (ncols - 1) * wspace + m["left"] + m["right"] + legend_in
+    height = nrows * h + (nrows - 1) * m["hspace"] + m["bottom"] + m["top"]
+    fig, grid = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(
+        left=m["left"] / width,
+        right=1 - (m["right"] + legend_in) / width,
+        bottom=m["bottom"] / height,
+        top=1 - m["top"] / height,
+        wspace=wspace / w,
+        hspace=m["hspace"] / h,
+    )
+    for ax in grid.flat[len(keys) :]:
+        ax.remove()
+    axes = list(grid.flat[: len(keys)])
     marked = False
     for ax, key in zip(axes, keys, strict=True):
         marked |= draw(ax, rows[rows[by].eq(key)])
@@ -149,9 +155,6 @@ def _mark_entries(axes: list[Axes], marked: bool) -> dict[str, Line2D]:
     return entries
 
 
-NOISY_ATTR = "_hollowbench_noisy"  # set on an Axes that drew a hollow marker
-
-
 def _mark_noisy(ax: Axes, rows: pd.DataFrame, x: str, y: str, hue: str, palette: dict) -> None:
     """A hollow marker over each noisy point (measured rows only), in its line's colour."""
     noisy = rows[rows["noisy"]]
@@ -170,72 +173,82 @@ def _mark_noisy(ax: Axes, rows: pd.DataFrame, x: str, y: str, hue: str, palette:
         setattr(ax, NOISY_ATTR, True)
 
 
-def _mark_not_run(ax: Axes, rows: pd.DataFrame, x: str, color) -> bool:
-    """An 'x' at the bottom edge, with the status, for each row that did not run."""
+def _mark_not_run(ax: Axes, rows: pd.DataFrame, x: str, hue: str, palette: dict) -> bool:
+    """An 'x' at the bottom edge, with the status, for each row that did not run, in its line's
+    colour; says whether there was one."""
     missed = rows[rows["status"].ne("ok") & rows[x].notna()]
     edge = ax.get_xaxis_transform()  # x in data, y in axes fraction
-    for xv, status in sorted(set(zip(missed[x].astype(float), missed["status"], strict=True))):
-        # Lines that all missed the same x stack their marks instead of overprinting them.
-        level = sum(1 for text in ax.texts if getattr(text, "xy", (None,))[0] == xv)
-        y = 0.03 + 0.07 * level
-        ax.plot([xv], [y], marker="x", ms=7, mew=2, color=color, transform=edge, clip_on=False)
-        ax.annotate(
-            status,
-            (xv, y),
-            xycoords=edge,
-            xytext=(4, 3),
-            textcoords="offset points",
-            fontsize=6,
-            color=color,
-        )
+    for name, lines in missed.groupby(hue):
+        color = palette[str(name)]
+        for xv, status in sorted(set(zip(lines[x].astype(float), lines["status"], strict=True))):
+            # Lines that all missed the same x stack their marks instead of overprinting them.
+            level = sum(1 for text in ax.texts if getattr(text, "xy", (None,))[0] == xv)
+            y = 0.03 + 0.07 * level
+            ax.plot([xv], [y], marker="x", ms=7, mew=2, color=color, transform=edge, clip_on=False)
+            ax.annotate(
+                status,
+                (xv, y),
+                xycoords=edge,
+                xytext=(4, 3),
+                textcoords="offset points",
+                fontsize=6,
+                color=color,
+            )
     return not missed.empty
 
 
-def _mark_each(ax: Axes, rows: pd.DataFrame, x: str, hue: str, palette: dict) -> bool:
-    marked = False
-    for name, lines in rows.groupby(hue):
-        marked |= _mark_not_run(ax, lines, x, palette[str(name)])
-    return marked
+def _plot(plot: Callable[..., Axes], data: pd.DataFrame, **kwargs) -> None:
+    """A seaborn plot of ``data``, unless a panel holds only points that did not run."""
+    if not data.empty:
+        plot(data=data, **kwargs)
 
 
-def _lines(ax: Axes, ok: pd.DataFrame, x: str, y: str, hue: str, palette: dict, **style) -> None:
+def _lines(ax: Axes, ok, x: str, y: str, hue: str, palette: dict, noisy=True, **style) -> None:
     """A line per ``hue`` through the measured rows ``ok`` (``style``: more lineplot options),
-    their noisy points drawn hollow unless ``noisy=False``."""
-    noisy = style.pop("noisy", True)
+    their noisy points drawn hollow if ``noisy``."""
     _plot(sns.lineplot, data=ok, x=x, y=y, hue=hue, ax=ax, palette=palette, errorbar=None, **style)
     if noisy:
         _mark_noisy(ax, ok, x, y, hue, palette)
 
 
-def _lines_by_facet(
+def _line_figure(
     rows: pd.DataFrame,
     y: str,
-    ylabel: str,
+    labels: tuple[str, str],
     *,
+    x: str = "d",
+    hue: str = "series",
+    by: str = "facet",
+    ncols: int = 3,
+    base_x: float | None = 2,
     fit: bool = False,
-    scale: float = 1.0,
     timed: bool = True,
+    **style,
 ) -> MplFigure:
-    """y against d on log-log axes, a panel per facet, a line per series with a positive y.
-    ``fit``: each panel's own legend gives the fitted exponents; ``timed``: noisy points are
-    drawn hollow (y comes from the timed calls)."""
-    positive = rows[y].gt(0).groupby([rows["facet"], rows["series"]]).transform("any")
-    rows = rows[positive]
-    if rows.empty:
-        raise NoData(f"no point in the inputs records a positive {y}")
-    palette = _palette(rows["series"])
+    """The median ``y`` against ``x`` on log axes (x linear where ``base_x`` is None): a panel
+    per ``by``, a line per ``hue`` (``style``: more lineplot options), a mark per point that
+    did not run. ``fit``: each panel's own legend gives the fitted exponents; ``timed``: noisy
+    points are drawn hollow (y comes from the timed calls)."""
+    palette = _palette(rows[hue])
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
-        ok = _measured(sub, y).assign(**{y: lambda f: f[y] * scale})
-        opts = {"marker": "o", "estimator": "median"}
-        _lines(ax, ok, "d", y, "series", palette, noisy=timed, **opts)
-        marked = _mark_each(ax, sub, "d", "series", palette)
-        _log_axes(ax, base_x=2)
+        ok = _measured(sub, y)
+        _lines(ax, ok, x, y, hue, palette, noisy=timed, estimator="median", **style)
+        marked = _mark_not_run(ax, sub, x, hue, palette)
+        _log_axes(ax, base_x)
         if fit:
             _fit_legend(ax, sub, y, marked)
         return marked
 
-    return _panels(rows, draw, ("d", ylabel), own_legends=fit)
+    return _panels(rows, draw, labels, by=by, ncols=ncols, own_legends=fit)
+
+
+def _lines_by_facet(rows: pd.DataFrame, y: str, ylabel: str, **options) -> MplFigure:
+    """:func:`_line_figure` of ``y`` against d, a line per series with a positive ``y``."""
+    positive = rows[y].gt(0).groupby([rows["facet"], rows["series"]]).transform("any")
+    if not positive.any():
+        raise NoData(f"no point in the inputs records a positive {y}")
+    return _line_figure(rows[positive], y, ("d", ylabel), marker="o", **options)
 
 
 def _fit_legend(ax: Axes, rows: pd.DataFrame, y: str, marked: bool) -> None:
@@ -253,12 +266,6 @@ def _fit_legend(ax: Axes, rows: pd.DataFrame, y: str, marked: bool) -> None:
         borderaxespad=0,
         frameon=False,
     )
-
-
-def _plot(plot: Callable[..., Axes], data: pd.DataFrame, **kwargs) -> None:
-    """A seaborn plot of ``data``, unless a panel holds only points that did not run."""
-    if not data.empty:
-        plot(data=data, **kwargs)
 
 
 def _log_axes(ax: Axes, base_x: float | None = 10) -> None:
@@ -281,15 +288,28 @@ def _ticks_125(axis) -> None:
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
 
 
+@figure(
+    "time_vs_d",
+    "Divergence time against d",
+    "Median time per call on log-log axes, a line per method (and model), a panel per backend, "
+    "device and mode. The legend gives each line's fitted exponent b of time ~ d^b with its 95% "
+    "CI (OLS on the log-log points; noisy points are left out, and the legend says how many). "
+    f"{NOT_RUN_NOTE}. {NOISY_NOTE}.",
+)
 def time_vs_d(frame: pd.DataFrame) -> MplFigure:
-    """Divergence time against d, with each line's fitted exponent in the legend."""
-    return _lines_by_facet(
-        workload_rows(frame, "divergence"), "time_ms", "median time (ms)", fit=True
-    )
+    div = workload_rows(frame, "divergence")
+    return _lines_by_facet(div, "time_ms", "median time (ms)", fit=True)
 
 
+@figure(
+    "speedup_vs_d",
+    "Speedup of hollow over each baseline",
+    "Baseline time over hollow time at the same d, backend, device and mode (solid: hollow, the "
+    "paper's k reverse passes; dashed: hollow_forward, one forward-mode pass). Above the dotted "
+    f"line at 1, the exact hollow operator is faster. {NOT_RUN_NOTE}. {NOISY_NOTE} (here: either "
+    "side of the ratio was noisy).",
+)
 def speedup_vs_d(frame: pd.DataFrame) -> MplFigure:
-    """Baseline time over hollow time at each d: above 1 means hollow is faster."""
     speed = _speedups(workload_rows(frame, "divergence"))
     palette = _palette(speed["baseline"])
 
@@ -298,14 +318,15 @@ def speedup_vs_d(frame: pd.DataFrame) -> MplFigure:
         _lines(ax, ok, "d", "speedup", "baseline", palette, style="exact", markers=True)
         ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
         _log_axes(ax, base_x=2)
-        return _mark_each(ax, sub, "d", "baseline", palette)
+        return _mark_not_run(ax, sub, "d", "baseline", palette)
 
     return _panels(speed, draw, ("d", "speedup of exact hollow (x)"))
 
 
 def _speedups(div: pd.DataFrame) -> pd.DataFrame:
     """One row per facet, d, hollow method and baseline series: the speedup (baseline time over
-    hollow time) with status 'ok', or the status of the side that did not run."""
+    hollow time) with status 'ok', or the status of the side that did not run ('missing' for a
+    side the inputs lack), and ``noisy``: either side was."""
     exact = div[div["method"].isin(HOLLOW_METHODS) & div["model"].eq("hollownet")]
     if exact.empty:
         raise NoData("no hollow divergence points on a HollowNet in the inputs")
@@ -322,6 +343,13 @@ def _speedups(div: pd.DataFrame) -> pd.DataFrame:
     return both.assign(d=both["d"].astype(float), **pd.DataFrame(values, index=both.index))
 
 
+def _split(value: float | str) -> dict[str, float | str]:
+    """A speedup cell as (speedup, status): a status string means a side did not run."""
+    if isinstance(value, str):
+        return {"speedup": float("nan"), "status": value}
+    return {"speedup": value, "status": "ok" if math.isfinite(value) else "missing"}
+
+
 def _with_noisy(values: pd.Series, rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """``values`` (cells per ``keys``) as a frame, with ``noisy``: whether a measured point of
     the cell was noisy."""
@@ -331,147 +359,121 @@ def _with_noisy(values: pd.Series, rows: pd.DataFrame, keys: list[str]) -> pd.Da
     return frame.reset_index()
 
 
-def _split(value: float | str) -> dict[str, float | str]:
-    """A speedup cell as (speedup, status): a status string means a side did not run."""
-    if isinstance(value, str):
-        return {"speedup": float("nan"), "status": value}
-    return {"speedup": value, "status": "ok" if math.isfinite(value) else "missing"}
-
-
+@figure(
+    "peak_memory_vs_d",
+    "Peak memory against d",
+    "Peak device memory during the timed calls (on the CPU, what the harness records: XLA's "
+    "memory analysis for JAX, the process's peak RSS growth for PyTorch), divergence and k=1 "
+    "points. A reading of 0 (no growth) cannot sit on the log axis and is left out (see "
+    f"tables/points.csv). {NOT_RUN_NOTE}.",
+)
 def peak_memory_vs_d(frame: pd.DataFrame) -> MplFigure:
     rows = frame[frame["workload"].isin(["divergence", "ddim"]) & frame["k"].fillna(1).eq(1)]
-    return _lines_by_facet(rows, "peak_mem_bytes", "peak memory (MiB)", scale=2.0**-20, timed=False)
+    mib = rows.assign(peak_mem_bytes=rows["peak_mem_bytes"] * 2.0**-20)
+    return _lines_by_facet(mib, "peak_mem_bytes", "peak memory (MiB)", timed=False)
 
 
-def compile_time_vs_d(frame: pd.DataFrame) -> MplFigure:
-    div = workload_rows(frame, "divergence")
-    return _lines_by_facet(div, "compile_s", "compile time (s)", timed=False)
-
-
-def energy_vs_d(frame: pd.DataFrame) -> MplFigure:
-    return _lines_by_facet(workload_rows(frame, "divergence"), "energy_j", "energy per call (J)")
-
-
+@figure(
+    "ddim_cost_vs_k",
+    "D_dim^k cost against k",
+    "Median time of D_dim^k against the order k: colour per method, marker per d. The hollow "
+    f"methods should grow about linearly in k at every d. {NOT_RUN_NOTE}. {NOISY_NOTE}.",
+)
 def ddim_cost_vs_k(frame: pd.DataFrame) -> MplFigure:
-    """D_dim^k time against k: a panel per facet, colour per method, marker per d."""
     ddim = workload_rows(frame, "ddim")
-    palette = _palette(ddim["series"])
-
-    def draw(ax: Axes, sub: pd.DataFrame) -> bool:
-        ok = _measured(sub, "time_ms").assign(dim=lambda f: "d=" + f["d"].map("{:.0f}".format))
-        opts = {"style": "dim", "markers": True, "dashes": False, "estimator": "median"}
-        _lines(ax, ok, "k", "time_ms", "series", palette, **opts)
-        _log_axes(ax, base_x=None)
+    ddim = ddim.assign(dim=ddim["d"].astype(float).map("d={:.0f}".format))
+    labels = ("k (order of the derivative)", "median time (ms)")
+    opts = {"style": "dim", "markers": True, "dashes": False}
+    fig = _line_figure(ddim, "time_ms", labels, x="k", base_x=None, **opts)
+    for ax in fig.axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        return _mark_each(ax, sub, "k", "series", palette)
-
-    return _panels(ddim, draw, ("k (order of the derivative)", "median time (ms)"))
+    return fig
 
 
+@figure(
+    "hutchinson_error_vs_cost",
+    "Hutchinson error against cost, exact methods beside it",
+    "Each Hutchinson line joins probe counts m (labelled) at one d; its error is the relative std "
+    "across probe seeds. The exact methods' error is their max abs error against the dense "
+    "reference on a small slice; an error of exactly 0 is drawn at the axis floor.",
+)
 def hutchinson_error_vs_cost(frame: pd.DataFrame) -> MplFigure:
-    """Each probe count's error against its time, with the exact methods' points beside."""
     div = workload_rows(frame, "divergence")
     hutch = _measured(div[div["method"].eq("hutchinson")], "error")
     if hutch.empty:
         raise NoData("no hutchinson point in the inputs records an error")
-    exact = _measured(div[~div["method"].isin(STOCHASTIC_METHODS)], "error")
-    # An exact method's error can be exactly 0, which a log axis cannot show: clip to a floor.
-    exact["error"] = exact["error"].clip(lower=_error_floor(pd.concat([hutch, exact])["error"]))
-    both = pd.concat([hutch.assign(kind="hutchinson"), exact.assign(kind="exact")])
-    both["dim"] = both["d"].map("d={:.0f}".format)
-    palette = _palette(both["dim"])
-
-    def draw(ax: Axes, sub: pd.DataFrame) -> bool:
-        hutch = sub[sub["kind"].eq("hutchinson")].sort_values("n_probes")
-        exact = sub[sub["kind"].eq("exact")]
-        _budgets(ax, hutch, exact, "dim", palette, "n_probes", "m={:.0f}", style="method", s=40)
-        return False
-
-    return _panels(both, draw, ("median time (ms)", "error (see caption)"))
+    rows = pd.concat([hutch, _measured(div[~div["method"].isin(STOCHASTIC_METHODS)], "error")])
+    rows["dim"] = rows["d"].map("d={:.0f}".format)
+    labels = ("median time (ms)", "error (see caption)")
+    return _error_vs_time(rows, "dim", "n_probes", "m={:.0f}", labels, style="method", s=40)
 
 
-def _error_floor(errors: pd.Series) -> float:
-    positive = errors[errors > 0]
-    return float(positive.min() / 10) if len(positive) else 1e-16
-
-
-def _budgets(ax: Axes, lines, exact, hue: str, palette: dict, count: str, label: str, **dots):
-    """A stochastic method's error against time on log axes: a line per ``hue`` and model
-    through ``lines``, each point labelled ``label`` with its ``count``, and the ``exact``
-    methods' points (``dots``: their scatterplot options)."""
-    _plot(
-        sns.lineplot,
-        data=lines,
-        x="time_ms",
-        y="error",
-        hue=hue,
-        style="model",
-        ax=ax,
-        sort=False,
-        palette=palette,
-        markers=True,
-        errorbar=None,
-        estimator=None,
-    )
-    for x, y, m in zip(lines["time_ms"], lines["error"], lines[count], strict=True):
-        ax.annotate(label.format(m), (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points")
-    _plot(
-        sns.scatterplot, data=exact, x="time_ms", y="error", hue=hue, ax=ax, palette=palette, **dots
-    )
-    _log_axes(ax)
-
-
+@figure(
+    "estimator_error_vs_time",
+    "Stochastic estimators against the exact divergence at equal cost (train mode)",
+    "Relative std across probe seeds against the median time of a training step, a line per "
+    "stochastic method (and model) joining its budgets, each point labelled with its "
+    "Jacobian-vector products (Hutchinson: probes; Hutch++, XTrace, XDiag: n_matvecs); the exact "
+    "hollow methods (stars) have zero error and are drawn at the axis floor. Left of a star, an "
+    "estimator is cheaper than the exact operator; it is never more accurate. A panel per "
+    "backend, device and d.",
+)
 def estimator_error_vs_time(frame: pd.DataFrame) -> MplFigure:
-    """Training steps: each stochastic method's relative std against its time, a point per
-    budget, with the exact hollow methods at zero error (drawn at the axis floor)."""
     div = workload_rows(frame, "divergence")
     train = div[div["mode"].eq("train")]
     est = _measured(train[train["method"].isin(STOCHASTIC_METHODS)], "error")
     if est.empty:
         raise NoData("no train-mode divergence point of a stochastic method records an error")
-    floor = _error_floor(est["error"])
-    exact = train[train["method"].isin(HOLLOW_METHODS)].assign(error=floor)
+    # The exact methods' zero error cannot sit on a log axis: they are drawn at a floor.
+    exact = train[train["method"].isin(HOLLOW_METHODS)].assign(error=est["error"].min() / 10)
     rows = pd.concat([est, _measured(exact, "error")])
     rows["panel"] = rows["facet"] + " · d=" + rows["d"].map("{:.0f}".format)
-    palette = _palette(rows["method"])
+    labels = ("median train-step time (ms)", "relative std (exact: 0, drawn at the floor)")
+    return _error_vs_time(rows, "method", "matvecs", "{:.0f}", labels, "panel", marker="*", s=90)
+
+
+def _error_vs_time(rows, hue: str, count: str, label: str, labels, by="facet", **dots):
+    """Error against median time on log axes, a panel per ``by``: a line per ``hue`` and model
+    through the stochastic methods' points in order of ``count``, each labelled ``label`` with
+    it, and the other methods' points (``dots``: their scatterplot options)."""
+    palette = _palette(rows[hue])
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
-        lines = sub[sub["method"].isin(STOCHASTIC_METHODS)].sort_values("matvecs")
-        exact = sub[sub["method"].isin(HOLLOW_METHODS)]
-        _budgets(ax, lines, exact, "method", palette, "matvecs", "{:.0f}", marker="*", s=90)
+        stochastic = sub["method"].isin(STOCHASTIC_METHODS)
+        lines = sub[stochastic].sort_values(count)
+        _plot(
+            sns.lineplot,
+            data=lines,
+            x="time_ms",
+            y="error",
+            hue=hue,
+            style="model",
+            ax=ax,
+            sort=False,
+            palette=palette,
+            markers=True,
+            errorbar=None,
+            estimator=None,
+        )
+        for x, y, m in zip(lines["time_ms"], lines["error"], lines[count], strict=True):
+            ax.annotate(
+                label.format(m), (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points"
+            )
+        exact = sub[~stochastic]
+        _plot(
+            sns.scatterplot,
+            data=exact,
+            x="time_ms",
+            y="error",
+            hue=hue,
+            ax=ax,
+            palette=palette,
+            **dots,
+        )
+        _log_axes(ax)
         return False
 
-    labels = ("median train-step time (ms)", "relative std (exact: 0, drawn at the floor)")
-    return _panels(rows, draw, labels, by="panel")
-
-
-# The headline methods of the design's comparison: exact hollow, one probe, the dense Jacobian.
-HEADLINE = ("hollow", "hutchinson-1", "dense_vectorized")
-
-
-def device_comparison(frame: pd.DataFrame) -> MplFigure:
-    """The headline methods' time against d: a line per device, a panel per backend and mode."""
-    div = workload_rows(frame, "divergence")
-    if div["device_id"].nunique() < 2:
-        raise NoData("the inputs hold one device on one machine; nothing to compare")
-    div = div[div["series"].isin(HEADLINE)]
-    if div.empty:
-        raise NoData(f"none of {', '.join(HEADLINE)} in the divergence points")
-    div = div.assign(
-        panel=text(div["backend"]) + " · " + text(div["mode"]),
-        device=div["device_id"],
-        method=div["series"],
-    )
-    palette = _palette(div["device"])
-
-    def draw(ax: Axes, sub: pd.DataFrame) -> bool:
-        ok = _measured(sub, "time_ms")
-        opts = {"style": "method", "markers": True, "estimator": "median"}
-        _lines(ax, ok, "d", "time_ms", "device", palette, **opts)
-        _log_axes(ax, base_x=2)
-        return _mark_each(ax, sub, "d", "device", palette)
-
-    return _panels(div, draw, ("d", "median time (ms)"), by="panel", ncols=2)
+    return _panels(rows, draw, labels, by=by)
 
 
 def _ode(frame: pd.DataFrame) -> pd.DataFrame:
@@ -489,38 +491,43 @@ def _ode(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _ode_lines(rows: pd.DataFrame) -> dict:
-    """seaborn arguments shared by the ODE figures: a fixed colour per root finder (legend in
-    the tables' order) and a marker per stepper, the most common one drawn solid."""
+    """The ODE figures' lineplot options: a line per root finder (legend in the tables' order),
+    a marker per stepper, the most common one drawn solid."""
     finders = rows.drop_duplicates("root finder").sort_values("finder rank")["root finder"]
     return {
         "hue": "root finder",
         "hue_order": list(finders),
-        "palette": _palette(finders),
         "style": "stepper",
         "style_order": list(rows["stepper"].value_counts().index),
         "markers": True,
-        "errorbar": None,
     }
 
 
-def _ode_panels(rows: pd.DataFrame, panel: pd.Series, draw, labels: tuple[str, str]) -> MplFigure:
-    """A panel per value of ``panel`` (case first, then facet): a row per case where the inputs
-    hold several backends or devices, so they sit side by side."""
+def _ode_panels(rows: pd.DataFrame) -> dict:
+    """A panel per value of ``panel`` (case, then facet): a row per case where the inputs hold
+    several backends or devices, so they sit side by side."""
     facets = rows["where"].nunique()
-    return _panels(
-        rows.assign(panel=panel), draw, labels, by="panel", ncols=facets if facets > 1 else 3
-    )
+    return {"by": "panel", "ncols": facets if facets > 1 else 3}
 
 
+@figure(
+    "ode_work_precision",
+    "Stiff ODEs: work-precision of the root finders",
+    "Max relative error of the final state against scipy's reference (Radau or BDF at rtol 1e-10) "
+    "over the median time of one whole solve, on log-log axes, over the sweep of tolerances (each "
+    "point labelled with its rtol): a colour per root finder, a marker per stepper, a panel per "
+    "problem and backend/device. Lower left is better. Points without a (time, error) pair are "
+    "listed in the panel's top right corner: 'stopped' (the solve hit max_steps before t1), or "
+    "the status of a point that did not run.",
+)
 def ode_work_precision(frame: pd.DataFrame) -> MplFigure:
-    """Final error against solve time over the rtol sweep: a line per root finder (and
-    stepper), a panel per problem and facet."""
     rows = _ode(frame)
     line = ["where", "case", "stepper", "root finder"]
     swept = rows.groupby(line)["rtol"].transform("nunique")
     if swept.gt(1).any():  # only the cases with a tolerance sweep; else every case at its rtol
         rows = rows[rows["case"].isin(rows.loc[swept.gt(1), "case"])]
-    style = _ode_lines(rows)
+    rows = rows.assign(panel=rows["case"] + "\n" + rows["where"])
+    style, palette = _ode_lines(rows), _palette(rows["root finder"])
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
         ok = sub[sub["ran"].eq("ok") & sub["error_rel"].gt(0) & sub["time_ms"].gt(0)]
@@ -530,9 +537,11 @@ def ode_work_precision(frame: pd.DataFrame) -> MplFigure:
             data=ok,
             x="time_ms",
             y="error_rel",
+            palette=palette,
             ax=ax,
             sort=False,
             estimator=None,
+            errorbar=None,
             **style,
         )
         # each line's loosest and tightest rtol: the ones between follow in order
@@ -545,8 +554,8 @@ def ode_work_precision(frame: pd.DataFrame) -> MplFigure:
         _list_missing(ax, sub)
         return False
 
-    panel = rows["case"] + "\n" + rows["where"]
-    return _ode_panels(rows, panel, draw, ("solve time (ms, median)", "max relative error at t1"))
+    labels = ("solve time (ms, median)", "max relative error at t1")
+    return _panels(rows, draw, labels, **_ode_panels(rows))
 
 
 def _at_least_a_decade(ax: Axes) -> None:
@@ -587,27 +596,29 @@ def _list_missing(ax: Axes, rows: pd.DataFrame) -> None:
         )
 
 
+@figure(
+    "ode_time_vs_d",
+    "Stiff ODEs: solve time against d",
+    "Median time of one whole solve against the state dimension d, where a problem ran at several "
+    "d with one stepper and tolerance (the HollowNet system's d-sweep, the Brusselator's grids): "
+    "a colour per root finder, a marker per stepper. Newton's dense Jacobian takes d autodiff "
+    "passes (jacfwd in JAX, jacrev in PyTorch) and its LU O(d^3) work; Jacobi-Newton's diagonal "
+    "(the hollow operator on the HollowNet system, analytic on the classic problems) a fixed "
+    f"number of passes. One tolerance per panel: the one with the most points. {NOT_RUN_NOTE}; "
+    f"'stopped': the solve hit max_steps before t1. {NOISY_NOTE}.",
+)
 def ode_time_vs_d(frame: pd.DataFrame) -> MplFigure:
-    """Solve time against d where a problem was run at several d (the HollowNet system's
-    d-sweep, the Brusselator's grids): a line per root finder and stepper, a panel per problem,
-    stiffness, tolerance and facet."""
     rows = _ode(frame)
     line = ["where", "problem", "stiffness", "t1", "stepper", "rtol"]
     rows = rows[rows.groupby(line, dropna=False)["d"].transform("nunique").gt(1)]
     if rows.empty:
         raise NoData("no 'ode' problem was run at two or more d with one stepper and rtol")
     rows = rows[rows["rtol"].eq(rows.groupby(["where", "problem"])["rtol"].transform(_busiest))]
-    style = _ode_lines(rows)
-
-    def draw(ax: Axes, sub: pd.DataFrame) -> bool:
-        ok = _measured(sub[sub["ran"].eq("ok")], "time_ms")
-        _plot(sns.lineplot, data=ok, x="d", y="time_ms", ax=ax, estimator="median", **style)
-        _mark_noisy(ax, ok, "d", "time_ms", "root finder", style["palette"])
-        _log_axes(ax, base_x=2)
-        return _mark_each(ax, sub.assign(status=sub["ran"]), "d", "root finder", style["palette"])
-
     panel = text(rows["problem"]) + rows["stiff"] + ", " + rows["tolerance"] + "\n" + rows["where"]
-    return _ode_panels(rows, panel, draw, ("d (state dimension)", "solve time (ms, median)"))
+    # a solve that stopped before t1 is marked like a point that did not run
+    rows = rows.assign(panel=panel, status=rows["ran"])
+    labels = ("d (state dimension)", "solve time (ms, median)")
+    return _line_figure(rows, "time_ms", labels, **_ode_lines(rows), **_ode_panels(rows))
 
 
 def _busiest(rtols: pd.Series) -> float:
@@ -617,107 +628,47 @@ def _busiest(rtols: pd.Series) -> float:
     return tied[len(tied) // 2]
 
 
-FIGURES: tuple[Figure, ...] = (
-    Figure(
-        "time_vs_d",
-        "Divergence time against d",
-        "Median time per call on log-log axes, a line per method (and model), a panel per "
-        "backend, device and mode. The legend gives each line's fitted exponent b of "
-        "time ~ d^b with its 95% CI (OLS on the log-log points; noisy points are left out, "
-        f"and the legend says how many). {NOT_RUN_NOTE}. {NOISY_NOTE}.",
-        time_vs_d,
-    ),
-    Figure(
-        "speedup_vs_d",
-        "Speedup of hollow over each baseline",
-        "Baseline time over hollow time at the same d, backend, device and mode (solid: hollow, "
-        "the paper's k reverse passes; dashed: hollow_forward, one forward-mode pass). Above the "
-        f"dotted line at 1, the exact hollow operator is faster. {NOT_RUN_NOTE}. {NOISY_NOTE} "
-        "(here: either side of the ratio was noisy).",
-        speedup_vs_d,
-    ),
-    Figure(
-        "peak_memory_vs_d",
-        "Peak memory against d",
-        "Peak device memory during the timed calls (on the CPU, what the harness records: "
-        "XLA's memory analysis for JAX, the process's peak RSS growth for PyTorch), divergence "
-        "and k=1 points. A reading of 0 (no growth) cannot sit on the log axis and is left out "
-        f"(see tables/points.csv). {NOT_RUN_NOTE}.",
-        peak_memory_vs_d,
-    ),
-    Figure(
-        "ddim_cost_vs_k",
-        "D_dim^k cost against k",
-        "Median time of D_dim^k against the order k: colour per method, marker per d. The "
-        f"hollow methods should grow about linearly in k at every d. {NOT_RUN_NOTE}. "
-        f"{NOISY_NOTE}.",
-        ddim_cost_vs_k,
-    ),
-    Figure(
-        "hutchinson_error_vs_cost",
-        "Hutchinson error against cost, exact methods beside it",
-        "Each Hutchinson line joins probe counts m (labelled) at one d; its error is the relative "
-        "std across probe seeds. The exact methods' error is their max abs error against the "
-        "dense reference on a small slice; an error of exactly 0 is drawn at the axis floor.",
-        hutchinson_error_vs_cost,
-    ),
-    Figure(
-        "estimator_error_vs_time",
-        "Stochastic estimators against the exact divergence at equal cost (train mode)",
-        "Relative std across probe seeds against the median time of a training step, a line "
-        "per stochastic method (and model) joining its budgets, each point labelled with its "
-        "Jacobian-vector products (Hutchinson: probes; Hutch++, XTrace, XDiag: n_matvecs); the "
-        "exact hollow methods (stars) have zero error and are drawn at the axis floor. Left of "
-        "a star, an estimator is cheaper than the exact operator; it is never more accurate. "
-        "A panel per backend, device and d.",
-        estimator_error_vs_time,
-    ),
-    Figure(
-        "ode_work_precision",
-        "Stiff ODEs: work-precision of the root finders",
-        "Max relative error of the final state against scipy's reference (Radau or BDF at "
-        "rtol 1e-10) over the median time of one whole solve, on log-log axes, over the "
-        "sweep of tolerances (each point labelled with its rtol): a colour per root finder, "
-        "a marker per stepper, a panel per problem and backend/device. Lower left is better. "
-        "Points without a (time, error) pair are listed in the panel's top right corner: "
-        "'stopped' (the solve hit max_steps before t1), or the status of a point that did not "
-        "run.",
-        ode_work_precision,
-    ),
-    Figure(
-        "ode_time_vs_d",
-        "Stiff ODEs: solve time against d",
-        "Median time of one whole solve against the state dimension d, where a problem ran at "
-        "several d with one stepper and tolerance (the HollowNet system's d-sweep, the "
-        "Brusselator's grids): a colour per root finder, a marker per stepper. Newton's dense "
-        "Jacobian takes d autodiff passes (jacfwd in JAX, jacrev in PyTorch) and its LU O(d^3) "
-        "work; Jacobi-Newton's diagonal (the hollow operator on the HollowNet system, analytic "
-        "on the classic problems) a fixed number of passes. One tolerance per panel: the one "
-        f"with the most points. {NOT_RUN_NOTE}; 'stopped': the solve hit max_steps before t1. "
-        f"{NOISY_NOTE}.",
-        ode_time_vs_d,
-    ),
-    Figure(
-        "compile_time_vs_d",
-        "Compile time against d",
-        "Seconds of JAX jit (or torch.compile) compilation, measured once and apart from the "
-        "steady-state time. Eager points have none and are left out.",
-        compile_time_vs_d,
-    ),
-    Figure(
-        "energy_vs_d",
-        "Energy per call against d",
-        "Joules per call from the NVML energy counter, where the GPU reports it, over the kept "
-        f"measurement's timed calls. {NOISY_NOTE}.",
-        energy_vs_d,
-    ),
-    Figure(
-        "device_comparison",
-        "Device against device",
-        "The headline divergence methods (hollow, hutchinson-1 on the HollowNet, "
-        "dense_vectorized) on each device and machine in the inputs: colour per device, marker "
-        f"per method, a panel per backend and mode. {NOT_RUN_NOTE}. "
-        f"{NOISY_NOTE}.",
-        device_comparison,
-    ),
+@figure(
+    "compile_time_vs_d",
+    "Compile time against d",
+    "Seconds of JAX jit (or torch.compile) compilation, measured once and apart from the "
+    "steady-state time. Eager points have none and are left out.",
 )
+def compile_time_vs_d(frame: pd.DataFrame) -> MplFigure:
+    div = workload_rows(frame, "divergence")
+    return _lines_by_facet(div, "compile_s", "compile time (s)", timed=False)
+
+
+@figure(
+    "energy_vs_d",
+    "Energy per call against d",
+    "Joules per call from the NVML energy counter, where the GPU reports it, over the kept "
+    f"measurement's timed calls. {NOISY_NOTE}.",
+)
+def energy_vs_d(frame: pd.DataFrame) -> MplFigure:
+    return _lines_by_facet(workload_rows(frame, "divergence"), "energy_j", "energy per call (J)")
+
+
+# The headline methods of the design's comparison: exact hollow, one probe, the dense Jacobian.
+HEADLINE = ("hollow", "hutchinson-1", "dense_vectorized")
+
+
+@figure(
+    "device_comparison",
+    "Device against device",
+    "The headline divergence methods (hollow, hutchinson-1 on the HollowNet, dense_vectorized) on "
+    "each device and machine in the inputs: colour per device, marker per method, a panel per "
+    f"backend and mode. {NOT_RUN_NOTE}. {NOISY_NOTE}.",
+)
+def device_comparison(frame: pd.DataFrame) -> MplFigure:
+    div = workload_rows(frame, "divergence")
+    if div["device_id"].nunique() < 2:
+        raise NoData("the inputs hold one device on one machine; nothing to compare")
+    div = div[div["series"].isin(HEADLINE)]
+    if div.empty:
+        raise NoData(f"none of {', '.join(HEADLINE)} in the divergence points")
+    panel = text(div["backend"]) + " · " + text(div["mode"])
+    div = div.assign(panel=panel, device=div["device_id"], method=div["series"])
+    labels = ("d", "median time (ms)")
+    opts = {"by": "panel", "ncols": 2, "style": "method", "markers": True}
+    return _line_figure(div, "time_ms", labels, hue="device", **opts)

@@ -15,11 +15,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reports", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="write the HTML/Markdown report of result files")
-    build.add_argument(
-        "results",
-        nargs="+",
-        help="pytest-benchmark JSON files and/or journals (*.journal.jsonl); globs are expanded",
-    )
+    results = "pytest-benchmark JSON files and/or journals (*.journal.jsonl); globs are expanded"
+    build.add_argument("results", nargs="+", help=results)
     build.add_argument("--out", default="reports/out", help="output folder (default %(default)s)")
     compare = sub.add_parser("compare", help="per-benchmark time ratios NEW / BASE")
     compare.add_argument("base", help="the reference run (a JSON file or journal)")
@@ -39,11 +36,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _build(results: Sequence[str], out: str) -> int:
-    from reports.build import build
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit status."""
+    args = _parser().parse_args(argv)
+    from reports.load import InputError
 
-    start = time.perf_counter()
-    built = build(results, out)
+    try:
+        if args.command == "compare":
+            from reports.compare import run_compare
+
+            return run_compare(args.base, args.new, args.fail_above, args.csv)
+        if args.command == "merge":
+            from reports.merge import merge
+
+            merged = merge(args.shards, args.out)
+            points, sources = len(merged["benchmarks"]), len(merged["hollowbench"]["merged_from"])
+            print(f"wrote {args.out}: {points} benchmarks from {sources} files")
+            return 0
+        from reports.build import build
+
+        start = time.perf_counter()
+        built = build(args.results, args.out)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for note in built.skipped:
         print(f"  no data: {note}")
     print(
@@ -51,31 +67,6 @@ def _build(results: Sequence[str], out: str) -> int:
         f"{built.figures} figures, {built.tables} tables in {time.perf_counter() - start:.1f} s"
     )
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; return its exit status."""
-    args = _parser().parse_args(argv)
-    from reports.load import InputError
-
-    try:
-        if args.command == "build":
-            return _build(args.results, args.out)
-        if args.command == "merge":
-            from reports.merge import merge
-
-            merged = merge(args.shards, args.out)
-            print(
-                f"wrote {args.out}: {len(merged['benchmarks'])} benchmarks from "
-                f"{len(merged['hollowbench']['merged_from'])} files"
-            )
-            return 0
-        from reports.compare import run_compare
-
-        return run_compare(args.base, args.new, args.fail_above, args.csv)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

@@ -28,9 +28,7 @@ def load_side(arg: str) -> pd.DataFrame:
             f"{arg}: holds results from {len(machines)} machines ({', '.join(machines)}); "
             "compare one machine's results at a time"
         )
-    for column in COLUMNS:
-        if column not in frame:
-            frame[column] = None
+    frame = frame.assign(**{c: None for c in COLUMNS if c not in frame})
     return frame.set_index("fullname")[list(COLUMNS)]
 
 

@@ -73,7 +73,7 @@ def setup_style() -> None:
 def _measured(rows: pd.DataFrame, y: str) -> pd.DataFrame:
     """Rows that ran with a positive ``y`` (the axes are logarithmic), d and k as floats."""
     ok = rows[rows["status"].eq("ok") & rows[y].gt(0)]
-    return ok.astype(dict.fromkeys(("d", "k", "n_probes", "matvecs"), float))
+    return ok.astype({c: float for c in ("d", "k", "n_probes", "matvecs") if c in ok})
 
 
 def _palette(values: Iterable) -> dict[str, tuple]:
@@ -203,14 +203,6 @@ def _plot(plot: Callable[..., Axes], data: pd.DataFrame, **kwargs) -> None:
         plot(data=data, **kwargs)
 
 
-def _lines(ax: Axes, ok, x: str, y: str, hue: str, palette: dict, noisy=True, **style) -> None:
-    """A line per ``hue`` through the measured rows ``ok`` (``style``: more lineplot options),
-    their noisy points drawn hollow if ``noisy``."""
-    _plot(sns.lineplot, data=ok, x=x, y=y, hue=hue, ax=ax, palette=palette, errorbar=None, **style)
-    if noisy:
-        _mark_noisy(ax, ok, x, y, hue, palette)
-
-
 def _line_figure(
     rows: pd.DataFrame,
     y: str,
@@ -223,17 +215,22 @@ def _line_figure(
     base_x: float | None = 2,
     fit: bool = False,
     timed: bool = True,
+    level: float | None = None,
     **style,
 ) -> MplFigure:
     """The median ``y`` against ``x`` on log axes (x linear where ``base_x`` is None): a panel
     per ``by``, a line per ``hue`` (``style``: more lineplot options), a mark per point that
-    did not run. ``fit``: each panel's own legend gives the fitted exponents; ``timed``: noisy
-    points are drawn hollow (y comes from the timed calls)."""
-    palette = _palette(rows[hue])
+    did not run, a dotted line at y = ``level``. ``fit``: each panel's own legend gives the
+    fitted exponents; ``timed``: noisy points are drawn hollow (y comes from the timed calls)."""
+    palette, style = _palette(rows[hue]), {"estimator": "median", "errorbar": None, **style}
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
         ok = _measured(sub, y)
-        _lines(ax, ok, x, y, hue, palette, noisy=timed, estimator="median", **style)
+        _plot(sns.lineplot, data=ok, x=x, y=y, hue=hue, ax=ax, palette=palette, **style)
+        if timed:
+            _mark_noisy(ax, ok, x, y, hue, palette)
+        if level is not None:
+            ax.axhline(level, color="0.3", lw=0.8, ls=":")
         marked = _mark_not_run(ax, sub, x, hue, palette)
         _log_axes(ax, base_x)
         if fit:
@@ -311,16 +308,9 @@ def time_vs_d(frame: pd.DataFrame) -> MplFigure:
 )
 def speedup_vs_d(frame: pd.DataFrame) -> MplFigure:
     speed = _speedups(workload_rows(frame, "divergence"))
-    palette = _palette(speed["baseline"])
-
-    def draw(ax: Axes, sub: pd.DataFrame) -> bool:
-        ok = sub[sub["status"].eq("ok")]
-        _lines(ax, ok, "d", "speedup", "baseline", palette, style="exact", markers=True)
-        ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
-        _log_axes(ax, base_x=2)
-        return _mark_not_run(ax, sub, "d", "baseline", palette)
-
-    return _panels(speed, draw, ("d", "speedup of exact hollow (x)"))
+    labels = ("d", "speedup of exact hollow (x)")
+    opts = {"hue": "baseline", "level": 1.0, "style": "exact", "markers": True}
+    return _line_figure(speed, "speedup", labels, **opts)
 
 
 def _speedups(div: pd.DataFrame) -> pd.DataFrame:

@@ -21,10 +21,11 @@ from bench.schema import COUNTS, INFO_KEYS, NOT_RUN, OUR_KEYS, STATS
 from impls import DEFAULT_VARIANT, STOCHASTIC_METHODS  # impls itself imports numpy only
 
 NFE_KIND = {"torch": "counted", "jax": "derived"}  # each backend's cnf.NFE_KIND, for old files
+STAT_COLUMNS = tuple(f"{s}_s" for s in STATS)
 INT_COLUMNS = ("d", "batch", "k", "n_probes", "n_matvecs")
 FLOAT_COLUMNS = (
-    *("n_params", "flops", "compile_s", "peak_mem_bytes", "error", "energy_j"),
-    *("cpu_share", "load_1m", "rel_error"),
+    *("n_params", "flops", "compile_s", "peak_mem_bytes", "error", "energy_j", "cpu_share"),
+    *("load_1m", "rel_error", *STAT_COLUMNS),
 )
 # True/False flags; files from before the noise test (bench/harness/timing.py) lack them, and
 # their points read as neither noisy nor re-measured.
@@ -32,14 +33,10 @@ BOOL_COLUMNS = ("noisy", "remeasured")
 # Operator keys of later schema versions, added as empty to older files' points.
 LATER_KEYS = ("n_matvecs", "rel_error")
 # Record fields that extra_info keys must not overwrite.
-RESERVED = frozenset(
-    (
-        *("source", "source_kind", "timestamp", "name", "fullname", "group", "status"),
-        *("machine", "gpu_names", "time_ms", "device_id", "series", "facet", "matvecs"),
-        *(f"{s}_s" for s in STATS),
-        *COUNTS,
-    )
-)
+RESERVED = {
+    *("source", "source_kind", "timestamp", "name", "fullname", "group", "status", "machine"),
+    *("gpu_names", "time_ms", "device_id", "series", "facet", "matvecs", *STAT_COLUMNS, *COUNTS),
+}
 
 
 class InputError(Exception):
@@ -86,7 +83,16 @@ def load_results(args: Sequence[str]) -> pd.DataFrame:
 
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Flat records of one file, a pytest-benchmark JSON or a journal (by name, then content)."""
-    text = _read_text(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    if not raw.strip():
+        raise InputError(f"{path}: empty file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file (not UTF-8), so not a results file") from None
     if path.name.endswith(".jsonl"):
         return _journal_records(path, text)
     try:
@@ -98,19 +104,6 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     if isinstance(doc, dict) and doc.get("kind") == "session":
         return _journal_records(path, text)
     return _benchmark_records(path, doc)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
-    if not raw.strip():
-        raise InputError(f"{path}: empty file")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text file (not UTF-8), so not a results file") from None
 
 
 def _json_problem(text: str, exc: json.JSONDecodeError) -> str:
@@ -139,34 +132,27 @@ def _benchmark_records(path: Path, doc: Any) -> list[dict[str, Any]]:
         raise InputError(f"{path}: a pytest-benchmark file without 'machine_info'")
     context = _context(path, "json", doc["machine_info"], doc.get("commit_info"))
     context["timestamp"] = doc.get("datetime")
-    context.update(_sweep_settings(doc))
+    ours = doc.get("hollowbench") or {}
+    # The harness's preset and limits (beyond SCHEMA.md) say why some points were never requested.
+    if isinstance(settings := ours.get("settings"), dict):
+        limits = settings.get("limits")
+        context["sweep.preset"] = settings.get("preset")
+        context["sweep.limits"] = "; ".join(map(str, limits)) if isinstance(limits, list) else None
     entries = [
         (f"benchmarks[{i}]", bench, _stats(path, f"benchmarks[{i}]", bench))
         for i, bench in enumerate(doc["benchmarks"])
     ]
-    not_run = (doc.get("hollowbench") or {}).get("not_run") or []
+    not_run = ours.get("not_run") or []
     if not isinstance(not_run, list):
         raise InputError(f"{path}: 'hollowbench.not_run' is not a list")
     entries += [(f"hollowbench.not_run[{i}]", point, None) for i, point in enumerate(not_run)]
     return _ours(path, [_record(path, where, e, stats, context) for where, e, stats in entries])
 
 
-def _sweep_settings(doc: dict) -> dict[str, Any]:
-    """The harness's preset and limits (``hollowbench.settings``, beyond SCHEMA.md): they say
-    why some points were never requested, which the report states."""
-    settings = (doc.get("hollowbench") or {}).get("settings")
-    if not isinstance(settings, dict):
-        return {}
-    limits = settings.get("limits")
-    return {
-        "sweep.preset": settings.get("preset"),
-        "sweep.limits": "; ".join(map(str, limits)) if isinstance(limits, list) else None,
-    }
-
-
 def _stats(path: Path, where: str, bench: Any) -> dict[str, Any]:
     stats = bench.get("stats") if isinstance(bench, dict) else None
-    if not isinstance(stats, dict) or not _is_number(stats.get("median")):
+    median = stats.get("median") if isinstance(stats, dict) else None
+    if not isinstance(median, int | float) or isinstance(median, bool) or not math.isfinite(median):
         raise InputError(f"{path}: {where} has no stats.median, so it is not a measured benchmark")
     return stats
 
@@ -244,13 +230,9 @@ def _record(
         raise InputError(f"{path}: {where}: 'extra_info' and 'params' must be objects")
     record = dict(context)
     record.update({f"param.{k}": _scalar(v) for k, v in params.items()})
-    record.update(
-        {
-            (f"extra.{k}" if k in RESERVED else k): _scalar(v)
-            for k, v in extra.items()
-            if k != "status"
-        }
-    )
+    for key, value in extra.items():
+        if key != "status":
+            record[f"extra.{key}" if key in RESERVED else key] = _scalar(value)
     record.update(name=point.get("name"), fullname=point["fullname"], group=point.get("group"))
     record["_ours"] = all(key in extra for key in OUR_KEYS)
     record["status"] = _status(extra.get("status"), stats is not None)
@@ -272,10 +254,6 @@ def _status(status: Any, measured: bool) -> str:
 
 def _scalar(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, dict | list) else value
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _ours(path: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -309,15 +287,12 @@ def dedupe(frame: pd.DataFrame) -> pd.DataFrame:
 
 def annotate(frame: pd.DataFrame) -> pd.DataFrame:
     """Typed schema columns plus the derived ones the figures and tables group by."""
-    for column in (*INFO_KEYS, *LATER_KEYS):  # absent ones are added empty: old files load
-        if column not in frame:
-            frame[column] = None
-    for column in (*(f"{s}_s" for s in STATS), *COUNTS):
-        if column not in frame:
-            frame[column] = float("nan")
+    # absent keys are added empty, so that old files load
+    frame = frame.assign(**{c: None for c in (*INFO_KEYS, *LATER_KEYS) if c not in frame})
+    frame = frame.assign(**{c: float("nan") for c in (*STAT_COLUMNS, *COUNTS) if c not in frame})
     for column in INT_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
-    for column in (*FLOAT_COLUMNS, *(f"{s}_s" for s in STATS)):
+    for column in FLOAT_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     for column in BOOL_COLUMNS:
         frame[column] = frame[column].map(lambda v: v is True or v == 1).astype(bool)

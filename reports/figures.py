@@ -34,6 +34,7 @@ NOISY_NOTE = (
 )
 NOISY_LABEL = "noisy (hollow)"
 NOISY_ATTR = "_hollowbench_noisy"  # set on an Axes that drew a hollow marker
+HOLLOW = {"s": 30, "marker": "o", "facecolors": "white", "linewidths": 1.2, "zorder": 5}
 # Fixed margins in inches around each panel: tight_layout would cost one more full draw.
 MARGINS = {"left": 0.75, "right": 0.15, "bottom": 0.5, "top": 0.35, "wspace": 0.75, "hspace": 0.8}
 PANEL = (4.0, 3.1)  # inches
@@ -159,16 +160,8 @@ def _mark_noisy(ax: Axes, rows: pd.DataFrame, x: str, y: str, hue: str, palette:
     """A hollow marker over each noisy point (measured rows only), in its line's colour."""
     noisy = rows[rows["noisy"]]
     for name, points in noisy.groupby(hue):
-        ax.scatter(
-            points[x].astype(float),
-            points[y].astype(float),
-            s=30,
-            marker="o",
-            facecolors="white",
-            edgecolors=[palette[str(name)]],
-            linewidths=1.2,
-            zorder=5,
-        )
+        xy = points[x].astype(float), points[y].astype(float)
+        ax.scatter(*xy, edgecolors=[palette[str(name)]], **HOLLOW)
     if not noisy.empty:
         setattr(ax, NOISY_ATTR, True)
 
@@ -185,15 +178,8 @@ def _mark_not_run(ax: Axes, rows: pd.DataFrame, x: str, hue: str, palette: dict)
             level = sum(1 for text in ax.texts if getattr(text, "xy", (None,))[0] == xv)
             y = 0.03 + 0.07 * level
             ax.plot([xv], [y], marker="x", ms=7, mew=2, color=color, transform=edge, clip_on=False)
-            ax.annotate(
-                status,
-                (xv, y),
-                xycoords=edge,
-                xytext=(4, 3),
-                textcoords="offset points",
-                fontsize=6,
-                color=color,
-            )
+            style = {"xycoords": edge, "textcoords": "offset points", "fontsize": 6, "color": color}
+            ax.annotate(status, (xv, y), xytext=(4, 3), **style)
     return not missed.empty
 
 
@@ -254,15 +240,14 @@ def _fit_legend(ax: Axes, rows: pd.DataFrame, y: str, marked: bool) -> None:
     names = {series: f"{series}: {fit.label()}" for (series,), fit in fits.items()}
     handles, labels = ax.get_legend_handles_labels()
     marks = _mark_entries([ax], marked)
-    ax.legend(
-        [*handles, *marks.values()],
-        [*(names.get(label, label) for label in labels), *marks],
-        fontsize=6,
-        loc="upper left",
-        bbox_to_anchor=(1.02, 1.0),
-        borderaxespad=0,
-        frameon=False,
-    )
+    labels = [*(names.get(label, label) for label in labels), *marks]
+    where = {
+        "loc": "upper left",
+        "bbox_to_anchor": (1.02, 1.0),
+        "borderaxespad": 0,
+        "frameon": False,
+    }
+    ax.legend([*handles, *marks.values()], labels, fontsize=6, **where)
 
 
 def _log_axes(ax: Axes, base_x: float | None = 10) -> None:
@@ -427,39 +412,18 @@ def _error_vs_time(rows, hue: str, count: str, label: str, labels, by="facet", *
     through the stochastic methods' points in order of ``count``, each labelled ``label`` with
     it, and the other methods' points (``dots``: their scatterplot options)."""
     palette = _palette(rows[hue])
+    line = {"style": "model", "sort": False, "markers": True, "errorbar": None, "estimator": None}
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
         stochastic = sub["method"].isin(STOCHASTIC_METHODS)
         lines = sub[stochastic].sort_values(count)
-        _plot(
-            sns.lineplot,
-            data=lines,
-            x="time_ms",
-            y="error",
-            hue=hue,
-            style="model",
-            ax=ax,
-            sort=False,
-            palette=palette,
-            markers=True,
-            errorbar=None,
-            estimator=None,
-        )
+        xy = {"x": "time_ms", "y": "error", "hue": hue, "ax": ax, "palette": palette}
+        _plot(sns.lineplot, data=lines, **xy, **line)
         for x, y, m in zip(lines["time_ms"], lines["error"], lines[count], strict=True):
             ax.annotate(
                 label.format(m), (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points"
             )
-        exact = sub[~stochastic]
-        _plot(
-            sns.scatterplot,
-            data=exact,
-            x="time_ms",
-            y="error",
-            hue=hue,
-            ax=ax,
-            palette=palette,
-            **dots,
-        )
+        _plot(sns.scatterplot, data=sub[~stochastic], **xy, **dots)
         _log_axes(ax)
         return False
 
@@ -490,6 +454,7 @@ def _ode_lines(rows: pd.DataFrame) -> dict:
         "style": "stepper",
         "style_order": list(rows["stepper"].value_counts().index),
         "markers": True,
+        "errorbar": None,
     }
 
 
@@ -518,22 +483,12 @@ def ode_work_precision(frame: pd.DataFrame) -> MplFigure:
         rows = rows[rows["case"].isin(rows.loc[swept.gt(1), "case"])]
     rows = rows.assign(panel=rows["case"] + "\n" + rows["where"])
     style, palette = _ode_lines(rows), _palette(rows["root finder"])
+    xy = {"x": "time_ms", "y": "error_rel", "palette": palette, "sort": False, "estimator": None}
 
     def draw(ax: Axes, sub: pd.DataFrame) -> bool:
         ok = sub[sub["ran"].eq("ok") & sub["error_rel"].gt(0) & sub["time_ms"].gt(0)]
         ok = ok.sort_values("rtol", ascending=False)
-        _plot(
-            sns.lineplot,
-            data=ok,
-            x="time_ms",
-            y="error_rel",
-            palette=palette,
-            ax=ax,
-            sort=False,
-            estimator=None,
-            errorbar=None,
-            **style,
-        )
+        _plot(sns.lineplot, data=ok, ax=ax, **xy, **style)
         # each line's loosest and tightest rtol: the ones between follow in order
         lines = ok.groupby(line[2:])
         ends = pd.concat([lines.head(1), lines.tail(1)]).drop_duplicates()
@@ -573,17 +528,9 @@ def _list_missing(ax: Axes, rows: pd.DataFrame) -> None:
         .to_numpy()
     ]
     if notes:
-        ax.text(
-            0.98,
-            0.97,
-            "\n".join(notes),
-            transform=ax.transAxes,
-            ha="right",
-            va="top",
-            fontsize=6,
-            color="0.2",
-            bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.8", "alpha": 0.85},
-        )
+        box = {"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.8", "alpha": 0.85}
+        style = {"ha": "right", "va": "top", "fontsize": 6, "color": "0.2"}
+        ax.text(0.98, 0.97, "\n".join(notes), transform=ax.transAxes, bbox=box, **style)
 
 
 @figure(

@@ -4,7 +4,7 @@ out (and counting) the noisy points."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -44,9 +44,12 @@ class Fit:
 def loglog_fits(
     rows: pd.DataFrame, keys: Sequence[str], x: str = "d", y: str = "time_ms"
 ) -> dict[tuple, Fit]:
-    """A fit per group of ``keys`` over its measured rows that are not noisy (median per x);
-    groups with fewer than two such x values get none, or, where noisy rows were left out, a
-    Fit with a NaN slope that says so."""
+    """A fit per group of ``keys``: OLS of log y on log x over its measured rows that are not
+    noisy (median per x), the CI from the t distribution with n-2 degrees of freedom. Groups
+    with fewer than two such x get none, or, where noisy rows were left out, a Fit with a NaN
+    slope that says so."""
+    from scipy import stats
+
     ok = rows[rows["status"].eq("ok") & rows[y].gt(0) & rows[x].gt(0).fillna(False)]
     noisy = ok["noisy"]
     by_key = noisy.groupby([ok[k] for k in keys], dropna=False).sum()
@@ -54,10 +57,12 @@ def loglog_fits(
     medians = ok[~noisy].groupby([*keys, x], dropna=False)[y].median()
     fits = {}
     for key, points in medians.groupby(level=list(range(len(keys))), dropna=False):
-        xs = points.index.get_level_values(-1).to_numpy(dtype=float)
-        fit = fit_points(xs, points.to_numpy(dtype=float))
-        if fit is not None:
-            fits[_key(key)] = replace(fit, noisy=left_out.get(_key(key), 0))
+        xs, n = points.index.get_level_values(-1).to_numpy(dtype=float), len(points)
+        if n >= 2:
+            res = stats.linregress(np.log(xs), np.log(points.to_numpy(dtype=float)))
+            half = stats.t.ppf(0.975, n - 2) * res.stderr if n >= 3 else float("nan")
+            low, high = float(res.slope - half), float(res.slope + half)
+            fits[_key(key)] = Fit(float(res.slope), low, high, n, left_out.get(_key(key), 0))
     for key, count in left_out.items():
         if count and key not in fits:
             fits[key] = Fit(float("nan"), float("nan"), float("nan"), 0, count)
@@ -66,17 +71,3 @@ def loglog_fits(
 
 def _key(key) -> tuple:
     return key if isinstance(key, tuple) else (key,)
-
-
-def fit_points(xs: np.ndarray, ys: np.ndarray) -> Fit | None:
-    """OLS of log y on log x: the slope, and its 95% CI from the t distribution (n-2 dof)."""
-    from scipy import stats
-
-    n = len(xs)
-    if n < 2:
-        return None
-    res = stats.linregress(np.log(xs), np.log(ys))
-    if n < 3:
-        return Fit(float(res.slope), float("nan"), float("nan"), n)
-    half = stats.t.ppf(0.975, n - 2) * res.stderr
-    return Fit(float(res.slope), float(res.slope - half), float(res.slope + half), n)

@@ -82,12 +82,8 @@ def markdown_report(title: str, intro: Sequence[str], parts: Mapping[str, list[S
             elif s.table is not None:
                 lines += [markdown_table(s.table), "", f"_{CELL_LEGEND}_", ""]
             else:
-                lines += [
-                    f"![{s.title}](figures/{s.key}.png)",
-                    "",
-                    f"[SVG](figures/{s.key}.svg) · PNG above",
-                    "",
-                ]
+                png = f"![{s.title}](figures/{s.key}.png)"
+                lines += [png, "", f"[SVG](figures/{s.key}.svg) · PNG above", ""]
     return "\n".join(lines)
 
 

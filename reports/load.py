@@ -10,7 +10,7 @@ import glob
 import json
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,9 +179,7 @@ def _journal_records(path: Path, text: str) -> list[dict[str, Any]]:
             context = _context(path, "journal", obj["machine_info"], None)
             context["timestamp"] = obj.get("started")
         elif kind == "point" and context is not None:
-            stats = obj.get("stats")
-            if stats is not None:
-                stats = _stats(path, f"line {no}", obj)
+            stats = None if obj.get("stats") is None else _stats(path, f"line {no}", obj)
             records.append(_record(path, f"line {no}", obj, stats, context))
         elif kind == "point":
             raise InputError(f"{path}: line {no}: a point before any session line")
@@ -274,12 +272,8 @@ def _ours(path: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def dedupe(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (machine, fullname): a JSON file beats its journal, then the newest wins."""
-    order = pd.DataFrame(
-        {
-            "json": frame["source_kind"].eq("json"),
-            "when": pd.to_datetime(frame["timestamp"], utc=True, errors="coerce", format="mixed"),
-        }
-    )
+    when = pd.to_datetime(frame["timestamp"], utc=True, errors="coerce", format="mixed")
+    order = pd.DataFrame({"json": frame["source_kind"].eq("json"), "when": when})
     ranked = order.sort_values(["json", "when"], ascending=False, na_position="last")
     keep = ~frame.loc[ranked.index].duplicated(["machine", "fullname"])
     return frame.loc[ranked.index[keep.to_numpy()]].sort_index().reset_index(drop=True)
@@ -365,11 +359,8 @@ def facet_columns(frame: pd.DataFrame) -> list[str]:
 
 def facet_labels(frame: pd.DataFrame) -> pd.Series:
     """'torch · AMD EPYC · train' (with dtype/batch/precision appended where they vary)."""
-    columns = facet_columns(frame)
-    parts: Iterable[pd.Series] = (
-        (f"{c}=" if c in FACET_EXTRAS else "") + text(frame[c]) for c in columns
-    )
-    return pd.concat(list(parts), axis=1).agg(" · ".join, axis=1)
+    parts = [(f"{c}=" if c in FACET_EXTRAS else "") + text(frame[c]) for c in facet_columns(frame)]
+    return pd.concat(parts, axis=1).agg(" · ".join, axis=1)
 
 
 # Column prefixes of the per-file details that only the machines table reads.

@@ -1,7 +1,6 @@
-"""The report's tables, each registered in :data:`TABLES` by the :func:`table` decorator on its
-builder, which returns a DataFrame or raises :class:`NoData` with the reason. A cell holds a
-number, the status of a point that did not run ("oom", "timeout", ...), or NaN where the inputs
-have no such point: never a zero."""
+"""The report's tables: each builder, registered in :data:`TABLES` by :func:`table`, returns a
+DataFrame or raises :class:`NoData` with the reason. A cell is a number, the status of a point
+that did not run ("oom", ...), or NaN where the inputs have no such point: never a zero."""
 
 from __future__ import annotations
 
@@ -32,9 +31,8 @@ class NoData(Exception):
 
 @dataclass(frozen=True)
 class Table:
-    """A registered table: ``build(frame)`` makes it, ``compared`` says what it compares, and
-    ``section`` is the part of the report it stands in. ``details``: it reads the machine_info
-    and commit columns, which the others go without."""
+    """A registered table, in ``section`` of the report. ``details``: ``build`` reads the
+    machine_info and commit columns, which the others go without."""
 
     key: str
     title: str
@@ -378,17 +376,13 @@ def ode_points(frame: pd.DataFrame) -> pd.DataFrame:
     rows["stepper"] = rows["stepper"].fillna(rows["method"])
     finder, reuse = rows["root_finder"].astype(str), rows["reuse"].fillna("never").astype(str)
     rows["root finder"] = finder.where(reuse.eq("never"), finder + " (reuse " + reuse + ")")
-    rows["finder rank"] = [_rank(f, r) for f, r in zip(finder, reuse, strict=True)]
+    # fixed-point, then Newton, then Jacobi-Newton, each by reuse; unknown ones last
+    f = finder.map({name: i for i, name in enumerate(ROOT_FINDERS)}).fillna(len(ROOT_FINDERS))
+    r = reuse.map({name: i for i, name in enumerate(REUSE)}).fillna(len(REUSE))
+    rows["finder rank"] = f * (len(REUSE) + 1) + r
     stopped = rows["status"].eq("ok") & rows["success"].eq(False)
     rows["ran"] = rows["status"].where(~stopped, "stopped")
     return rows
-
-
-def _rank(finder: str, reuse: str) -> int:
-    """Fixed-point, then Newton, then Jacobi-Newton, each by reuse; unknown ones last."""
-    f = ROOT_FINDERS.index(finder) if finder in ROOT_FINDERS else len(ROOT_FINDERS)
-    r = REUSE.index(reuse) if reuse in REUSE else len(REUSE)
-    return f * (len(REUSE) + 1) + r
 
 
 @table(

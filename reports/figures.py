@@ -377,7 +377,10 @@ def hutchinson_error_vs_cost(frame: pd.DataFrame) -> MplFigure:
     hutch = _measured(div[div["method"].eq("hutchinson")], "error")
     if hutch.empty:
         raise NoData("no hutchinson point in the inputs records an error")
-    rows = pd.concat([hutch, _measured(div[~div["method"].isin(STOCHASTIC_METHODS)], "error")])
+    exact = div[~div["method"].isin(STOCHASTIC_METHODS)]
+    floor = hutch["error"].min() / 10  # an error of exactly 0 cannot sit on a log axis
+    exact = exact.assign(error=exact["error"].mask(exact["error"].eq(0), floor))
+    rows = pd.concat([hutch, _measured(exact, "error")])
     rows["dim"] = rows["d"].map("d={:.0f}".format)
     labels = ("median time (ms)", "error (see caption)")
     return _error_vs_time(rows, "dim", "n_probes", "m={:.0f}", labels, style="method", s=40)

@@ -394,6 +394,21 @@ def test_noisy_points_are_drawn_hollow_and_left_out_of_fits_and_goals(tmp_path):
     assert goal["verdict"] == "missed at d=8 (1.25 vs 1); noisy, left out at d=32"
 
 
+def test_an_exact_method_with_zero_error_is_drawn_at_the_floor_of_the_error_axis(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from reports.figures import hutchinson_error_vs_cost
+
+    frame = load_results([str(write_json(tmp_path / "a.json", results_json("alpha")))])
+    frame.loc[frame["method"].eq("hollow"), "error"] = 0.0
+    fig = hutchinson_error_vs_cost(frame)
+    offsets = [tuple(xy) for ax in fig.axes for c in ax.collections for xy in c.get_offsets()]
+    plt.close(fig)
+    floor = 0.4 / math.sqrt(4) / 10  # a tenth of the smallest Hutchinson error (m = 4)
+    at_floor = sorted(x for x, y in offsets if y == pytest.approx(floor))
+    assert at_floor == pytest.approx([1.0, 1.2])  # hollow's two points, d = 8 and 32
+
+
 def test_compare_calls_a_change_involving_a_noisy_point_inconclusive(tmp_path, capsys):
     slower = scaled(results_json("alpha"), 3.0, only=HOLLOW_D32)
     assert compare(tmp_path, flagged(slower, HOLLOW_D32)) == 0  # noisy: not a failure

@@ -1,12 +1,10 @@
 """Does timing hold up on a busy machine? ``python -m bench.busy``
 
-Runs one ``pytest bench -k EXPR`` selection ``--runs`` times beside a busy-loop process, then
-without it, and prints per point each run's median, rounds and noise flag, and the spread of
-the medians (max over min) over all runs and over those not flagged noisy. The harness's
-promise (bench/harness/timing.py): clean medians agree within ``--within`` (1.5x). "Quiet"
-means without our busy loop, not an idle machine: each run's load average is printed.
-
     python -m bench.busy -k "..." --runs 3 --out busy/ -- --bench-backends torch
+
+Runs a ``pytest bench -k EXPR`` selection ``--runs`` times beside a busy loop, then without,
+and prints per point each run's median, rounds and noise flag and the medians' spread (max over
+min), all and clean only: clean medians must agree within ``--within`` (bench/harness/timing.py).
 """
 
 from __future__ import annotations

@@ -1,16 +1,14 @@
 """pytest plumbing of the hollowbench sweep (``pytest bench``).
 
-Options and presets: bench/harness/options.py and grid.py. Each test module declares a
-``WORKLOAD`` (bench/harness/workload.py); this file asks it for its points (the JSON's
-``params``), shards them (``--bench-shard``, else a Slurm job array's task), orders the run,
-hands the sweep the upcoming points to compile ahead (bench/harness/ahead.py), and wires the
-sweep's state into pytest-benchmark's JSON, the journal, the terminal header, progress lines
-and the summary.
+Parametrizes each test module's ``WORKLOAD`` (bench/harness/workload.py) with its sharded
+points, orders the run, hands the sweep upcoming points to compile ahead, and wires the sweep
+into pytest-benchmark's JSON, the journal, the terminal header, progress and the summary.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Iterator
 
@@ -30,8 +28,7 @@ from bench.harness.timing import describe_rule
 SWEEP = pytest.StashKey[Sweep]()
 DEVICES = pytest.StashKey[tuple[dict[str, tuple[str, ...]], dict[str, str]]]()
 PROGRESS = pytest.StashKey[Progress]()
-POINT_IDS = pytest.StashKey[set[str]]()
-ITEMS = pytest.StashKey[dict[str, tuple[list[pytest.Item], int]]]()  # nodeid -> (items, index)
+POINTS = pytest.StashKey[dict[str, tuple[list[pytest.Item], int]]]()  # nodeid -> (items, index)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -40,10 +37,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _avoid_xla_cpu_deadlock() -> None:
     """XLA:CPU's concurrency-optimised scheduler (jaxlib 0.10) can deadlock a jitted XTrace step
-    (d = 128, 48 products: see impls/jax_backend/estimators.py). A native deadlock is beyond
-    the per-point time limit, so every later JAX point of the sweep would wait behind it.
-    Read when JAX makes its CPU client, which no backend has done yet; a user's own setting of
-    the flag wins."""
+    (impls/jax_backend/estimators.py), beyond the per-point limit's reach. Read when JAX makes
+    its CPU client, which no backend has done yet; a user's own setting of the flag wins."""
     flags = os.environ.get("XLA_FLAGS", "")
     if "concurrency_optimized_scheduler" not in flags:
         off = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
@@ -134,22 +129,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    config = session.config
-    ids = {item.nodeid for item in session.items if _is_point(item)}
-    config.stash[POINT_IDS] = ids
-    config.stash[ITEMS] = {item.nodeid: (session.items, i) for i, item in enumerate(session.items)}
+    config, items = session.config, session.items
+    points = {item.nodeid: (items, i) for i, item in enumerate(items) if _is_point(item)}
+    config.stash[POINTS] = points
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     write = reporter.write_line if reporter is not None else (lambda line: None)
-    config.stash[PROGRESS] = Progress(len(ids), write)
+    config.stash[PROGRESS] = Progress(len(points), write)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item):
     config = item.config
-    is_point = item.nodeid in config.stash.get(POINT_IDS, ())
+    is_point = item.nodeid in config.stash.get(POINTS, {})
     sweep = config.stash[SWEEP]
     if is_point and sweep.wants_ahead(item.nodeid) and not config.getoption("benchmark_skip"):
-        items, index = config.stash[ITEMS][item.nodeid]
+        items, index = config.stash[POINTS][item.nodeid]
         sweep.compile_ahead(_upcoming(items[index:]))
     yield
     if is_point:
@@ -164,17 +158,13 @@ def _upcoming(items: list[pytest.Item]) -> Iterator[tuple[str, Callable]]:
         if not _is_point(item):
             return
         if item.get_closest_marker("skip") is None:
-            yield item.nodeid, _describer(item)
+            yield item.nodeid, functools.partial(_describe, item)
 
 
-def _describer(item: pytest.Item) -> Callable[[ahead.Recorder], None]:
+def _describe(item: pytest.Item, recorder: ahead.Recorder) -> None:
     workload = item.module.WORKLOAD
-
-    def describe(recorder: ahead.Recorder) -> None:
-        point = workload.point(item.callspec.params)
-        workload.run(recorder, ahead.Stand(item.name, item.nodeid), point)
-
-    return describe
+    point = workload.point(item.callspec.params)
+    workload.run(recorder, ahead.Stand(item.name, item.nodeid), point)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -1,19 +1,12 @@
 """One sweep process per GPU on this node, each on its own shard.
 
-    python -m bench.launch --gpus 4 --out results/ -- \
-        bench --bench-preset paper --bench-devices cuda:0
+    python -m bench.launch --gpus 4 --out results/ -- bench --bench-preset paper
 
-starts 4 ``pytest`` processes with the arguments after ``--``. Process i sees only the i-th GPU
-(``CUDA_VISIBLE_DEVICES``: the i-th entry of the launcher's own list, else i), so each names it
-``cuda:0``, and runs shard ``(a - 1) * N + i + 1`` of ``A * N``, where this node is task a of A
-of a Slurm job array (``SLURM_ARRAY_TASK_*``; ``--shard a/A`` by hand; 1/1 otherwise): the
-shards of every process on every node are disjoint and cover the grid. Each writes
-``OUT/results-<shard>of<total>.json``, its journal beside it and its output to ``.log``; build one
-report from them all with ``python -m reports build 'OUT/results-*.json' --out reports/out``.
-The exit status is 0 when every process passed, else the first failure's status.
-
-Pytest-benchmark switches itself off under pytest-xdist, hence processes, not xdist workers.
-Standard library only; on a machine without GPUs it runs N CPU processes alike (tests do).
+Process i sees only GPU i (``CUDA_VISIBLE_DEVICES``: the i-th entry of the launcher's, else i)
+and runs shard ``(a - 1) * N + i + 1`` of ``A * N`` on node a of A (a Slurm array task, or
+``--shard a/A``), so all shards are disjoint and cover the grid. Each writes
+``OUT/results-<shard>of<total>.json``, its journal and ``.log``; the exit status is the first
+failure's. Processes, not xdist workers: pytest-benchmark switches itself off under xdist.
 """
 
 from __future__ import annotations

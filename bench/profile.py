@@ -1,11 +1,10 @@
 """Profile the steps the sweep times: where a hollow or Hutchinson step spends its time.
 
-    python -m bench.profile --backends torch,jax --device cuda:0 --dims 128,4096 \\
-        --methods hollow,hutchinson --mode train --out profiles/
+    python -m bench.profile --backends torch,jax --device cuda:0 --dims 128,4096 --out profiles/
 
-Writes ``profile.json`` and ``profile.md`` to --out: per step, wall ms, NVML joules, power and
-utilisation per call; the top kernels (GPU) or ops (CPU) and ``busy``, their summed time over
-the wall time (far below 1: the device waits on the host); for JAX, XLA's cost analysis.
+Writes ``profile.json`` and ``profile.md``: per step, wall ms, NVML joules, power and utilisation
+per call; the top kernels (GPU) or ops (CPU) and ``busy``, their time over the wall time (far
+below 1: the device waits on the host); for JAX, XLA's cost analysis.
 """
 
 from __future__ import annotations
@@ -16,11 +15,13 @@ import itertools
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.harness import operators
 from bench.harness.grid import ALL_VARIANTS, Point, variant_applies
+from bench.harness.options import PRECISIONS, choices, ints
 from bench.harness.telemetry import NVML, EnergyMeter
 from impls import ESTIMATORS, FUSED_VARIANTS, METHODS, load_backend
 
@@ -57,50 +58,37 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
     p.add_argument("--backends", default="torch,jax")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dims", type=_ints, default="128", help="e.g. 128,4096")
-    p.add_argument("--methods", type=_choices(METHODS), default="hollow,hutchinson")
+    p.add_argument("--dims", type=_typed(ints(1)), default="128", help="e.g. 128,4096")
+    p.add_argument("--methods", type=_typed(choices(METHODS)), default="hollow,hutchinson")
     p.add_argument("--mode", default="train", choices=("eval", "train"))
     p.add_argument("--workload", default="divergence", choices=("divergence", "ddim"))
-    p.add_argument("--k", type=_ints, default="1", help="derivative orders (ddim), e.g. 1,4")
     p.add_argument(
-        "--variants",
-        type=_choices(ALL_VARIANTS),
-        default="eager,cudagraph,jit",
-        help="those a backend has",
+        "--k", type=_typed(ints(1)), default="1", help="derivative orders (ddim), e.g. 1,4"
+    )
+    variants = _typed(choices(ALL_VARIANTS))
+    p.add_argument(
+        "--variants", type=variants, default="eager,cudagraph,jit", help="those a backend has"
     )
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--calls", type=int, default=20, help="calls timed, and profiled")
     p.add_argument("--rows", type=int, default=10, help="top kernels listed per step")
-    p.add_argument("--matmul-precision", default="default", choices=("default", "tf32", "highest"))
+    p.add_argument("--matmul-precision", default="default", choices=PRECISIONS)
     p.add_argument("--out", default="profiles")
     return p
 
 
-def _ints(raw: str) -> list[int]:
-    try:
-        values = [int(word) for word in raw.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{raw!r} is not a comma-separated list of integers"
-        ) from None
-    if min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{raw!r}: values must be >= 1")
-    return values
+def _typed(parse: Callable[[str], tuple]) -> Callable[[str], list]:
+    """An argparse type from a ``--bench-*`` option's parser: a list, or argparse's message."""
 
-
-def _choices(allowed: tuple[str, ...]):
-    """An argparse type: a comma-separated subset of ``allowed``, as a list."""
-
-    def parse(raw: str) -> list[str]:
-        words = raw.split(",")
-        bad = [w for w in words if w not in allowed]
-        if bad:
+    def typed(raw: str) -> list:
+        try:
+            return list(parse(raw))
+        except ValueError as exc:
             raise argparse.ArgumentTypeError(
-                f"unknown {', '.join(map(repr, bad))}; choose from {', '.join(allowed)}"
-            )
-        return words
+                f"{raw!r} is not a comma-separated list: {exc}"
+            ) from None
 
-    return parse
+    return typed
 
 
 ESTIMATOR_BUDGET = 12  # Jacobian-vector products of hutchpp, xtrace and xdiag, as in quick

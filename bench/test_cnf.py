@@ -88,22 +88,12 @@ def _every(probes: tuple[int, ...], budget_sets: tuple[str, ...]) -> tuple[tuple
     """An iteration for every data set and method (Hutch++ at its default 3 products among
     them), then the budget on ``budget_sets`` (Hutchinson at 1 probe)."""
 
-    def methods(probes):
-        return [("hutchinson", m) for m in probes] + [
-            (m, None) for m in (*cnf.CNF_EXACT, "hutchpp")
-        ]
+    def rows(item: str, datasets: tuple[str, ...], probes: tuple[int, ...]) -> list[tuple]:
+        methods = [("hutchinson", m) for m in probes]
+        methods += [(m, None) for m in (*cnf.CNF_EXACT, "hutchpp")]
+        return [(None, item, data, method, m) for data in datasets for method, m in methods]
 
-    iterations = [
-        (None, "iteration", dataset, method, m)
-        for dataset in cnf.DATASETS
-        for method, m in methods(probes)
-    ]
-    budgets = [
-        (None, "budget", dataset, method, m)
-        for dataset in budget_sets
-        for method, m in methods((1,))
-    ]
-    return (*iterations, *budgets)
+    return (*rows("iteration", cnf.DATASETS, probes), *rows("budget", budget_sets, (1,)))
 
 
 PRESETS = {

@@ -1,9 +1,8 @@
-"""The stiff-ODE workload: implicit steppers whose stages are solved by fixed-point iteration,
-Newton (dense autodiff Jacobian + LU) or Jacobi-Newton (the Jacobian diagonal: analytic for the
-classic problems, the hollow operator for the HollowNet system), or diffrax's Kvaerno5.
-
-Each point times whole solves of one problem (``impls.{torch,jax}_backend.stiff``) and records
-the solver's counters (ODE_KEYS) and the final state's error against scipy at rtol 1e-10.
+"""The stiff-ODE workload: whole solves of one problem (``impls.{torch,jax}_backend.stiff``) by
+implicit steppers whose stages are solved by fixed-point iteration, Newton (dense Jacobian + LU)
+or Jacobi-Newton (the Jacobian diagonal: analytic, or the hollow operator for the HollowNet
+system), or by diffrax's Kvaerno5; the solver's counters (ODE_KEYS) and the final state's error
+against scipy at rtol 1e-10 are recorded.
 """
 
 from __future__ import annotations
@@ -71,8 +70,8 @@ REUSE = (*FINDERS, ("newton", "always"))
 
 @dataclass(frozen=True)
 class OdePreset:
-    """A preset's ODE grid: (problem, d, stiffness, method, root_finder, reuse, rtol) rows,
-    the solver's step limit, and problem arguments other than the defaults."""
+    """(problem, d, stiffness, method, root_finder, reuse, rtol) rows, the solver's step
+    limit, and problem arguments other than the defaults."""
 
     rows: tuple[tuple, ...]
     max_steps: int
@@ -160,8 +159,7 @@ def make_system(backend, problem: Problem | HollowProblem):
 
 def _hollow_reference(sweep: Sweep, backend, problem: HollowProblem) -> np.ndarray:
     """The HollowNet system's final state (d,) by scipy's BDF at rtol 1e-10 (4-7x faster than
-    Radau there), f and its Jacobian from jitted JAX where installed (a Python call per
-    evaluation; same weights in every backend), else from the point's backend."""
+    Radau here), f and its Jacobian from jitted JAX where installed, else the point's backend."""
     with contextlib.suppress(ImportError):
         backend = sweep.backend("jax", "cpu")
     system = make_system(backend, problem)
@@ -243,7 +241,6 @@ class OdeWorkload(Workload):
             "d": point.d,
             "batch": BATCH,
             "k": 1,
-            "n_probes": None,
             "mode": "eval",
             **(spec_info(problem.spec) if hollow else model),
             "dtype": "float64",

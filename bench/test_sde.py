@@ -1,10 +1,9 @@
-"""The SDE workload: the Fokker-Planck residual of a drift f and a diagonal diffusion g, both
-time-dependent HollowNets, against an Ornstein-Uhlenbeck target, by the hollow route (D_dim f,
-D_dim g, D_dim^2 g from the transformer alone) or the dense route (along each of the d basis
-directions), in both backends (``impls.{torch,jax}_backend.sde``). mode "eval" times the
-residual (batch,); "train" the mean squared residual and the backward pass into both nets (no
-optimiser update, as elsewhere). The error is max |r - r_ref| on the first ROWS rows against
-the float64 dense-route residual. ``--bench-methods`` selects routes by their method.
+"""The SDE workload: the Fokker-Planck residual of a drift f and a diagonal diffusion g (both
+time-dependent HollowNets) against an Ornstein-Uhlenbeck target, by the hollow route (D_dim f,
+D_dim g, D_dim^2 g from the transformer alone) or the dense route (d basis directions), in
+``impls.{torch,jax}_backend.sde``. "eval" times the residual (batch,); "train" the mean squared
+residual and its backward into both nets. Error: max |r - r_ref| on ROWS rows against the
+float64 dense route. ``--bench-methods`` selects routes by their method.
 """
 
 from __future__ import annotations
@@ -54,9 +53,9 @@ def model_spec(d: int) -> HollowSpec:
 
 @dataclass(frozen=True)
 class SdePreset:
-    """A preset's SDE grid: its dimensions (``--bench-dims`` replaces them), the largest d of
-    the dense route (d second-order passes) in (eval, train) mode, its batches (None: the
-    harness preset's; ``--bench-batch`` replaces either) and its train-mode d (None: all)."""
+    """Dimensions (``--bench-dims`` replaces them), the dense route's largest d in (eval,
+    train) mode, batches (None: the harness preset's; ``--bench-batch`` replaces either) and
+    the train-mode dimensions (None: all)."""
 
     dims: tuple[int, ...]
     dense_max_d: tuple[int, int]
@@ -64,8 +63,7 @@ class SdePreset:
     train_dims: tuple[int, ...] | None = None
 
     def rows(self, settings) -> list[tuple]:
-        """(route, d, batch, mode) rows under ``settings``, routes whose method
-        ``--bench-methods`` keeps."""
+        """(route, d, batch, mode) rows, routes whose method ``--bench-methods`` keeps."""
         own_dims = settings.dims == settings.preset.dims  # --bench-dims not given
         dims = self.dims if own_dims else settings.dims
         own_batches = self.batches and settings.batches == settings.preset.batches
@@ -173,7 +171,6 @@ class SdeWorkload(Workload):
             "d": point.d,
             "batch": point.batch,
             "k": 2,  # the highest derivative order the residual takes (D_dim^2 g)
-            "n_probes": None,
             "mode": point.mode,
             **spec_info(spec, nets=2),  # drift and diffusion
             "target": target.name,

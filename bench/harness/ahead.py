@@ -1,17 +1,10 @@
 """JAX steps compiled ahead of time, several at once, and JAX's persistent compilation cache.
 
-XLA compiles a JAX point's step in native code that releases the GIL, so the sweep compiles a
-window of upcoming points in a thread pool (tracing and lowering, which is Python, stays in the
-main thread), then times them one after another (:meth:`Sweep.compile_ahead
-<bench.harness.sweep.Sweep.compile_ahead>`). A window is compiled in full before its first
-point is timed and the next one only after its last point, so no compilation ever runs beside
-a timed call. Each point keeps its own compile time (``compile_s``: its lowering plus its
-compilation, the latter beside the window's other compilations), ``compile_ahead`` (how many
-points shared the window) and ``compile_cache`` (whether the persistent cache had it).
-
-The cache keeps compiled executables on disk across sessions (JAX's
-``jax_compilation_cache_dir``), so a second sweep on the same machine skips most compilation.
-No JAX import at module level: options and shards are planned before any backend loads.
+XLA compiles in native code that releases the GIL, so the sweep compiles a window of upcoming
+points in a thread pool (lowering stays in the main thread) and times them only after the whole
+window is compiled: no compilation runs beside a timed call (:meth:`Sweep.compile_ahead
+<bench.harness.sweep.Sweep.compile_ahead>`). The on-disk cache lets a second sweep skip most
+compilation. No JAX import at module level: options and shards are planned before it loads.
 """
 
 from __future__ import annotations
@@ -19,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -88,14 +81,6 @@ def cache_status() -> Iterator[dict[str, str | None]]:
             found["compile_cache"] = "hit"
         elif "compile_requests_use_cache" in events:
             found["compile_cache"] = "miss"
-
-
-def finish(compile_rest: Callable[[], tuple]) -> tuple[tuple, dict[str, str | None]]:
-    """Run the thread-safe rest of a compilation (a backend's ``lower_step`` thunk) and say
-    whether the cache served it: ((step, compile_s, peak), {"compile_cache": ...})."""
-    with cache_status() as cache:
-        compiled = compile_rest()
-    return compiled, cache
 
 
 class Recorder:

@@ -95,10 +95,8 @@ class Grid:
 
 @dataclass(frozen=True)
 class Limit:
-    """Points that ``applies`` to run only at ``min_d <= d <= max_d`` (``max_d=0``: never).
-
-    Presets use these to keep a sweep's cost in check: a dense Jacobian costs d passes.
-    """
+    """Points that ``applies`` to run only at ``min_d <= d <= max_d`` (``max_d=0``: never):
+    presets keep a sweep's cost in check (a dense Jacobian costs d passes)."""
 
     label: str
     applies: Callable[[Point], bool]
@@ -143,32 +141,21 @@ class Preset:
     variants: tuple[str, ...] = ALL_VARIANTS
 
 
-def _dense(p: Point) -> bool:
-    return p.method in DENSE_METHODS
+def _is(field: str, *values: str) -> Callable[[Point], bool]:
+    """A limit's test: the point's ``field`` is one of ``values``."""
+    return lambda p: getattr(p, field) in values
 
 
-def _mlp(p: Point) -> bool:
-    return p.model != "hollownet"
-
-
-def _train(p: Point) -> bool:
-    return p.mode == "train"
-
-
-def _ddim(p: Point) -> bool:
-    return p.workload == "ddim"
-
-
-def _compiled(p: Point) -> bool:
-    return p.variant == "compile"
+_dense = _is("method", *DENSE_METHODS)
+_estimator = _is("method", *ESTIMATORS)
+_mlp = _is("model", "mlp_param_matched", "mlp_flop_matched")
+_train = _is("mode", "train")
+_ddim = _is("workload", "ddim")
+_compiled = _is("variant", "compile")
 
 
 def _many_probes(p: Point) -> bool:
     return (p.n_probes or 1) > 1
-
-
-def _estimator(p: Point) -> bool:
-    return p.method in ESTIMATORS
 
 
 PRESETS = {

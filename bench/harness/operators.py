@@ -34,6 +34,9 @@ MODEL_SEED = DATA_SEED = 0
 # extra_info["step"] of a train point: f and the operator from one pass. Files written before
 # this field read as "separate_forward" (the loss's f from a second net(x)).
 STEP = "value_and"
+# The point's fields its extra_info carries, in their order there.
+INFO_FIELDS = ("workload", "method", "variant", "model", "d", "batch", "k", "n_probes", "n_matvecs",
+               "mode")  # fmt: skip
 
 
 class OperatorWorkload(Workload):
@@ -58,20 +61,8 @@ class OperatorWorkload(Workload):
         backend = sweep.backend(point.backend, point.device)
         spec = model_spec(point.model, point.d)
         benchmark.group = f"{point.workload} d={point.d} b={point.batch} k={point.k} {point.mode}"
-        info = {
-            "workload": point.workload,
-            "method": point.method,
-            "variant": point.variant,
-            "model": point.model,
-            "d": point.d,
-            "batch": point.batch,
-            "k": point.k,
-            "n_probes": point.n_probes,
-            "n_matvecs": point.n_matvecs,
-            "mode": point.mode,
-            "step": STEP if point.mode == "train" else None,
-            **spec_info(spec),
-        }
+        info = {key: getattr(point, key) for key in INFO_FIELDS}
+        info |= {"step": STEP if point.mode == "train" else None, **spec_info(spec)}
         task = lambda: make_task(sweep, backend, spec, point)  # noqa: E731
         sweep.run(benchmark, backend, task, info, need_bytes=predict_bytes(spec, point))
 

@@ -32,12 +32,10 @@ class OptionError(ValueError):
 
 @dataclass(frozen=True)
 class Faults:
-    """Faults injected into matching points, for the harness's own tests (``HOLLOWBENCH_INJECT``,
-    e.g. ``oom=*dense_loop*,timeout=*-d8-*,delay=0.5``): raise MemoryError, sleep past the
-    time limit, raise an unexpected RuntimeError, sleep ``delay`` seconds before every
-    point, or ``noise``: sleep inside the first warm-up call and the first timed calls (a
-    burst of load the noise test must catch; see Sweep._disturbance). Patterns are fnmatch
-    globs on the test name."""
+    """Faults injected into points whose test name matches a glob, for the harness's own tests
+    (``HOLLOWBENCH_INJECT=oom=*dense_loop*,timeout=*-d8-*,delay=0.5``): raise MemoryError, sleep
+    past the limit, raise RuntimeError, a burst of load in the timed calls (``noise``, see
+    Sweep._disturbance); ``delay``: seconds slept before every point."""
 
     oom: str | None = None
     timeout: str | None = None
@@ -78,18 +76,10 @@ class Settings:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary, recorded in the results next to the machine."""
+        axes = ("backends", "methods", "models", "modes", "dims", "batches", "ks", "n_probes")
         return {
             "preset": self.preset.name,
-            "backends": list(self.backends),
-            "methods": list(self.methods),
-            "models": list(self.models),
-            "modes": list(self.modes),
-            "dims": list(self.dims),
-            "batches": list(self.batches),
-            "ks": list(self.ks),
-            "n_probes": list(self.n_probes),
-            "n_matvecs": list(self.n_matvecs),
-            "variants": list(self.variants),
+            **{name: list(getattr(self, name)) for name in (*axes, "n_matvecs", "variants")},
             "devices": list(self.devices) if self.devices else None,
             "shard": f"{self.shard[0]}/{self.shard[1]}",
             "shard_source": self.shard_source,
@@ -114,7 +104,7 @@ def _words(raw: str) -> list[str]:
     return list(dict.fromkeys(words))
 
 
-def _choices(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+def choices(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
     def parse(raw: str) -> tuple[str, ...]:
         words = _words(raw)
         if words == ["all"]:
@@ -129,7 +119,7 @@ def _choices(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
     return parse
 
 
-def _ints(lo: int = 1, hi: int | None = None) -> Callable[[str], tuple[int, ...]]:
+def ints(lo: int = 1, hi: int | None = None) -> Callable[[str], tuple[int, ...]]:
     """Comma-separated ints and inclusive ranges, e.g. ``8,32,128`` or ``1-3``."""
 
     def one(word: str) -> list[int]:
@@ -192,16 +182,15 @@ def _seconds(raw: str) -> float:
     return value
 
 
-def _precision(raw: str) -> str:
-    if raw not in PRECISIONS:
-        raise ValueError(f"unknown {raw!r}; choose from {', '.join(PRECISIONS)}")
-    return raw
+def _one(allowed: Mapping[str, Any]) -> Callable[[str], Any]:
+    """One name of ``allowed`` -> its value."""
 
+    def parse(raw: str) -> Any:
+        if raw not in allowed:
+            raise ValueError(f"unknown {raw!r}; choose from {', '.join(allowed)}")
+        return allowed[raw]
 
-def _preset(raw: str) -> Preset:
-    if raw not in PRESETS:
-        raise ValueError(f"unknown {raw!r}; choose from {', '.join(PRESETS)}")
-    return PRESETS[raw]
+    return parse
 
 
 @dataclass(frozen=True)
@@ -221,19 +210,19 @@ class Option:
 
 
 OPTIONS = (
-    Option("preset", _preset, f"sweep size: {', '.join(PRESETS)} (default quick)", "NAME"),
-    Option("dims", _ints(1), "dimensions d, e.g. 8,32,128 (default: the preset's)"),
-    Option("backends", _choices(BACKENDS), "torch,jax or all (default all installed)"),
-    Option("methods", _choices(METHODS), f"subset of {','.join(METHODS)} or all"),
-    Option("models", _choices(MODELS), f"subset of {','.join(MODELS)} or all"),
-    Option("modes", _choices(MODES), "eval,train or all"),
-    Option("k", _ints(1, MAX_K), f"derivative orders for ddim, e.g. 1-3 (1..{MAX_K})"),
-    Option("batch", _ints(1), "batch sizes (default: the preset's)"),
-    Option("n_probes", _ints(1), "Hutchinson probe counts, e.g. 1,4,16"),
-    Option("n_matvecs", _ints(3), "matrix-vector budgets of hutchpp, xtrace, xdiag, e.g. 3,12,48"),
+    Option("preset", _one(PRESETS), f"sweep size: {', '.join(PRESETS)} (default quick)", "NAME"),
+    Option("dims", ints(1), "dimensions d, e.g. 8,32,128 (default: the preset's)"),
+    Option("backends", choices(BACKENDS), "torch,jax or all (default all installed)"),
+    Option("methods", choices(METHODS), f"subset of {','.join(METHODS)} or all"),
+    Option("models", choices(MODELS), f"subset of {','.join(MODELS)} or all"),
+    Option("modes", choices(MODES), "eval,train or all"),
+    Option("k", ints(1, MAX_K), f"derivative orders for ddim, e.g. 1-3 (1..{MAX_K})"),
+    Option("batch", ints(1), "batch sizes (default: the preset's)"),
+    Option("n_probes", ints(1), "Hutchinson probe counts, e.g. 1,4,16"),
+    Option("n_matvecs", ints(3), "matrix-vector budgets of hutchpp, xtrace, xdiag, e.g. 3,12,48"),
     Option(
         "variants",
-        _choices(ALL_VARIANTS),
+        choices(ALL_VARIANTS),
         "how steps run: torch eager,cudagraph,compile; JAX jit (default: the preset's)",
     ),
     Option("devices", _devices, "cpu,cuda:0,... or all (default: cpu + every visible GPU)"),
@@ -256,7 +245,7 @@ OPTIONS = (
     Option("journal", str, "JSON-lines journal path (default: beside --benchmark-json)", "PATH"),
     Option(
         "matmul_precision",
-        _precision,
+        _one({name: name for name in PRECISIONS}),
         "float32 matmuls: default (each framework's own: TF32 in JAX on GPUs, full fp32 in "
         "torch), tf32 (TF32 in both) or highest (full fp32 in both)",
         "NAME",

@@ -1,22 +1,10 @@
 """The sweep: session state, and :meth:`Sweep.run`, through which every benchmark point goes.
 
-``run`` owns the measurement rules, so later workloads (CNF, ODE, SDE) reuse them unchanged:
-
-1. skip the point, with the reason, when its predicted memory does not fit, or when a dense
-   method's predicted time (from the sweep's own measurement at a smaller d) would take over
-   half the per-point limit;
-2. under a per-point time limit (SIGALRM), build the task and, for JAX, compile it ahead of
-   time (``jax.jit(fn).lower(*args).compile()``), timing compilation apart; JAX points are
-   usually built and compiled earlier, in a window of upcoming points compiled in parallel
-   (:meth:`Sweep.compile_ahead`, bench/harness/ahead.py), their compile time charged to
-   their limit;
-3. warm up, then time synchronised calls with ``benchmark.pedantic``, rounds calibrated from
-   the median of several warm-up calls so each point costs about the preset's budget; judge
-   the measurement's noise and re-measure a noisy point once (bench/harness/timing.py);
-4. read peak memory over the point, NVML energy over the kept timed calls, the conditions
-   (load, CPU share; GPU clocks, throttling and other processes), and the task's error figure;
-5. turn OOMs and time-outs into recorded statuses (the test is skipped, the sweep goes on),
-   let other failures fail the test, and append every outcome to the journal at once.
+``run`` skips a point predicted not to fit (memory, or a dense method's time from a smaller d);
+under a per-point limit (SIGALRM) builds and compiles its task (JAX points usually in a window
+compiled ahead, bench/harness/ahead.py, their compile time charged to their limit); times it
+(bench/harness/timing.py); reads peak memory, energy, conditions and the task's error; records
+OOMs and time-outs as statuses (other failures fail the test); journals every outcome at once.
 """
 
 from __future__ import annotations
@@ -43,7 +31,7 @@ from bench.harness.telemetry import (
     EnergyMeter,
     PeakMemory,
     available_bytes,
-    device_name,
+    cpu_name,
 )
 from bench.harness.timing import RULE, measure, rounds_for, warm_up
 from bench.schema import INFO_KEYS, STATS
@@ -81,16 +69,11 @@ class PointTimeout(BaseException):
 
 @dataclass
 class Task:
-    """What one point times: ``fn(*args)`` returns the outputs to wait for. For JAX, ``fn`` must
-    be pure and jittable (the harness compiles it); for torch it runs eagerly as given.
-    ``check(outputs, step)`` returns (error, error_kind) from a warm-up call's outputs; ``step``
-    is the callable being timed (JAX: the compiled executable), for checks that need more calls
-    of it on the same argument shapes. ``measure(outputs, step)``, run before the check,
-    returns extra_info entries read off the outputs or measured beside the timed call (solver
-    counters, a held-out evaluation's time), kept even when the check then fails. ``info``
-    holds entries known when the task is built. Both are merged into the point's extra_info
-    before it is journaled. ``variant``: how the backend runs ``fn`` (``impls.VARIANTS``;
-    None: its default)."""
+    """What one point times: ``fn(*args)`` returns the outputs to wait for (JAX: pure and
+    jittable). ``check(outputs, step)`` -> (error, error_kind) from a warm-up call's outputs;
+    ``step`` is the callable timed (JAX: the compiled executable). ``measure(outputs, step)``,
+    run before the check and kept if it fails, and ``info``, known at build, are extra_info
+    entries. ``variant``: how the backend runs ``fn`` (``impls.VARIANTS``; None: its default)."""
 
     fn: Callable[..., Any]
     args: tuple
@@ -103,9 +86,8 @@ class Task:
 @dataclass
 class Prepared:
     """A point built and compiled ahead of its run: its task, ``compiled`` (step, compile_s,
-    static peak) and ``info`` (compile_ahead, compile_cache), or the ``error`` that its build,
-    lowering or compilation raised, re-raised when the point runs so it is recorded there.
-    ``build_s``: the build's seconds, which belong to the point's wall time."""
+    static peak), ``info`` (compile_ahead, compile_cache) and ``build_s`` (part of its wall
+    time), or the ``error`` its build or compilation raised, re-raised in its run."""
 
     task: Task | None = None
     compiled: tuple | None = None
@@ -248,15 +230,13 @@ class Sweep:
     def compile_ahead(
         self, upcoming: Iterable[tuple[str, Callable[[ahead.Recorder], None]]]
     ) -> int:
-        """Build and compile, ahead of their runs, a window of the ``upcoming`` points
-        (fullname, describe: calls the point's workload ``run`` with the recorder given), in
-        run order; returns the window's size. The window ends at a point whose steps are not
-        pure (torch: compiled in its run, if at all), at a dense point whose time prediction
-        waits on another point of the window, once its predicted memory together would pass
-        WINDOW_MEMORY_FRACTION of the free memory, or at WINDOW_PER_WORKER points per worker.
-        Points that would be skipped are left to their run. Builds and lowerings run here;
-        compilations in the pool, all finished before this returns, so none overlaps a timed
-        call."""
+        """Build and compile a window of the ``upcoming`` points (fullname, describe: runs the
+        point's workload with the recorder given) ahead of their runs; returns its size. It ends
+        at a point whose steps are not pure, at a dense point whose time prediction waits on
+        one in the window, past WINDOW_MEMORY_FRACTION of the free memory, or at
+        WINDOW_PER_WORKER points per worker; points to be skipped are left to their run.
+        Compilations run in the pool and all finish before this returns, so none overlaps a
+        timed call."""
         window: list[tuple[str, Any, Callable[[], Task]]] = []
         costs, need_total = set(), 0
         for considered, (fullname, describe) in enumerate(upcoming):
@@ -276,12 +256,10 @@ class Sweep:
                 or (free is not None and need_total > WINDOW_MEMORY_FRACTION * free)
                 or len(window) >= WINDOW_PER_WORKER * self.settings.compile_workers
             )
-            if full or (considered and not backend.pure_steps):
+            if full or not backend.pure_steps:  # torch: compiled in its own run, if at all
                 break
             self._seen_ahead.add(fullname)
-            if not backend.pure_steps:
-                break
-            if self._skip_reason(backend, info, need_bytes) is None:
+            if not (self._wont_fit(backend, need_bytes) or self._too_slow(info)):
                 window.append((fullname, backend, make_task))
                 costs.add(cost)
         pending = {name: self._lower(backend, make_task) for name, backend, make_task in window}
@@ -338,7 +316,7 @@ class Sweep:
         prepared = self._prepared.pop(benchmark.fullname, None)
         # Work done ahead for this point counts in its wall time.
         start = time.perf_counter() - (prepared.build_s + prepared.compile_s if prepared else 0)
-        skip = self._skip_reason(backend, info, need_bytes)
+        skip = self._wont_fit(backend, need_bytes) or self._too_slow(info)
         if skip:
             self._finish(benchmark, info, "skipped", skip, start)
             pytest.skip(f"skipped: {skip}")
@@ -373,13 +351,10 @@ class Sweep:
         return info | {
             "backend": backend.name,
             "device": backend.device,
-            "device_name": device_name(backend),
+            "device_name": backend.device_name() or cpu_name(),
             "matmul_precision": backend.matmul_precision(),
             "predicted_bytes": need_bytes,
         }
-
-    def _skip_reason(self, backend, info: dict[str, Any], need_bytes: int | None) -> str | None:
-        return self._wont_fit(backend, need_bytes) or self._too_slow(info)
 
     def _too_slow(self, info: dict[str, Any]) -> str | None:
         """Why a dense method's point would time out, predicted from the sweep's measurement of
@@ -504,6 +479,8 @@ class Sweep:
         info["wall_s"] = time.perf_counter() - start
         self.counts[status] += 1
         benchmark.extra_info.update(info)
+        record = {"name": benchmark.name, "fullname": benchmark.fullname}
+        record |= {"params": benchmark.params, "extra_info": info}
         stats = None
         if status == "ok":
             stats = _stats(benchmark)
@@ -511,24 +488,8 @@ class Sweep:
                 self.learn(info, stats["median"])
         else:
             benchmark.has_error = True  # keeps partial stats (a time-out mid-rounds) out of JSON
-            self.not_run.append(
-                {
-                    "name": benchmark.name,
-                    "fullname": benchmark.fullname,
-                    "params": benchmark.params,
-                    "extra_info": info,
-                }
-            )
-        self.journal.append(
-            {
-                "kind": "point",
-                "name": benchmark.name,
-                "fullname": benchmark.fullname,
-                "params": benchmark.params,
-                "extra_info": info,
-                "stats": stats,
-            }
-        )
+            self.not_run.append(record)
+        self.journal.append({"kind": "point", **record, "stats": stats})
 
 
 @contextmanager
@@ -570,12 +531,15 @@ def _cost_key(info: dict[str, Any]) -> tuple:
 
 
 def _compile_rest(rest: Callable[[], tuple], prepared: Prepared) -> tuple:
-    """The pool's job: finish one compilation; a failure becomes the point's to record."""
+    """The pool's job: finish one compilation (a backend's ``lower_step`` thunk) and note
+    whether the persistent cache served it; a failure becomes the point's to record."""
     try:
-        return ahead.finish(rest)
+        with ahead.cache_status() as cache:
+            compiled = rest()
     except Exception as exc:
         prepared.error = exc
         return None, {}
+    return compiled, cache
 
 
 def _release(backend, failed: bool) -> None:

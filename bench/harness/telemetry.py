@@ -195,10 +195,9 @@ def _proc_bytes(path: str, key: str) -> int | None:
 
 class PeakMemory:
     """Peak memory between :meth:`start` and :meth:`stop`: the backend's own figure where it
-    tracks its device (torch on CUDA), else the growth of the peak resident set over the
-    resident set at start (Linux resets the peak through /proc/self/clear_refs), after
-    malloc_trim; memory the allocator still holds is reused unseen, so this can under-read.
-    JAX points use XLA's own memory analysis (see Sweep)."""
+    tracks its device (torch on CUDA), else the growth of the peak resident set (reset through
+    /proc/self/clear_refs) after malloc_trim, which can under-read: the allocator reuses unseen.
+    """
 
     def __init__(self, backend):
         self._backend, self._tracked, self._base = backend, False, None
@@ -207,8 +206,7 @@ class PeakMemory:
         self._tracked = self._backend.reset_peak_memory()
         if self._tracked:
             return
-        # glibc hands the heap's free pages back to the OS, so that a point's allocations
-        # show up as RSS growth instead of silently reusing what earlier points freed.
+        # glibc hands free heap pages back, so a point's allocations show up as RSS growth.
         with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
             ctypes.CDLL(None).malloc_trim(0)
         self._base = None
@@ -240,17 +238,11 @@ def available_bytes(backend) -> tuple[int | None, str]:
     return available, "MemAvailable"
 
 
-def device_name(backend) -> str:
-    """The GPU's marketing name, or the CPU model for ``cpu``."""
-    return backend.device_name() or cpu_name()
-
-
 # --- the conditions of one point (bench/harness/timing.py judges noise with cpu_share) -------
 
 
 def cpu_snapshot() -> dict[str, tuple[int, int]] | None:
-    """Per thread of this process: (ns on a CPU, ns ready but waiting for one), from Linux's
-    /proc/self/task/*/schedstat; None where the kernel does not report it."""
+    """Per thread: (ns on a CPU, ns ready but waiting), from /proc/self/task/*/schedstat (Linux)."""
     try:
         tasks = os.listdir("/proc/self/task")
     except OSError:
@@ -270,9 +262,8 @@ MIN_READY_NS = 1_000_000  # under 1 ms of CPU demand there is nothing to judge
 
 
 def cpu_share(before: dict | None, after: dict | None) -> float | None:
-    """The process's CPU share between two snapshots: of the time its threads were ready to
-    run, the fraction they ran. 1.0: never waited for a CPU; 0.5: other work held the CPUs as
-    long as this process used them. Threads that ended in between are not counted."""
+    """Of the time this process's threads were ready to run between two snapshots, the fraction
+    they ran (1.0: never waited for a CPU). Threads that ended in between are not counted."""
     if before is None or after is None:
         return None
     run = wait = 0
@@ -308,9 +299,8 @@ def throttle_names(mask: int | None) -> list[str] | None:
 
 
 class Conditions:
-    """What else was happening while one point was timed (:meth:`start` to :meth:`stop`): the
-    1-minute load average at the end, and on a CUDA device, through NVML, the other compute
-    processes on it and its SM clock and throttle reasons at the start and at the end."""
+    """What else happened while a point was timed: the 1-minute load average at the end; on a
+    CUDA device (NVML), other compute processes, SM clock and throttle reasons at both ends."""
 
     def __init__(self, device: str):
         self._handle = NVML.handle(device)

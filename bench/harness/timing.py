@@ -1,24 +1,11 @@
 """Timing you can trust on a busy machine: calibration, the noise test and one re-measurement.
 
-:meth:`Sweep._measure <bench.harness.sweep.Sweep._measure>` times every point through here:
-
-1. **Calibration** (:func:`warm_up`, :func:`rounds_for`): after one call that pays the one-off
-   costs, up to ``WARMUP_CALLS`` more calls, bounded in time; their median sets the rounds, so
-   one call caught in a burst of load no longer cuts a point to its minimum of rounds. A call
-   slower than the whole budget is not called again for calibration, and is still timed;
-   a call shorter than a fifth of the budget gets at least ``FAST_MIN_ROUNDS`` rounds, one
-   too slow for ``min_rounds`` in ``SLOW_BUDGETS`` budgets fewer (``slow_min_rounds``).
-2. **The noise test** (:data:`RULE`, :func:`failures`): a measurement is noisy when its IQR
-   over its median or its max over its min is above the limit, or when the process got less
-   than ``cpu_share`` of the CPU time it was ready to use (other work took the CPUs: torch's
-   OpenMP threads can then run uniformly 100x slower, a slowdown no spread figure sees).
-3. **One re-measurement** (:func:`measure`): a noisy point is timed once more after a short
-   pause, with its rounds recalibrated from the first measurement's median (and cut short
-   past AGAIN_MAX_BUDGETS budgets, should the machine have turned slower). The quieter one
-   is kept: the one that passes the test, else the one with the lower median (load only ever
-   adds time). pytest-benchmark's stats (the JSON's, the journal's) are the kept one's.
-
-The thresholds live in :data:`RULE` and nowhere else; bench/SCHEMA.md and the README quote them.
+Every point is timed through here (:meth:`Sweep._measure <bench.harness.sweep.Sweep._measure>`):
+the median of a few warm-up calls sets the rounds (:func:`warm_up`, :func:`rounds_for`); a
+measurement is noisy when a spread figure passes :data:`RULE` or the process got less than its
+``cpu_share`` of the CPU (other work can make torch's OpenMP threads uniformly 100x slower, which
+no spread figure sees); a noisy point is timed once more and the quieter measurement kept
+(:func:`measure`). The thresholds live in :data:`RULE` only; SCHEMA.md and the README quote them.
 """
 
 from __future__ import annotations
@@ -81,11 +68,7 @@ class Measurement:
     def figures(self) -> dict[str, Any]:
         """rounds, median_s, iqr_median, max_min, cpu_share: pytest-benchmark's own median and
         IQR (so they match the JSON's), and max/min."""
-        from pytest_benchmark.stats import Stats
-
-        stats = Stats()
-        for seconds in self.data:
-            stats.update(seconds)
+        stats = _stats(self.data)
         median, low = stats.median, stats.min
         return {
             "rounds": len(self.data),
@@ -221,8 +204,8 @@ def measure(
     )
     outcome.measurements.append(second)
     outcome.kept = quieter(first, second, rule)
-    if outcome.kept == 1:
-        _replace_stats(benchmark, second.data)
+    if outcome.kept == 1:  # the same Metadata: the JSON and the session see only the kept one
+        benchmark.stats.stats = _stats(second.data)
     return outcome
 
 
@@ -285,15 +268,14 @@ def _time_rounds(
     return data
 
 
-def _replace_stats(benchmark, data: list[float]) -> None:
-    """Make ``data`` the benchmark's stats (the same Metadata, so the session's list, the JSON
-    and ``pytest-benchmark compare`` see only the kept measurement)."""
+def _stats(data: list[float]):
+    """pytest-benchmark's Stats of ``data`` (seconds per round)."""
     from pytest_benchmark.stats import Stats
 
     stats = Stats()
     for seconds in data:
         stats.update(seconds)
-    benchmark.stats.stats = stats
+    return stats
 
 
 def describe_rule(rule: NoiseRule = RULE) -> str:

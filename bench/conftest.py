@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import types
 from collections.abc import Callable, Iterator
 
 # JAX would otherwise grab 75% of each GPU at import, starving torch points in the same process.
@@ -164,7 +165,9 @@ def _upcoming(items: list[pytest.Item]) -> Iterator[tuple[str, Callable]]:
 def _describe(item: pytest.Item, recorder: ahead.Recorder) -> None:
     workload = item.module.WORKLOAD
     point = workload.point(item.callspec.params)
-    workload.run(recorder, ahead.Stand(item.name, item.nodeid), point)
+    # The benchmark fixture's stand-in: workloads only set its group and read its names.
+    stand = types.SimpleNamespace(name=item.name, fullname=item.nodeid, group=None, extra_info={})
+    workload.run(recorder, stand, point)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -191,8 +194,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             f"hollowbench: WARNING load average {load[0]} on {cores} cores: other work is "
             "running, CPU timings will be skewed (torch's OpenMP threads suffer most)"
         )
-    if s.limits:
-        lines.append("hollowbench: limits " + "; ".join(lim.describe() for lim in s.limits))
+    if s.preset.limits:
+        lines.append("hollowbench: limits " + "; ".join(lim.describe() for lim in s.preset.limits))
     return lines
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from bench.harness import grid
 from bench.harness.operators import predict_bytes
 from bench.harness.sweep import Sweep, Task
-from bench.harness.workload import PointBase, Workload, backend_module, spec_info
+from bench.harness.workload import PointBase, Workload, attrs, backend_module, spec_info
 from bench.schema import WORKLOAD_KEYS
 from impls import cnf
 from impls.cnf import FlowConfig, flow_spec
@@ -72,9 +72,6 @@ class CnfPoint(PointBase):
         )
 
 
-# --- the grid per preset ---------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class CnfPreset:
     """A preset's CNF grid: (backends or None for both, item, dataset, method, n_probes) rows,
@@ -112,9 +109,6 @@ PRESETS = {
     "paper": CnfPreset(_every(probes=(1, 4), budget_sets=("digits",)), budget_s=60.0),
     "full": CnfPreset(_every(probes=(1, 4, 16), budget_sets=cnf.DATASETS), budget_s=300.0),
 }
-
-
-# --- data, models and the timed tasks --------------------------------------------------------
 
 
 def _data(sweep: Sweep, point: CnfPoint) -> cnf.Dataset:
@@ -282,21 +276,14 @@ class CnfWorkload(Workload):
         budget = budget or self.preset(sweep.settings).budget_s
         info = dict.fromkeys(CNF_KEYS) | {
             "workload": "cnf",
-            "method": point.method,
             "model": "hollownet",
-            "d": point.d,
-            "batch": point.batch,
             "k": 1,
-            "n_probes": point.n_probes,
             "mode": "train",
+            **attrs(point, "method", "d", "batch", "n_probes"),
             **spec_info(flow_spec(point.d)),
             "cnf_item": point.item,
             "dataset": point.dataset,
-            "solver": config.solver,
-            "rtol": config.rtol,
-            "atol": config.atol,
-            "t1": config.t1,
-            "adjoint": config.adjoint,
+            **attrs(config, "solver", "rtol", "atol", "t1", "adjoint"),
             "budget_s": budget if point.item == "budget" else None,
         }
         benchmark.group = f"cnf {point.item} {point.dataset} d={point.d} b={point.batch}"

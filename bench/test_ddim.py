@@ -1,8 +1,5 @@
-"""D_dim^k f = [d^k f_i / dx_i^k]_i for k from ``--bench-k`` / the preset: the exact methods,
-and XDiag (k = 1) against them at each matrix-vector budget.
-
-Hutchinson's diagonal estimator is left to test_divergence.py, where its variance is measured.
-"""
+"""D_dim^k f = [d^k f_i / dx_i^k]_i, k from ``--bench-k`` / the preset: the exact methods, and
+XDiag (k = 1) at each matrix-vector budget (Hutchinson's variance: test_divergence.py)."""
 
 from bench.harness.operators import OperatorWorkload
 from impls import EXACT_METHODS

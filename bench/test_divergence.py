@@ -1,8 +1,4 @@
-"""The divergence sum_i df_i/dx_i: every method, on the HollowNet and its matched MLPs.
-
-The workload is declared here; conftest expands its grid from the ``--bench-*`` options and
-presets, and bench/harness times, checks and records every point.
-"""
+"""The divergence sum_i df_i/dx_i: every method, on the HollowNet and its matched MLPs."""
 
 from bench.harness.operators import OperatorWorkload
 from impls import METHODS

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from bench.harness.sweep import Sweep, Task
-from bench.harness.workload import PointBase, Workload, backend_module, spec_info
+from bench.harness.workload import PointBase, Workload, attrs, backend_module, spec_info
 from impls._stiff import STATS, summarize
 from impls.stiff_problems import (
     RTOL_SWEEP,
@@ -138,9 +138,6 @@ PRESETS = {
 }
 
 
-# --- problems, references and the timed task -------------------------------------------------
-
-
 def build_problem(point: OdePoint, preset: OdePreset) -> Problem | HollowProblem:
     if point.problem == "hollow":
         return hollow_problem(point.d, stiffness=point.stiffness)
@@ -244,9 +241,7 @@ class OdeWorkload(Workload):
             "mode": "eval",
             **(spec_info(problem.spec) if hollow else model),
             "dtype": "float64",
-            "problem": point.problem,
-            "root_finder": point.root_finder,
-            "reuse": point.reuse,
+            **attrs(point, "problem", "root_finder", "reuse"),
             "stepper": point.method,
             "adaptive": True,
             "rtol": point.rtol,

@@ -15,7 +15,14 @@ import numpy as np
 
 from bench.harness.operators import activations
 from bench.harness.sweep import Sweep, Task
-from bench.harness.workload import PointBase, Workload, backend_module, reference_backend, spec_info
+from bench.harness.workload import (
+    PointBase,
+    Workload,
+    attrs,
+    backend_module,
+    reference_backend,
+    spec_info,
+)
 from impls import HollowSpec
 from impls.sde import ROUTE_METHODS, ROUTES, ou_process, training_batch
 
@@ -91,9 +98,6 @@ PRESETS = {
 }
 
 
-# --- data, models, the timed task and its check ----------------------------------------------
-
-
 def make_task(sweep: Sweep, backend, point: SdePoint) -> Task:
     """The residual or training step to time; its check compares the residual it returns."""
     spec, target, sde = model_spec(point.d), ou_process(point.d), backend_module(backend, "sde")
@@ -165,13 +169,10 @@ class SdeWorkload(Workload):
         spec, target = model_spec(point.d), ou_process(point.d)
         info = {
             "workload": "sde",
-            "method": point.method,
-            "route": point.route,
+            **attrs(point, "method", "route"),
             "model": "hollownet",
-            "d": point.d,
-            "batch": point.batch,
+            **attrs(point, "d", "batch", "mode"),
             "k": 2,  # the highest derivative order the residual takes (D_dim^2 g)
-            "mode": point.mode,
             **spec_info(spec, nets=2),  # drift and diffusion
             "target": target.name,
             "t_span": list(target.t_span),

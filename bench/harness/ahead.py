@@ -97,12 +97,3 @@ class Recorder:
 
     def run(self, benchmark, backend, make_task, extra_info, *, need_bytes=None) -> None:
         self.calls.append((backend, make_task, extra_info, need_bytes))
-
-
-class Stand:
-    """The benchmark fixture's stand-in while a workload describes a point ahead of its run:
-    workloads only set its ``group`` and read its names."""
-
-    def __init__(self, name: str, fullname: str):
-        self.name, self.fullname, self.group = name, fullname, None
-        self.extra_info: dict[str, Any] = {}

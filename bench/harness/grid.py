@@ -276,7 +276,7 @@ def expand(grid: Grid, settings, devices: dict[str, tuple[str, ...]]) -> list[Po
     devices), in a stable order, minus those a limit excludes or a variant cannot run.
     Stochastic methods take k = 1 only: Hutchinson each ``n_probes``, the other estimators each
     ``n_matvecs``; every other method takes ``n_probes=None`` and ``n_matvecs=None``."""
-    limits, variants = tuple(settings.limits), set(settings.variants)
+    limits, variants = tuple(settings.preset.limits), set(settings.variants)
     wanted = [m for m in grid.methods if m in set(settings.methods)]
     ks = grid.ks if grid.ks is not None else tuple(settings.ks)
     points = []

@@ -1,10 +1,8 @@
-"""The operator workloads, divergence and D_dim^k, as the harness times them.
-
-eval: the operator alone. train, the *fair* step (``STEP``): f and the operator's values from
-one pass (``value_and_*``), the loss ``mean(f^2) + sum(values)/batch``, then the backward pass.
-The error on the first ``ROWS`` rows is against a float64 dense reference of the same weights:
-max |error| for exact methods, for stochastic ones the std across ``SEEDS`` probe seeds over
-the mean |exact value| (rel_std); ``rel_error`` is the timed call's mean |error| over that.
+"""The operator workloads, divergence and D_dim^k. eval: the operator alone; train, the *fair*
+step (``STEP``): f and the operator from one pass, loss ``mean(f^2) + sum(values)/batch``, and
+the backward. Error on ``ROWS`` rows against a float64 dense reference of the same weights:
+max |error| (exact methods), or the std across ``SEEDS`` probe seeds over the mean |exact|
+(rel_std); ``rel_error``: the timed call's mean |error| over the mean |exact|.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import numpy as np
 
 from bench.harness.grid import Grid, Point, expand, variant_unavailable
 from bench.harness.sweep import Sweep, Task
-from bench.harness.workload import Workload, reference_backend, spec_info
+from bench.harness.workload import Workload, attrs, reference_backend, spec_info
 from impls import (
     ESTIMATORS,
     STOCHASTIC_METHODS,
@@ -61,7 +59,7 @@ class OperatorWorkload(Workload):
         backend = sweep.backend(point.backend, point.device)
         spec = model_spec(point.model, point.d)
         benchmark.group = f"{point.workload} d={point.d} b={point.batch} k={point.k} {point.mode}"
-        info = {key: getattr(point, key) for key in INFO_FIELDS}
+        info = attrs(point, *INFO_FIELDS)
         info |= {"step": STEP if point.mode == "train" else None, **spec_info(spec)}
         task = lambda: make_task(sweep, backend, spec, point)  # noqa: E731
         sweep.run(benchmark, backend, task, info, need_bytes=predict_bytes(spec, point))
@@ -193,12 +191,10 @@ def activations(spec: ModelSpec) -> int:
 
 
 def predict_bytes(spec: ModelSpec, point: Point) -> int:
-    """A rough estimate of the bytes ``point`` needs, to skip hopeless points (on the CPU it
-    reads 1-3x XLA's own analysis of the JAX points and 1-2x torch's growth of the resident
-    set; HollowNet, d=64-128). A forward pass keeps ``batch * activations * itemsize``; the
-    methods keep that many passes (dense_vectorized: d directions with 2^k Taylor components
-    each), dense_loop in train mode all d outputs' backward graphs. Training doubles the live
-    set otherwise, and triples the parameters (weights, gradients, transient copies)."""
+    """Rough bytes ``point`` needs, to skip hopeless points (1-3x XLA's analysis, 1-2x torch's
+    RSS growth; CPU, d = 64-128): a pass keeps ``batch * activations * itemsize``, methods keep
+    their passes (dense_vectorized: d x 2^k), train-mode dense_loop all d backward graphs;
+    training otherwise doubles the live set and triples the parameters."""
     item = 8 if spec.dtype == "float64" else 4
     act = point.batch * activations(spec) * item
     train = point.mode == "train"

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bench.harness.grid import ALL_VARIANTS, MODELS, MODES, PRESETS, Limit, Preset, Timing
+from bench.harness.grid import ALL_VARIANTS, MODELS, MODES, PRESETS, Preset, Timing
 from impls import BACKENDS, MAX_K, METHODS
 
 PRECISIONS = ("default", "tf32", "highest")
@@ -70,10 +70,6 @@ class Settings:
     compile_workers: int = 0  # threads compiling JAX steps ahead of time; 0: each in its run
     jax_cache: str | None = None  # JAX's persistent compilation cache directory; None: off
 
-    @property
-    def limits(self) -> tuple[Limit, ...]:
-        return self.preset.limits
-
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary, recorded in the results next to the machine."""
         axes = ("backends", "methods", "models", "modes", "dims", "batches", "ks", "n_probes")
@@ -85,7 +81,7 @@ class Settings:
             "shard_source": self.shard_source,
             "compile_workers": self.compile_workers,
             "jax_cache": self.jax_cache,
-            "limits": [limit.describe() for limit in self.limits],
+            "limits": [limit.describe() for limit in self.preset.limits],
             "budget_s": self.timing.budget_s,
             "min_rounds": self.timing.min_rounds,
             "max_rounds": self.timing.max_rounds,
@@ -320,13 +316,9 @@ def resolve(
     min_rounds: int | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Settings from raw option strings (``raw[dest]``; None where not given).
-
-    ``max_time`` / ``min_rounds``: pytest-benchmark's own --benchmark-max-time and
-    --benchmark-min-rounds where the user set them; they replace the preset's timing budget.
-    ``environ``: where a Slurm job array's task is read from when no shard is given (None:
-    nowhere).
-    """
+    """Settings from raw option strings (``raw[dest]``; None where not given). ``max_time`` /
+    ``min_rounds``: --benchmark-max-time and --benchmark-min-rounds where given (they replace
+    the preset's timing); ``environ``: where a Slurm array task is read from (None: nowhere)."""
     values: dict[str, Any] = {}
     for opt in OPTIONS:
         if raw.get(opt.dest) is None:

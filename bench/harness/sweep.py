@@ -60,11 +60,8 @@ COST_KEYS = ("workload", "backend", "device", "method", "variant", "model", "mod
 
 
 class PointTimeout(BaseException):
-    """A point ran past the per-point time limit.
-
-    A BaseException, like KeyboardInterrupt, so that libraries' ``except Exception`` blocks
-    (torch guards some lazy imports that way) cannot swallow it and run on half-initialised.
-    """
+    """A point ran past the per-point time limit. A BaseException, so that libraries' ``except
+    Exception`` blocks (torch's lazy imports) cannot swallow it and run on half-initialised."""
 
 
 @dataclass
@@ -114,12 +111,9 @@ def _importing(frame) -> bool:
 
 @contextmanager
 def time_limit(seconds: float) -> Iterator[None]:
-    """Raise PointTimeout in the main thread after ``seconds`` (0: no limit).
-
-    SIGALRM interrupts Python code only: a single long native call (one XLA execution or
-    compilation) is stopped when it returns to Python, not during it. An import in progress
-    is let finish first (the alarm re-arms), so no module is left half-initialised.
-    """
+    """Raise PointTimeout in the main thread after ``seconds`` (0: no limit). SIGALRM stops a
+    long native call (an XLA compilation) only when it returns to Python; an import in
+    progress is let finish (the alarm re-arms), so no module is left half-initialised."""
     usable = hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
     if not seconds or not usable:
         yield
@@ -177,13 +171,9 @@ class Sweep:
         self._seen_ahead: set[str] = set()  # points a compile-ahead window has considered
         self._pool: ThreadPoolExecutor | None = None
 
-    # --- backends and devices -------------------------------------------------------------
-
     def discover(self) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
-        """(devices each installed backend will use, reason each requested one is missing).
-
-        Raises OptionError when an explicitly requested device is visible to no backend.
-        """
+        """(devices each installed backend will use, reason each requested one is missing);
+        OptionError when a requested device is visible to no backend."""
         found, missing = {}, {}
         for name in self.settings.backends:
             try:
@@ -219,8 +209,6 @@ class Sweep:
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]
-
-    # --- compiling ahead ------------------------------------------------------------------
 
     def wants_ahead(self, fullname: str) -> bool:
         """Whether reaching point ``fullname`` should compile a window from it: compiling
@@ -294,8 +282,6 @@ class Sweep:
         if self._pool is not None:
             self._pool.shutdown()
 
-    # --- one point ------------------------------------------------------------------------
-
     def run(
         self,
         benchmark,
@@ -305,12 +291,9 @@ class Sweep:
         *,
         need_bytes: int | None = None,
     ) -> None:
-        """Measure the task ``make_task()`` builds as one point, and record it.
-
-        ``extra_info`` gives the point's identity (SCHEMA.md keys); ``need_bytes`` the memory
-        it is predicted to need. Not-run points are recorded, then skipped (oom, timeout,
-        predicted not to fit) or re-raised (any other error).
-        """
+        """Measure and record the task ``make_task()`` builds as one point (``extra_info``: its
+        identity, SCHEMA.md keys; ``need_bytes``: its predicted memory). A point not run is
+        recorded, then skipped (oom, timeout, predicted not to fit) or re-raised (errors)."""
         self.memo(("warm", backend.name, backend.device), backend.warm_up)
         info = self._identify(backend, extra_info, need_bytes)
         prepared = self._prepared.pop(benchmark.fullname, None)
@@ -357,10 +340,9 @@ class Sweep:
         }
 
     def _too_slow(self, info: dict[str, Any]) -> str | None:
-        """Why a dense method's point would time out, predicted from the sweep's measurement of
-        the same computation at the largest smaller d: a call costs d passes of a network
-        whose FLOPs grow with d, so time scales as d x FLOPs. None: no limit, not a dense
-        method, or nothing to predict from yet."""
+        """Why a dense method's point would time out, predicted from the same computation at
+        the largest smaller d measured (d passes of a network: time scales as d x FLOPs), or
+        None."""
         limit = self.settings.timeout_s
         if not limit or info.get("method") not in DENSE_METHODS or not info.get("flops"):
             return None
@@ -543,11 +525,8 @@ def _compile_rest(rest: Callable[[], tuple], prepared: Prepared) -> tuple:
 
 
 def _release(backend, failed: bool) -> None:
-    """Free what a point left behind, so the next one sees the device's real free memory.
-
-    A failure's traceback holds the point's arrays in reference cycles, hence the collection;
-    it costs ~0.25 s with torch and JAX loaded, so healthy CPU points skip it.
-    """
+    """Free what a point left, so the next sees the real free memory. A failure's traceback
+    holds its arrays in cycles: collected (~0.25 s, so healthy CPU points skip it)."""
     on_gpu = backend.device.startswith("cuda")
     if failed or on_gpu:
         gc.collect()

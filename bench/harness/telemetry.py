@@ -238,9 +238,6 @@ def available_bytes(backend) -> tuple[int | None, str]:
     return available, "MemAvailable"
 
 
-# --- the conditions of one point (bench/harness/timing.py judges noise with cpu_share) -------
-
-
 def cpu_snapshot() -> dict[str, tuple[int, int]] | None:
     """Per thread: (ns on a CPU, ns ready but waiting), from /proc/self/task/*/schedstat (Linux)."""
     try:

@@ -14,8 +14,8 @@ import gc
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,13 +127,10 @@ def _timed(call: Callable[[], Any]) -> tuple[Any, float]:
 def warm_up(
     call: Callable[[], Any], budget_s: float, disturb: Disturb | None = None
 ) -> tuple[Any, float]:
-    """(the last call's output, the call time to calibrate from).
-
-    The first call pays one-off costs and is not used, unless it is slower than the whole
-    budget: then it is the figure, and the point is not called again before it is timed.
-    Then up to WARMUP_CALLS calls, stopping once WARMUP_MIN_CALLS ran and took half the budget,
-    or once they took the whole budget; the figure is their median.
-    """
+    """(the last call's output, the call time to calibrate from): the median of up to
+    WARMUP_CALLS calls after the first (which pays one-off costs), stopping once
+    WARMUP_MIN_CALLS took half the budget or all took all of it; a first call over the whole
+    budget is the figure itself."""
     _disturb(disturb, "first", 0)
     out, first = _timed(call)
     if first >= budget_s:
@@ -150,10 +147,9 @@ def warm_up(
 
 
 def rounds_for(seconds: float, timing: Timing) -> int:
-    """Rounds for a call of ``seconds``: the budget's worth, within [min_rounds, max_rounds],
-    and at least FAST_MIN_ROUNDS for a call shorter than budget / FAST_FRACTION. A call so
-    slow that min_rounds would take over SLOW_BUDGETS budgets gets what fits in them, but at
-    least slow_min_rounds (and at least one round)."""
+    """The budget's worth of rounds for a call of ``seconds``, within [min_rounds, max_rounds];
+    at least FAST_MIN_ROUNDS for a fast call; what fits in SLOW_BUDGETS budgets for a slow
+    one, but at least slow_min_rounds (and one)."""
     rounds = min(max(math.ceil(timing.budget_s / seconds), timing.min_rounds), timing.max_rounds)
     if seconds < timing.budget_s / FAST_FRACTION:
         rounds = max(rounds, FAST_MIN_ROUNDS)
@@ -168,11 +164,6 @@ def _disturb(disturb: Disturb | None, phase: str, index: int) -> None:
         disturb(phase, index)
 
 
-@contextmanager
-def _no_probe() -> Iterator[dict[str, Any]]:
-    yield {}
-
-
 def measure(
     benchmark,
     call: Callable[[], Any],
@@ -181,16 +172,14 @@ def measure(
     *,
     rule: NoiseRule = RULE,
     disturb: Disturb | None = None,
-    probe: Callable[[], AbstractContextManager[dict[str, Any]]] = _no_probe,
+    probe: Callable[[], AbstractContextManager[dict[str, Any]]] = lambda: nullcontext({}),
     sleep: Callable[[float], None] = time.sleep,
     deadline: float | None = None,
 ) -> Outcome:
-    """Time ``call`` for ``rounds`` rounds through ``benchmark.pedantic``; if that measurement
-    is noisy, pause and time it once more, and keep the quieter of the two (its data become
-    pytest-benchmark's stats). ``probe()`` wraps each measurement and fills a dict of its own
-    figures (energy, ...) that lands in ``Measurement.extra``. ``deadline`` (perf_counter
-    seconds): the per-point time limit; no re-measurement that would likely run past it (the
-    point stays noisy rather than turn into a time-out)."""
+    """Time ``call`` for ``rounds`` rounds through ``benchmark.pedantic``; if noisy, pause, time
+    it once more and keep the quieter (its data become pytest-benchmark's stats). ``probe()``
+    wraps each measurement, filling ``Measurement.extra`` (energy). No re-measurement that
+    would likely pass ``deadline`` (perf_counter s): a noisy point beats a time-out."""
     first = _measure_once(benchmark, call, rounds, disturb, probe, again=False)
     outcome = Outcome([first], 0, rule)
     if not failures(first.figures(), rule):

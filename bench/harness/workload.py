@@ -77,6 +77,11 @@ def backend_module(backend, name: str):
     return importlib.import_module(f"impls.{backend.name}_backend.{name}")
 
 
+def attrs(obj, *names: str) -> dict[str, Any]:
+    """``{name: obj.<name>}``: extra_info entries copied off a point or a config."""
+    return {name: getattr(obj, name) for name in names}
+
+
 def spec_info(spec, nets: int = 1) -> dict[str, Any]:
     """extra_info's dtype, n_params, flops and model_spec of ``nets`` models of ``spec``."""
     return {

@@ -1,12 +1,10 @@
-"""The CNF workload: FFJORD-style flows whose divergence is exact (``hollow`` on the HollowNet,
-``dense_vectorized``, ``dense_loop``) or a Hutchinson / Hutch++ estimate, trained in both
-backends (``impls.{torch,jax}_backend.cnf``; dopri5 at rtol = atol = 1e-5, float32).
+"""The CNF workload: FFJORD-style flows (``impls.{torch,jax}_backend.cnf``; dopri5 at rtol = atol
+= 1e-5, float32) whose divergence is exact or a Hutchinson / Hutch++ estimate.
 
-``cnf_item`` "iteration" times one training iteration, forward solve and backward (no optimizer
-update, so every round solves the same problem); "budget" (paper, full) trains for ``budget_s``
-(env ``HOLLOWBENCH_CNF_BUDGET_S`` overrides), then times the held-out evaluation and records the
-exact held-out NLL. Both record the held-out log-likelihood's evaluation time and, for a
-stochastic trace, its spread across ``SEEDS`` probe seeds (rel_std: the error).
+"iteration" times one training iteration, solve and backward (no optimizer update: every round
+solves the same problem); "budget" trains for ``budget_s`` (``HOLLOWBENCH_CNF_BUDGET_S``
+overrides), times the held-out evaluation and records the exact held-out NLL. Both record the
+evaluation's time and a stochastic trace's spread across ``SEEDS`` probe seeds (the error).
 """
 
 from __future__ import annotations

@@ -79,19 +79,18 @@ class OdePreset:
 
 
 def _rows(problems, methods, finders, rtols) -> list[tuple]:
+    """Every (problem, d[, stiffness]) case (the HollowNet system's default: HOLLOW_STIFFNESS)
+    with every method, finder and rtol."""
+    cases = [
+        (p, d, (s or [HOLLOW_STIFFNESS])[0] if p == "hollow" else None) for p, d, *s in problems
+    ]
     return [
-        (problem, d, stiffness, method, finder, reuse, rtol)
-        for problem, d, stiffness in (_with_stiffness(*case) for case in problems)
+        (*case, method, finder, reuse, rtol)
+        for case in cases
         for method in methods
         for finder, reuse in finders
         for rtol in rtols
     ]
-
-
-def _with_stiffness(problem: str, d: int, stiffness: float | None = None) -> tuple:
-    if problem == "hollow":
-        return problem, d, stiffness or HOLLOW_STIFFNESS
-    return problem, d, None
 
 
 def _paper() -> tuple[tuple, ...]:

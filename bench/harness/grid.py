@@ -239,11 +239,6 @@ PRESETS = {
 }
 
 
-def applicable(method: str, model: str) -> bool:
-    """Hollow methods need the HollowNet; the dense and Hutchinson baselines take any model."""
-    return method not in HOLLOW_METHODS or model == "hollownet"
-
-
 def variant_applies(p: Point) -> bool:
     """Whether ``p.variant`` can run ``p`` at all (see VARIANTS): these are not limits to
     lift, so such points are never generated."""
@@ -287,7 +282,9 @@ def expand(grid: Grid, settings, devices: dict[str, tuple[str, ...]]) -> list[Po
             sorted(set(settings.dims)), settings.batches, ks,
         )  # fmt: skip
         for device, model, method, variant, mode, d, batch, k in axes:
-            if not applicable(method, model) or (method in STOCHASTIC_METHODS and k != 1):
+            # Hollow methods need the HollowNet; the baselines take any model.
+            hollow_off_hollownet = method in HOLLOW_METHODS and model != "hollownet"
+            if hollow_off_hollownet or (method in STOCHASTIC_METHODS and k != 1):
                 continue
             probes = settings.n_probes if method == "hutchinson" else (None,)
             budgets = settings.n_matvecs if method in ESTIMATORS else (None,)

@@ -1,8 +1,7 @@
 """The ``--bench-*`` options, their environment variables, and the settings they resolve to.
 
-Precedence: command line, then environment variable, then the preset. Bad values raise
-:class:`OptionError` naming the option and the accepted values; conftest turns that into a pytest
-usage error. Nothing here imports torch or JAX.
+Command line, then environment variable, then the preset. A bad value raises
+:class:`OptionError` naming the option and what it accepts. No torch or JAX imports here.
 """
 
 from __future__ import annotations
@@ -164,10 +163,6 @@ def _count(raw: str) -> int:
     return int(raw)
 
 
-def _cache_dir(raw: str) -> str | None:
-    return None if raw.strip().lower() in ("off", "none", "0") else raw.strip()
-
-
 def _seconds(raw: str) -> float:
     try:
         value = float(raw)
@@ -233,7 +228,7 @@ OPTIONS = (
     ),
     Option(
         "jax_cache",
-        _cache_dir,
+        lambda raw: None if raw.strip().lower() in ("off", "none", "0") else raw.strip(),
         f"JAX's persistent compilation cache directory, or off (default {JAX_CACHE} under the "
         "rootdir)",
         "DIR",

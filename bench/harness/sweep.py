@@ -101,14 +101,6 @@ IMPORT_FRAMES = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_
 IMPORT_RETRY_S = 0.05
 
 
-def _importing(frame) -> bool:
-    while frame is not None:
-        if frame.f_code.co_filename in IMPORT_FRAMES:
-            return True
-        frame = frame.f_back
-    return False
-
-
 @contextmanager
 def time_limit(seconds: float) -> Iterator[None]:
     """Raise PointTimeout in the main thread after ``seconds`` (0: no limit). SIGALRM stops a
@@ -120,9 +112,11 @@ def time_limit(seconds: float) -> Iterator[None]:
         return
 
     def on_alarm(signum, frame):
-        if _importing(frame):
-            signal.setitimer(signal.ITIMER_REAL, IMPORT_RETRY_S)
-            return
+        while frame is not None:
+            if frame.f_code.co_filename in IMPORT_FRAMES:  # importing: re-arm
+                signal.setitimer(signal.ITIMER_REAL, IMPORT_RETRY_S)
+                return
+            frame = frame.f_back
         raise PointTimeout(f"ran past the per-point limit of {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)

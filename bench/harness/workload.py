@@ -1,9 +1,6 @@
-"""What every workload (divergence, ddim, cnf, ode, sde) declares, and how pytest runs it.
-
-A test module holds one ``WORKLOAD`` and a one-line test; ``bench/conftest.py`` parametrizes the
-test with the workload's points (:meth:`Workload.points`), the ``point`` fixture rebuilds each
-from its ``params`` and :meth:`Workload.run` measures it through ``Sweep.run``. A point keeps
-one type from generation to the journal.
+"""What every workload (divergence, ddim, cnf, ode, sde) declares: a test module's ``WORKLOAD``
+gives conftest its points (:meth:`Workload.points`), rebuilds each from its ``params`` and
+measures it through ``Sweep.run`` (:meth:`Workload.run`); a point keeps one type throughout.
 """
 
 from __future__ import annotations

@@ -78,10 +78,9 @@ def _machine_info(config: pytest.Config) -> dict:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize a module's test with its WORKLOAD's points (bench/harness/workload.py),
-    under the point's parameter names, so they are the JSON's ``params``. A missing backend
-    (name -> import error), an unavailable optional package or an empty selection shows as a
-    skipped test that says why, so no workload ever reports an empty parameter set."""
+    """Parametrize a module's test with its WORKLOAD's points under their parameter names (the
+    JSON's ``params``); a missing backend or package, or an empty selection, is a skipped test
+    that says why."""
     workload = getattr(metafunc.module, "WORKLOAD", None)
     if workload is None or "point" not in metafunc.fixturenames:
         return
@@ -114,10 +113,9 @@ def _is_point(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run every point of one backend and device together, across modules, so torch's cached
-    GPU memory and JAX's pool do not take turns squeezing each other; GPUs before the CPU, so
-    the shared float64 references of large models are computed on the fast device. Other
-    items keep their order, ahead of the points."""
+    """Points of one backend and device together, across modules (torch's cached GPU memory and
+    JAX's pool do not squeeze each other), GPUs first (the shared float64 references are then
+    computed there); other items keep their order, ahead of the points."""
 
     def key(item: pytest.Item) -> tuple[str, bool, str]:
         params = item.callspec.params
@@ -152,9 +150,8 @@ def pytest_runtest_protocol(item: pytest.Item):
 
 
 def _upcoming(items: list[pytest.Item]) -> Iterator[tuple[str, Callable]]:
-    """(fullname, describe) of the points to run from ``items`` on, for Sweep.compile_ahead:
-    ``describe(recorder)`` has the point's workload run it with the recorder for the sweep.
-    Points skipped by a mark (a missing package) never run, so they are passed over."""
+    """(fullname, describe) of the points to run from ``items`` on, for Sweep.compile_ahead,
+    passing over those a mark skips (a missing package)."""
     for item in items:
         if not _is_point(item):
             return

@@ -172,9 +172,8 @@ def spread(estimates: np.ndarray) -> dict[str, Any]:
 
 
 def iteration_task(sweep: Sweep, backend, point: CnfPoint) -> Task:
-    """One training iteration to time (outputs ``((loss, stats), grads)``). It measures the
-    iteration's NFE and, apart, the held-out evaluation's time and log-likelihood (for a
-    stochastic trace, its spread across probe seeds)."""
+    """One training iteration to time (outputs ``((loss, stats), grads)``); it measures its NFE
+    and, apart, the held-out evaluation's time and log-likelihood (or its spread)."""
     flows, spec, data = backend_module(backend, "cnf"), flow_spec(point.d), _data(sweep, point)
     net = backend.build(spec, seed=MODEL_SEED)
     rng = np.random.default_rng(DATA_SEED)
@@ -204,9 +203,8 @@ def iteration_task(sweep: Sweep, backend, point: CnfPoint) -> Task:
 
 
 def budget_task(sweep: Sweep, backend, point: CnfPoint, seconds: float) -> Task:
-    """Train for ``seconds`` (the training's outcome is the task's info), then time the
-    held-out batch evaluation. It measures the exact held-out NLL and, for a stochastic
-    trace, the spread of the method's estimate."""
+    """Train for ``seconds`` (its outcome is the task's info), then time the held-out batch
+    evaluation; it measures the exact held-out NLL and a stochastic trace's spread."""
     flows, spec, data = backend_module(backend, "cnf"), flow_spec(point.d), _data(sweep, point)
     result = flows.train(
         backend.build(spec, seed=MODEL_SEED), data.train, point.config, budget_s=seconds,

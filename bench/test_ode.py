@@ -194,10 +194,9 @@ def make_task(sweep: Sweep, backend, point: OdePoint, preset: OdePreset) -> Task
         solve = stiff.solve
     fn, args = (lambda system, y0: solve(system, y0, problem.t_span, **options)), (system, y0)
 
-    def final_reference() -> np.ndarray:
-        if isinstance(problem, Problem):
-            return reference(problem)[-1]  # scipy's Radau at rtol 1e-10
-        return _hollow_reference(sweep, backend, problem)
+    def final_reference() -> np.ndarray:  # scipy's Radau at rtol 1e-10, or BDF
+        hollow = isinstance(problem, HollowProblem)
+        return _hollow_reference(sweep, backend, problem) if hollow else reference(problem)[-1]
 
     def errors(out) -> dict[str, float]:
         ref = sweep.memo(("ode-reference", problem.key), final_reference)

@@ -8,6 +8,7 @@ float64 dense route. ``--bench-methods`` selects routes by their method.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,16 +77,14 @@ class SdePreset:
         own_batches = self.batches and settings.batches == settings.preset.batches
         batches = self.batches if own_batches else settings.batches
         rows = []
-        for route in ROUTES:
-            if ROUTE_METHODS[route] not in settings.methods:
-                continue
-            for mode in settings.modes:
-                for d in sorted(dims):
-                    too_big = d > self.dense_max_d[mode == "train"]
-                    thinned = own_dims and mode == "train" and d not in (self.train_dims or dims)
-                    if (route == "dense" and too_big) or thinned:
-                        continue
-                    rows += [(route, d, batch, mode) for batch in batches]
+        for route, mode, d, batch in itertools.product(
+            ROUTES, settings.modes, sorted(dims), batches
+        ):
+            kept = ROUTE_METHODS[route] in settings.methods
+            too_big = route == "dense" and d > self.dense_max_d[mode == "train"]
+            thinned = own_dims and mode == "train" and d not in (self.train_dims or dims)
+            if kept and not too_big and not thinned:
+                rows.append((route, d, batch, mode))
         return rows
 
 

@@ -29,12 +29,9 @@ _listening = False
 
 
 def use_jax_cache(directory: str | None) -> str | None:
-    """Point JAX's persistent compilation cache at ``directory``, or turn it off (None);
-    returns the directory in use (the user's own JAX_COMPILATION_CACHE_DIR wins).
-
-    Through JAX's environment variables, which it reads at import (before any compilation);
-    a JAX already imported (tests, notebooks) is configured directly.
-    """
+    """Point JAX's persistent compilation cache at ``directory``, or turn it off (None), through
+    the environment JAX reads at import (or its config, if imported); returns the directory in
+    use (the user's own JAX_COMPILATION_CACHE_DIR wins)."""
     if directory is None:
         os.environ[ENABLE_ENV] = "false"
     else:
@@ -59,9 +56,8 @@ def _listen(event: str, **_: Any) -> None:
 
 @contextmanager
 def cache_status() -> Iterator[dict[str, str | None]]:
-    """Around one compilation on this thread: fills ``{"compile_cache": "hit" | "miss" |
-    None}`` from JAX's monitoring events (None: the persistent cache was not consulted, as
-    when it is off). Costs nothing where JAX is not loaded."""
+    """Around one compilation on this thread: ``{"compile_cache": "hit" | "miss" | None}`` from
+    JAX's monitoring events (None: the cache was not consulted, or JAX is not loaded)."""
     global _listening
     found: dict[str, str | None] = {"compile_cache": None}
     if "jax" not in sys.modules:
@@ -84,9 +80,8 @@ def cache_status() -> Iterator[dict[str, str | None]]:
 
 
 class Recorder:
-    """Stands in for the sweep in a workload's ``run``, to learn what that point would measure
-    without measuring it: ``run`` records its arguments, everything else is the sweep's own
-    (``backend``, ``memo``, ``settings``), so the task the point builds later is the same."""
+    """The sweep as a workload's ``run`` sees it, but ``run`` records its arguments: what the
+    point would measure, built by the sweep's own ``backend`` and ``memo``."""
 
     def __init__(self, sweep):
         self._sweep = sweep

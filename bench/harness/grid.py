@@ -117,9 +117,8 @@ class Limit:
 
 @dataclass(frozen=True)
 class Timing:
-    """How long each point is timed: rounds = budget_s / call time, clamped to the bounds.
-    A call so slow that ``min_rounds`` of it would take SLOW_BUDGETS budgets gets fewer
-    rounds, down to ``slow_min_rounds`` (bench/harness/timing.py, ``rounds_for``)."""
+    """How long each point is timed: rounds = budget_s / call time, within the bounds; a very
+    slow call down to ``slow_min_rounds`` (bench/harness/timing.py, ``rounds_for``)."""
 
     budget_s: float
     min_rounds: int
@@ -254,9 +253,8 @@ def variant_applies(p: Point) -> bool:
 
 
 def variant_unavailable(p: Point) -> str | None:
-    """Why ``p``'s variant cannot run it on this machine, or None. Unlike
-    :func:`variant_applies` this depends on the machine, so such points are generated and
-    skipped with the reason: a fused kernel off a GPU, or a kernel package not installed."""
+    """Why ``p``'s variant cannot run it on this machine (a fused kernel off a GPU, a kernel
+    package missing), or None: such points are generated and skipped with the reason."""
     if p.variant not in FUSED_VARIANTS:
         return None
     if not p.device.startswith("cuda"):
@@ -267,10 +265,9 @@ def variant_unavailable(p: Point) -> str | None:
 
 
 def expand(grid: Grid, settings, devices: dict[str, tuple[str, ...]]) -> list[Point]:
-    """Every point of ``grid`` on the axes of ``settings`` (``devices``: backend -> its
-    devices), in a stable order, minus those a limit excludes or a variant cannot run.
-    Stochastic methods take k = 1 only: Hutchinson each ``n_probes``, the other estimators each
-    ``n_matvecs``; every other method takes ``n_probes=None`` and ``n_matvecs=None``."""
+    """Every point of ``grid`` on the axes of ``settings`` (``devices``: backend -> devices), in
+    a stable order, but those a limit excludes or a variant cannot run. Stochastic methods take
+    k = 1 only: Hutchinson each ``n_probes``, the other estimators each ``n_matvecs``."""
     limits, variants = tuple(settings.preset.limits), set(settings.variants)
     wanted = [m for m in grid.methods if m in set(settings.methods)]
     ks = grid.ks if grid.ks is not None else tuple(settings.ks)

@@ -15,11 +15,9 @@ from typing import Any
 
 
 def journal_path(explicit: str | None, json_file: Any, rootdir: Path, cwd: Path) -> Path:
-    """The journal's absolute path: ``--bench-journal`` if given; else beside
-    ``--benchmark-json`` (``out.json`` -> ``out.journal.jsonl``; ``json_file`` is an open file
-    up to pytest-benchmark 5.2, then a Path, or a str); else
-    ``<rootdir>/.benchmarks/hollowbench-<UTC time>.journal.jsonl``. Relative paths are taken
-    from ``cwd``, pytest's invocation directory, as pytest-benchmark takes its JSON's."""
+    """The journal's absolute path: ``--bench-journal``; else beside ``--benchmark-json`` (an
+    open file up to pytest-benchmark 5.2, then a Path, or a str); else under the rootdir's
+    ``.benchmarks/``. Relative paths are from ``cwd``, as pytest-benchmark takes its JSON's."""
     if explicit:
         return (cwd / explicit).absolute()
     if json_file is not None:

@@ -102,10 +102,9 @@ def make_task(sweep: Sweep, backend, spec: ModelSpec, point: Point) -> Task:
 
 
 def step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable]:
-    """(fn, args, values_of_output): the point's step, to run as its variant, and how to find
-    the operator's values in its outputs (train: ``((loss, values), grads)``). The probes'
-    seed (JAX: a key) is an argument, so XLA cannot fold the probes into constants; torch
-    draws them from its global RNG."""
+    """(fn, args, values_of_output): the point's step and how to find the operator's values in
+    its outputs (train: ``((loss, values), grads)``). The probes' seed (JAX: a key) is an
+    argument, so XLA cannot fold the probes into constants."""
     op = _operator(backend, point)
     args = (net, x, backend.random_opts(None) if point.method in STOCHASTIC_METHODS else {})
     if point.mode == "eval":
@@ -140,9 +139,8 @@ def _operator(backend, point: Point, with_value: bool = False) -> Callable[..., 
 
 
 def rel_std(sweep: Sweep, backend, net, x, x_np: np.ndarray, point: Point, step, values_of):
-    """(std across SEEDS probe seeds of the first ROWS rows' entries over the mean |exact
-    value|, "rel_std"), shared by eval and train points. A pure compiled step (JAX) reruns with
-    each seed's key (a new function would compile afresh); torch runs the estimator eagerly."""
+    """(std across SEEDS probe seeds of the first ROWS rows over the mean |exact|, "rel_std"). A
+    pure compiled step (JAX) reruns with each seed's key; torch runs the estimator eagerly."""
     key = ("rel_std", backend.name, backend.device, net.spec, point.workload, point.batch,
            point.method, point.n_probes, point.n_matvecs)  # fmt: skip
     op = _operator(backend, point)

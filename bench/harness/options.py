@@ -272,8 +272,7 @@ def parse_faults(raw: str | None) -> Faults:
 
 def slurm_shard(environ: Mapping[str, str]) -> tuple[tuple[int, int], str] | None:
     """((I, N), where from) for the Slurm job-array task ``environ`` describes, or None outside
-    an array. Task ids run from SLURM_ARRAY_TASK_MIN (0 or 1, or any start) in steps of
-    SLURM_ARRAY_TASK_STEP (default 1); the task with the lowest id runs shard 1."""
+    an array; ids run from _MIN in steps of _STEP (default 1), the lowest running shard 1."""
     if "SLURM_ARRAY_TASK_ID" not in environ:
         return None
     values = {}
@@ -383,10 +382,8 @@ def from_config(config) -> Settings:
 
 
 def _given(config, flags: tuple[str, ...]) -> tuple[bool, ...]:
-    """Whether each flag was given at all, in any of the places pytest reads arguments from
-    (the ini's ``addopts``, ``$PYTEST_ADDOPTS``, the command line). pytest reports a default
-    and an explicit value alike, and pytest-benchmark's defaults mean "not set" (the preset
-    decides), while ``--benchmark-max-time 1.0`` given on purpose must count."""
+    """Whether each flag was given at all (ini ``addopts``, ``$PYTEST_ADDOPTS``, command line):
+    pytest reports a default and an explicit value alike, and only an explicit one counts."""
     args = [
         *config.getini("addopts"),
         *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")),

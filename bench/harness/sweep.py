@@ -215,10 +215,8 @@ class Sweep:
         """Build and compile a window of the ``upcoming`` points (fullname, describe: runs the
         point's workload with the recorder given) ahead of their runs; returns its size. It ends
         at a point whose steps are not pure, at a dense point whose time prediction waits on
-        one in the window, past WINDOW_MEMORY_FRACTION of the free memory, or at
-        WINDOW_PER_WORKER points per worker; points to be skipped are left to their run.
-        Compilations run in the pool and all finish before this returns, so none overlaps a
-        timed call."""
+        one in it, past its memory or worker bounds; points to be skipped are left to their
+        run. Every compilation finishes before this returns: none overlaps a timed call."""
         window: list[tuple[str, Any, Callable[[], Task]]] = []
         costs, need_total = set(), 0
         for considered, (fullname, describe) in enumerate(upcoming):
@@ -254,9 +252,8 @@ class Sweep:
         return len(window)
 
     def _lower(self, backend, make_task: Callable[[], Task]):
-        """(Prepared, the future of its compilation or None): the point's task built and its
-        step lowered here, under the per-point limit; its compilation submitted to the pool.
-        A failure is kept in the Prepared, for the point's run to record."""
+        """(Prepared, the future of its compilation or None): the task built and lowered here,
+        under the per-point limit, and compiled in the pool; a failure is kept for its run."""
         start = time.perf_counter()
         try:
             with time_limit(self.settings.timeout_s):

@@ -233,9 +233,8 @@ def _measure_once(
 def _time_rounds(
     benchmark, call, rounds: int, disturb: Disturb | None, limit_s: float = math.inf
 ) -> list[float]:
-    """``rounds`` timed calls as pytest-benchmark's pedantic runner makes them: its timer, its
-    garbage-collector setting, one call per round (pedantic cannot be called twice); fewer
-    once at least 3 rounds took ``limit_s``."""
+    """``rounds`` timed calls as pedantic makes them (its timer and gc setting; pedantic cannot
+    be called twice); fewer once at least 3 rounds took ``limit_s``."""
     options = getattr(benchmark.stats, "options", {}) or {}
     timer = options.get("timer") or time.perf_counter
     timer = getattr(timer, "target", timer)  # pytest-benchmark may wrap it in a NameWrapper

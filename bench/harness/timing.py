@@ -180,7 +180,7 @@ def measure(
     it once more and keep the quieter (its data become pytest-benchmark's stats). ``probe()``
     wraps each measurement, filling ``Measurement.extra`` (energy). No re-measurement that
     would likely pass ``deadline`` (perf_counter s): a noisy point beats a time-out."""
-    first = _measure_once(benchmark, call, rounds, disturb, probe, again=False)
+    first = _measured(probe, lambda: _pedantic(benchmark, call, rounds, disturb))
     outcome = Outcome([first], 0, rule)
     if not failures(first.figures(), rule):
         return outcome
@@ -188,9 +188,8 @@ def measure(
         return outcome
     sleep(rule.pause_s)
     again_rounds = rounds_for(first.figures()["median_s"], timing)
-    second = _measure_once(
-        benchmark, call, again_rounds, disturb, probe, again=True, budget_s=timing.budget_s
-    )
+    limit_s = AGAIN_MAX_BUDGETS * timing.budget_s
+    second = _measured(probe, lambda: _time_rounds(benchmark, call, again_rounds, disturb, limit_s))
     outcome.measurements.append(second)
     outcome.kept = quieter(first, second, rule)
     if outcome.kept == 1:  # the same Metadata: the JSON and the session see only the kept one
@@ -201,37 +200,34 @@ def measure(
 def quieter(first: Measurement, second: Measurement, rule: NoiseRule = RULE) -> int:
     """0 or 1: the measurement that passes the noise test; if both or neither do, the one with
     the lower median (load on a machine only ever adds time)."""
-    a, b = first.figures(), second.figures()
-    passes = (not failures(a, rule), not failures(b, rule))
-    if passes[0] != passes[1]:
-        return 0 if passes[0] else 1
-    return 0 if a["median_s"] <= b["median_s"] else 1
+    runs = [first.figures(), second.figures()]
+    return min((0, 1), key=lambda i: (bool(failures(runs[i], rule)), runs[i]["median_s"]))
 
 
-def _measure_once(
-    benchmark, call, rounds, disturb, probe, *, again: bool, budget_s: float = math.inf
-) -> Measurement:
+def _measured(probe, take: Callable[[], list[float]]) -> Measurement:
+    """The seconds per round ``take()`` times, with the CPU share and the probe's figures."""
     with probe() as extra:
         start = telemetry.cpu_snapshot()
-        if again:
-            data = _time_rounds(benchmark, call, rounds, disturb, AGAIN_MAX_BUDGETS * budget_s)
-        else:
-            index = iter(range(rounds))
-
-            def timed():
-                _disturb(disturb, "timed", next(index))
-                return call()
-
-            # pytest-benchmark times only the target's own call, so the hook's sleep counts
-            # (that is the injected noise), and nothing else of ours does.
-            benchmark.pedantic(timed if disturb else call, rounds=rounds, iterations=1)
-            data = list(benchmark.stats.stats.data)
+        data = take()
         share = telemetry.cpu_share(start, telemetry.cpu_snapshot())
     return Measurement(data, share, dict(extra))
 
 
+def _pedantic(benchmark, call, rounds: int, disturb: Disturb | None) -> list[float]:
+    index = iter(range(rounds))
+
+    def timed():
+        _disturb(disturb, "timed", next(index))
+        return call()
+
+    # pytest-benchmark times only the target's own call, so the hook's sleep counts (that is
+    # the injected noise), and nothing else of ours does.
+    benchmark.pedantic(timed if disturb else call, rounds=rounds, iterations=1)
+    return list(benchmark.stats.stats.data)
+
+
 def _time_rounds(
-    benchmark, call, rounds: int, disturb: Disturb | None, limit_s: float = math.inf
+    benchmark, call, rounds: int, disturb: Disturb | None, limit_s: float
 ) -> list[float]:
     """``rounds`` timed calls as pedantic makes them (its timer and gc setting; pedantic cannot
     be called twice); fewer once at least 3 rounds took ``limit_s``."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness.operators import activations
+from bench.harness.operators import REFERENCE_CHUNK, ROWS, activations
 from bench.harness.sweep import Sweep, Task
 from bench.harness.workload import (
     PointBase,
@@ -27,8 +27,6 @@ from bench.harness.workload import (
 from impls import HollowSpec
 from impls.sde import ROUTE_METHODS, ROUTES, ou_process, training_batch
 
-ROWS = 4  # batch rows the error is checked on
-REFERENCE_CHUNK = 64  # basis directions per vmap chunk of the reference: bounds its memory
 SEEDS = {"drift": 0, "diffusion": 1}
 DATA_SEED = 0
 

@@ -153,14 +153,13 @@ def profile(backend, point: Point, calls: int, rows: int) -> dict[str, Any]:
 def _metered(call, calls: int, device: str) -> dict[str, Any]:
     """At least ``calls`` calls and METER_S seconds: NVML's energy counter and utilisation
     sample over tens of ms or more, so a few fast calls would read as zero."""
-    energy = EnergyMeter(device)
-    energy.start()
-    start, done = time.perf_counter(), 0
-    while done < calls or time.perf_counter() - start < METER_S:
-        call()
-        done += 1
-    seconds, calls = time.perf_counter() - start, done
-    joules, _kind = energy.stop()
+    with EnergyMeter(device) as energy:
+        start, done = time.perf_counter(), 0
+        while done < calls or time.perf_counter() - start < METER_S:
+            call()
+            done += 1
+        seconds, calls = time.perf_counter() - start, done
+    joules = energy["joules"]
     handle = NVML.handle(device)
     util = NVML.call("nvmlDeviceGetUtilizationRates", handle) if handle else None
     return {

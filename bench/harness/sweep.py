@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -242,16 +242,15 @@ class Sweep:
             if not (self._wont_fit(backend, need_bytes) or self._too_slow(info)):
                 window.append((fullname, backend, make_task))
                 costs.add(cost)
-        pending = {name: self._lower(backend, make_task) for name, backend, make_task in window}
-        for name, (prepared, rest) in pending.items():
-            if rest is not None:
-                compiled, cache = rest.result()
-                prepared.compiled = compiled
-                prepared.info = {"compile_ahead": len(window)} | cache
-            self._prepared[name] = prepared
-        return len(window)
+        size = len(window)
+        pending = {
+            name: self._lower(backend, make_task, size) for name, backend, make_task in window
+        }
+        wait([future for _, future in pending.values() if future is not None])
+        self._prepared |= {name: prepared for name, (prepared, _) in pending.items()}
+        return size
 
-    def _lower(self, backend, make_task: Callable[[], Task]):
+    def _lower(self, backend, make_task: Callable[[], Task], window: int):
         """(Prepared, the future of its compilation or None): the task built and lowered here,
         under the per-point limit, and compiled in the pool; a failure is kept for its run."""
         start = time.perf_counter()
@@ -266,7 +265,7 @@ class Sweep:
             workers = self.settings.compile_workers
             self._pool = ThreadPoolExecutor(workers, thread_name_prefix="hollowbench-compile")
         prepared = Prepared(task=task, build_s=time.perf_counter() - start)
-        return prepared, self._pool.submit(_compile_rest, rest, prepared)
+        return prepared, self._pool.submit(_compile_rest, rest, prepared, window)
 
     def close(self) -> None:
         """Stop the compile pool (its threads are idle: every window waits for its own)."""
@@ -427,10 +426,10 @@ class Sweep:
             timing,
             rule=self.rule,
             disturb=disturb,
-            probe=lambda: _energy(backend.device),
+            probe=lambda: EnergyMeter(backend.device),
             deadline=self._deadline,
         )
-        kept = outcome.chosen
+        kept = outcome.measurements[outcome.kept]
         joules = kept.extra.get("joules")
         peak_bytes, peak_kind = static_peak if static_peak is not None else peak.stop()
         measured = how | {
@@ -465,17 +464,6 @@ class Sweep:
         self.journal.append({"kind": "point", **record, "stats": stats})
 
 
-@contextmanager
-def _energy(device: str) -> Iterator[dict[str, Any]]:
-    """NVML energy over one measurement's timed calls: ``joules`` and ``energy_kind``."""
-    meter, extra = EnergyMeter(device), {}
-    meter.start()
-    try:
-        yield extra
-    finally:  # a time-out must not leave the power sampler running
-        extra["joules"], extra["energy_kind"] = meter.stop()
-
-
 def _checked(task: Task, out: Any, step: Callable[..., Any]) -> dict[str, Any]:
     """What the task measures off its outputs, then its error figure; a failing check is
     noted but does not void the timing."""
@@ -503,16 +491,16 @@ def _cost_key(info: dict[str, Any]) -> tuple:
     return tuple(info.get(k) for k in COST_KEYS)
 
 
-def _compile_rest(rest: Callable[[], tuple], prepared: Prepared) -> tuple:
-    """The pool's job: finish one compilation (a backend's ``lower_step`` thunk) and note
-    whether the persistent cache served it; a failure becomes the point's to record."""
+def _compile_rest(rest: Callable[[], tuple], prepared: Prepared, window: int) -> None:
+    """The pool's job: finish one compilation (a backend's ``lower_step`` thunk) in a window of
+    ``window`` points, noting whether the persistent cache served it; a failure becomes the
+    point's to record."""
     try:
         with ahead.cache_status() as cache:
-            compiled = rest()
+            prepared.compiled = rest()
+        prepared.info = {"compile_ahead": window} | cache
     except Exception as exc:
         prepared.error = exc
-        return None, {}
-    return compiled, cache
 
 
 def _release(backend, failed: bool) -> None:

@@ -165,6 +165,15 @@ class EnergyMeter:
             return (joules, "nvml_power_sampling") if len(s) > 1 else (None, None)
         return None, None
 
+    def __enter__(self) -> dict[str, Any]:
+        """Meter a block: the dict it gives gets ``joules`` and ``energy_kind`` at the end."""
+        self.figures: dict[str, Any] = {}
+        self.start()
+        return self.figures
+
+    def __exit__(self, *exc) -> None:  # a time-out too: the power sampler must not run on
+        self.figures["joules"], self.figures["energy_kind"] = self.stop()
+
     def _power_w(self) -> float | None:
         mw = NVML.call("nvmlDeviceGetPowerUsage", self._handle)
         return mw / 1000.0 if mw is not None else None

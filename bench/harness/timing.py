@@ -96,10 +96,6 @@ class Outcome:
     kept: int
     rule: NoiseRule
 
-    @property
-    def chosen(self) -> Measurement:
-        return self.measurements[self.kept]
-
     def info(self) -> dict[str, Any]:
         """The point's ``noise``, ``remeasured`` and ``noisy`` extra_info (bench/SCHEMA.md)."""
         runs = [m.figures() for m in self.measurements]

@@ -231,9 +231,8 @@ class OdeWorkload(Workload):
         model = dict.fromkeys(("n_params", "flops", "model_spec"))
         info = {
             "workload": "ode",
-            "method": point.method,
+            **attrs(point, "method", "d"),
             "model": "hollownet" if hollow else None,
-            "d": point.d,
             "batch": BATCH,
             "k": 1,
             "mode": "eval",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.harness.grid import ALL_VARIANTS, MODELS, MODES, PRESETS, Preset, Timing
+from bench.harness.workload import attrs
 from impls import BACKENDS, MAX_K, METHODS
 
 PRECISIONS = ("default", "tf32", "highest")
@@ -77,15 +78,10 @@ class Settings:
             **{name: list(getattr(self, name)) for name in (*axes, "n_matvecs", "variants")},
             "devices": list(self.devices) if self.devices else None,
             "shard": f"{self.shard[0]}/{self.shard[1]}",
-            "shard_source": self.shard_source,
-            "compile_workers": self.compile_workers,
-            "jax_cache": self.jax_cache,
+            **attrs(self, "shard_source", "compile_workers", "jax_cache"),
             "limits": [limit.describe() for limit in self.preset.limits],
-            "budget_s": self.timing.budget_s,
-            "min_rounds": self.timing.min_rounds,
-            "max_rounds": self.timing.max_rounds,
-            "timeout_s": self.timeout_s,
-            "matmul_precision": self.matmul_precision,
+            **attrs(self.timing, "budget_s", "min_rounds", "max_rounds"),
+            **attrs(self, "timeout_s", "matmul_precision"),
         }
 
 

@@ -408,7 +408,7 @@ class _FakeBenchmark:
 
 
 class _FakeBackend:
-    name, device, default_variant = "torch", "cpu", "eager"
+    name, device, default_variant, pure_steps = "torch", "cpu", "eager", False
 
     def matmul_precision(self) -> str:
         return "highest"
@@ -830,6 +830,25 @@ def test_a_window_stops_where_a_time_prediction_waits_on_it(tmp_path):
     assert sweep.compile_ahead((f"test_x[{d}]", describe(d)) for d in (8, 16, 32)) == 1
     assert sweep.wants_ahead("test_x[16]")
     assert _sweep(tmp_path, compile_workers="0").wants_ahead("test_x[8]") is False
+
+
+def test_a_torch_point_ends_a_window_and_is_described_once(tmp_path):
+    """Torch steps are not pure, so nothing compiles ahead of them; a torch point reached
+    first is marked, so that its run does not describe it for a window again."""
+    sweep, described = _sweep(tmp_path, compile_workers="2"), []
+
+    def describe(name, backend):
+        def run(recorder):
+            described.append(name)
+            recorder.run(_FakeBenchmark(), backend, lambda: Task(lambda a: a, (1,)), {})
+
+        return name, run
+
+    points = [describe("test_x[0]", _FakeBackend()), describe("test_x[1]", _PureBackend([]))]
+    assert sweep.compile_ahead(iter(points)) == 0 and described == ["test_x[0]"]
+    assert not sweep.wants_ahead("test_x[0]") and sweep.wants_ahead("test_x[1]")
+    assert sweep.compile_ahead(iter(points[::-1])) == 1  # a JAX window ends at a torch point
+    assert not sweep.wants_ahead("test_x[1]") and not sweep.wants_ahead("test_x[0]")
 
 
 def test_a_jax_sweep_compiles_ahead_and_reuses_its_cache(tmp_path):

@@ -236,9 +236,11 @@ class Sweep:
                 or (free is not None and need_total > WINDOW_MEMORY_FRACTION * free)
                 or len(window) >= WINDOW_PER_WORKER * self.settings.compile_workers
             )
-            if full or not backend.pure_steps:  # torch: compiled in its own run, if at all
+            if full:
                 break
-            self._seen_ahead.add(fullname)
+            self._seen_ahead.add(fullname)  # reaching it needs no window of its own
+            if not backend.pure_steps:  # torch: compiled in its own run, if at all
+                break
             if not (self._wont_fit(backend, need_bytes) or self._too_slow(info)):
                 window.append((fullname, backend, make_task))
                 costs.add(cost)

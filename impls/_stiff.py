@@ -1,11 +1,11 @@
-"""The implicit solvers, framework-free, so both backends do identical maths: argument checks,
-the configuration, the variable-step BDF1/BDF2 coefficients, the root iteration, the step
-attempt and its loop, over the scalar operations and loops a backend passes as :class:`Ops`.
+"""The implicit solvers, framework-free, over the scalar operations and loops a backend
+passes as :class:`Ops`: argument checks, configuration, the variable-step BDF1/BDF2
+coefficients, the root iteration and the step loop.
 
-The BDF formulas use divided differences of the accepted solution, ``d1 = [y_n, y_{n-1}]``,
-``d2 = [y_n, y_{n-1}, y_{n-2}]``, and the step sizes ``h1 = t_n - t_{n-1}``,
-``h2 = t_{n-1} - t_{n-2}``. At the start ``d1 = f(t0, y0)``, ``d2 = 0`` and ``h1 = h2 = 0``
-(confluent points): the first predictor is explicit Euler, the second a Hermite quadratic.
+BDF uses divided differences of the accepted solution, ``d1 = [y_n, y_{n-1}]``, ``d2 = [y_n,
+y_{n-1}, y_{n-2}]``, and steps ``h1 = t_n - t_{n-1}``, ``h2 = t_{n-1} - t_{n-2}``. At the
+start ``d1 = f(t0, y0)``, ``d2 = 0``, ``h1 = h2 = 0`` (confluent points): the first predictor
+is explicit Euler, the second a Hermite quadratic.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ STRETCH = 1e-6  # a step within this fraction of an output time lands on it exac
 FINDER_STATS = ("n_jac", "n_diag", "n_lu")
 RUN_STATS = ("n_steps", "n_accepted", "n_rejected", "n_failed", "n_iters", "nfe")
 STATS = (*RUN_STATS, *FINDER_STATS)
-DEFAULTS = {"rtol": 1e-6, "atol": 1e-9, "root_tol": 1e-2, "max_iters": 20, "max_steps": 10_000}
 
 
 @dataclass(frozen=True)
@@ -46,6 +45,43 @@ class Config:
     max_iters: int
     max_steps: int = 1
     adaptive: bool = True
+
+
+@dataclass(frozen=True)
+class RootOptions:
+    """``find_root``'s keywords: the root finder (``ROOT_FINDERS``) and its Jacobian ``reuse``
+    (``REUSE``); converged when the remaining error, weighted by atol + rtol |y|, is below
+    ``root_tol``; failed after ``max_iters`` iterations."""
+
+    root_finder: str = "jacobi_newton"
+    reuse: str = "never"
+    rtol: float = 1e-6
+    atol: float = 1e-9
+    root_tol: float = 1e-2
+    max_iters: int = 20
+
+    def __post_init__(self):
+        check_method(getattr(self, "stepper", STEPPERS[0]), self.root_finder, self.reuse)
+        check_tolerances(self.rtol, self.atol, self.root_tol, self.max_iters)
+
+    def config(self, max_steps: int = 1, adaptive: bool = True) -> Config:
+        stepper = getattr(self, "stepper", STEPPERS[0])
+        return Config(stepper, self.root_finder, self.reuse, self.max_iters, max_steps, adaptive)
+
+
+@dataclass(frozen=True)
+class Options(RootOptions):
+    """``solve``'s keywords: find_root's, the ``stepper`` (``STEPPERS``), ``step_size`` (None:
+    adaptive, rtol/atol on Milne's local error estimate; h: fixed steps, each output time
+    landed on exactly, a step whose root finder fails kept and counted) and ``max_steps``."""
+
+    stepper: str = "bdf2"
+    step_size: float | None = None
+    max_steps: int = 10_000
+
+    def __post_init__(self):
+        super().__post_init__()
+        _count(self.max_steps, "max_steps")
 
 
 class Tol(NamedTuple):
@@ -131,6 +167,8 @@ class Ops(NamedTuple):
     minimum: Callable
     logical_not: Callable
     isfinite: Callable
+    sqrt: Callable
+    zeros_like: Callable
     wrms: Callable  # (batch, dim) -> the largest per-sample root-mean-square
     weights: Callable  # (tol, *ys) -> atol + rtol * max |y|, (batch, dim)
     record: Callable  # (ys, i, landed, y) -> ys with ys[i] = y where landed
@@ -173,6 +211,36 @@ def iterate(system, t, rhs, c, y, cfg: Config, tol: Tol, finder, ops: Ops):
     start = (ops.array(0, "int32"), y, ops.array(math.inf, y.dtype), ops.array(_RUNNING), finder)
     k, y, _, status, finder = ops.while_loop(running, body, start)
     return y, status == _CONVERGED, k, finder
+
+
+def initial_step(system, t, y, f0, span, tol: Tol, ops: Ops):
+    """Hairer & Wanner's starting step for order 1 (one extra f evaluation)."""
+    scale = ops.weights(tol, y)
+    d0, d1 = ops.wrms(y / scale), ops.wrms(f0 / scale)
+    # The floors keep Python floats from dividing by 0 in the branch where() drops.
+    h0 = ops.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / ops.maximum(d1, 1e-300))
+    h0 = ops.minimum(h0, span)
+    d2 = ops.wrms((system.rhs(t + h0, y + h0 * f0) - f0) / scale) / h0
+    big = ops.maximum(d1, d2)
+    h1 = ops.where(
+        big <= 1e-15, ops.maximum(1e-6, h0 * 1e-3), ops.sqrt(0.01 / ops.maximum(big, 1e-300))
+    )
+    return ops.minimum(ops.minimum(100 * h0, h1), span)
+
+
+def integrate(system, y0, ts, ys, cfg: Config, tol: Tol, step_size, finder, ops: Ops):
+    """From ``y0`` (batch, dim) at ``ts[0]`` through the output times ``ts``, with ``finder``
+    started: (``ys`` (len(ts), batch, dim) holding the states reached, the stats)."""
+    counts = bump({key: ops.array(0, "int32") for key in RUN_STATS}, nfe=1)
+    f0 = system.rhs(ts[0], y0)
+    h = step_size
+    if cfg.adaptive:
+        h = initial_step(system, ts[0], y0, f0, ts[-1] - ts[0], tol, ops)
+        counts = bump(counts, nfe=1)
+    zero, accepted = ops.array(0.0, y0.dtype), ops.array(True)
+    s = State(ts[0], y0, f0, ops.zeros_like(y0), zero, zero, h, accepted, finder, counts)
+    s, reached, ys = run(system, s, ts, ys, cfg, tol, step_size, ops)
+    return ys, stats(s, reached == len(ts))
 
 
 def run(system, s: State, ts, ys, cfg: Config, tol: Tol, step_size, ops: Ops):
@@ -289,24 +357,11 @@ def check_tolerances(rtol: Any, atol: Any, root_tol: Any, max_iters: Any) -> Non
     _count(max_iters, "max_iters")
 
 
-def configure(
-    ts: Any,
-    stepper: str,
-    root_finder: str,
-    reuse: str,
-    rtol: Any,
-    atol: Any,
-    root_tol: Any,
-    max_iters: Any,
-    max_steps: Any,
-    step_size: Any,
-) -> tuple[tuple[float, ...], float | None, Config]:
-    """Check a solve's arguments: (output times, fixed step size or None, configuration)."""
+def configure(ts: Any, options: Options) -> tuple[tuple[float, ...], float | None, Config]:
+    """Check a solve's times and step: (output times, fixed step size or None, configuration)."""
     times = check_times(ts)
-    check_method(stepper, root_finder, reuse)
-    check_tolerances(rtol, atol, root_tol, max_iters)
-    h = check_steps(step_size, max_steps, times)
-    return times, h, Config(stepper, root_finder, reuse, max_iters, max_steps, h is None)
+    h = check_step_size(options.step_size, times)
+    return times, h, options.config(options.max_steps, h is None)
 
 
 def check_diag(finder: Any, system: Any) -> None:
@@ -332,8 +387,7 @@ def check_times(ts: Any) -> tuple[float, ...]:
     return times
 
 
-def check_steps(step_size: Any, max_steps: Any, ts: tuple[float, ...]) -> float | None:
-    _count(max_steps, "max_steps")
+def check_step_size(step_size: Any, ts: tuple[float, ...]) -> float | None:
     if step_size is None:
         return None
     h = _number(step_size, "step_size")
@@ -342,14 +396,18 @@ def check_steps(step_size: Any, max_steps: Any, ts: tuple[float, ...]) -> float 
     return h
 
 
-def check_state(shape: tuple, dtype: str, dim: int) -> None:
-    """y0 must be a floating (batch, dim) array."""
+def check_state(
+    shape: tuple, dtype: str, dim: int, name: str = "y0", owner: str = "system", row: str = "state"
+) -> None:
+    """``name`` must be a floating (batch, dim) array (SDE's words: "x", "target", "sample")."""
     if len(shape) != 2 or shape[1] != dim:
-        raise ValueError(f"y0 must have shape (batch, {dim}) for this system, got {tuple(shape)}")
+        raise ValueError(
+            f"{name} must have shape (batch, {dim}) for this {owner}, got {tuple(shape)}"
+        )
     if shape[0] < 1:
-        raise ValueError(f"y0 must hold at least one state, got shape {tuple(shape)}")
+        raise ValueError(f"{name} must hold at least one {row}, got shape {tuple(shape)}")
     if dtype not in ("float32", "float64"):
-        raise TypeError(f"y0 must be float32 or float64, got {dtype}")
+        raise TypeError(f"{name} must be float32 or float64, got {dtype}")
 
 
 def summarize(stats: dict[str, Any]) -> dict[str, Any]:

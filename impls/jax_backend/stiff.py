@@ -204,27 +204,15 @@ ROOT_FINDERS = {finder.name: finder for finder in (FixedPoint, Newton, JacobiNew
 
 
 def find_root(
-    system: _SystemBase,
-    t: Any,
-    rhs: jax.Array,
-    c: Any,
-    y_guess: jax.Array,
-    *,
-    root_finder: str = "jacobi_newton",
-    reuse: str = "never",
-    rtol: float = _stiff.DEFAULTS["rtol"],
-    atol: float = _stiff.DEFAULTS["atol"],
-    root_tol: float = _stiff.DEFAULTS["root_tol"],
-    max_iters: int = _stiff.DEFAULTS["max_iters"],
+    system: _SystemBase, t: Any, rhs: jax.Array, c: Any, y_guess: jax.Array, **options: Any
 ) -> RootResult:
-    """Solve ``y - c f(t, y) = rhs`` for y (batch, dim), starting from ``y_guess``."""
-    _stiff.check_method("backward_euler", root_finder, reuse)
-    _stiff.check_tolerances(rtol, atol, root_tol, max_iters)
+    """Solve ``y - c f(t, y) = rhs`` for y (batch, dim), starting from ``y_guess``; ``options``:
+    :class:`impls._stiff.RootOptions`."""
+    opts = _stiff.RootOptions(**options)
     _check_state(system, y_guess)
     _check_state(system, rhs)
-    _stiff.check_diag(ROOT_FINDERS[root_finder], system)
-    cfg = _stiff.Config("backward_euler", root_finder, reuse, max_iters)
-    return _find_root(system, t, rhs, c, y_guess, _tol(rtol, atol, root_tol, y_guess.dtype), cfg)
+    _stiff.check_diag(ROOT_FINDERS[opts.root_finder], system)
+    return _find_root(system, t, rhs, c, y_guess, _tol(opts, y_guess.dtype), opts.config())
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
@@ -235,8 +223,8 @@ def _find_root(system, t, rhs, c, y, tol: _stiff.Tol, cfg: _stiff.Config) -> Roo
     return RootResult(y, ok, k, k, finder.n_jac, finder.n_diag, finder.n_lu)
 
 
-def _tol(rtol: float, atol: float, root_tol: float, dtype) -> _stiff.Tol:
-    return _stiff.Tol(*(jnp.asarray(v, dtype) for v in (rtol, atol, root_tol)))
+def _tol(opts: _stiff.RootOptions, dtype) -> _stiff.Tol:
+    return _stiff.Tol(*(jnp.asarray(v, dtype) for v in (opts.rtol, opts.atol, opts.root_tol)))
 
 
 def _check_state(system, y: Any) -> None:
@@ -245,54 +233,19 @@ def _check_state(system, y: Any) -> None:
     _stiff.check_state(tuple(y.shape), y.dtype.name, system.dim)
 
 
-def _check_finite(y0: jax.Array) -> None:
-    if isinstance(y0, jax.core.Tracer):
-        return
-    if not bool(jnp.isfinite(y0).all()):
-        raise ValueError("y0 contains NaN or inf")
-
-
-def solve(
-    system: _SystemBase,
-    y0: jax.Array,
-    ts: Sequence[float],
-    *,
-    stepper: str = "bdf2",
-    root_finder: str = "jacobi_newton",
-    reuse: str = "never",
-    rtol: float = _stiff.DEFAULTS["rtol"],
-    atol: float = _stiff.DEFAULTS["atol"],
-    step_size: float | None = None,
-    root_tol: float = _stiff.DEFAULTS["root_tol"],
-    max_iters: int = _stiff.DEFAULTS["max_iters"],
-    max_steps: int = _stiff.DEFAULTS["max_steps"],
-) -> Solution:
+def solve(system: _SystemBase, y0: jax.Array, ts: Sequence[float], **options: Any) -> Solution:
     """The PyTorch backend's ``solve``; traceable (``y0`` and the system may be traced)."""
-    times, h, cfg = _stiff.configure(
-        ts, stepper, root_finder, reuse, rtol, atol, root_tol, max_iters, max_steps, step_size
-    )
+    opts = _stiff.Options(**options)
+    times, h, cfg = _stiff.configure(ts, opts)
     _check_state(system, y0)
-    _stiff.check_diag(ROOT_FINDERS[root_finder], system)
-    _check_finite(y0)
-    dtype = y0.dtype
-    tol, step_size = _tol(rtol, atol, root_tol, dtype), jnp.asarray(h or 0.0, dtype)
-    return _solve(system, y0, jnp.asarray(times, dtype), tol, step_size, cfg)
+    _stiff.check_diag(ROOT_FINDERS[opts.root_finder], system)
+    operators.check_finite(y0, "y0")
+    step_size = jnp.asarray(h or 0.0, y0.dtype)
+    return _solve(system, y0, jnp.asarray(times, y0.dtype), _tol(opts, y0.dtype), step_size, cfg)
 
 
 def _weights(tol: _stiff.Tol, *ys: jax.Array) -> jax.Array:
     return tol.atol + tol.rtol * functools.reduce(jnp.maximum, [jnp.abs(y) for y in ys])
-
-
-def _initial_step(system, t, y, f0, span, tol: _stiff.Tol) -> jax.Array:
-    """Hairer & Wanner's starting step for order 1 (one extra f evaluation)."""
-    scale = _weights(tol, y)
-    d0, d1 = _wrms(y / scale), _wrms(f0 / scale)
-    h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
-    h0 = jnp.minimum(h0, span)
-    d2 = _wrms((system.rhs(t + h0, y + h0 * f0) - f0) / scale) / h0
-    big = jnp.maximum(d1, d2)
-    h1 = jnp.where(big <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3), jnp.sqrt(0.01 / big))
-    return jnp.minimum(jnp.minimum(100 * h0, h1), span)
 
 
 _OPS = _stiff.Ops(
@@ -304,6 +257,8 @@ _OPS = _stiff.Ops(
     minimum=jnp.minimum,
     logical_not=jnp.logical_not,
     isfinite=jnp.isfinite,
+    sqrt=jnp.sqrt,
+    zeros_like=jnp.zeros_like,
     wrms=_wrms,
     weights=_weights,
     record=lambda ys, i, landed, y: ys.at[i].set(jnp.where(landed, y, ys[i])),
@@ -312,21 +267,9 @@ _OPS = _stiff.Ops(
 
 @functools.partial(jax.jit, static_argnames="cfg")
 def _solve(system, y0, ts, tol: _stiff.Tol, step_size, cfg: _stiff.Config) -> Solution:
-    dtype = y0.dtype
-    counts = {key: jnp.zeros((), jnp.int32) for key in _stiff.RUN_STATS}
-    counts = _stiff.bump(counts, nfe=1)
-    f0 = system.rhs(ts[0], y0)
-    h = step_size
-    if cfg.adaptive:
-        h = _initial_step(system, ts[0], y0, f0, ts[-1] - ts[0], tol)
-        counts = _stiff.bump(counts, nfe=1)
-    zero = jnp.zeros((), dtype)
+    ys = jnp.full((ts.shape[0], *y0.shape), jnp.nan, y0.dtype).at[0].set(y0)
     finder = ROOT_FINDERS[cfg.root_finder].start(y0)
-    accepted = jnp.asarray(True)
-    state = _stiff.State(ts[0], y0, f0, jnp.zeros_like(y0), zero, zero, h, accepted, finder, counts)
-    ys = jnp.full((ts.shape[0], *y0.shape), jnp.nan, dtype).at[0].set(y0)
-    s, reached, ys = _stiff.run(system, state, ts, ys, cfg, tol, step_size, _OPS)
-    return Solution(ts, ys, _stiff.stats(s, reached == ts.shape[0]))
+    return Solution(ts, *_stiff.integrate(system, y0, ts, ys, cfg, tol, step_size, finder, _OPS))
 
 
 # --- diffrax: Jacobi-Newton as the root finder of an implicit Runge-Kutta solver ------------
@@ -428,10 +371,10 @@ def diffrax_solve(
     *,
     solver: str = "kvaerno5",
     root_finder: str = "jacobi_newton",
-    rtol: float = _stiff.DEFAULTS["rtol"],
-    atol: float = _stiff.DEFAULTS["atol"],
-    max_iters: int = _stiff.DEFAULTS["max_iters"],
-    max_steps: int = _stiff.DEFAULTS["max_steps"],
+    rtol: float = _stiff.Options.rtol,
+    atol: float = _stiff.Options.atol,
+    max_iters: int = _stiff.Options.max_iters,
+    max_steps: int = _stiff.Options.max_steps,
 ) -> Solution:
     """``diffrax.diffeqsolve`` with an implicit ESDIRK (Kvaerno 3/4/5), a PID controller and
     at most ``max_iters`` root-finder iterations per stage, saving at ``ts``. ``root_finder``:
@@ -444,11 +387,12 @@ def diffrax_solve(
         raise ValueError(f"unknown solver {solver!r}; available: {', '.join(DIFFRAX_SOLVERS)}")
     if root_finder not in ("newton", "jacobi_newton"):
         raise ValueError(f"unknown root finder {root_finder!r}; available: newton, jacobi_newton")
-    _stiff.check_tolerances(rtol, atol, _stiff.DEFAULTS["root_tol"], max_iters)
-    _stiff.check_steps(None, max_steps, times)
+    _stiff.Options(
+        root_finder=root_finder, rtol=rtol, atol=atol, max_iters=max_iters, max_steps=max_steps
+    )
     _check_state(system, y0)
     _stiff.check_diag(ROOT_FINDERS[root_finder], system)
-    _check_finite(y0)
+    operators.check_finite(y0, "y0")
     cls = getattr(diffrax, solver.capitalize())
     if root_finder == "jacobi_newton":
         term = diffrax.ODETerm(jacobi_vector_field(system))

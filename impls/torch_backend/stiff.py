@@ -1,14 +1,8 @@
-"""Implicit solvers for stiff ODEs in PyTorch: backward Euler and variable-step BDF2, fixed
-step or adaptive, with a pluggable root finder for the implicit stage ``F(y) = y - c f(t, y) -
-r = 0`` (``c = h*beta``), found by name in ``ROOT_FINDERS`` (as torchdiffeq's ``SOLVERS``):
-
-- ``fixed_point``:    y <- r + c f(y)                      (no derivative)
-- ``jacobi_newton``:  y <- y - F(y) / (1 - c D_dim f(y))   (the Jacobian diagonal)
-- ``newton``:         y <- y - (I - c J(y))^{-1} F(y)      (dense J, LU solve)
-
-``reuse`` says when newton/jacobi_newton re-evaluate J (or D_dim f): every iteration
-("never"), once per step attempt ("step"), or only after a failed iteration ("always"; the LU
-is refactored whenever c changes). The JAX backend's ``stiff`` module has the same API.
+"""Implicit solvers for stiff ODEs in PyTorch (the JAX ``stiff`` module has the same API):
+backward Euler and variable-step BDF2, fixed step or adaptive, with a root finder from
+``ROOT_FINDERS`` for the stage ``F(y) = y - c f(t, y) - r = 0`` (``c = h*beta``):
+``fixed_point`` (y <- r + c f(y)), ``jacobi_newton`` (y <- y - F(y) / (1 - c D_dim f(y))) or
+``newton`` (y <- y - (I - c J(y))^{-1} F(y), dense J and its LU).
 
 >>> sol = solve(ProblemSystem(robertson(40.0)), y0, (0.0, 40.0), root_finder="jacobi_newton")
 >>> sol.ys[-1], summarize(sol.stats)   # (batch, 3) at t = 40; iterations, NFE, failures
@@ -20,7 +14,7 @@ import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -183,30 +177,18 @@ ROOT_FINDERS = {finder.name: finder for finder in (FixedPoint, Newton, JacobiNew
 
 @torch.no_grad()
 def find_root(
-    system: System,
-    t: float,
-    rhs: Tensor,
-    c: float,
-    y_guess: Tensor,
-    *,
-    root_finder: str = "jacobi_newton",
-    reuse: str = "never",
-    rtol: float = _stiff.DEFAULTS["rtol"],
-    atol: float = _stiff.DEFAULTS["atol"],
-    root_tol: float = _stiff.DEFAULTS["root_tol"],
-    max_iters: int = _stiff.DEFAULTS["max_iters"],
+    system: System, t: float, rhs: Tensor, c: float, y_guess: Tensor, **options: Any
 ) -> RootResult:
-    """Solve ``y - c f(t, y) = rhs`` for y (batch, dim), starting from ``y_guess``."""
-    _stiff.check_method("backward_euler", root_finder, reuse)
-    _stiff.check_tolerances(rtol, atol, root_tol, max_iters)
+    """Solve ``y - c f(t, y) = rhs`` for y (batch, dim), starting from ``y_guess``; ``options``:
+    :class:`impls._stiff.RootOptions`."""
+    opts = _stiff.RootOptions(**options)
     _check_state(system, y_guess)
     _check_state(system, rhs)
-    finder = ROOT_FINDERS[root_finder]
+    finder = ROOT_FINDERS[opts.root_finder]
     _stiff.check_diag(finder, system)
-    cfg = _stiff.Config("backward_euler", root_finder, reuse, max_iters)
-    tol = _stiff.Tol(rtol, atol, root_tol)
+    tol = _stiff.Tol(opts.rtol, opts.atol, opts.root_tol)
     y, ok, iters, finder = _stiff.iterate(
-        system, float(t), rhs, float(c), y_guess, cfg, tol, finder.start(y_guess), _OPS
+        system, float(t), rhs, float(c), y_guess, opts.config(), tol, finder.start(y_guess), _OPS
     )
     return RootResult(y, ok, iters, iters, finder.n_jac, finder.n_diag, finder.n_lu)
 
@@ -220,18 +202,6 @@ def _check_state(system: System, y: Tensor) -> None:
 def _weights(tol: _stiff.Tol, *ys: Tensor) -> Tensor:
     big = ys[0].abs() if len(ys) == 1 else torch.maximum(ys[0].abs(), ys[1].abs())
     return tol.atol + tol.rtol * big
-
-
-def _initial_step(system: System, t: float, y: Tensor, f0: Tensor, span: float, tol) -> float:
-    """Hairer & Wanner's starting step for order 1 (one extra f evaluation)."""
-    scale = _weights(tol, y)
-    d0, d1 = _wrms(y / scale), _wrms(f0 / scale)
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-    h0 = min(h0, span)
-    d2 = _wrms((system.rhs(t + h0, y + h0 * f0) - f0) / scale) / h0
-    big = max(d1, d2)
-    h1 = max(1e-6, h0 * 1e-3) if big <= 1e-15 else (0.01 / big) ** 0.5
-    return min(100 * h0, h1, span)
 
 
 def _while_loop(running, body, carry):
@@ -255,6 +225,8 @@ _OPS = _stiff.Ops(
     minimum=min,
     logical_not=operator.not_,
     isfinite=math.isfinite,
+    sqrt=lambda x: x**0.5,
+    zeros_like=torch.zeros_like,
     wrms=_wrms,
     weights=_weights,
     record=_record,
@@ -262,46 +234,22 @@ _OPS = _stiff.Ops(
 
 
 @torch.no_grad()
-def solve(
-    system: System,
-    y0: Tensor,
-    ts: Sequence[float],
-    *,
-    stepper: str = "bdf2",
-    root_finder: str = "jacobi_newton",
-    reuse: str = "never",
-    rtol: float = _stiff.DEFAULTS["rtol"],
-    atol: float = _stiff.DEFAULTS["atol"],
-    step_size: float | None = None,
-    root_tol: float = _stiff.DEFAULTS["root_tol"],
-    max_iters: int = _stiff.DEFAULTS["max_iters"],
-    max_steps: int = _stiff.DEFAULTS["max_steps"],
-) -> Solution:
+def solve(system: System, y0: Tensor, ts: Sequence[float], **options: Any) -> Solution:
     """Integrate ``y' = system.rhs(t, y)`` from ``y0`` (batch, dim) at ``ts[0]`` through the
-    output times ``ts``: ys (len(ts), batch, dim), ``ys[0] = y0``.
-
-    ``step_size=None``: adaptive, rtol/atol on Milne's local error estimate. ``step_size=h``:
-    fixed steps of h (each output time is landed on exactly); rtol/atol then only weight the
-    root finder's convergence test, and a step whose root finder fails is kept and counted.
-    The batch's samples share the step sequence; norms take the worst sample.
+    output times ``ts``: ys (len(ts), batch, dim), ``ys[0] = y0``; ``options``:
+    :class:`impls._stiff.Options`. The batch's samples share the step sequence; norms take
+    the worst sample.
     """
-    times, h, cfg = _stiff.configure(
-        ts, stepper, root_finder, reuse, rtol, atol, root_tol, max_iters, max_steps, step_size
-    )
+    opts = _stiff.Options(**options)
+    times, h, cfg = _stiff.configure(ts, opts)
     _check_state(system, y0)
-    _stiff.check_diag(ROOT_FINDERS[root_finder], system)
-    if not bool(torch.isfinite(y0).all()):
-        raise ValueError("y0 contains NaN or inf")
-    tol, t = _stiff.Tol(rtol, atol, root_tol), times[0]
-    f0 = system.rhs(t, y0)
-    counts = _stiff.bump(dict.fromkeys(_stiff.RUN_STATS, 0), nfe=1)
-    if cfg.adaptive:
-        h = _initial_step(system, t, y0, f0, times[-1] - t, tol)
-        counts = _stiff.bump(counts, nfe=1)
-    finder = ROOT_FINDERS[root_finder].start(y0)
-    s = _stiff.State(t, y0, f0, torch.zeros_like(y0), 0.0, 0.0, h, True, finder, counts)
+    _stiff.check_diag(ROOT_FINDERS[opts.root_finder], system)
+    operators.check_finite(y0, "y0")
     ys = torch.full((len(times), *y0.shape), math.nan, dtype=y0.dtype, device=y0.device)
     ys[0] = y0
-    s, reached, ys = _stiff.run(system, s, times, ys, cfg, tol, step_size, _OPS)
-    ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
-    return Solution(ts, ys, _stiff.stats(s, reached == len(times)))
+    tol, finder = (
+        _stiff.Tol(opts.rtol, opts.atol, opts.root_tol),
+        ROOT_FINDERS[opts.root_finder].start(y0),
+    )
+    ys, stats = _stiff.integrate(system, y0, times, ys, cfg, tol, h, finder, _OPS)
+    return Solution(torch.tensor(times, dtype=y0.dtype, device=y0.device), ys, stats)

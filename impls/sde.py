@@ -5,18 +5,15 @@ the fields' container and the checks both backends share. An Itô SDE with diago
     d_t s = sum_i [ -d_i f_i - f_i d_i s + 1/2 d_i^2 G_i + d_i G_i d_i s
                     + 1/2 G_i (d_i^2 s + (d_i s)^2) ],
 
-in which only dimension-wise derivatives of the fields appear (``D_dim G = 2 g D_dim g``,
-``D_dim^2 G = 2 (D_dim g)^2 + 2 g D_dim^2 g``): a HollowNet gives them in a few passes
-whatever d is. Targets (an OU mixture, or any ``log_prob``) give ``log p``, its score, the
-Hessian diagonal and ``d_t log p``; closed forms are written once against an array namespace
-``xp`` (numpy, torch or jax.numpy), with ``t`` (batch,) and ``x`` (batch, d).
+where only dimension-wise derivatives appear, which a HollowNet gives in a few passes. Closed
+forms take an array namespace ``xp`` (numpy, torch or jax.numpy), ``t`` (batch,), ``x`` (batch, d).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -237,26 +234,11 @@ def _per_component(value: Any, n: int, dim: int, name: str, positive=False) -> n
     return arr
 
 
-def ou_process(
-    dim: int,
-    theta: Any = 1.0,
-    mu: Any = 0.0,
-    sigma: Any = 1.0,
-    mean0: Any = 1.0,
-    std0: Any = 0.5,
-    t_span: tuple[float, float] = (0.0, 1.0),
-) -> OUMixture:
-    """The OU process from ``N(mean0, diag(std0^2))``; parameters scalars or (dim,)."""
-    return ou_mixture(
-        dim,
-        weights=(1.0,),
-        means0=_vector(mean0, dim, "mean0")[None],
-        stds0=_vector(std0, dim, "std0", positive=True)[None],
-        theta=theta,
-        mu=mu,
-        sigma=sigma,
-        t_span=t_span,
-    )
+def ou_process(dim: int, *, mean0: Any = 1.0, std0: Any = 0.5, **ou: Any) -> OUMixture:
+    """The OU process from ``N(mean0, diag(std0^2))``, mean0 and std0 scalars or (dim,);
+    ``ou``: :func:`ou_mixture`'s theta, mu, sigma and t_span."""
+    mean0 = _vector(mean0, dim, "mean0")[None]
+    return ou_mixture(dim, (1.0,), mean0, _vector(std0, dim, "std0", positive=True)[None], **ou)
 
 
 Sampler = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -301,6 +283,45 @@ def training_batch(
     return t, x
 
 
+@dataclass(frozen=True)
+class FitOptions:
+    """``fit``'s keywords: ``steps`` of Adam at ``lr``, each on ``batch`` fresh points (t
+    uniform over the target's t_span, x from ``sampler``, default the target, drawn from
+    ``seed``), the residual on ``route``."""
+
+    steps: int = 500
+    batch: int = 256
+    lr: float = 1e-2
+    route: str = "hollow"
+    seed: int = 0
+    sampler: Sampler | None = None
+
+    def __post_init__(self):
+        for value, name in ((self.steps, "steps"), (self.batch, "batch")):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
+
+    def batches(self, target: Target) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Each step's (t (batch,), x (batch, dim))."""
+        rng = np.random.default_rng(self.seed)
+        for _ in range(self.steps):
+            yield training_batch(target, self.batch, rng, self.sampler)
+
+
+def target_terms(target: Target, t: Array, x: Array, xp, autodiff_terms: Callable, autodiff: bool):
+    """(d_t log p (batch,), grad log p (batch, d), Hessian diagonal (batch, d)) at t (batch,):
+    closed form for an OU target, ``autodiff_terms(log_prob, t, x)`` for a UserTarget (or when
+    ``autodiff``)."""
+    if isinstance(target, UserTarget):
+        return autodiff_terms(target.log_prob, t, x)
+    if autodiff:
+        return autodiff_terms(lambda s, y: target.log_prob(s, y, xp), t, x)
+    return target.terms(t, x, xp)
+
+
 class FitResult(NamedTuple):
     """The trained fields (torch: in place; JAX: new modules) and the loss per step (steps,)."""
 
@@ -334,35 +355,9 @@ def check_route(route: Any) -> None:
         raise ValueError(f"unknown route {route!r}; available: {', '.join(ROUTES)}")
 
 
-def check_target(target: Any) -> None:
-    if not isinstance(target, OUMixture | UserTarget):
-        raise TypeError(
-            f"target must be an OUMixture (ou_process, ou_mixture) or a UserTarget, "
-            f"got {type(target).__name__}"
-        )
-
-
-def check_state(shape: tuple, dtype: str, dim: int) -> None:
-    """x must be a floating (batch, dim) array."""
-    if len(shape) != 2 or shape[1] != dim:
-        raise ValueError(f"x must have shape (batch, {dim}) for this target, got {tuple(shape)}")
-    if shape[0] < 1:
-        raise ValueError(f"x must hold at least one sample, got shape {tuple(shape)}")
-    if dtype not in ("float32", "float64"):
-        raise TypeError(f"x must be float32 or float64, got {dtype}")
-
-
 def check_output(shape: tuple, expected: tuple, name: str) -> None:
     if tuple(shape) != tuple(expected):
         raise ValueError(f"{name} must return shape {tuple(expected)}, got {tuple(shape)}")
-
-
-def check_fit(steps: Any, batch: Any, lr: Any) -> None:
-    for value, name in ((steps, "steps"), (batch, "batch")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
 
 
 def check_sampling(ts: Any, dt: Any) -> tuple[float, ...]:
@@ -381,9 +376,23 @@ def check_sampling(ts: Any, dt: Any) -> tuple[float, ...]:
     return times
 
 
-def field_problem(field: Any, name: str, route: str, dim: int, hollow: bool) -> str | None:
-    """Why ``field`` cannot serve as ``name`` on ``route`` (None when it can); ``hollow``: it
-    is a HollowNet of the calling backend."""
+def check_fields(drift: Any, diffusion: Any, target: Any, route: Any, hollow_net: type) -> None:
+    """The route, the target, and each field as ``route`` uses it (``hollow_net``: the calling
+    backend's HollowNet class)."""
+    check_route(route)
+    if not isinstance(target, OUMixture | UserTarget):
+        raise TypeError(
+            f"target must be an OUMixture (ou_process, ou_mixture) or a UserTarget, "
+            f"got {type(target).__name__}"
+        )
+    for field, name in ((drift, "drift"), (diffusion, "diffusion")):
+        problem = _field_problem(field, name, route, target.dim, isinstance(field, hollow_net))
+        if problem:
+            raise ValueError(problem)
+
+
+def _field_problem(field: Any, name: str, route: str, dim: int, hollow: bool) -> str | None:
+    """Why ``field`` cannot serve as ``name`` on ``route`` (None when it can)."""
     spec = getattr(field, "spec", None)
     if spec is not None:
         if not spec.time_dependent:

@@ -1,9 +1,7 @@
 """SDEs by Fokker-Planck matching in JAX: the PyTorch backend's ``sde`` API, training with
-optax and sampling with diffrax. The hollow route takes nested JVPs with tangent 1 through
-the transformer (exact: it is separable). Everything is pure and compiled
-(``eqx.filter_jit``: arrays are traced, targets and plain callables static).
-
->>> f, g, losses = fit(f, g, target, steps=300)   # new modules; the inputs are unchanged
+optax, sampling with diffrax. The hollow route nests JVPs with tangent 1 through the
+transformer (exact: it is separable). Pure and compiled (``eqx.filter_jit``); ``fit`` returns
+new modules.
 """
 
 from __future__ import annotations
@@ -18,11 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from impls import sde
+from impls import _stiff, sde
 from impls._checks import check_t_shape
 from impls.jax_backend.models import HollowNet
 from impls.jax_backend.operators import check_finite, is_concrete
-from impls.sde import FitResult, Target, UserTarget
+from impls.sde import FitResult, Target
 
 
 def fp_residual(
@@ -56,15 +54,11 @@ def _residual(drift, diffusion, target, t, x, route, chunk_size) -> jax.Array:
 
 def _prepare(drift, diffusion, target, t, x, route) -> jax.Array:
     """Check the call; t as a (batch,) array of x's dtype."""
-    sde.check_route(route)
-    sde.check_target(target)
+    sde.check_fields(drift, diffusion, target, route, HollowNet)
     if not isinstance(x, jax.Array):
         raise TypeError(f"x must be a jax.Array, got {type(x).__name__}")
-    sde.check_state(x.shape, x.dtype.name, target.dim)
+    _stiff.check_state(x.shape, x.dtype.name, target.dim, "x", "target", "sample")
     for field, name in ((drift, "drift"), (diffusion, "diffusion")):
-        problem = sde.field_problem(field, name, route, target.dim, isinstance(field, HollowNet))
-        if problem:
-            raise ValueError(problem)
         _check_model(field, x, name)
     t = jnp.asarray(t, dtype=x.dtype)
     check_t_shape(tuple(t.shape), x.shape[0])
@@ -135,13 +129,8 @@ def _dense_jet(fn, t: jax.Array, x: jax.Array, order: int, *, chunk_size) -> lis
 def target_terms(
     target: Target, t: jax.Array, x: jax.Array, *, autodiff: bool = False
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(d_t log p (batch,), grad log p (batch, d), Hessian diagonal (batch, d)) at t (batch,):
-    closed form for an OU target, autodiff for a UserTarget (or when ``autodiff``)."""
-    if isinstance(target, UserTarget):
-        return _autodiff_terms(target.log_prob, t, x)
-    if autodiff:
-        return _autodiff_terms(lambda s, y: target.log_prob(s, y, jnp), t, x)
-    return target.terms(t, x, jnp)
+    """:func:`impls.sde.target_terms` here."""
+    return sde.target_terms(target, t, x, jnp, _autodiff_terms, autodiff)
 
 
 def _autodiff_terms(log_prob, t: jax.Array, x: jax.Array) -> tuple[jax.Array, ...]:
@@ -157,20 +146,10 @@ def _autodiff_terms(log_prob, t: jax.Array, x: jax.Array) -> tuple[jax.Array, ..
     return dt, score_fn(x), hess
 
 
-def fit(
-    drift: eqx.Module,
-    diffusion: eqx.Module,
-    target: Target,
-    *,
-    steps: int = 500,
-    batch: int = 256,
-    lr: float = 1e-2,
-    route: str = "hollow",
-    seed: int = 0,
-    sampler: sde.Sampler | None = None,
-) -> FitResult:
+def fit(drift: eqx.Module, diffusion: eqx.Module, target: Target, **options: Any) -> FitResult:
     """The PyTorch backend's ``fit``, with optax's Adam."""
-    sde.check_fit(steps, batch, lr)
+    opts = sde.FitOptions(**options)
+    route = opts.route
     for field, name in ((drift, "drift"), (diffusion, "diffusion")):
         if not isinstance(field, eqx.Module) or not hasattr(field, "params"):
             raise TypeError(f"fit trains models of this backend; {name} is {type(field).__name__}")
@@ -179,7 +158,7 @@ def fit(
         import optax
     except ImportError as err:
         raise ImportError("fit needs optax: pip install 'hollowbench[sde]'") from err
-    optimizer = optax.adam(lr)
+    optimizer = optax.adam(opts.lr)
 
     @jax.jit
     def step(models, state, t, x):
@@ -192,10 +171,9 @@ def fit(
     models = (drift, diffusion)
     # Committed to the models' device like every later state, so step compiles only once.
     state = jax.device_put(optimizer.init(models), _device(drift))
-    rng = np.random.default_rng(seed)
     losses = []
-    for _ in range(steps):
-        t, x = (_like(drift, a) for a in sde.training_batch(target, batch, rng, sampler))
+    for batch in opts.batches(target):
+        t, x = (_like(drift, a) for a in batch)
         models, state, loss = step(models, state, t, x)
         losses.append(loss)
     return FitResult(*models, np.asarray(jnp.stack(losses)))

@@ -1,14 +1,10 @@
-"""SDEs by Fokker-Planck matching in PyTorch: the residual on a hollow or a dense route,
-training, and sampling with torchsde; the JAX backend's ``sde`` module has the same API.
+"""SDEs by Fokker-Planck matching in PyTorch (the JAX ``sde`` module has the same API): the
+residual on the hollow route (the transformer alone, h held fixed, or a DimwiseField's
+callables) or the dense one (any field, d basis directions), training, torchsde sampling.
 
->>> f, g = build(spec, 0, "cpu"), build(spec, 1, "cpu")   # time-dependent: drift, diffusion
->>> r = fp_residual(f, g, ou_process(8), t, x, route="hollow")    # (batch,)
+>>> r = fp_residual(f, g, ou_process(8), t, x, route="hollow")    # (batch,), differentiable
 >>> fit(f, g, target, steps=300)                               # minimise mean r^2 (Adam)
->>> paths = sample_sde(f, g, x0, [0.0, 1.0], dt=0.01)          # (2, n, 8), torchsde Euler
-
-The hollow route differentiates the transformer alone (h held fixed), or takes a
-:class:`~impls.sde.DimwiseField`'s callables; the dense route differentiates any field along
-each of the d basis directions. Results back-propagate to the fields' parameters.
+>>> paths = sample_sde(f, g, x0, [0.0, 1.0], dt=0.01)          # (2, n, 8), Euler-Maruyama
 """
 
 from __future__ import annotations
@@ -17,13 +13,12 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch.func import grad, jvp, vmap
 
-from impls import sde
+from impls import _stiff, sde
 from impls._checks import check_t_shape
-from impls.sde import FitResult, Target, UserTarget
+from impls.sde import FitResult, Target
 from impls.torch_backend.models import HollowNet
 from impls.torch_backend.operators import check_finite
 
@@ -56,15 +51,12 @@ def fp_loss(drift: Any, diffusion: Any, target: Target, t: Any, x: Tensor, **opt
 
 def _prepare(drift, diffusion, target, t, x, route) -> Tensor:
     """Check the call; t as a (batch,) tensor of x's dtype and device."""
-    sde.check_route(route)
-    sde.check_target(target)
+    sde.check_fields(drift, diffusion, target, route, HollowNet)
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    sde.check_state(tuple(x.shape), str(x.dtype).removeprefix("torch."), target.dim)
+    dtype = str(x.dtype).removeprefix("torch.")
+    _stiff.check_state(tuple(x.shape), dtype, target.dim, "x", "target", "sample")
     for field, name in ((drift, "drift"), (diffusion, "diffusion")):
-        problem = sde.field_problem(field, name, route, target.dim, isinstance(field, HollowNet))
-        if problem:
-            raise ValueError(problem)
         _check_model(field, x, name)
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     check_t_shape(tuple(t.shape), x.shape[0])
@@ -132,13 +124,8 @@ def _dense_jet(fn, t: Tensor, x: Tensor, order: int, *, chunk_size: int | None) 
 def target_terms(
     target: Target, t: Tensor, x: Tensor, *, autodiff: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(d_t log p (batch,), grad log p (batch, d), Hessian diagonal (batch, d)) at t (batch,):
-    closed form for an OU target, autodiff for a UserTarget (or when ``autodiff``)."""
-    if isinstance(target, UserTarget):
-        return _autodiff_terms(target.log_prob, t, x)
-    if autodiff:
-        return _autodiff_terms(lambda s, y: target.log_prob(s, y, torch), t, x)
-    return target.terms(t, x, torch)
+    """:func:`impls.sde.target_terms` here."""
+    return sde.target_terms(target, t, x, torch, _autodiff_terms, autodiff)
 
 
 def _autodiff_terms(log_prob, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -153,35 +140,22 @@ def _autodiff_terms(log_prob, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Ten
 
 
 def fit(
-    drift: torch.nn.Module,
-    diffusion: torch.nn.Module,
-    target: Target,
-    *,
-    steps: int = 500,
-    batch: int = 256,
-    lr: float = 1e-2,
-    route: str = "hollow",
-    seed: int = 0,
-    sampler: sde.Sampler | None = None,
+    drift: torch.nn.Module, diffusion: torch.nn.Module, target: Target, **options: Any
 ) -> FitResult:
-    """Adam on the mean squared residual over fresh (t, x) each step: t uniform over the
-    target's t_span, x from ``sampler`` (default: the target)."""
-    sde.check_fit(steps, batch, lr)
+    """Adam on the mean squared residual over fresh (t, x) each step; ``options``:
+    :class:`impls.sde.FitOptions`."""
+    opts = sde.FitOptions(**options)
     for field, name in ((drift, "drift"), (diffusion, "diffusion")):
         if not isinstance(field, torch.nn.Module):
             raise TypeError(f"fit trains torch modules; {name} is a {type(field).__name__}")
     params = [*drift.parameters(), *diffusion.parameters()]
-    optimizer = torch.optim.Adam(params, lr=lr)
-    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.Adam(params, lr=opts.lr)
     like = params[0]
     losses = []
-    for _ in range(steps):
-        t, x = (
-            torch.as_tensor(a, dtype=like.dtype, device=like.device)
-            for a in sde.training_batch(target, batch, rng, sampler)
-        )
+    for batch in opts.batches(target):
+        t, x = (torch.as_tensor(a, dtype=like.dtype, device=like.device) for a in batch)
         optimizer.zero_grad(set_to_none=True)
-        loss = fp_loss(drift, diffusion, target, t, x, route=route)
+        loss = fp_loss(drift, diffusion, target, t, x, route=opts.route)
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())

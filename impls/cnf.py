@@ -1,10 +1,7 @@
-"""Framework-free parts of the continuous normalizing flow (CNF) workload: data sets and their
-transforms, the flow's configuration and model, and the statistics both backends share.
-
-A CNF (FFJORD) integrates ``d/dt [x, a] = [f(t, x), -div f(t, x)]`` from data ``x`` (model
-space) at t = 0, ``a(0) = 0``, to ``z = x(t1)``: ``log p(x) = log N(z; 0, I) - a(t1)``.
-Sampling integrates ``z ~ N(0, I)`` back to t = 0. Data: FFJORD's 2-D toys from a seed,
-scikit-learn's bundled ``digits`` (dequantised, logit-transformed), or any ``.npy`` array.
+"""The continuous normalizing flow (CNF) workload, framework-free: data sets and transforms,
+the flow's configuration, checks and statistics. A CNF (FFJORD) integrates ``d/dt [x, a] =
+[f(t, x), -div f(t, x)]`` from data ``x`` (model space) at t = 0, ``a(0) = 0``, to ``z =
+x(t1)``: ``log p(x) = log N(z; 0, I) - a(t1)``; sampling integrates ``z ~ N(0, I)`` back.
 
 >>> data = load_dataset("digits")            # train (1438, 64), model space, float64
 >>> data.nll(logp_test)                      # held-out NLL in data space: nats, bits/dim
@@ -14,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -381,29 +378,35 @@ def standard_normal_logpdf(z: Any) -> Any:
     return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
 
 
-def check_field_method(method: str, is_hollow: bool) -> None:
-    if method == "hollow" and not is_hollow:
+def check_flow(field: Any, config: Any, seed: Any, hollow: bool) -> None:
+    """A solve's field, configuration and seed; ``hollow``: field is the backend's HollowNet."""
+    if not isinstance(config, FlowConfig):
+        raise TypeError(f"config must be an impls.cnf.FlowConfig, got {type(config).__name__}")
+    if not callable(field):
+        raise TypeError(f"field must be a model or a callable f(t, x), got {type(field).__name__}")
+    if config.method == "hollow" and not hollow:
         raise ValueError(
             "method 'hollow' needs a HollowNet built by this backend as the flow's f; "
             "use hutchinson, hutchpp, dense_vectorized or dense_loop for other callables"
         )
+    check_seed(seed)
+
+
+def check_rows(name: str, shape: tuple, dtype: str, floating: bool, spec: Any) -> None:
+    """``name`` must be a floating (batch, d) array, of the model ``spec``'s d and dtype (None:
+    a plain callable, any)."""
+    if len(shape) != 2 or shape[0] < 1 or not floating:
+        raise ValueError(f"{name} must be a floating (batch, d) array, got {shape} {dtype}")
+    if spec is not None and shape[1] != spec.dim:
+        raise ValueError(f"{name} must have shape (batch, {spec.dim}), got {shape}")
+    if spec is not None and dtype != spec.dtype:
+        raise TypeError(f"{name} has dtype {dtype} but the model is {spec.dtype}")
 
 
 def check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     return int(seed)
-
-
-def check_budget(steps: int | None, budget_s: float | None) -> None:
-    """A training run stops after ``steps`` iterations or ``budget_s`` seconds, whichever
-    comes first; at least one must be given."""
-    if steps is None and budget_s is None:
-        raise ValueError("give steps=..., budget_s=... or both")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if budget_s is not None and not (isinstance(budget_s, int | float) and budget_s > 0):
-        raise ValueError(f"budget_s must be a number > 0, got {budget_s!r}")
 
 
 def probe_seed(seed: int, index: int) -> int:
@@ -418,6 +421,51 @@ def check_data(data: Any, dim: int) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError("data contains NaN or inf")
     return array
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """``train``'s keywords: Adam at ``lr`` on minibatches of ``batch`` rows, batches and
+    probes from ``seed``, for ``steps`` iterations or ``budget_s`` wall seconds, whichever
+    comes first (at least one must be given)."""
+
+    steps: int | None = None
+    budget_s: float | None = None
+    batch: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self):
+        steps, budget_s = self.steps, self.budget_s
+        if steps is None and budget_s is None:
+            raise ValueError("give steps=..., budget_s=... or both")
+        if steps is not None and (
+            isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
+        ):
+            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        if budget_s is not None and not (isinstance(budget_s, int | float) and budget_s > 0):
+            raise ValueError(f"budget_s must be a number > 0, got {budget_s!r}")
+        check_seed(self.seed)
+
+    def batches(self, data: Any, dim: int) -> Iterator[np.ndarray]:
+        """Minibatches of ``data`` (n, dim), checked."""
+        return batches(check_data(data, dim), self.batch, np.random.default_rng(self.seed))
+
+    def run(self, field: Any, iteration: Callable) -> TrainResult:
+        """``iteration(i) -> (loss, stats)`` for i = 0, 1, ... until done; reading the loss
+        waits for the step, so the seconds include it."""
+        result = TrainResult(field, [], [], [], 0.0)
+        start = time.perf_counter()
+        while (self.steps is None or result.iterations < self.steps) and (
+            self.budget_s is None or result.seconds < self.budget_s
+        ):
+            loss, stats = iteration(result.iterations)
+            result.losses.append(float(loss))
+            result.nfe_forward.append(int(stats["nfe_forward"]))
+            backward = stats["nfe_backward"]
+            result.nfe_backward.append(None if backward is None else int(backward))
+            result.seconds = time.perf_counter() - start
+        return result
 
 
 @dataclass
@@ -435,18 +483,3 @@ class TrainResult:
     @property
     def iterations(self) -> int:
         return len(self.losses)
-
-    def done(self, steps: int | None, budget_s: float | None) -> bool:
-        """Whether ``steps`` iterations or ``budget_s`` wall seconds (None: no bound) are done."""
-        return (steps is not None and self.iterations >= steps) or (
-            budget_s is not None and self.seconds >= budget_s
-        )
-
-    def record(self, loss: Any, stats: dict, start: float) -> None:
-        """One iteration's loss and NFE; reading the loss waits for the step, so the seconds
-        since ``start`` (``time.perf_counter``) include it."""
-        self.losses.append(float(loss))
-        self.nfe_forward.append(int(stats["nfe_forward"]))
-        backward = stats["nfe_backward"]
-        self.nfe_backward.append(None if backward is None else int(backward))
-        self.seconds = time.perf_counter() - start

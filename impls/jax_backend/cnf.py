@@ -1,17 +1,14 @@
-"""Continuous normalizing flows in JAX: the PyTorch backend's ``cnf`` API on diffrax's
-``diffeqsolve`` (Dopri5 or Tsit5, a PID controller, ``RecursiveCheckpointAdjoint`` or
-``BacksolveAdjoint``). Pure and traceable; probes come from ``key`` (else ``seed``).
+"""Continuous normalizing flows in JAX: the PyTorch backend's ``cnf`` API on diffrax (Dopri5
+or Tsit5, a PID controller, ``RecursiveCheckpointAdjoint`` or ``BacksolveAdjoint``). Pure and
+traceable; probes come from ``key`` (else ``seed``). NFE are derived (``NFE_KIND``): diffrax
+counts steps, so ``nfe_forward = 6 n_steps + 1`` (FSAL; a test counts the calls), and
+``nfe_backward`` is None (reverse mode and the adjoint report no count).
 
 >>> (loss, stats), grads = eqx.filter_value_and_grad(nll, has_aux=True)(net, x, config, key=k)
-
-NFE are derived (``NFE_KIND``): diffrax counts steps, not evaluations, so ``nfe_forward =
-6 n_steps + 1`` (FSAL; a test counts the calls and finds exactly that). ``nfe_backward`` is
-None: reverse mode and the adjoint solve report no count, and none is assumed.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -56,9 +53,8 @@ def _value_and_divergence(field: Callable, x, t, key, config: FlowConfig):
 
 @eqx.filter_jit
 def _integrate(field, y0: jax.Array, t0: jax.Array, t1: jax.Array, key, config: FlowConfig):
-    """Solve ``d/dt [x, a] = [f, -div f]`` from t0 to t1: (y(t1), a(t1), stats). t0 and t1 are
-    traced (encode and decode share a compilation); the field's arrays travel in ``args``,
-    which BacksolveAdjoint differentiates."""
+    """Solve ``d/dt [x, a] = [f, -div f]`` from t0 to t1: (y(t1), a(t1), stats); the field's
+    arrays travel in ``args``, which BacksolveAdjoint differentiates."""
     params, static = eqx.partition(field, eqx.is_inexact_array)
 
     def vector_field(t, state, args):
@@ -93,24 +89,13 @@ def _integrate(field, y0: jax.Array, t0: jax.Array, t1: jax.Array, key, config: 
 
 
 def _check(field: Any, x: Any, config: FlowConfig, seed: Any, name: str = "x") -> None:
-    if not isinstance(config, FlowConfig):
-        raise TypeError(f"config must be an impls.cnf.FlowConfig, got {type(config).__name__}")
-    if config.solver not in SOLVERS:
-        raise ValueError(f"unknown solver {config.solver!r}; available: {', '.join(SOLVERS)}")
-    if not callable(field):
-        raise TypeError(f"field must be a model or a callable f(t, x), got {type(field).__name__}")
-    cnf.check_field_method(config.method, isinstance(field, HollowNet))
-    cnf.check_seed(seed)
+    # FlowConfig admits only cnf.SOLVERS, which diffrax has all of.
+    cnf.check_flow(field, config, seed, isinstance(field, HollowNet))
     if not isinstance(x, jax.Array):
         raise TypeError(f"{name} must be a jax.Array, got {type(x).__name__}")
-    if x.ndim != 2 or x.shape[0] < 1 or not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{name} must be a floating (batch, d) array, got {x.shape} {x.dtype}")
-    if _is_model(field):
-        spec = field.spec
-        if x.shape[1] != spec.dim:
-            raise ValueError(f"{name} must have shape (batch, {spec.dim}), got {x.shape}")
-        if x.dtype.name != spec.dtype:
-            raise TypeError(f"{name} has dtype {x.dtype} but the model is {spec.dtype}")
+    floating = jnp.issubdtype(x.dtype, jnp.floating)
+    spec = field.spec if _is_model(field) else None
+    cnf.check_rows(name, x.shape, x.dtype.name, floating, spec)
     operators.check_finite(x, name)
 
 
@@ -123,61 +108,44 @@ def _key(key: jax.Array | None, seed: int, like: jax.Array) -> jax.Array:
     return key
 
 
-def _times(t0: float, t1: float, like: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return jnp.asarray(t0, like.dtype), jnp.asarray(t1, like.dtype)
+def _flow(field, x, config, name: str, backwards: bool, *, key=None, seed: Any = 0):
+    """Check, then solve from 0 to t1 (or back) with probes from ``key`` (else ``seed``)."""
+    _check(field, x, config, seed, name)
+    # Traced times: encode and decode share a compilation.
+    t0, t1 = (jnp.asarray(t, x.dtype) for t in (0.0, config.t1)[:: -1 if backwards else 1])
+    return _integrate(field, x, t0, t1, _key(key, seed, x), config)
 
 
 def encode(
-    field: Callable,
-    x: jax.Array,
-    config: FlowConfig = DEFAULT_CONFIG,
-    *,
-    key: jax.Array | None = None,
-    seed: int = 0,
+    field: Callable, x: jax.Array, config: FlowConfig = DEFAULT_CONFIG, **randomness: Any
 ) -> tuple[jax.Array, jax.Array, dict]:
-    """x -> z = x(t1): (z, delta_logp, stats), with ``log p(x) = log N(z) - delta_logp``."""
-    _check(field, x, config, seed)
-    return _integrate(field, x, *_times(0.0, config.t1, x), _key(key, seed, x), config)
+    """x -> z = x(t1): (z, delta_logp, stats), with ``log p(x) = log N(z) - delta_logp``;
+    ``randomness``: the probes' ``key`` (a jax PRNG key), else ``seed`` (default 0)."""
+    return _flow(field, x, config, "x", False, **randomness)
 
 
 def decode(
-    field: Callable,
-    z: jax.Array,
-    config: FlowConfig = DEFAULT_CONFIG,
-    *,
-    key: jax.Array | None = None,
-    seed: int = 0,
+    field: Callable, z: jax.Array, config: FlowConfig = DEFAULT_CONFIG, **randomness: Any
 ) -> tuple[jax.Array, jax.Array, dict]:
     """z -> x = x(0), integrating back from t1: (x, delta_logp, stats), with the same
-    ``log p(x) = log N(z) - delta_logp``."""
-    _check(field, z, config, seed, name="z")
-    x, acc, stats = _integrate(field, z, *_times(config.t1, 0.0, z), _key(key, seed, z), config)
+    ``log p(x) = log N(z) - delta_logp``; ``randomness``: as for encode."""
+    x, acc, stats = _flow(field, z, config, "z", True, **randomness)
     return x, -acc, stats
 
 
 def log_likelihood(
-    field: Callable,
-    x: jax.Array,
-    config: FlowConfig = DEFAULT_CONFIG,
-    *,
-    key: jax.Array | None = None,
-    seed: int = 0,
+    field: Callable, x: jax.Array, config: FlowConfig = DEFAULT_CONFIG, **randomness: Any
 ) -> tuple[jax.Array, dict]:
-    """log p(x) in model space, (batch,), and the solve's stats."""
-    z, delta_logp, stats = encode(field, x, config, key=key, seed=seed)
+    """log p(x) in model space, (batch,), and the solve's stats; ``randomness``: encode's."""
+    z, delta_logp, stats = encode(field, x, config, **randomness)
     return cnf.standard_normal_logpdf(z) - delta_logp, stats
 
 
 def nll(
-    field: Callable,
-    x: jax.Array,
-    config: FlowConfig = DEFAULT_CONFIG,
-    *,
-    key: jax.Array | None = None,
-    seed: int = 0,
+    field: Callable, x: jax.Array, config: FlowConfig = DEFAULT_CONFIG, **randomness: Any
 ) -> tuple[jax.Array, dict]:
     """The training loss: mean negative log-likelihood of the batch (nats, model space)."""
-    logp, stats = log_likelihood(field, x, config, key=key, seed=seed)
+    logp, stats = log_likelihood(field, x, config, **randomness)
     return -logp.mean(), stats
 
 
@@ -228,26 +196,17 @@ def held_out_log_likelihood(
 
 
 def train(
-    field: _Model,
-    data: np.ndarray,
-    config: FlowConfig = DEFAULT_CONFIG,
-    *,
-    steps: int | None = None,
-    budget_s: float | None = None,
-    batch: int = 64,
-    lr: float = 1e-3,
-    seed: int = 0,
+    field: _Model, data: np.ndarray, config: FlowConfig = DEFAULT_CONFIG, **options: Any
 ) -> TrainResult:
     """The PyTorch backend's ``train`` with optax's Adam, the step compiled before the clock
     starts; the result holds the new field."""
     import optax
 
-    cnf.check_budget(steps, budget_s)
-    cnf.check_seed(seed)
-    data = cnf.check_data(data, field.spec.dim)
+    opts = cnf.TrainOptions(**options)
+    source = opts.batches(data, field.spec.dim)
     param = next(iter(field.params.values()))
     params, static = eqx.partition(field, eqx.is_inexact_array)
-    optimizer = optax.adam(lr)
+    optimizer = optax.adam(opts.lr)
 
     def step(params, opt_state, x, key):
         loss_fn = eqx.filter_value_and_grad(nll, has_aux=True)
@@ -255,22 +214,20 @@ def train(
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, stats
 
-    source = cnf.batches(data, batch, np.random.default_rng(seed))
-
     def inputs(iteration: int) -> tuple[jax.Array, jax.Array]:
         x = jax.device_put(jnp.asarray(next(source), dtype=param.dtype), param.sharding)
-        key = jax.device_put(jax.random.key(cnf.probe_seed(seed, iteration)), param.sharding)
+        key = jax.device_put(jax.random.key(cnf.probe_seed(opts.seed, iteration)), param.sharding)
         return x, key
 
     opt_state = optimizer.init(params)
-    x, key = inputs(0)
-    compiled = jax.jit(step).lower(params, opt_state, x, key).compile()
-    result = TrainResult(field, [], [], [], 0.0)
-    start = time.perf_counter()
-    while not result.done(steps, budget_s):
-        if result.iterations:
-            x, key = inputs(result.iterations)
-        params, opt_state, loss, stats = compiled(params, opt_state, x, key)
-        result.record(loss, stats, start)
+    first = inputs(0)
+    compiled = jax.jit(step).lower(params, opt_state, *first).compile()
+
+    def iteration(i: int) -> tuple[jax.Array, dict]:
+        nonlocal params, opt_state
+        params, opt_state, loss, stats = compiled(params, opt_state, *(inputs(i) if i else first))
+        return loss, stats
+
+    result = opts.run(field, iteration)
     result.field = eqx.combine(params, static)
     return result

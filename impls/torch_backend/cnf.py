@@ -1,19 +1,14 @@
-"""Continuous normalizing flows in PyTorch, with torchdiffeq's ``odeint`` / ``odeint_adjoint``
-(:mod:`impls.cnf` has the maths, configuration and data; the JAX ``cnf`` module the same API).
-The ``field`` is a time-dependent model of this backend (a HollowNet for method "hollow") or
-any callable ``f(t, x)`` on (batch, d) tensors.
+"""Continuous normalizing flows in PyTorch with torchdiffeq's ``odeint`` / ``odeint_adjoint``
+(the JAX ``cnf`` module has the same API). The ``field`` is a time-dependent model of this
+backend (a HollowNet for method "hollow") or any callable ``f(t, x)`` on (batch, d) tensors.
+NFE are counted (``NFE_KIND``): ``nfe_forward`` the solve's evaluations of the dynamics,
+``nfe_backward`` their VJPs in ``backward()`` (an autograd hook on their output).
 
 >>> loss, stats = nll(net, x, FlowConfig(method="hutchinson")); loss.backward()
->>> stats["nfe_forward"], stats["nfe_backward"]     # counted (NFE_KIND)
-
-``nfe_forward`` counts evaluations of the dynamics in the solve; ``nfe_backward`` counts their
-VJPs during ``backward()`` (an autograd hook on their output): one per evaluation the graph
-holds, or per evaluation of the adjoint solve (``adjoint=True``).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -90,27 +85,16 @@ def _value_and_divergence(
 
 
 def _check(field: Any, x: Any, config: FlowConfig, seed: Any, name: str = "x") -> None:
-    if not isinstance(config, FlowConfig):
-        raise TypeError(f"config must be an impls.cnf.FlowConfig, got {type(config).__name__}")
+    cnf.check_flow(field, config, seed, isinstance(field, HollowNet))
     if config.solver not in SOLVERS:
         raise ValueError(
             f"solver {config.solver!r} is not available in torchdiffeq here; "
             f"available: {', '.join(SOLVERS)}"
         )
-    if not callable(field):
-        raise TypeError(f"field must be a model or a callable f(t, x), got {type(field).__name__}")
-    cnf.check_field_method(config.method, isinstance(field, HollowNet))
-    cnf.check_seed(seed)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 2 or x.shape[0] < 1 or not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating (batch, d) tensor, got {tuple(x.shape)}")
-    if _is_model(field):
-        spec = field.spec
-        if x.shape[1] != spec.dim:
-            raise ValueError(f"{name} must have shape (batch, {spec.dim}), got {tuple(x.shape)}")
-        if str(x.dtype).removeprefix("torch.") != spec.dtype:
-            raise TypeError(f"{name} has dtype {x.dtype} but the model is {spec.dtype}")
+    dtype, spec = str(x.dtype).removeprefix("torch."), field.spec if _is_model(field) else None
+    cnf.check_rows(name, tuple(x.shape), dtype, x.is_floating_point(), spec)
     operators.check_finite(x, name)
 
 
@@ -207,31 +191,21 @@ def held_out_log_likelihood(
 
 
 def train(
-    field: nn.Module,
-    data: np.ndarray,
-    config: FlowConfig = DEFAULT_CONFIG,
-    *,
-    steps: int | None = None,
-    budget_s: float | None = None,
-    batch: int = 64,
-    lr: float = 1e-3,
-    seed: int = 0,
+    field: nn.Module, data: np.ndarray, config: FlowConfig = DEFAULT_CONFIG, **options: Any
 ) -> TrainResult:
-    """Adam on the mean NLL of minibatches of ``data`` (model space), in place, until ``steps``
-    iterations or ``budget_s`` wall seconds; batches and probes follow ``seed``."""
-    cnf.check_budget(steps, budget_s)
-    cnf.check_seed(seed)
+    """Adam on the mean NLL of minibatches of ``data`` (model space), in place; ``options``:
+    :class:`impls.cnf.TrainOptions`."""
+    opts = cnf.TrainOptions(**options)
+    source = opts.batches(data, field.spec.dim)
     param = next(field.parameters())
-    data = cnf.check_data(data, field.spec.dim)
-    source = cnf.batches(data, batch, np.random.default_rng(seed))
-    optimizer = torch.optim.Adam(field.parameters(), lr=lr)
-    result = TrainResult(field, [], [], [], 0.0)
-    start = time.perf_counter()
-    while not result.done(steps, budget_s):
+    optimizer = torch.optim.Adam(field.parameters(), lr=opts.lr)
+
+    def iteration(i: int) -> tuple[Tensor, dict]:
         x = torch.as_tensor(next(source), dtype=param.dtype, device=param.device)
         optimizer.zero_grad(set_to_none=True)
-        loss, stats = nll(field, x, config, seed=cnf.probe_seed(seed, result.iterations))
+        loss, stats = nll(field, x, config, seed=cnf.probe_seed(opts.seed, i))
         loss.backward()
         optimizer.step()
-        result.record(loss.detach(), stats, start)
-    return result
+        return loss.detach(), stats
+
+    return opts.run(field, iteration)

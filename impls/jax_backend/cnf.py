@@ -117,35 +117,55 @@ def _flow(field, x, config, name: str, backwards: bool, *, key=None, seed: Any =
 
 
 def encode(
-    field: Callable, x: jax.Array, config: FlowConfig = DEFAULT_CONFIG, **randomness: Any
+    field: Callable,
+    x: jax.Array,
+    config: FlowConfig = DEFAULT_CONFIG,
+    *,
+    key: jax.Array | None = None,
+    seed: int = 0,
 ) -> tuple[jax.Array, jax.Array, dict]:
     """x -> z = x(t1): (z, delta_logp, stats), with ``log p(x) = log N(z) - delta_logp``;
-    ``randomness``: the probes' ``key`` (a jax PRNG key), else ``seed`` (default 0)."""
-    return _flow(field, x, config, "x", False, **randomness)
+    the probes from ``key`` (a jax PRNG key), else ``seed``."""
+    return _flow(field, x, config, "x", False, key=key, seed=seed)
 
 
 def decode(
-    field: Callable, z: jax.Array, config: FlowConfig = DEFAULT_CONFIG, **randomness: Any
+    field: Callable,
+    z: jax.Array,
+    config: FlowConfig = DEFAULT_CONFIG,
+    *,
+    key: jax.Array | None = None,
+    seed: int = 0,
 ) -> tuple[jax.Array, jax.Array, dict]:
     """z -> x = x(0), integrating back from t1: (x, delta_logp, stats), with the same
-    ``log p(x) = log N(z) - delta_logp``; ``randomness``: as for encode."""
-    x, acc, stats = _flow(field, z, config, "z", True, **randomness)
+    ``log p(x) = log N(z) - delta_logp``; ``key`` and ``seed`` as for encode."""
+    x, acc, stats = _flow(field, z, config, "z", True, key=key, seed=seed)
     return x, -acc, stats
 
 
 def log_likelihood(
-    field: Callable, x: jax.Array, config: FlowConfig = DEFAULT_CONFIG, **randomness: Any
+    field: Callable,
+    x: jax.Array,
+    config: FlowConfig = DEFAULT_CONFIG,
+    *,
+    key: jax.Array | None = None,
+    seed: int = 0,
 ) -> tuple[jax.Array, dict]:
-    """log p(x) in model space, (batch,), and the solve's stats; ``randomness``: encode's."""
-    z, delta_logp, stats = encode(field, x, config, **randomness)
+    """log p(x) in model space, (batch,), and the solve's stats; ``key``, ``seed``: encode's."""
+    z, delta_logp, stats = encode(field, x, config, key=key, seed=seed)
     return cnf.standard_normal_logpdf(z) - delta_logp, stats
 
 
 def nll(
-    field: Callable, x: jax.Array, config: FlowConfig = DEFAULT_CONFIG, **randomness: Any
+    field: Callable,
+    x: jax.Array,
+    config: FlowConfig = DEFAULT_CONFIG,
+    *,
+    key: jax.Array | None = None,
+    seed: int = 0,
 ) -> tuple[jax.Array, dict]:
     """The training loss: mean negative log-likelihood of the batch (nats, model space)."""
-    logp, stats = log_likelihood(field, x, config, **randomness)
+    logp, stats = log_likelihood(field, x, config, key=key, seed=seed)
     return -logp.mean(), stats
 
 
@@ -196,13 +216,21 @@ def held_out_log_likelihood(
 
 
 def train(
-    field: _Model, data: np.ndarray, config: FlowConfig = DEFAULT_CONFIG, **options: Any
+    field: _Model,
+    data: np.ndarray,
+    config: FlowConfig = DEFAULT_CONFIG,
+    *,
+    steps: int | None = None,
+    budget_s: float | None = None,
+    batch: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
 ) -> TrainResult:
     """The PyTorch backend's ``train`` with optax's Adam, the step compiled before the clock
     starts; the result holds the new field."""
     import optax
 
-    opts = cnf.TrainOptions(**options)
+    opts = cnf.TrainOptions(steps, budget_s, batch, lr, seed)
     source = opts.batches(data, field.spec.dim)
     param = next(iter(field.params.values()))
     params, static = eqx.partition(field, eqx.is_inexact_array)

@@ -146,10 +146,20 @@ def _autodiff_terms(log_prob, t: jax.Array, x: jax.Array) -> tuple[jax.Array, ..
     return dt, score_fn(x), hess
 
 
-def fit(drift: eqx.Module, diffusion: eqx.Module, target: Target, **options: Any) -> FitResult:
+def fit(
+    drift: eqx.Module,
+    diffusion: eqx.Module,
+    target: Target,
+    *,
+    steps: int = 500,
+    batch: int = 256,
+    lr: float = 1e-2,
+    route: str = "hollow",
+    seed: int = 0,
+    sampler: sde.Sampler | None = None,
+) -> FitResult:
     """The PyTorch backend's ``fit``, with optax's Adam."""
-    opts = sde.FitOptions(**options)
-    route = opts.route
+    opts = sde.FitOptions(steps, batch, lr, route, seed, sampler)
     for field, name in ((drift, "drift"), (diffusion, "diffusion")):
         if not isinstance(field, eqx.Module) or not hasattr(field, "params"):
             raise TypeError(f"fit trains models of this backend; {name} is {type(field).__name__}")

@@ -204,11 +204,21 @@ ROOT_FINDERS = {finder.name: finder for finder in (FixedPoint, Newton, JacobiNew
 
 
 def find_root(
-    system: _SystemBase, t: Any, rhs: jax.Array, c: Any, y_guess: jax.Array, **options: Any
+    system: _SystemBase,
+    t: Any,
+    rhs: jax.Array,
+    c: Any,
+    y_guess: jax.Array,
+    *,
+    root_finder: str = _stiff.Options.root_finder,
+    reuse: str = _stiff.Options.reuse,
+    rtol: float = _stiff.Options.rtol,
+    atol: float = _stiff.Options.atol,
+    root_tol: float = _stiff.Options.root_tol,
+    max_iters: int = _stiff.Options.max_iters,
 ) -> RootResult:
-    """Solve ``y - c f(t, y) = rhs`` for y (batch, dim), starting from ``y_guess``; ``options``:
-    :class:`impls._stiff.RootOptions`."""
-    opts = _stiff.RootOptions(**options)
+    """Solve ``y - c f(t, y) = rhs`` for y (batch, dim), starting from ``y_guess``."""
+    opts = _stiff.RootOptions(root_finder, reuse, rtol, atol, root_tol, max_iters)
     _check_state(system, y_guess)
     _check_state(system, rhs)
     _stiff.check_diag(ROOT_FINDERS[opts.root_finder], system)
@@ -233,9 +243,25 @@ def _check_state(system, y: Any) -> None:
     _stiff.check_state(tuple(y.shape), y.dtype.name, system.dim)
 
 
-def solve(system: _SystemBase, y0: jax.Array, ts: Sequence[float], **options: Any) -> Solution:
+def solve(
+    system: _SystemBase,
+    y0: jax.Array,
+    ts: Sequence[float],
+    *,
+    stepper: str = _stiff.Options.stepper,
+    root_finder: str = _stiff.Options.root_finder,
+    reuse: str = _stiff.Options.reuse,
+    rtol: float = _stiff.Options.rtol,
+    atol: float = _stiff.Options.atol,
+    step_size: float | None = None,
+    root_tol: float = _stiff.Options.root_tol,
+    max_iters: int = _stiff.Options.max_iters,
+    max_steps: int = _stiff.Options.max_steps,
+) -> Solution:
     """The PyTorch backend's ``solve``; traceable (``y0`` and the system may be traced)."""
-    opts = _stiff.Options(**options)
+    opts = _stiff.Options(  # the fields in this signature's order
+        root_finder, reuse, rtol, atol, root_tol, max_iters, stepper, step_size, max_steps
+    )
     times, h, cfg = _stiff.configure(ts, opts)
     _check_state(system, y0)
     _stiff.check_diag(ROOT_FINDERS[opts.root_finder], system)

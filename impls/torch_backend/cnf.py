@@ -191,11 +191,19 @@ def held_out_log_likelihood(
 
 
 def train(
-    field: nn.Module, data: np.ndarray, config: FlowConfig = DEFAULT_CONFIG, **options: Any
+    field: nn.Module,
+    data: np.ndarray,
+    config: FlowConfig = DEFAULT_CONFIG,
+    *,
+    steps: int | None = None,
+    budget_s: float | None = None,
+    batch: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
 ) -> TrainResult:
-    """Adam on the mean NLL of minibatches of ``data`` (model space), in place; ``options``:
-    :class:`impls.cnf.TrainOptions`."""
-    opts = cnf.TrainOptions(**options)
+    """Adam on the mean NLL of minibatches of ``data`` (model space), in place, until ``steps``
+    iterations or ``budget_s`` wall seconds; batches and probes follow ``seed``."""
+    opts = cnf.TrainOptions(steps, budget_s, batch, lr, seed)
     source = opts.batches(data, field.spec.dim)
     param = next(field.parameters())
     optimizer = torch.optim.Adam(field.parameters(), lr=opts.lr)

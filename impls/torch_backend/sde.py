@@ -140,11 +140,20 @@ def _autodiff_terms(log_prob, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Ten
 
 
 def fit(
-    drift: torch.nn.Module, diffusion: torch.nn.Module, target: Target, **options: Any
+    drift: torch.nn.Module,
+    diffusion: torch.nn.Module,
+    target: Target,
+    *,
+    steps: int = 500,
+    batch: int = 256,
+    lr: float = 1e-2,
+    route: str = "hollow",
+    seed: int = 0,
+    sampler: sde.Sampler | None = None,
 ) -> FitResult:
-    """Adam on the mean squared residual over fresh (t, x) each step; ``options``:
-    :class:`impls.sde.FitOptions`."""
-    opts = sde.FitOptions(**options)
+    """Adam on the mean squared residual over fresh (t, x) each step: t uniform over the
+    target's t_span, x from ``sampler`` (default: the target)."""
+    opts = sde.FitOptions(steps, batch, lr, route, seed, sampler)
     for field, name in ((drift, "drift"), (diffusion, "diffusion")):
         if not isinstance(field, torch.nn.Module):
             raise TypeError(f"fit trains torch modules; {name} is a {type(field).__name__}")
@@ -155,7 +164,7 @@ def fit(
     for batch in opts.batches(target):
         t, x = (torch.as_tensor(a, dtype=like.dtype, device=like.device) for a in batch)
         optimizer.zero_grad(set_to_none=True)
-        loss = fp_loss(drift, diffusion, target, t, x, route=opts.route)
+        loss = fp_loss(drift, diffusion, target, t, x, route=route)
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())

@@ -14,7 +14,7 @@ import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -177,11 +177,21 @@ ROOT_FINDERS = {finder.name: finder for finder in (FixedPoint, Newton, JacobiNew
 
 @torch.no_grad()
 def find_root(
-    system: System, t: float, rhs: Tensor, c: float, y_guess: Tensor, **options: Any
+    system: System,
+    t: float,
+    rhs: Tensor,
+    c: float,
+    y_guess: Tensor,
+    *,
+    root_finder: str = _stiff.Options.root_finder,
+    reuse: str = _stiff.Options.reuse,
+    rtol: float = _stiff.Options.rtol,
+    atol: float = _stiff.Options.atol,
+    root_tol: float = _stiff.Options.root_tol,
+    max_iters: int = _stiff.Options.max_iters,
 ) -> RootResult:
-    """Solve ``y - c f(t, y) = rhs`` for y (batch, dim), starting from ``y_guess``; ``options``:
-    :class:`impls._stiff.RootOptions`."""
-    opts = _stiff.RootOptions(**options)
+    """Solve ``y - c f(t, y) = rhs`` for y (batch, dim), starting from ``y_guess``."""
+    opts = _stiff.RootOptions(root_finder, reuse, rtol, atol, root_tol, max_iters)
     _check_state(system, y_guess)
     _check_state(system, rhs)
     finder = ROOT_FINDERS[opts.root_finder]
@@ -234,13 +244,29 @@ _OPS = _stiff.Ops(
 
 
 @torch.no_grad()
-def solve(system: System, y0: Tensor, ts: Sequence[float], **options: Any) -> Solution:
+def solve(
+    system: System,
+    y0: Tensor,
+    ts: Sequence[float],
+    *,
+    stepper: str = _stiff.Options.stepper,
+    root_finder: str = _stiff.Options.root_finder,
+    reuse: str = _stiff.Options.reuse,
+    rtol: float = _stiff.Options.rtol,
+    atol: float = _stiff.Options.atol,
+    step_size: float | None = None,
+    root_tol: float = _stiff.Options.root_tol,
+    max_iters: int = _stiff.Options.max_iters,
+    max_steps: int = _stiff.Options.max_steps,
+) -> Solution:
     """Integrate ``y' = system.rhs(t, y)`` from ``y0`` (batch, dim) at ``ts[0]`` through the
-    output times ``ts``: ys (len(ts), batch, dim), ``ys[0] = y0``; ``options``:
-    :class:`impls._stiff.Options`. The batch's samples share the step sequence; norms take
-    the worst sample.
+    output times ``ts``: ys (len(ts), batch, dim), ``ys[0] = y0``; the keywords as
+    :class:`impls._stiff.Options` checks them. The batch's samples share the step sequence;
+    norms take the worst sample.
     """
-    opts = _stiff.Options(**options)
+    opts = _stiff.Options(  # the fields in this signature's order
+        root_finder, reuse, rtol, atol, root_tol, max_iters, stepper, step_size, max_steps
+    )
     times, h, cfg = _stiff.configure(ts, opts)
     _check_state(system, y0)
     _stiff.check_diag(ROOT_FINDERS[opts.root_finder], system)

@@ -146,6 +146,30 @@ def test_root_finder_registry():
     assert set(registries[0].values()) == {"FixedPoint", "Newton", "JacobiNewton"}
 
 
+@pytest.mark.parametrize("backend_name", ["torch", "jax"])
+@pytest.mark.parametrize(
+    ("module", "function", "options"),
+    [
+        ("stiff", "solve", "impls._stiff.Options"),
+        ("stiff", "find_root", "impls._stiff.RootOptions"),
+        ("sde", "fit", "impls.sde.FitOptions"),
+        ("cnf", "train", "impls.cnf.TrainOptions"),
+    ],
+)
+def test_keyword_signatures_match_their_options(backend_name, module, function, options):
+    """Each backend's public keywords are its shared options dataclass's fields, in order and
+    with the same defaults: the functions pass them on positionally, in signature order."""
+    import dataclasses
+    import inspect
+
+    fn = getattr(pytest.importorskip(f"impls.{backend_name}_backend.{module}"), function)
+    owner, _, name = options.rpartition(".")
+    fields = dataclasses.fields(getattr(importlib.import_module(owner), name))
+    keywords = [p for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY]
+    assert [p.name for p in keywords] == [f.name for f in fields]
+    assert [p.default for p in keywords] == [f.default for f in fields]
+
+
 @pytest.mark.parametrize("finder", ["broyden", "Newton", ""])
 def test_find_root_refuses_unknown_finders(backend, finder):
     stiff = _stiff(backend)

@@ -249,14 +249,14 @@ def solve(
     y0: Tensor,
     ts: Sequence[float],
     *,
-    stepper: str = _stiff.Options.stepper,
     root_finder: str = _stiff.Options.root_finder,
     reuse: str = _stiff.Options.reuse,
     rtol: float = _stiff.Options.rtol,
     atol: float = _stiff.Options.atol,
-    step_size: float | None = None,
     root_tol: float = _stiff.Options.root_tol,
     max_iters: int = _stiff.Options.max_iters,
+    stepper: str = _stiff.Options.stepper,
+    step_size: float | None = _stiff.Options.step_size,
     max_steps: int = _stiff.Options.max_steps,
 ) -> Solution:
     """Integrate ``y' = system.rhs(t, y)`` from ``y0`` (batch, dim) at ``ts[0]`` through the
@@ -264,7 +264,7 @@ def solve(
     :class:`impls._stiff.Options` checks them. The batch's samples share the step sequence;
     norms take the worst sample.
     """
-    opts = _stiff.Options(  # the fields in this signature's order
+    opts = _stiff.Options(  # in the signature's order, which is the fields'
         root_finder, reuse, rtol, atol, root_tol, max_iters, stepper, step_size, max_steps
     )
     times, h, cfg = _stiff.configure(ts, opts)

@@ -64,6 +64,10 @@ class RootOptions:
         check_method(getattr(self, "stepper", STEPPERS[0]), self.root_finder, self.reuse)
         check_tolerances(self.rtol, self.atol, self.root_tol, self.max_iters)
 
+    def tol(self, array: Callable[[Any], Any] = lambda v: v) -> Tol:
+        """rtol, atol and root_tol as the backend's ``array`` makes them."""
+        return Tol(array(self.rtol), array(self.atol), array(self.root_tol))
+
     def config(self, max_steps: int = 1, adaptive: bool = True) -> Config:
         stepper = getattr(self, "stepper", STEPPERS[0])
         return Config(stepper, self.root_finder, self.reuse, self.max_iters, max_steps, adaptive)

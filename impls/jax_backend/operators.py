@@ -57,8 +57,9 @@ def _static(method: str, opts: dict) -> dict:
     and one traced without never share a compiled ``_compute``."""
     names = ("n_probes", "n_matvecs", "noise", "chunk_size")
     static = {name: opts[name] for name in names if name in opts}
-    if method == "hollow_forward" and fused_platform() is not None:
-        static["fused"] = fused_platform()
+    platform = fused_platform()
+    if method == "hollow_forward" and platform is not None:
+        static["fused"] = platform
     return static
 
 

@@ -210,19 +210,20 @@ def find_root(
     c: Any,
     y_guess: jax.Array,
     *,
-    root_finder: str = _stiff.Options.root_finder,
-    reuse: str = _stiff.Options.reuse,
-    rtol: float = _stiff.Options.rtol,
-    atol: float = _stiff.Options.atol,
-    root_tol: float = _stiff.Options.root_tol,
-    max_iters: int = _stiff.Options.max_iters,
+    root_finder: str = _stiff.RootOptions.root_finder,
+    reuse: str = _stiff.RootOptions.reuse,
+    rtol: float = _stiff.RootOptions.rtol,
+    atol: float = _stiff.RootOptions.atol,
+    root_tol: float = _stiff.RootOptions.root_tol,
+    max_iters: int = _stiff.RootOptions.max_iters,
 ) -> RootResult:
     """Solve ``y - c f(t, y) = rhs`` for y (batch, dim), starting from ``y_guess``."""
     opts = _stiff.RootOptions(root_finder, reuse, rtol, atol, root_tol, max_iters)
     _check_state(system, y_guess)
     _check_state(system, rhs)
     _stiff.check_diag(ROOT_FINDERS[opts.root_finder], system)
-    return _find_root(system, t, rhs, c, y_guess, _tol(opts, y_guess.dtype), opts.config())
+    tol = opts.tol(functools.partial(jnp.asarray, dtype=y_guess.dtype))
+    return _find_root(system, t, rhs, c, y_guess, tol, opts.config())
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
@@ -231,10 +232,6 @@ def _find_root(system, t, rhs, c, y, tol: _stiff.Tol, cfg: _stiff.Config) -> Roo
     finder = ROOT_FINDERS[cfg.root_finder].start(y)
     y, ok, k, finder = _stiff.iterate(system, t, rhs, c, y, cfg, tol, finder, _OPS)
     return RootResult(y, ok, k, k, finder.n_jac, finder.n_diag, finder.n_lu)
-
-
-def _tol(opts: _stiff.RootOptions, dtype) -> _stiff.Tol:
-    return _stiff.Tol(*(jnp.asarray(v, dtype) for v in (opts.rtol, opts.atol, opts.root_tol)))
 
 
 def _check_state(system, y: Any) -> None:
@@ -267,7 +264,8 @@ def solve(
     _stiff.check_diag(ROOT_FINDERS[opts.root_finder], system)
     operators.check_finite(y0, "y0")
     step_size = jnp.asarray(h or 0.0, y0.dtype)
-    return _solve(system, y0, jnp.asarray(times, y0.dtype), _tol(opts, y0.dtype), step_size, cfg)
+    tol = opts.tol(functools.partial(jnp.asarray, dtype=y0.dtype))
+    return _solve(system, y0, jnp.asarray(times, y0.dtype), tol, step_size, cfg)
 
 
 def _weights(tol: _stiff.Tol, *ys: jax.Array) -> jax.Array:

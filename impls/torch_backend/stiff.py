@@ -183,12 +183,12 @@ def find_root(
     c: float,
     y_guess: Tensor,
     *,
-    root_finder: str = _stiff.Options.root_finder,
-    reuse: str = _stiff.Options.reuse,
-    rtol: float = _stiff.Options.rtol,
-    atol: float = _stiff.Options.atol,
-    root_tol: float = _stiff.Options.root_tol,
-    max_iters: int = _stiff.Options.max_iters,
+    root_finder: str = _stiff.RootOptions.root_finder,
+    reuse: str = _stiff.RootOptions.reuse,
+    rtol: float = _stiff.RootOptions.rtol,
+    atol: float = _stiff.RootOptions.atol,
+    root_tol: float = _stiff.RootOptions.root_tol,
+    max_iters: int = _stiff.RootOptions.max_iters,
 ) -> RootResult:
     """Solve ``y - c f(t, y) = rhs`` for y (batch, dim), starting from ``y_guess``."""
     opts = _stiff.RootOptions(root_finder, reuse, rtol, atol, root_tol, max_iters)
@@ -196,9 +196,9 @@ def find_root(
     _check_state(system, rhs)
     finder = ROOT_FINDERS[opts.root_finder]
     _stiff.check_diag(finder, system)
-    tol = _stiff.Tol(opts.rtol, opts.atol, opts.root_tol)
+    tol, cfg = opts.tol(), opts.config()
     y, ok, iters, finder = _stiff.iterate(
-        system, float(t), rhs, float(c), y_guess, opts.config(), tol, finder.start(y_guess), _OPS
+        system, float(t), rhs, float(c), y_guess, cfg, tol, finder.start(y_guess), _OPS
     )
     return RootResult(y, ok, iters, iters, finder.n_jac, finder.n_diag, finder.n_lu)
 
@@ -273,9 +273,6 @@ def solve(
     operators.check_finite(y0, "y0")
     ys = torch.full((len(times), *y0.shape), math.nan, dtype=y0.dtype, device=y0.device)
     ys[0] = y0
-    tol, finder = (
-        _stiff.Tol(opts.rtol, opts.atol, opts.root_tol),
-        ROOT_FINDERS[opts.root_finder].start(y0),
-    )
-    ys, stats = _stiff.integrate(system, y0, times, ys, cfg, tol, h, finder, _OPS)
+    finder = ROOT_FINDERS[opts.root_finder].start(y0)
+    ys, stats = _stiff.integrate(system, y0, times, ys, cfg, opts.tol(), h, finder, _OPS)
     return Solution(torch.tensor(times, dtype=y0.dtype, device=y0.device), ys, stats)

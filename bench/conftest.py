@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import ahead, grid, options, telemetry
+from bench.harness import ahead, grid, options, plan, telemetry
 from bench.harness.journal import Journal, journal_path
 from bench.harness.progress import Progress
 from bench.harness.sweep import Sweep
@@ -113,18 +113,20 @@ def _is_point(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Points of one backend and device together, across modules (torch's cached GPU memory and
-    JAX's pool do not squeeze each other), GPUs first (the shared float64 references are then
-    computed there); other items keep their order, ahead of the points."""
+    """Other items first, then the points in run order (Sweep.order: planned under
+    ``--bench-budget``); points a mark skips (a missing package) last."""
+    points = {item.nodeid: item for item in items if _is_point(item)}
+    others = [item for item in items if item.nodeid not in points]
+    marked = [i for i in points.values() if i.get_closest_marker("skip") is not None]
+    runnable = [_candidate(i) for i in points.values() if i not in marked]
+    order = config.stash[SWEEP].order(runnable)
+    items[:] = others + [points[c.id] for c in order] + marked
 
-    def key(item: pytest.Item) -> tuple[str, bool, str]:
-        params = item.callspec.params
-        device = str(params["device"] or "")
-        return str(params["backend"] or ""), device == "cpu", device
 
-    points = [item for item in items if _is_point(item)]
-    others = [item for item in items if not _is_point(item)]
-    items[:] = others + sorted(points, key=key)
+def _candidate(item: pytest.Item) -> plan.Candidate:
+    workload = item.module.WORKLOAD
+    params = item.callspec.params
+    return plan.Candidate(item.nodeid, workload.name, workload.point(params), params)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -219,6 +221,8 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
         "settings": sweep.settings.describe() | {"noise_rule": dataclasses.asdict(sweep.rule)},
         "command": ["pytest", *config.invocation_params.args],
     }
+    if sweep.plan is not None:
+        output_json["hollowbench"]["plan"] = sweep.plan.describe()
 
 
 @pytest.fixture(scope="session")

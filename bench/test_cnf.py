@@ -2,15 +2,15 @@
 = 1e-5, float32) whose divergence is exact or a Hutchinson / Hutch++ estimate.
 
 "iteration" times one training iteration, solve and backward (no optimizer update: every round
-solves the same problem); "budget" trains for ``budget_s`` (``HOLLOWBENCH_CNF_BUDGET_S``
-overrides), times the held-out evaluation and records the exact held-out NLL. Both record the
-evaluation's time and a stochastic trace's spread across ``SEEDS`` probe seeds (the error).
+solves the same problem); "budget" trains for ``budget_s`` (``--bench-cnf-budget-s``
+overrides; at most TRAIN_SHARE of the per-point limit, so it cannot time out), times the
+held-out evaluation and records the exact held-out NLL. Both record the evaluation's time and a
+stochastic trace's spread across ``SEEDS`` probe seeds (the error).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -34,6 +34,7 @@ MODEL_SEED = DATA_SEED = PROBE_SEED = 0
 SEEDS = 8  # probe seeds behind the spread of a Hutchinson log-likelihood
 EVAL_ROUNDS = 5  # timed held-out evaluations (after one warm-up)
 LR = 1e-3
+TRAIN_SHARE = 0.5  # of the per-point limit, a budget point's training at most
 NFE_GUESS = 32  # graphs a backward through the solver keeps: an untrained flow takes 20-32 NFE
 CNF_KEYS = WORKLOAD_KEYS["cnf"][1:]  # bench/SCHEMA.md, "CNF keys"
 NFE_KEYS = ("nfe_forward", "nfe_backward", "n_steps")  # a solve's counters
@@ -250,6 +251,15 @@ def need_bytes(point: CnfPoint) -> int:
     return NFE_GUESS * predict_bytes(flow_spec(point.d), probe)
 
 
+def training_s(settings, preset: CnfPreset) -> float | None:
+    """A budget point's training seconds: ``--bench-cnf-budget-s`` or the preset's, at most
+    TRAIN_SHARE of the per-point limit (the held-out evaluation needs the rest)."""
+    seconds = settings.cnf_budget_s or preset.budget_s
+    if seconds is None or not settings.timeout_s:
+        return seconds
+    return min(seconds, TRAIN_SHARE * settings.timeout_s)
+
+
 class CnfWorkload(Workload):
     name, point_type, presets = "cnf", CnfPoint, PRESETS
 
@@ -268,8 +278,7 @@ class CnfWorkload(Workload):
 
     def run(self, sweep: Sweep, benchmark, point: CnfPoint) -> None:
         backend, config = sweep.backend(point.backend, point.device), point.config
-        budget = float(os.environ.get("HOLLOWBENCH_CNF_BUDGET_S") or 0)
-        budget = budget or self.preset(sweep.settings).budget_s
+        budget = training_s(sweep.settings, self.preset(sweep.settings))
         info = dict.fromkeys(CNF_KEYS) | {
             "workload": "cnf",
             "model": "hollownet",

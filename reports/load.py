@@ -183,9 +183,11 @@ def _journal_records(path: Path, text: str) -> list[dict[str, Any]]:
             records.append(_record(path, f"line {no}", obj, stats, context))
         elif kind == "point":
             raise InputError(f"{path}: line {no}: a point before any session line")
+        elif kind == "plan":  # a budget's plan: the JSON's hollowbench.plan carries it
+            continue
         else:
             raise InputError(
-                f"{path}: not a hollowbench journal (line {no} is not a 'session' or 'point' entry)"
+                f"{path}: not a hollowbench journal (line {no} is not a 'session', 'point' or 'plan' entry)"
             )
     return _ours(path, records)
 

@@ -69,6 +69,9 @@ class Settings:
     shard_source: str = "default"  # "option", or the Slurm array task it came from
     compile_workers: int = 0  # threads compiling JAX steps ahead of time; 0: each in its run
     jax_cache: str | None = None  # JAX's persistent compilation cache directory; None: off
+    sweep_budget_s: float = 0.0  # the whole sweep's time budget (bench/harness/plan.py); 0: none
+    costs: tuple[str, ...] = ()  # journals (globs) whose points predict costs under a budget
+    cnf_budget_s: float | None = None  # a CNF budget point's training time; None: the preset's
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary, recorded in the results next to the machine."""
@@ -78,7 +81,9 @@ class Settings:
             **{name: list(getattr(self, name)) for name in (*axes, "n_matvecs", "variants")},
             "devices": list(self.devices) if self.devices else None,
             "shard": f"{self.shard[0]}/{self.shard[1]}",
-            **attrs(self, "shard_source", "compile_workers", "jax_cache"),
+            **attrs(self, "shard_source", "compile_workers", "jax_cache", "sweep_budget_s"),
+            "costs": list(self.costs),
+            "cnf_budget_s": self.cnf_budget_s,
             "limits": [limit.describe() for limit in self.preset.limits],
             **attrs(self.timing, "budget_s", "min_rounds", "max_rounds"),
             **attrs(self, "timeout_s", "matmul_precision"),
@@ -229,6 +234,26 @@ OPTIONS = (
         "rootdir)",
         "DIR",
     ),
+    Option(
+        "budget",
+        _seconds,
+        "the whole sweep's time budget in seconds: the points the paper's claims and goals need "
+        "first, at a spread of d, then the rest, as predicted costs fit; 0 = none",
+        "SECONDS",
+    ),
+    Option(
+        "costs",
+        lambda raw: tuple(_words(raw)),
+        "journals (globs) of earlier sweeps whose points predict costs for --bench-budget",
+        "GLOBS",
+    ),
+    Option(
+        "cnf_budget_s",
+        _seconds,
+        "training seconds of a CNF budget point (default: the preset's; at most half the "
+        "per-point limit)",
+        "SECONDS",
+    ),
     Option("journal", str, "JSON-lines journal path (default: beside --benchmark-json)", "PATH"),
     Option(
         "matmul_precision",
@@ -348,6 +373,9 @@ def resolve(
         shard_source=shard_source,
         compile_workers=values.get("compile_workers", usable_cores()),
         jax_cache=values.get("jax_cache", JAX_CACHE),
+        sweep_budget_s=values.get("budget", 0.0),
+        costs=values.get("costs", ()),
+        cnf_budget_s=values.get("cnf_budget_s"),
         timing=timing,
         timeout_s=values.get("timeout", preset.timeout_s),
         journal=values.get("journal"),

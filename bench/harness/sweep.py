@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from bench.harness import ahead
+from bench.harness import ahead, plan
 from bench.harness.journal import Journal
 from bench.harness.options import OptionError, Settings
 from bench.harness.telemetry import (
@@ -54,6 +54,10 @@ TIME_FRACTION = 0.5
 # (a window holds their weights and inputs until its points run).
 WINDOW_PER_WORKER = 2
 WINDOW_MEMORY_FRACTION = 0.5
+# Threads compiling JAX steps for one GPU at once, at most: XLA autotunes its GPU kernels by
+# timing them on the card, so many compilations at once would time each other and could bake
+# noisy choices into the persistent cache.
+GPU_COMPILE_WORKERS = 4
 # What a dense point's time is predicted from: the same computation at a smaller d.
 COST_KEYS = ("workload", "backend", "device", "method", "variant", "model", "mode", "batch", "k",
              "n_probes", "n_matvecs")  # fmt: skip
@@ -159,11 +163,13 @@ class Sweep:
         self._backends: dict[tuple[str, str], Any] = {}
         self._memo: dict[Any, Any] = {}
         self.rule = RULE  # the noise test (bench/harness/timing.py)
+        self._started = time.perf_counter()  # a budget counts from here
         self._deadline: float | None = None  # the running point's time limit (perf_counter)
         self._calls: defaultdict[tuple, list[tuple[int, float, float]]] = defaultdict(list)
         self._prepared: dict[str, Prepared] = {}  # by the point's fullname
         self._seen_ahead: set[str] = set()  # points a compile-ahead window has considered
-        self._pool: ThreadPoolExecutor | None = None
+        self._pools: dict[bool, ThreadPoolExecutor] = {}  # by "on a GPU"
+        self.plan: plan.Plan | None = None  # under --bench-budget
 
     def discover(self) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
         """(devices each installed backend will use, reason each requested one is missing);
@@ -204,6 +210,29 @@ class Sweep:
             self._memo[key] = compute()
         return self._memo[key]
 
+    def order(self, candidates: list[plan.Candidate]) -> list[plan.Candidate]:
+        """The points in run order; under a budget, planned (bench/harness/plan.py: the plan
+        is journaled) from the time it has left, less RESERVE for pytest's own end."""
+        s = self.settings
+        if not s.sweep_budget_s:
+            return plan.run_order(candidates)
+        model = plan.CostModel.from_journals(
+            s.costs, timing=s.timing, timeout_s=s.timeout_s, cnf_budget_s=s.cnf_budget_s
+        )
+        left = (1 - plan.RESERVE) * s.sweep_budget_s - (time.perf_counter() - self._started)
+        self.plan = plan.make_plan(candidates, left, model)
+        self.plan.budget_s = s.sweep_budget_s
+        self.plan.start(time.perf_counter(), left)
+        planned = [c.id for c in self.plan.order if c.id in self.plan.planned]
+        self.journal.append({"kind": "plan", **self.plan.describe(), "planned_ids": planned})
+        return self.plan.order
+
+    def _left_out(self, fullname: str, ahead_s: float = 0.0) -> str | None:
+        """Why the budget leaves this point out now, or None (no budget, or it fits)."""
+        if self.plan is None:
+            return None
+        return self.plan.admit(fullname, time.perf_counter(), ahead_s)
+
     def wants_ahead(self, fullname: str) -> bool:
         """Whether reaching point ``fullname`` should compile a window from it: compiling
         ahead is on, and no window has considered this point yet."""
@@ -218,8 +247,10 @@ class Sweep:
         one in it, past its memory or worker bounds; points to be skipped are left to their
         run. Every compilation finishes before this returns: none overlaps a timed call."""
         window: list[tuple[str, Any, Callable[[], Task]]] = []
-        costs, need_total = set(), 0
+        costs, need_total, ahead_s = set(), 0, 0.0
         for considered, (fullname, describe) in enumerate(upcoming):
+            if self._left_out(fullname, ahead_s):  # its run records why
+                break
             recorder = ahead.Recorder(self)
             try:
                 describe(recorder)
@@ -234,7 +265,7 @@ class Sweep:
             full = considered and (
                 (cost is not None and cost in costs)
                 or (free is not None and need_total > WINDOW_MEMORY_FRACTION * free)
-                or len(window) >= WINDOW_PER_WORKER * self.settings.compile_workers
+                or len(window) >= WINDOW_PER_WORKER * self._workers(backend)
             )
             if full:
                 break
@@ -244,13 +275,29 @@ class Sweep:
             if not (self._wont_fit(backend, need_bytes) or self._too_slow(info)):
                 window.append((fullname, backend, make_task))
                 costs.add(cost)
+                if self.plan is not None:
+                    ahead_s += self.plan.predicted.get(fullname, 0.0)
         size = len(window)
         pending = {
             name: self._lower(backend, make_task, size) for name, backend, make_task in window
         }
-        wait([future for _, future in pending.values() if future is not None])
+        futures = [future for _, future in pending.values() if future is not None]
+        # Each compilation counts against its point's limit: none may hold the window longer.
+        _, late = wait(futures, timeout=self.settings.timeout_s or None)
+        for prepared, future in pending.values():
+            if future in late:
+                prepared.error = PointTimeout(
+                    f"its compilation ahead ran past the per-point limit of "
+                    f"{self.settings.timeout_s:g} s"
+                )
         self._prepared |= {name: prepared for name, (prepared, _) in pending.items()}
         return size
+
+    def _workers(self, backend) -> int:
+        """Threads compiling ahead for ``backend``'s device (GPU_COMPILE_WORKERS on a GPU)."""
+        on_gpu = backend.device.startswith("cuda")
+        workers = self.settings.compile_workers
+        return min(workers, GPU_COMPILE_WORKERS) if on_gpu else workers
 
     def _lower(self, backend, make_task: Callable[[], Task], window: int):
         """(Prepared, the future of its compilation or None): the task built and lowered here,
@@ -263,16 +310,18 @@ class Sweep:
                 rest = backend.lower_step(task.fn, task.args, variant)
         except (Exception, PointTimeout) as exc:
             return Prepared(error=exc, build_s=time.perf_counter() - start), None
-        if self._pool is None:
-            workers = self.settings.compile_workers
-            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="hollowbench-compile")
+        on_gpu = backend.device.startswith("cuda")
+        if on_gpu not in self._pools:
+            self._pools[on_gpu] = ThreadPoolExecutor(
+                self._workers(backend), thread_name_prefix="hollowbench-compile"
+            )
         prepared = Prepared(task=task, build_s=time.perf_counter() - start)
-        return prepared, self._pool.submit(_compile_rest, rest, prepared, window)
+        return prepared, self._pools[on_gpu].submit(_compile_rest, rest, prepared, window)
 
     def close(self) -> None:
-        """Stop the compile pool (its threads are idle: every window waits for its own)."""
-        if self._pool is not None:
-            self._pool.shutdown()
+        """Stop the compile pools (idle, but for a compilation that ran past its limit)."""
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def run(
         self,
@@ -286,9 +335,13 @@ class Sweep:
         """Measure and record the task ``make_task()`` builds as one point (``extra_info``: its
         identity, SCHEMA.md keys; ``need_bytes``: its predicted memory). A point not run is
         recorded, then skipped (oom, timeout, predicted not to fit) or re-raised (errors)."""
-        self.memo(("warm", backend.name, backend.device), backend.warm_up)
         info = self._identify(backend, extra_info, need_bytes)
         prepared = self._prepared.pop(benchmark.fullname, None)
+        left_out = None if prepared else self._left_out(benchmark.fullname)
+        if left_out:  # before the backend's warm-up: a left-out point costs nothing
+            self._finish(benchmark, info, "skipped", left_out, time.perf_counter())
+            pytest.skip("skipped: the budget ran out for it (the journal says by how much)")
+        self.memo(("warm", backend.name, backend.device), backend.warm_up)
         # Work done ahead for this point counts in its wall time.
         start = time.perf_counter() - (prepared.build_s + prepared.compile_s if prepared else 0)
         skip = self._wont_fit(backend, need_bytes) or self._too_slow(info)
@@ -464,6 +517,8 @@ class Sweep:
             benchmark.has_error = True  # keeps partial stats (a time-out mid-rounds) out of JSON
             self.not_run.append(record)
         self.journal.append({"kind": "point", **record, "stats": stats})
+        if self.plan is not None:
+            self.plan.done(benchmark.fullname, {**record, "stats": stats})
 
 
 def _checked(task: Task, out: Any, step: Callable[..., Any]) -> dict[str, Any]:

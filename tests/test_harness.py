@@ -608,7 +608,7 @@ def test_an_injected_burst_is_flagged_and_remeasured_in_a_sweep(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "noisy when IQR/median > " in run.stdout  # the rule is in the header
     result = json.loads(out.read_text())
-    assert result["hollowbench"]["settings"]["noise_rule"]["max_min"] > 1
+    assert result["hollowbench"]["settings"]["noise_rule"]["max2_min"] > 1
     points = {b["extra_info"]["method"]: b for b in result["benchmarks"]}
     journaled = {
         r["extra_info"]["method"]: r for r in journal.read(tmp_path / "out.journal.jsonl")[1:]

@@ -77,12 +77,44 @@ def test_the_noise_test_names_the_checks_a_measurement_fails():
     rule = timing.RULE
     quiet = timing.Measurement([1.0, 1.01, 1.02, 0.99, 1.0], cpu_share=0.99).figures()
     assert timing.failures(quiet, rule) == [] and quiet["rounds"] == 5
-    burst = timing.Measurement([1.0] * 7 + [9.0], cpu_share=0.99).figures()
-    assert timing.failures(burst, rule) == ["max_min"]
+    burst = timing.Measurement([1.0] * 12 + [9.0, 9.0], cpu_share=0.99).figures()
+    assert timing.failures(burst, rule) == ["max2_min"]
     spread = timing.Measurement([1.0, 1.0, 2.0, 2.0, 2.0, 3.0], cpu_share=None).figures()
     assert "iqr_median" in timing.failures(spread, rule)
-    starved = timing.Measurement([1.0] * 5, cpu_share=0.3).figures()
+    starved = timing.Measurement([1.0] * 5, cpu_share=0.3, others_share=0.6).figures()
     assert timing.failures(starved, rule) == ["cpu_share"]
+    unknown = timing.Measurement([1.0] * 5, cpu_share=0.3).figures()  # others not measured
+    assert timing.failures(unknown, rule) == ["cpu_share"]
+    alone = timing.Measurement([1.0] * 5, cpu_share=0.3, others_share=0.0).figures()
+    assert timing.failures(alone, rule) == []  # its own threads kept each other waiting
+
+
+def test_one_slow_round_in_thirty_is_not_noise_two_are():
+    rounds = [1e-3 * (1 + 0.01 * (i % 5)) for i in range(29)]
+    one = timing.Measurement([*rounds, 0.05]).figures()  # a 50x round: a page fault, a tick
+    assert one["max2_min"] == pytest.approx(1.04) and timing.failures(one) == []
+    two = timing.Measurement([*rounds[:28], 0.05, 0.05]).figures()
+    assert two["max2_min"] == pytest.approx(50) and timing.failures(two) == ["max2_min"]
+    single = timing.Measurement([0.002]).figures()  # no second-largest: the one round
+    assert single["max2_min"] == 1 and timing.failures(single) == []
+
+
+# (cpu_share, others_share). Alone: on an idle 2-core machine the quick sweep's JAX points
+# got shares of 0.54-0.80 (XLA's pool keeps more threads runnable than cores; two sweeps'
+# medians agreed within 1%), torch with 8 threads 0.22 and a small jitted JAX MLP 0.45-0.57
+# here; nothing else ran, so others' share is ~0 (up to the 10 ms ticks' error, < 0.05 over
+# 0.5 s). Beside two busy loops on this shared 2-core machine the same calls recorded these.
+ALONE = [(0.54, 0.0), (0.62, 0.02), (0.80, 0.05), (0.22, 0.0), (0.45, 0.05)]
+BESIDE_BUSY_LOOPS = [(0.15, 0.72), (0.24, 0.72), (0.26, 0.87), (0.33, 0.90), (0.35, 0.96),
+                     (0.22, 0.74), (0.49, 0.73), (0.68, 0.72)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("share", "others", "noisy"),
+                         [(*alone, False) for alone in ALONE]
+                         + [(*busy, True) for busy in BESIDE_BUSY_LOOPS])  # fmt: skip
+def test_waiting_counts_as_noise_only_while_others_held_the_cores(share, others, noisy):
+    figures = timing.Measurement([1e-3] * 30, cpu_share=share, others_share=others).figures()
+    assert bool(timing.failures(figures)) is noisy
 
 
 def test_the_quieter_measurement_is_kept():
@@ -122,12 +154,12 @@ def test_a_noisy_measurement_is_taken_again_and_the_quieter_kept():
 
     outcome = timing.measure(
         bench, lambda: timing.time.sleep(0.002), 10, QUICK,
-        rule=timing.NoiseRule(max_min=10, cpu_share=0.0), disturb=disturb, sleep=pauses.append,
+        rule=timing.NoiseRule(max2_min=10, cpu_share=0.0), disturb=disturb, sleep=pauses.append,
     )  # fmt: skip
     info = outcome.info()
     assert pauses == [timing.NoiseRule().pause_s] and info["remeasured"] and not info["noisy"]
     first, again = info["noise"]["measurements"]
-    assert "max_min" in first["failed"] and again["failed"] == [] and info["noise"]["kept"] == 1
+    assert "max2_min" in first["failed"] and again["failed"] == [] and info["noise"]["kept"] == 1
     # pytest-benchmark's stats are now the kept measurement's
     assert bench.stats.stats.rounds == again["rounds"]
     assert bench.stats.stats.median == pytest.approx(again["median_s"])
@@ -136,16 +168,16 @@ def test_a_noisy_measurement_is_taken_again_and_the_quieter_kept():
 
 def test_no_remeasurement_runs_past_the_point_s_time_limit():
     bench = FakeBenchmark()
-    rule = timing.NoiseRule(iqr_median=-1, max_min=0)  # every measurement fails
+    rule = timing.NoiseRule(iqr_median=-1, max2_min=0)  # every measurement fails
     soon = timing.time.perf_counter() + rule.pause_s / 2
     outcome = timing.measure(bench, lambda: None, 3, QUICK, rule=rule, deadline=soon)
     info = outcome.info()
-    assert not info["remeasured"] and info["noisy"] and "max_min" in info["noise"]["failed"]
+    assert not info["remeasured"] and info["noisy"] and "max2_min" in info["noise"]["failed"]
 
 
 def test_a_quiet_measurement_is_taken_once():
     bench = FakeBenchmark()
-    rule = timing.NoiseRule(max_min=50, iqr_median=5, cpu_share=0.0)
+    rule = timing.NoiseRule(max2_min=50, iqr_median=5, cpu_share=0.0)
     call = lambda: timing.time.sleep(0.001)  # noqa: E731
     info = timing.measure(bench, call, 5, QUICK, rule=rule, sleep=pytest.fail).info()
     assert not info["remeasured"] and not info["noisy"] and info["noise"]["kept"] == 0
@@ -164,6 +196,66 @@ def test_cpu_share_is_run_time_over_ready_time():
     snap = telemetry.cpu_snapshot()
     if snap is not None:  # Linux
         assert all(run >= 0 and wait >= 0 for run, wait in snap.values())
+
+
+def core_times(wall: float, idle: float, own: float) -> telemetry.CoreTimes:
+    return telemetry.CoreTimes(wall=wall, idle=idle, own=own, cores=2)
+
+
+def test_others_share_is_what_the_cores_neither_idled_nor_ran_us_for():
+    start = core_times(10.0, 100.0, 5.0)
+    # 1 s on 2 cores: we ran 1.5 s (all our threads), the cores idled 0.5 s: nobody else ran.
+    assert telemetry.others_share(start, core_times(11.0, 100.5, 6.5)) == 0.0
+    # we ran 0.5 s, they idled 0.3 s: others held 1.2 s of the 2.
+    assert telemetry.others_share(start, core_times(11.0, 100.3, 5.5)) == pytest.approx(0.6)
+    assert telemetry.others_share(start, core_times(11.0, 100.0, 7.0)) == 0.0  # ticks vs ns
+    assert telemetry.others_share(start, start) is None
+    assert telemetry.others_share(None, start) is None
+
+
+def test_a_short_measurement_judges_others_over_a_longer_window(monkeypatch):
+    history = [core_times(t, 0.0, 0.0) for t in (1.0, 9.0, 9.4, 9.8)]
+    monkeypatch.setattr(telemetry, "HISTORY", history)
+    start, end = history[-1], core_times(9.815, 0.0, 0.0)  # a 15 ms measurement
+    assert telemetry.window_start(start, end) is history[1]  # the latest >= 0.5 s before its end
+    long = core_times(10.5, 0.0, 0.0)
+    assert telemetry.window_start(start, long) is start  # long enough alone
+    monkeypatch.setattr(telemetry, "HISTORY", history[-1:])
+    assert telemetry.window_start(start, end) is start  # nothing older: its own window
+
+
+def test_core_times_reads_the_usable_cores_from_proc_stat(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    stat.write_text(
+        "cpu  9 9 9 9 9 9 9 9 0 0\n"
+        "cpu0 10 0 5 200 7 0 1 0 0 0\n"
+        "cpu1 10 0 5 300 3 0 1 0 0 0\n"
+        "cpu2 10 0 5 999 9 0 1 0 0 0\n"
+        "intr 12345\n"
+    )
+    monkeypatch.setattr(telemetry, "_usable_cores", lambda: {0, 1})
+    tick = telemetry.os.sysconf("SC_CLK_TCK")
+    reading = telemetry.core_times(str(stat))
+    assert reading.cores == 2 and reading.idle == pytest.approx(510 / tick)
+    assert telemetry.HISTORY[-1] is reading
+    assert telemetry.core_times(str(tmp_path / "missing")) is None
+
+
+def test_a_busy_loop_beside_us_is_others_work():
+    """While we sleep, a busy-loop child takes CPU time that others_seconds must count (or, on
+    a machine so loaded that the loop gets little, the load that starves it does)."""
+    before = telemetry.core_times()
+    if before is None:
+        pytest.skip("no /proc/stat")
+    loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        timing.time.sleep(0.6)
+    finally:
+        loop.kill()
+        loop.wait()
+    after = telemetry.core_times()
+    assert telemetry.others_seconds(before, after) > 0.25
+    assert telemetry.others_share(before, after) > 0.25 / after.cores
 
 
 class FakeNvml:
@@ -222,11 +314,18 @@ def test_conditions_without_nvml_record_the_load_only(monkeypatch):
         assert info["load_1m"] is None or info["load_1m"] >= 0
 
 
-def test_the_thresholds_in_the_schema_are_the_code_s():
+def test_the_rule_in_the_schema_and_the_readme_is_the_code_s():
     schema = (ROOT / "bench" / "SCHEMA.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    words = timing.rule_text()
     for name, value in timing.RULE.limits().items():
-        assert f"`{name}` {'<' if name == 'cpu_share' else '>'} {value:g}" in schema, name
+        assert f"`{name}` {'<' if name == 'cpu_share' else '>'} {value:g}" in words, name
+    for text in (schema, readme):  # word for word, however the lines wrap
+        assert words in " ".join(text.split())
     assert f"after a {timing.RULE.pause_s:g} s pause" in schema
+    assert f"after a {timing.RULE.pause_s:g} s pause" in readme
+    other = timing.rule_text(timing.NoiseRule(others_share=0.3))
+    assert other not in " ".join(schema.split())  # the check can fail
 
 
 # --- through pytest-benchmark, in a subprocess --------------------------------------------
@@ -306,7 +405,7 @@ def test_an_injected_burst_is_flagged_remeasured_and_reported_near_the_quiet_med
     info, stats = noisy["extra_info"], noisy["stats"]
     assert info["remeasured"] is True and info["noisy"] is False
     first, again = info["noise"]["measurements"]
-    assert "max_min" in first["failed"] and info["noise"]["kept"] == 1
+    assert "max2_min" in first["failed"] and info["noise"]["kept"] == 1
     # The burst hit the first warm-up call too, yet the median of the warm-up calls set the
     # rounds: calibrated from that call alone, the point would have had 3 (~0.2 s / 0.1 s).
     assert first["rounds"] >= 10 and again["rounds"] >= 10

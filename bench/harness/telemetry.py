@@ -6,6 +6,7 @@ not installed), so a sweep records what it can and never fails for want of telem
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import functools
@@ -16,6 +17,7 @@ import platform
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +281,84 @@ def cpu_share(before: dict | None, after: dict | None) -> float | None:
     if run + wait < MIN_READY_NS:
         return None
     return round(run / (run + wait), 4)
+
+
+@dataclass(frozen=True)
+class CoreTimes:
+    """One reading of what the cores this process may use did: ``wall`` perf_counter seconds,
+    ``idle`` seconds they idled (/proc/stat idle + iowait, summed over them), ``own`` this
+    process's CPU seconds, all threads (``time.process_time``), and how many ``cores``."""
+
+    wall: float
+    idle: float
+    own: float
+    cores: int
+
+
+# Readings kept so that a short measurement can judge others' work over a longer window: the
+# kernel reports idle time in 1 / USER_HZ units (10 ms), too coarse for a 15 ms measurement.
+HISTORY: collections.deque[CoreTimes] = collections.deque(maxlen=64)
+OTHERS_WINDOW_S = 0.5  # others' CPU time is judged over at least this many seconds
+
+
+def _usable_cores() -> set[int] | None:
+    try:
+        return os.sched_getaffinity(0)
+    except (AttributeError, OSError):  # not Linux
+        return None
+
+
+def core_times(stat: str = "/proc/stat") -> CoreTimes | None:
+    """Read (and record in HISTORY) the usable cores' idle time and this process's CPU time;
+    None where /proc/stat is missing (not Linux)."""
+    cores, tick = _usable_cores(), os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    idle, seen = 0, 0
+    try:
+        with open(stat) as fh:
+            for line in fh:
+                name, *fields = line.split()
+                if not (name.startswith("cpu") and name[3:].isdigit()):
+                    continue
+                if cores is None or int(name[3:]) in cores:
+                    idle, seen = idle + int(fields[3]) + int(fields[4]), seen + 1
+    except (OSError, ValueError, IndexError):
+        return None
+    if not seen:
+        return None
+    reading = CoreTimes(time.perf_counter(), idle / tick, time.process_time(), seen)
+    HISTORY.append(reading)
+    return reading
+
+
+def others_seconds(before: CoreTimes, after: CoreTimes) -> float:
+    """CPU seconds other processes took on the usable cores between two readings: what the
+    cores neither idled nor ran this process for (never below 0: the readings are in ticks)."""
+    capacity = after.cores * (after.wall - before.wall)
+    return max(capacity - (after.idle - before.idle) - (after.own - before.own), 0.0)
+
+
+def others_share(before: CoreTimes | None, after: CoreTimes | None) -> float | None:
+    """The fraction of the usable cores' time that other processes held between two readings
+    (0: only this process ran, or nothing; 1: others held every core all the time); None
+    without both readings or without time between them."""
+    if before is None or after is None or after.wall <= before.wall:
+        return None
+    capacity = after.cores * (after.wall - before.wall)
+    return round(min(others_seconds(before, after) / capacity, 1.0), 4)
+
+
+def window_start(start: CoreTimes | None, end: CoreTimes | None) -> CoreTimes | None:
+    """Where to judge others' work from for a measurement between ``start`` and ``end``:
+    ``start`` when the measurement took OTHERS_WINDOW_S, else the latest reading in HISTORY at
+    least that long before ``end`` (the oldest where none is)."""
+    if start is None or end is None or end.wall - start.wall >= OTHERS_WINDOW_S:
+        return start
+    earlier = [r for r in HISTORY if r.wall <= start.wall]
+    old = [r for r in earlier if end.wall - r.wall >= OTHERS_WINDOW_S]
+    return old[-1] if old else min(earlier, key=lambda r: r.wall, default=start)
+
+
+core_times()  # a first reading, so that a session's first short measurement has a window
 
 
 # nvmlClocksEventReason* / nvmlClocksThrottleReason* bits (nvml.h), named as SCHEMA.md says.

@@ -47,9 +47,11 @@ CONFIGS_ENV = "HOLLOWBENCH_TRITON_CONFIGS"  # keep the first N configurations (s
 # the backward, their gradient sums) within 255 registers a thread. ptxas (sm_90, triton 3.8,
 # the default 64-wide layers, d_h 16) reports for the forward at full float32 precision no
 # spills at 16 x 2, 16 x 4 and 32 x 8 warps, but 300 to 6000 bytes at 32 x 4 and at every
-# 64- and 128-row tile; the backward spills least at 8 warps (16 rows: 36 bytes; 4 warps:
-# 1600) and its 32-row tiles spill more. Three forward and two backward configurations keep
-# tuning cheap: each is compiled and timed once per key.
+# 64- and 128-row tile (with TF32 none of these spill). The backward spills at every size
+# tried: least at 16 rows on 8 warps (36 bytes; 1600 on 4 warps, 740 at 32 rows on 8), and
+# 2.3 to 2.7 KB at every size under TF32, whose dot layouts hold more (fixing that needs a
+# backward that holds fewer 64 x 64 values at once). Three forward and two backward
+# configurations keep tuning cheap: each is compiled and timed once per key.
 FORWARD_CONFIGS = ((16, 4), (32, 8), (16, 2))
 BACKWARD_CONFIGS = ((16, 8), (32, 8))
 # What a tuned choice depends on. ROWS_BUCKET is the rows' next power of two (the kernels do

@@ -44,10 +44,11 @@ from jax.experimental.pallas import triton as pl_triton
 from impls.jax_backend import taylor
 
 # Rows per program and warps per kernel. A tile's hidden values live in registers: ptxas
-# (sm_90, the kernels' Triton IR compiled by triton 3.8; 64-wide layers, d_h 16, float32 at
-# "highest") spills 8 KB in the forward at 128 rows on 4 warps and 3 KB in the backward at 32
-# rows on 4 warps, but nothing in the forward at 32 rows on 8 warps, and least in the backward
-# at 16 rows on 8 warps (see FWD_WARPS, BWD_WARPS).
+# (sm_90, the kernels' Triton IR compiled by triton 3.8; 64-wide layers, d_h 16) reports for
+# the forward 8 KB of spills at 128 rows on 4 warps, 1.6 KB at 64 rows on 8, none at 32 rows
+# on 8 (nor at 16 rows), at "highest" precision and with TF32. The backward spills at every
+# size tried: least at 16 rows on 8 warps (180 bytes at "highest", 1.1 KB with TF32; 3 KB at
+# the former 32 rows on 4), more at 32 rows or 16 warps.
 FWD_TILE = 32  # rows per forward program
 FWD_WARPS = 8
 BWD_TILE = 16  # rows per backward step

@@ -25,6 +25,9 @@ def pytest_configure(config):
     # imports them. With a GPU they compile and run on it, as the triton variant does.
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    # One autotuning configuration per kernel: a GPU run compiles each kernel once per
+    # specialisation and times none (impls/torch_backend/fused_tau.py's docstring).
+    os.environ.setdefault("HOLLOWBENCH_TRITON_CONFIGS", "1")
 
 
 # Small float64 models that exercise both conditioners, time dependence and k-th derivatives.

@@ -55,7 +55,9 @@ class TestTriton:
         from impls.torch_backend import fused_tau, taylor
 
         self.torch, self.fused_tau, self.taylor = torch, fused_tau, taylor
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # Compiled on the GPU where there is one (conftest sets TRITON_INTERPRET=1 only where
+        # there is none), else in the interpreter.
+        self.device = "cuda:0" if torch.cuda.is_available() else "cpu"
         self.backend = load_backend("torch", self.device)
 
     def _inputs(self, spec: HollowSpec, batch: int, seed: int):
@@ -86,7 +88,20 @@ class TestTriton:
     @pytest.mark.parametrize("time_dependent", [False, True], ids=["autonomous", "timed"])
     @pytest.mark.parametrize("activation", ACTIVATIONS)
     def test_value_tangent_and_gradients_match_float64(self, activation, time_dependent):
-        spec = _spec(activation, time_dependent)
+        self._check_against_float64(_spec(activation, time_dependent))
+
+    @pytest.mark.parametrize(
+        ("d_h", "trans_hidden"), [(1, (1, 1)), (3, (1, 20)), (1, (24, 1))], ids=str
+    )
+    def test_narrow_layers_match_float64(self, d_h, trans_hidden):
+        """Layers (and d_h) narrower than tl.dot's 16 run as 16-wide dots on zero padding."""
+        spec = dataclasses.replace(_spec("tanh", True), d_h=d_h, trans_hidden=trans_hidden)
+        sizes = self.fused_tau._shape("tanh", 150, 30, d_h, self.torch.empty(trans_hidden), True)
+        assert min(sizes["PH"], sizes["P1"], sizes["P2"]) == 16
+        self._check_against_float64(spec)
+
+    def _check_against_float64(self, spec: HollowSpec) -> None:
+        activation, time_dependent = spec.activation, spec.time_dependent
         net = self.backend.build(spec, seed=3)
         x, h, t, g_f, g_d = self._inputs(spec, batch=30, seed=4)
         torch = self.torch
@@ -145,3 +160,45 @@ class TestTriton:
         x, h = x.to(net.params["tau0_w"].dtype), h.to(net.params["tau0_w"].dtype)
         with pytest.raises(ValueError, match=match):
             self.fused_tau.value_and_tangent(net, x, h, t)
+
+    def test_one_configuration_under_the_switch(self, monkeypatch):
+        """HOLLOWBENCH_TRITON_CONFIGS=N keeps the first N configurations (the tests run with
+        1, so a GPU compiles one per kernel); unset, all; in the interpreter always one."""
+        ft = self.fused_tau
+        assert len(ft._forward_kernel.configs) == len(ft._backward_kernel.configs) == 1
+        monkeypatch.setattr(ft, "_INTERPRET", False)
+        for choices in (ft.FORWARD_CONFIGS, ft.BACKWARD_CONFIGS):
+            monkeypatch.setenv(ft.CONFIGS_ENV, "1")
+            [one] = ft._configs(choices)
+            assert (one.kwargs["BLOCK"], one.num_warps) == choices[0]
+            monkeypatch.setenv(ft.CONFIGS_ENV, "2")
+            assert len(ft._configs(choices)) == 2
+            monkeypatch.delenv(ft.CONFIGS_ENV)
+            assert [(c.kwargs["BLOCK"], c.num_warps) for c in ft._configs(choices)] == list(choices)
+            for bad in ("0", "all"):
+                monkeypatch.setenv(ft.CONFIGS_ENV, bad)
+                with pytest.raises(ValueError, match=ft.CONFIGS_ENV):
+                    ft._configs(choices)
+        monkeypatch.setattr(ft, "_INTERPRET", True)
+        monkeypatch.delenv(ft.CONFIGS_ENV)
+        assert len(ft._configs(ft.FORWARD_CONFIGS)) == 1
+
+    def test_tuning_key_buckets_rows_and_holds_the_precision(self):
+        """The autotuner keys on TUNE_KEY: row counts within one power of two share a choice,
+        the next power of two and a change of matmul precision (TF32 or not) do not."""
+        torch, ft = self.torch, self.fused_tau
+        assert ft._forward_kernel.keys == ft._backward_kernel.keys == list(ft.TUNE_KEY)
+        w1 = torch.empty(64, 64)
+
+        def key(rows, precision="highest"):
+            before = torch.get_float32_matmul_precision()
+            torch.set_float32_matmul_precision(precision)
+            try:
+                return ft.tune_key(ft._shape("tanh", rows, 512, 16, w1, False))
+            finally:
+                torch.set_float32_matmul_precision(before)
+
+        assert key(1100) == key(2000) == key(2048)
+        assert key(2049) != key(2048)
+        assert key(2000, "high") != key(2000)
+        assert key(2000, "high") == key(1500, "medium")  # both TF32

@@ -10,6 +10,7 @@ at full float32 precision ("highest"), so that on a GPU neither side takes TF32'
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 import pytest
@@ -40,6 +41,8 @@ SPECS = {
         dim=5, d_h=2, trans_hidden=(6,), activation="softplus", time_dependent=True
     ),
     "sin_t": HollowSpec(dim=5, d_h=3, trans_hidden=(8, 8), activation="sin", time_dependent=True),
+    # Narrower than a dot's 16 everywhere: d_h and both layers 1 wide, padded to 16.
+    "narrow_t": HollowSpec(dim=5, d_h=1, trans_hidden=(1, 1), time_dependent=True),
 }
 BATCH = 7  # 35 rows: three 16-row tiles, the last one part padding
 
@@ -119,6 +122,60 @@ def test_kernel_matches_float64_autodiff(device, name, small_tiles):
     assert not spec.time_dependent or np.abs(got_grads[1][2]).min() > 0
 
 
+def _dots(jaxpr):
+    """Every dot_general in a jaxpr, its sub-jaxprs' (a pallas_call's kernel, a loop's body)
+    included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's, or a Jaxpr
+                if hasattr(inner, "eqns"):
+                    yield from _dots(inner)
+
+
+@pytest.mark.parametrize(("d_h", "widths"), [(1, (1, 1)), (3, (1,)), (16, (64, 1))], ids=str)
+def test_narrow_layers_make_dots_at_least_16_wide(d_h, widths):
+    """Triton's dots need every dimension >= 16: a layer 1 wide (or d_h = 1) is padded to 16
+    in both kernels, never a 1-wide dot."""
+    backend = backend_or_skip("jax")
+    spec = HollowSpec(dim=4, d_h=d_h, trans_hidden=widths, time_dependent=True)
+    net = backend.build(spec)
+    x, t = jnp.ones((8, spec.dim), jnp.float32), jnp.full((8,), 0.5, jnp.float32)
+
+    def step(net, x):
+        f, deriv = fused_tau.value_and_tangent(net, x, net.conditioner(x, t), t, interpret=False)
+        return (f * f).sum() + deriv.sum()
+
+    jaxpr = jax.make_jaxpr(jax.grad(step, argnums=(0, 1)))(net, x).jaxpr
+    kernels = [e for e in jaxpr.eqns if e.primitive.name == "pallas_call"]
+    assert len(kernels) == 2
+    dots = [d for k in kernels for d in _dots(k.params["jaxpr"])]
+    assert dots
+    for dot in dots:
+        for operand in dot.invars:
+            assert min(operand.aval.shape) >= fused_tau.MIN_WIDTH, (dot, operand.aval)
+
+
+def test_triton_deprecation_filter_is_exact():
+    """The filter hides jax 0.11's Triton deprecation, and no other DeprecationWarning."""
+    message = (
+        "The Pallas Triton backend is deprecated and will be removed in a future JAX version."
+        " To keep using Pallas on GPU, please migrate to the Mosaic GPU backend."
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fused_tau._filter_triton_deprecation.__wrapped__()
+        warnings.warn(message, DeprecationWarning, stacklevel=1)
+        warnings.warn("something else is deprecated", DeprecationWarning, stacklevel=1)
+        warnings.warn(message, UserWarning, stacklevel=1)
+    assert [(w.category, str(w.message)[:9]) for w in caught] == [
+        (DeprecationWarning, "something"),
+        (UserWarning, "The Palla"),
+    ]
+
+
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "softplus", "sin"])
 def test_kernels_lower_to_triton_for_cuda(activation):
     """Both kernels of a train step lower through Triton for a CUDA device (no GPU needed to
@@ -133,7 +190,12 @@ def test_kernels_lower_to_triton_for_cuda(activation):
         return (f * f).sum() + deriv.sum()
 
     grad = jax.jit(jax.grad(step, argnums=(0, 1)))
-    text = grad.trace(net, x).lower(lowering_platforms=("cuda",)).as_text()
+    fused_tau._filter_triton_deprecation.cache_clear()  # as if no kernel had been built yet
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        text = grad.trace(net, x).lower(lowering_platforms=("cuda",)).as_text()
+    # jax 0.11 warns at each lowering through Triton; the module filters exactly that.
+    assert not [w for w in caught if fused_tau.TRITON_DEPRECATION in str(w.message)]
     assert text.count("xla.gpu.triton") == 2
     assert 'name = "fused_tau_forward"' in text and 'name = "fused_tau_backward"' in text
 

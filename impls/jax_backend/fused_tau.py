@@ -13,17 +13,27 @@ run dimension-major, as in the chunked version; each row is ``[x_i, h_i, (t)]``.
   no atomics, and the result does not depend on the order programs run in.
 
 Pallas's GPU lowering is Triton's, which takes power-of-two shapes and dots at least 16 wide:
-d_h and every hidden width are zero-padded to a power of two >= 16, the rows to whole blocks.
+d_h and every hidden width, even 1, are zero-padded to a power of two >= 16 (a 1-wide layer
+becomes a 16-wide dot, not a 1-wide one), the rows to whole blocks.
 Padded units have zero weights in and out, padded rows zero cotangents, so neither adds to any
 gradient; they are cut off afterwards. The dots take JAX's matmul precision, as XLA's do (TF32
 on GPUs by default). On the CPU the kernels run in Pallas's interpreter (``interpret=True``):
 slow, but the same code, which is how the tests check it; they also lower them for CUDA.
+
+jax 0.11 deprecates Pallas's Triton backend (``DeprecationWarning`` "The Pallas Triton backend
+is deprecated ...", deprecation id ``jax-pallas-triton``, raised at every lowering). Its
+replacement, Mosaic GPU, is deprecated through ``pallas_call`` too (``jax-pallas-call-mgpu``:
+its kernels are written for ``plgpu.kernel``, with warpgroup-sized tiles and explicit copies),
+so no ``pallas_call`` path on a GPU is free of a deprecation. These kernels stay on Triton and
+filter exactly that warning, once, when a kernel is first built for a GPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import re
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -33,13 +43,39 @@ from jax.experimental.pallas import triton as pl_triton
 
 from impls.jax_backend import taylor
 
-FWD_TILE = 128  # rows per forward program
-BWD_TILE = 32  # rows per backward step: its hidden layers' saved values fit in registers
+# Rows per program and warps per kernel. A tile's hidden values live in registers: ptxas
+# (sm_90, the kernels' Triton IR compiled by triton 3.8; 64-wide layers, d_h 16) reports for
+# the forward 8 KB of spills at 128 rows on 4 warps, 1.6 KB at 64 rows on 8, none at 32 rows
+# on 8 (nor at 16 rows), at "highest" precision and with TF32. The backward spills at every
+# size tried: least at 16 rows on 8 warps (180 bytes at "highest", 1.1 KB with TF32; 3 KB at
+# the former 32 rows on 4), more at 32 rows or 16 warps.
+FWD_TILE = 32  # rows per forward program
+FWD_WARPS = 8
+BWD_TILE = 16  # rows per backward step
+BWD_WARPS = 8
 MAX_PROGRAMS = 1024  # backward programs at most: each writes one partial per weight gradient
 MIN_WIDTH = 16  # Triton's smallest dot dimension
-# Lower through Triton (JAX's GPU default is Mosaic GPU, whose copies need other shapes); the
-# interpreter ignores this.
-_TRITON = pl_triton.CompilerParams(num_warps=4)
+# A None in a block shape squeezes the dimension away; newer JAX names that pl.squeezed.
+_SQUEEZED = getattr(pl, "squeezed", None)
+# jax 0.11's warning at every lowering through Triton (see the module's docstring).
+TRITON_DEPRECATION = "The Pallas Triton backend is deprecated"
+
+
+def _compiler_params(num_warps: int):
+    """Lower through Triton (JAX's GPU default is Mosaic GPU, whose copies need other shapes);
+    the interpreter ignores this."""
+    return pl_triton.CompilerParams(num_warps=num_warps)
+
+
+@functools.cache
+def _filter_triton_deprecation() -> None:
+    """Ignore jax 0.11's TRITON_DEPRECATION, only that message and only as a
+    DeprecationWarning, for the rest of the process. It is raised when the jit around the
+    kernel lowers, after value_and_tangent has returned, so a filter scoped to the call would
+    not see it. Installed once, the first time a kernel is built for a GPU."""
+    warnings.filterwarnings(
+        "ignore", message=re.escape(TRITON_DEPRECATION), category=DeprecationWarning
+    )
 
 
 class _Rows(NamedTuple):
@@ -92,7 +128,12 @@ def value_and_tangent(
     rows = _Rows(x.T.reshape(n, 1), jnp.swapaxes(h, 0, 1).reshape(n, spec.d_h), tv)
     config = _config(spec.activation, n, _on_cpu(x) if interpret is None else interpret)
     padded = n + -n % max(config.fwd_tile, config.block_rows)
-    rows = jax.tree.map(lambda a: _pad(a, padded, _pad_width(a.shape[1])), rows)
+    # x and t stay one column wide (they only scale a row), h's columns feed a dot.
+    rows = _Rows(
+        _pad(rows.x, padded, 1),
+        _pad(rows.h, padded, _pad_width(spec.d_h)),
+        None if tv is None else _pad(rows.t, padded, 1),
+    )
     f, deriv = _fused(config, _weights(net), rows)
     bias = net.params[f"tau{len(spec.trans_hidden)}_b"][0]
     f, deriv = (f[:n, 0] + bias).reshape(dim, batch), deriv[:n, 0].reshape(dim, batch)
@@ -124,7 +165,8 @@ def _config(activation: str, n: int, interpret: bool) -> _Config:
 
 
 def _pad_width(w: int) -> int:
-    return w if w == 1 else max(MIN_WIDTH, pl.next_power_of_2(w))
+    """A width a dot takes, d_h's or a hidden layer's: a power of two, MIN_WIDTH or more."""
+    return max(MIN_WIDTH, pl.next_power_of_2(w))
 
 
 def _pad(a: jax.Array, rows: int, cols: int) -> jax.Array:
@@ -258,7 +300,7 @@ def _whole_spec(a: jax.Array) -> pl.BlockSpec:
 
 def _partial_spec(a: jax.Array) -> pl.BlockSpec:
     """One program's slice of a (programs, ...) array of partial sums."""
-    return pl.BlockSpec((None, *a.shape), lambda i: (i,) + (0,) * a.ndim)
+    return pl.BlockSpec((_SQUEEZED, *a.shape), lambda i: (i,) + (0,) * a.ndim)
 
 
 def _shape(a: jax.Array, programs: int | None = None) -> jax.ShapeDtypeStruct:
@@ -281,7 +323,7 @@ def _forward(config: _Config, w: _Tau, rows: _Rows) -> tuple[jax.Array, jax.Arra
         ],
         out_specs=(_row_spec(config.fwd_tile, out),) * 2,
         interpret=config.interpret,
-        compiler_params=_TRITON,
+        compiler_params=_compiler_params(FWD_WARPS),
         name="fused_tau_forward",
     )(rows, w)
 
@@ -302,17 +344,21 @@ def _backward(config: _Config, w: _Tau, rows: _Rows, gf: jax.Array, gd: jax.Arra
         ],
         out_specs=(jax.tree.map(row_spec, rows), jax.tree.map(_partial_spec, w)),
         interpret=config.interpret,
-        compiler_params=_TRITON,
+        compiler_params=_compiler_params(BWD_WARPS),
         name="fused_tau_backward",
     )(rows, gf, gd, w)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _fused(config: _Config, w: _Tau, rows: _Rows) -> tuple[jax.Array, jax.Array]:
+    if not config.interpret:
+        _filter_triton_deprecation()
     return _forward(config, w, rows)
 
 
 def _fused_fwd(config, w, rows):
+    if not config.interpret:
+        _filter_triton_deprecation()
     return _forward(config, w, rows), (w, rows)
 
 

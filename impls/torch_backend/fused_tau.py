@@ -15,6 +15,14 @@ of slots does not depend on the tile size the autotuner picks.
 On a machine without a GPU, Triton's interpreter (``TRITON_INTERPRET=1``, set before this
 module is imported: the kernels are bound to it when defined) runs the same kernels on numpy,
 which is how the tests check them.
+
+Autotuning: each kernel tries a few (BLOCK, num_warps) configurations, ``FORWARD_CONFIGS``
+and ``BACKWARD_CONFIGS``, once per key :data:`TUNE_KEY`: the rows rounded up to a power of two
+(``ROWS_BUCKET``: a sweep over d re-tunes once per doubling, not at every d), the activation,
+t's presence, the padded widths and the matmul precision. ``HOLLOWBENCH_TRITON_CONFIGS=N``,
+read when this module is imported, keeps the first N configurations of each kernel; with
+``HOLLOWBENCH_TRITON_CONFIGS=1`` each kernel compiles one and times none, as the tests do
+(tests/conftest.py sets it). The interpreter always runs the first one.
 """
 
 from __future__ import annotations
@@ -32,14 +40,40 @@ SPAN = 128  # rows of a backward program's range come in multiples of this (>= e
 MAX_PROGRAMS_PER_SM = 4  # backward programs: enough to fill the GPU, few slots to sum
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+CONFIGS_ENV = "HOLLOWBENCH_TRITON_CONFIGS"  # keep the first N configurations (see above)
+
+# (BLOCK rows, num_warps), best guess first. Every hidden value of a tile lives in registers,
+# so a configuration must keep BLOCK * 64 floats per tensor (and the 64 x 64 weights and, in
+# the backward, their gradient sums) within 255 registers a thread. ptxas (sm_90, triton 3.8,
+# the default 64-wide layers, d_h 16) reports for the forward at full float32 precision no
+# spills at 16 x 2, 16 x 4 and 32 x 8 warps, but 300 to 6000 bytes at 32 x 4 and at every
+# 64- and 128-row tile (with TF32 none of these spill). The backward spills at every size
+# tried: least at 16 rows on 8 warps (36 bytes; 1600 on 4 warps, 740 at 32 rows on 8), and
+# 2.3 to 2.7 KB at every size under TF32, whose dot layouts hold more (fixing that needs a
+# backward that holds fewer 64 x 64 values at once). Three forward and two backward
+# configurations keep tuning cheap: each is compiled and timed once per key.
+FORWARD_CONFIGS = ((16, 4), (32, 8), (16, 2))
+BACKWARD_CONFIGS = ((16, 8), (32, 8))
+# What a tuned choice depends on. ROWS_BUCKET is the rows' next power of two (the kernels do
+# not read it); PREC is the dots' input precision. Triton adds the tensors' dtypes itself.
+TUNE_KEY = ("ROWS_BUCKET", "TIMED", "ACT", "PH", "P1", "P2", "PREC")
 
 
-def _configs(blocks: tuple[int, ...]) -> list[triton.Config]:
-    """Tile sizes for the autotuner; one in the interpreter, whose autotuner fails with more
-    than one ("0 active drivers") and where speed does not matter."""
-    if _INTERPRET:
-        return [triton.Config({"BLOCK": 16}, num_warps=4)]
-    return [triton.Config({"BLOCK": b}, num_warps=w) for b in blocks for w in (4, 8)]
+def _configs(choices: tuple[tuple[int, int], ...]) -> list[triton.Config]:
+    """The autotuner's configurations: all of ``choices``, the first N under
+    HOLLOWBENCH_TRITON_CONFIGS=N, and only the first in the interpreter, whose autotuner fails
+    with more than one ("0 active drivers") and where speed does not matter."""
+    keep = os.environ.get(CONFIGS_ENV, "")
+    if not (keep == "" or (keep.isdigit() and int(keep) >= 1)):
+        raise ValueError(f"{CONFIGS_ENV} must be a whole number >= 1 or unset, got {keep!r}")
+    n = 1 if _INTERPRET else int(keep or len(choices))
+    return [triton.Config({"BLOCK": b}, num_warps=w) for b, w in choices[:n]]
+
+
+def tune_key(sizes: dict) -> tuple:
+    """The values of TUNE_KEY among a launch's arguments (:func:`_shape`'s), which the
+    autotuner keys its choice on."""
+    return tuple(sizes[name] for name in TUNE_KEY)
 
 
 @triton.jit
@@ -114,11 +148,11 @@ def _tile_forward(
     return x, h, t, w0x, w0h, y1, s1, ss1, tan1, zt2, y2, s2, ss2, tan2, f, deriv
 
 
-@triton.autotune(configs=_configs((32, 64, 128)), key=["rows", "TIMED", "ACT", "PH", "P1", "P2"])
-@triton.jit
+@triton.autotune(configs=_configs(FORWARD_CONFIGS), key=list(TUNE_KEY))
+@triton.jit(do_not_specialize=["ROWS_BUCKET"])
 def _forward_kernel(
     x_ptr, h_ptr, t_ptr, w0_ptr, b0_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, f_ptr, d_ptr,
-    rows, batch, d_h, n1, n2,
+    rows, batch, d_h, n1, n2, ROWS_BUCKET,
     TIMED: tl.constexpr, ACT: tl.constexpr, PH: tl.constexpr, P1: tl.constexpr,
     P2: tl.constexpr, PREC: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
@@ -138,12 +172,12 @@ def _forward_kernel(
     tl.store(d_ptr + r, deriv, mask=live)
 
 
-@triton.autotune(configs=_configs((16, 32, 64)), key=["rows", "TIMED", "ACT", "PH", "P1", "P2"])
-@triton.jit
+@triton.autotune(configs=_configs(BACKWARD_CONFIGS), key=list(TUNE_KEY))
+@triton.jit(do_not_specialize=["ROWS_BUCKET"])
 def _backward_kernel(
     x_ptr, h_ptr, t_ptr, w0_ptr, b0_ptr, w1_ptr, b1_ptr, w2_ptr, gf_ptr, gd_ptr,
     gx_ptr, gh_ptr, gt_ptr, pw0_ptr, pb0_ptr, pw1_ptr, pb1_ptr, pw2_ptr, pb2_ptr,
-    rows, batch, d_h, n1, n2, d_in, span,
+    rows, batch, d_h, n1, n2, ROWS_BUCKET, d_in, span,
     TIMED: tl.constexpr, ACT: tl.constexpr, PH: tl.constexpr, P1: tl.constexpr,
     P2: tl.constexpr, PREC: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
@@ -253,9 +287,10 @@ def _check(spec, x: torch.Tensor) -> None:
         )
 
 
-def _shape(rows: int, batch: int, d_h: int, w1: torch.Tensor, timed: bool) -> dict:
+def _shape(act: str, rows: int, batch: int, d_h: int, w1: torch.Tensor, timed: bool) -> dict:
     """The kernels' size arguments and constexprs, the widths padded to powers of two of at
-    least 16 (tl.arange needs a power of two, tl.dot 16 or more)."""
+    least 16 (tl.arange needs a power of two, tl.dot 16 or more: a layer 1 wide, or d_h = 1,
+    runs as a 16-wide dot on zero padding, which the masked loads and stores never see)."""
 
     def pad(n: int) -> int:
         return max(16, triton.next_power_of_2(n))
@@ -264,7 +299,8 @@ def _shape(rows: int, batch: int, d_h: int, w1: torch.Tensor, timed: bool) -> di
     # Full float32 products unless torch itself allows TF32 (--bench-matmul-precision).
     prec = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
     return dict(
-        rows=rows, batch=batch, d_h=d_h, n1=n1, n2=n2, TIMED=timed,
+        rows=rows, batch=batch, d_h=d_h, n1=n1, n2=n2,
+        ROWS_BUCKET=triton.next_power_of_2(max(rows, 1)), TIMED=timed, ACT=ACT_CODES[act],
         PH=pad(d_h), P1=pad(n1), P2=pad(n2), PREC=prec,
     )  # fmt: skip
 
@@ -277,16 +313,14 @@ class _FusedTau(torch.autograd.Function):
         x_rows, h_rows = x_rows.contiguous(), h_rows.contiguous()
         w0, w1 = w0.contiguous(), w1.contiguous()
         f, deriv = x_rows.new_empty(rows), x_rows.new_empty(rows)
-        sizes = _shape(rows, batch, d_h, w1, t_batch is not None)
+        sizes = _shape(act, rows, batch, d_h, w1, t_batch is not None)
         t_arg = x_rows if t_batch is None else t_batch  # unread when not TIMED
 
         def grid(meta):
             return (triton.cdiv(rows, meta["BLOCK"]),)
 
-        _forward_kernel[grid](
-            x_rows, h_rows, t_arg, w0, b0, w1, b1, w2, b2, f, deriv, **sizes, ACT=ACT_CODES[act]
-        )
-        ctx.act, ctx.sizes = act, sizes
+        _forward_kernel[grid](x_rows, h_rows, t_arg, w0, b0, w1, b1, w2, b2, f, deriv, **sizes)
+        ctx.sizes = sizes
         ctx.save_for_backward(x_rows, h_rows, t_batch, w0, b0, w1, b1, w2)
         return f, deriv
 
@@ -306,7 +340,7 @@ class _FusedTau(torch.autograd.Function):
         _backward_kernel[(programs,)](
             x_rows, h_rows, t_arg, w0, b0, w1, b1, w2,
             g_f.contiguous(), g_deriv.contiguous(), g_x, g_h, x_rows if g_t is None else g_t,
-            *partial, d_in=w0.shape[0], span=span, **sizes, ACT=ACT_CODES[ctx.act],
+            *partial, d_in=w0.shape[0], span=span, **sizes,
         )  # fmt: skip
         grads = [p.sum(0) for p in partial]
         grads[4] = grads[4][:, None]  # W2 is (n2, 1)

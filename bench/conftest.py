@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import subprocess
+import sys
 import types
 from collections.abc import Callable, Iterator
 
@@ -36,22 +38,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
 
 
-def _avoid_xla_cpu_deadlock() -> None:
-    """XLA:CPU's concurrency-optimised scheduler (jaxlib 0.10) can deadlock a jitted XTrace step
-    (impls/jax_backend/estimators.py), beyond the per-point limit's reach. Read when JAX makes
-    its CPU client, which no backend has done yet; a user's own setting of the flag wins."""
+# XLA:CPU's concurrency-optimised scheduler (jaxlib 0.10) can deadlock a jitted XTrace step
+# (impls/jax_backend/estimators.py), beyond the per-point limit's reach.
+XLA_CPU_SCHEDULER_OFF = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def _avoid_xla_cpu_deadlock(settings: options.Settings) -> None:
+    """Turn that scheduler off where JAX will run on the CPU and this XLA knows the flag (XLA
+    aborts on a flag it does not know: a child process tries it first). Read when JAX makes its
+    CPU client, which no backend has done yet; a user's own setting of the flag wins."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if "concurrency_optimized_scheduler" not in flags:
-        off = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-        os.environ["XLA_FLAGS"] = f"{flags} {off}".strip()
+    on_cpu = settings.devices is None or "cpu" in settings.devices
+    if "jax" not in settings.backends or not on_cpu or "concurrency_optimized" in flags:
+        return
+    trial = f"{flags} {XLA_CPU_SCHEDULER_OFF}".strip()
+    if xla_accepts(trial):
+        os.environ["XLA_FLAGS"] = trial
+
+
+def xla_accepts(flags: str) -> bool:
+    """Whether JAX starts its CPU client with XLA_FLAGS ``flags`` (False without JAX)."""
+    probe = "import jax; jax.devices('cpu')"
+    env = os.environ | {"XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, check=False)
+    return run.returncode == 0
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    _avoid_xla_cpu_deadlock()
     try:
         settings = options.from_config(config)
     except options.OptionError as exc:
         raise pytest.UsageError(str(exc)) from None
+    _avoid_xla_cpu_deadlock(settings)
     # Before a backend imports JAX.
     settings = dataclasses.replace(settings, jax_cache=ahead.use_jax_cache(settings.jax_cache))
     json_file = config.getoption("benchmark_json", None)

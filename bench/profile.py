@@ -1,6 +1,9 @@
 """Profile the steps the sweep times: where a hollow or Hutchinson step spends its time.
 
-    python -m bench.profile --backends torch,jax --device cuda:0 --dims 128,4096 --out profiles/
+    python -m bench.profile --backends torch --device cuda:0 --dims 128,4096 --out profiles/
+
+One backend per process on a GPU: CUPTI takes one subscriber, so a second framework's profiler
+in the same process finds none and its kernel times are lost.
 
 Writes ``profile.json`` and ``profile.md``: per step, wall ms, NVML joules, power and utilisation
 per call; the top kernels (GPU) or ops (CPU) and ``busy``, their time over the wall time (far
@@ -8,6 +11,11 @@ below 1: the device waits on the host); for JAX, XLA's cost analysis.
 """
 
 from __future__ import annotations
+
+import os
+
+# Before JAX is imported: its pool would otherwise take 75% of the GPU at once.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import argparse
 import collections
@@ -30,7 +38,13 @@ METER_S = 1.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and "," in args.backends:
+        parser.error(
+            f"--backends {args.backends} on {args.device}: one backend per process on a GPU "
+            "(CUPTI takes one profiler); run once per backend, each with its own --out"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -95,7 +109,7 @@ ESTIMATOR_BUDGET = 12  # Jacobian-vector products of hutchpp, xtrace and xdiag, 
 
 
 def _points(backend, args) -> list[Point]:
-    variants = [v for v in backend.variants if v in args.variants]
+    variants = [v for v in args.variants if v in backend.variants]  # in the order asked
     if args.device == "cpu":  # GPU-only variants (the fused ones' interpreters are for tests)
         variants = [v for v in variants if v != "cudagraph" and v not in FUSED_VARIANTS]
     ks = [1] if args.workload == "divergence" else args.k

@@ -12,6 +12,11 @@ from impls import HollowSpec, load_backend
 BACKEND_NAMES = ("torch", "jax")
 
 
+# Before JAX is imported: on a GPU its pool would otherwise take 75% of the memory at once,
+# leaving torch's tests little.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
 def pytest_configure(config):
     # The test models are tiny: intra-op threads only add barrier waits, which turn into
     # tens of ms per op when another process shares the cores.

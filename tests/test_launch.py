@@ -73,15 +73,29 @@ def test_bad_array_variables_are_a_clear_error(env, words):
 def test_the_launcher_gives_each_gpu_its_shard_of_the_nodes(monkeypatch, tmp_path):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
     gpus = launch.visible_gpus(2)
-    runs = launch.commands(["bench", "-q"], gpus, (2, 3), tmp_path)  # node 2 of a 3-task array
+    chains = launch.commands(["bench", "-q"], gpus, (2, 3), tmp_path)  # node 2 of 3 array tasks
+    runs = [run for chain in chains for run in chain]
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env, _ in runs] == ["4", "5"]
     shards = [argv[argv.index("--bench-shard") + 1] for argv, _, _ in runs]
     assert shards == ["3/6", "4/6"]
     assert [log.name for _, _, log in runs] == ["results-3of6.log", "results-4of6.log"]
+    # each process runs on its GPU alone, not on the CPU as well
+    assert all(argv[argv.index("--bench-devices") + 1] == "cuda:0" for argv, _, _ in runs)
     with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES lists 3"):
         launch.visible_gpus(4)
     with pytest.raises(SystemExit):  # the launcher owns the shard and the JSON
         launch.main(["--gpus", "2", "--", "bench", "--bench-shard", "1/2"])
+
+
+def test_per_backend_chains_one_process_per_backend_on_each_gpu(tmp_path):
+    chains = launch.commands(["bench", "--bench-devices", "cuda:0"], ["0", "1"], (1, 1),
+                             tmp_path, ("torch", "jax"))  # fmt: skip
+    assert [[log.name for _, _, log in chain] for chain in chains] == [
+        ["results-1of2-torch.log", "results-1of2-jax.log"],
+        ["results-2of2-torch.log", "results-2of2-jax.log"],
+    ]
+    for argv, _, _ in chains[0]:  # the user's devices kept, not repeated
+        assert argv.count("--bench-devices") == 1 and "--bench-backends" in argv
 
 
 def _ids(result: dict) -> set[str]:

@@ -76,6 +76,18 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys):
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and flag in err and "unknown '" in err
         assert "choose from" in err
+    with pytest.raises(SystemExit) as exit_info:  # CUPTI: one framework's profiler a process
+        profile.main(["--device", "cuda:0", "--backends", "torch,jax", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "one backend per process" in capsys.readouterr().err
+
+
+def test_variants_are_profiled_in_the_order_asked():
+    from impls import load_backend
+
+    words = ["--device", "cuda:0", "--variants", "triton,eager", "--methods", "hollow_forward"]
+    args = profile._parser().parse_args(words)
+    variants = [p.variant for p in profile._points(load_backend("torch", "cpu"), args)]
+    assert variants[0] == "triton" and variants[-1] == "eager"
 
 
 def test_the_triton_variant_profiles_hollow_forward_at_k1_on_a_gpu_only():

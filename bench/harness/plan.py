@@ -168,8 +168,8 @@ CLAIMS = (
         operator=False,
     ),
     Claim(
-        "C5",
-        "C5: the Fokker-Planck residual, hollow against dense",
+        "SDE",
+        "SDE: the Fokker-Planck residual, hollow against dense",
         (_side("sde", route=("hollow",)), _side("sde", route=("dense",))),
         operator=False,
     ),

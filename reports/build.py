@@ -16,14 +16,15 @@ from typing import Any
 
 import pandas as pd
 
+from reports.glance import tables_after
 from reports.goals import GOALS, Goal
 from reports.load import analysis_columns, load_results, warn
 from reports.render import Section, html_report, markdown_report
 from reports.tables import TABLES, NoData, Table
 
 TITLE = "hollowbench report"
-# The report's parts in order: each table names its own, and the figures fill theirs.
-SECTIONS = ("Paper claims", "Speed goals", "Workloads", "Figures", "Details")
+# The report's parts in order (the first opens the report): each table and figure names its own.
+SECTIONS = ("At a glance", "Paper claims", "Speed goals", "Workloads", "Figures", "Details")
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,18 @@ def build(inputs: Sequence[str], out: str | Path) -> Built:
     slim = analysis_columns(frame)
     with _figure_pool(slim, out) as drawn:  # figures are drawn while the tables are made
         tables = [(s, _table(s, frame if s.details else slim, out)) for s in (*TABLES, *GOALS)]
+        made = {spec.key: section.table for spec, section in tables}
+        after = [(s, _table(s, slim, out)) for s in tables_after(made, slim)]
     figures = drawn()
-    parts = {name: [t for spec, t in tables if spec.section == name] for name in SECTIONS}
-    parts["Figures"] = figures
+    from reports.figures import FIGURES  # imported by the pool already
+
+    # Each part: the tables read off the others (the claim lines first), figures, tables.
+    placed = [*after, *zip(FIGURES, figures, strict=True), *tables]
+    parts = {name: [t for spec, t in placed if spec.section == name] for name in SECTIONS}
     intro = _intro(frame, inputs)
     (out / "report.md").write_text(markdown_report(TITLE, intro, parts), encoding="utf-8")
     (out / "index.html").write_text(html_report(TITLE, intro, parts), encoding="utf-8")
-    sections = [*(t for _, t in tables), *figures]
+    sections = [*(t for _, t in (*tables, *after)), *figures]
     return Built(
         out=out,
         points=len(frame),
@@ -66,12 +72,11 @@ def build(inputs: Sequence[str], out: str | Path) -> Built:
 def _intro(frame: pd.DataFrame, inputs: Sequence[str]) -> list[str]:
     missed = int(frame["status"].ne("ok").sum())
     noisy = int(frame["noisy"].sum())
-    machines = ", ".join(sorted(frame["machine"].astype(str).unique()))
     devices = ", ".join(sorted(frame["device_id"].astype(str).unique()))
     lines = [
         f"Built {datetime.now(UTC):%Y-%m-%d %H:%M} UTC from {', '.join(inputs)}.",
-        f"{len(frame)} measurement points ({missed} did not run) from machine(s) {machines}; "
-        f"devices: {devices}.",
+        f"{len(frame)} measurement points ({missed} did not run) on device(s) {devices} (the "
+        "Machines table names each device and its machine).",
     ]
     if noisy:
         lines.append(
@@ -80,10 +85,13 @@ def _intro(frame: pd.DataFrame, inputs: Sequence[str]) -> list[str]:
             "exponents and the goal verdicts, and listed under 'Noisy points'."
         )
     if "sweep.preset" in frame:
-        sweeps = frame[["machine", "sweep.preset", "sweep.limits"]].dropna(subset="sweep.preset")
-        for machine, preset, limits in sweeps.drop_duplicates().itertuples(index=False):
+        sweeps = frame.dropna(subset="sweep.preset").groupby(
+            ["sweep.preset", "sweep.limits"], dropna=False, sort=False
+        )["device_id"]
+        for (preset, limits), devices in sweeps:
             lines.append(
-                f"Sweep on {machine}: preset '{preset}'. Points beyond its limits were never "
+                f"Sweep on {', '.join(sorted(devices.unique()))}: preset '{preset}'. Points "
+                "beyond its limits were never "
                 f"requested, so they are absent rather than failed: {limits or 'no limits'}."
             )
     return lines

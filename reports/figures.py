@@ -22,10 +22,20 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
-from impls import HOLLOW_METHODS, STOCHASTIC_METHODS
+from impls import DENSE_METHODS, HOLLOW_METHODS, STOCHASTIC_METHODS
+from reports.fit import RULE as FIT_RULE
 from reports.fit import loglog_fits
 from reports.load import text
-from reports.tables import NoData, cells, ode_points, ratio, tolerance, workload_rows
+from reports.tables import (
+    NoData,
+    cells,
+    efficiency_table,
+    ode_points,
+    prefer_fair_step,
+    ratio,
+    tolerance,
+    workload_rows,
+)
 
 NOT_RUN_NOTE = "x at the bottom edge: the point did not run (status beside it)"
 NOISY_NOTE = (
@@ -42,22 +52,24 @@ PANEL = (4.0, 3.1)  # inches
 
 @dataclass(frozen=True)
 class Figure:
-    """A registered figure: ``draw(frame)`` makes it; ``caption`` says how to read it."""
+    """A registered figure, in ``section`` of the report: ``draw(frame)`` makes it;
+    ``caption`` says how to read it."""
 
     key: str
     title: str
     caption: str
     draw: Callable[[pd.DataFrame], MplFigure]
+    section: str = "Figures"
 
 
 FIGURES: list[Figure] = []  # in the report's order
 
 
-def figure(key: str, title: str, caption: str) -> Callable:
+def figure(key: str, title: str, caption: str, section: str = "Figures") -> Callable:
     """Registers the decorated drawer in :data:`FIGURES`."""
 
     def register(draw: Callable[[pd.DataFrame], MplFigure]) -> Callable:
-        FIGURES.append(Figure(key, title, caption, draw))
+        FIGURES.append(Figure(key, title, caption, draw, section))
         return draw
 
     return register
@@ -270,13 +282,46 @@ def _ticks_125(axis) -> None:
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
 
 
+# The headline figure's lines: the exact methods and one Hutchinson probe, on any model.
+IN_FORWARDS = (*HOLLOW_METHODS, *DENSE_METHODS, "hutchinson")
+
+
+@figure(
+    "train_step_in_forwards",
+    "Train-step cost in forward passes",
+    "The cost of one training step (loss on f and the divergence, then the backward pass into "
+    "every parameter) as a multiple of one forward pass of the same model, against d on log-log "
+    "axes: a line per method (Hutchinson with one probe; in brackets, a model other than the "
+    "HollowNet), a panel per backend and device, the fastest variant at each d. The results "
+    "hold no timing of a forward pass alone, so one forward is its analytic FLOPs (F times the "
+    "batch) at the FLOP-matched MLP Hutchinson-1 step's measured FLOP/s on the same device, "
+    "variant, step definition, batch and d ('in forward passes' in the Efficiency table); that "
+    "step itself therefore reads its analytic count, 6 (7 for a 'separate_forward' step). Where "
+    "a device has fair 'value_and' train steps, the older 'separate_forward' ones are left out.",
+    section="At a glance",
+)
+def train_step_in_forwards(frame: pd.DataFrame) -> MplFigure:
+    eff = efficiency_table(frame)
+    train = eff[eff["mode"].eq("train") & eff["method"].isin(IN_FORWARDS)]
+    train = train[train["n_probes"].fillna(1).eq(1) & train["in forward passes"].gt(0)]
+    if train.empty:
+        raise NoData("no train step with a FLOP-matched MLP Hutchinson-1 step beside it")
+    train = prefer_fair_step(train, ["backend", "device"])
+    panel = text(train["backend"]) + " · " + text(train["device"])
+    best = train.assign(panel=panel).groupby(["panel", "series", "d"], as_index=False)
+    rows = best["in forward passes"].min().assign(status="ok", noisy=False)
+    labels = ("d", "train step / one forward pass (x)")
+    opts = {"by": "panel", "style": "series", "markers": True, "dashes": False, "timed": False}
+    return _line_figure(rows, "in forward passes", labels, **opts)
+
+
 @figure(
     "time_vs_d",
     "Divergence time against d",
     "Median time per call on log-log axes, a line per method (and model), a panel per backend, "
     "device and mode. The legend gives each line's fitted exponent b of time ~ d^b with its 95% "
     "CI (OLS on the log-log points; noisy points are left out, and the legend says how many). "
-    f"{NOT_RUN_NOTE}. {NOISY_NOTE}.",
+    f"{FIT_RULE} {NOT_RUN_NOTE}. {NOISY_NOTE}.",
 )
 def time_vs_d(frame: pd.DataFrame) -> MplFigure:
     div = workload_rows(frame, "divergence")

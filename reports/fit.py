@@ -9,11 +9,20 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+# An exponent is shown from at least MIN_D distinct d, with a finite 95% CI at most this wide.
+MIN_D = 3
+MAX_CI_WIDTH = 1.0
+RULE = (
+    f"An exponent is shown only from {MIN_D} or more d with a finite 95% CI at most "
+    f"{MAX_CI_WIDTH:g} wide; otherwise the cell says why ('— (2 d)', or 'n/a: interval [low, "
+    "high] too wide')."
+)
+
 
 @dataclass(frozen=True)
 class Fit:
-    """Slope of log time against log d; ``low``/``high`` are NaN with fewer than 3 points, and
-    the slope too where leaving out the ``noisy`` points left fewer than 2."""
+    """Slope of log time against log d over ``n`` distinct d; ``low``/``high`` are NaN with
+    fewer than 3, and the slope too where leaving out the ``noisy`` points left fewer than 2."""
 
     slope: float
     low: float
@@ -21,22 +30,33 @@ class Fit:
     n: int
     noisy: int = 0
 
-    def label(self) -> str:
-        """'d^0.52 [0.41, 0.63]' or 'd^0.52 (2 points, no CI)' (+ '; 1 noisy left out'), or
-        'no fit: 3 noisy points left out'."""
-        left_out = f"; {self.noisy} noisy left out" if self.noisy else ""
+    def exponent(self) -> float | str:
+        """The slope where :data:`RULE` lets it be shown, else why not: '— (2 d)', 'n/a:
+        interval [-2.60, 6.80] too wide', 'no fit: 3 noisy points left out'."""
         if np.isnan(self.slope):
             return f"no fit: {self.noisy} noisy point{'s' * (self.noisy != 1)} left out"
-        if np.isnan(self.low):
-            return f"d^{self.slope:.2f} ({self.n} points, no CI{left_out})"
-        return f"d^{self.slope:.2f} [{self.low:.2f}, {self.high:.2f}]{left_out}"
+        if self.n < MIN_D or not np.isfinite(self.high - self.low):
+            return f"— ({self.n} d)"
+        if self.high - self.low > MAX_CI_WIDTH:
+            return f"n/a: interval [{self.low:.2f}, {self.high:.2f}] too wide"
+        return self.slope
 
-    def as_dict(self) -> dict[str, float | int]:
+    def label(self) -> str:
+        """'d^0.52 [0.41, 0.63]', or :meth:`exponent`'s reason; '; 1 noisy left out' after."""
+        shown = self.exponent()
+        if isinstance(shown, str):
+            return shown if np.isnan(self.slope) else shown + self._left_out()
+        return f"d^{shown:.2f} [{self.low:.2f}, {self.high:.2f}]{self._left_out()}"
+
+    def _left_out(self) -> str:
+        return f"; {self.noisy} noisy left out" if self.noisy else ""
+
+    def as_dict(self) -> dict[str, float | int | str]:
         return {
-            "exponent": self.slope,
+            "exponent": self.exponent(),
             "95% CI low": self.low,
             "95% CI high": self.high,
-            "points": self.n,
+            "d": self.n,
             "noisy points left out": self.noisy,
         }
 

@@ -138,6 +138,9 @@ def _benchmark_records(path: Path, doc: Any) -> list[dict[str, Any]]:
         limits = settings.get("limits")
         context["sweep.preset"] = settings.get("preset")
         context["sweep.limits"] = "; ".join(map(str, limits)) if isinstance(limits, list) else None
+    # A budgeted sweep's plan (--bench-budget): what it planned, ran and left out; else absent.
+    if isinstance(plan := ours.get("plan"), dict):
+        context["sweep.plan"] = json.dumps(plan, sort_keys=True)
     entries = [
         (f"benchmarks[{i}]", bench, _stats(path, f"benchmarks[{i}]", bench))
         for i, bench in enumerate(doc["benchmarks"])
@@ -321,10 +324,22 @@ def annotate(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _device_ids(frame: pd.DataFrame) -> pd.Series:
-    """The device's name, plus the machine where two machines report the same name."""
-    name = frame["device_name"].fillna(frame["device"]).fillna("unknown device").astype(str)
-    machines = frame.groupby(name)["machine"].transform("nunique")
-    return name.where(machines <= 1, name + " @ " + frame["machine"].astype(str))
+    """A short key per device, which the Machines table resolves to its name and machine: the
+    ``device`` ("cpu", "cuda:0"), plus "@machine" where several machines have one of that key,
+    or " #n" where one machine name holds several (two runs on hosts of the same name)."""
+    device = frame["device"].fillna("unknown").astype(str)
+    name = frame["device_name"].fillna(device).astype(str)
+    ids = pd.DataFrame({"device": device, "machine": frame["machine"].astype(str), "name": name})
+    keys: dict[tuple, str] = {}
+    for key, group in ids.drop_duplicates().sort_values(["machine", "name"]).groupby("device"):
+        rows = list(group.itertuples(index=False, name=None))
+        if len(rows) == 1:
+            keys[rows[0]] = key
+        elif group["machine"].is_unique:
+            keys |= {row: f"{key}@{row[1]}" for row in rows}
+        else:
+            keys |= {row: f"{key} #{i}" for i, row in enumerate(rows, 1)}
+    return pd.Series([keys[row] for row in ids.itertuples(index=False, name=None)], frame.index)
 
 
 MODEL_SHORT = {
@@ -360,7 +375,7 @@ def facet_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def facet_labels(frame: pd.DataFrame) -> pd.Series:
-    """'torch · AMD EPYC · train' (with dtype/batch/precision appended where they vary)."""
+    """'torch · cpu · train' (the device's key; dtype, batch, precision where they vary)."""
     parts = [(f"{c}=" if c in FACET_EXTRAS else "") + text(frame[c]) for c in facet_columns(frame)]
     return pd.concat(parts, axis=1).agg(" · ".join, axis=1)
 

@@ -71,20 +71,27 @@ def _numeric(column: pd.Series) -> bool:
 
 
 def markdown_report(title: str, intro: Sequence[str], parts: Mapping[str, list[Section]]):
-    """The whole report.md; figures link to ``figures/<key>.png`` beside it."""
-    lines = [f"# {title}", "", *[f"{p}\n" for p in intro]]
-    for heading, sections in parts.items():
-        lines += [f"## {heading}", ""]
-        for s in sections:
-            lines += [f"### {s.title}", "", *[f"{t}\n" for t in s.text]]
-            if s.note is not None:
-                lines += [f"**No data:** {s.note}", ""]
-            elif s.table is not None:
-                lines += [markdown_table(s.table), "", f"_{CELL_LEGEND}_", ""]
-            else:
-                png = f"![{s.title}](figures/{s.key}.png)"
-                lines += [png, "", f"[SVG](figures/{s.key}.svg) · PNG above", ""]
+    """The whole report.md, its first part before the intro; figures link to
+    ``figures/<key>.png`` beside it."""
+    (first, lead), *rest = parts.items()
+    lines = [f"# {title}", "", *_markdown_part(first, lead), *[f"{p}\n" for p in intro]]
+    for heading, sections in rest:
+        lines += _markdown_part(heading, sections)
     return "\n".join(lines)
+
+
+def _markdown_part(heading: str, sections: list[Section]) -> list[str]:
+    lines = [f"## {heading}", ""]
+    for s in sections:
+        lines += [f"### {s.title}", "", *[f"{t}\n" for t in s.text]]
+        if s.note is not None:
+            lines += [f"**No data:** {s.note}", ""]
+        elif s.table is not None:
+            lines += [markdown_table(s.table), "", f"_{CELL_LEGEND}_", ""]
+        else:
+            png = f"![{s.title}](figures/{s.key}.png)"
+            lines += [png, "", f"[SVG](figures/{s.key}.svg) · PNG above", ""]
+    return lines
 
 
 STYLE = """
@@ -102,22 +109,28 @@ nav li { font-size: 13px; }
 
 
 def html_report(title: str, intro: Sequence[str], parts: Mapping[str, list[Section]]):
-    """The whole index.html, self-contained: styles inline, figures as base64 data URIs."""
+    """The whole index.html, self-contained (styles inline, figures as base64 data URIs); its
+    first part comes before the intro and the table of contents."""
     toc = "".join(
         f'<li><a href="#{s.key}">{html.escape(s.title)}</a></li>'
         for ss in parts.values()
         for s in ss
     )
-    body = [f"<h1>{html.escape(title)}</h1>", *[f"<p>{html.escape(p)}</p>" for p in intro]]
+    (first, lead), *rest = parts.items()
+    body = [f"<h1>{html.escape(title)}</h1>", *_html_part(first, lead)]
+    body += [f"<p>{html.escape(p)}</p>" for p in intro]
     body.append(f"<nav><ul>{toc}</ul></nav>")
-    for heading, sections in parts.items():
-        body.append(f"<h2>{html.escape(heading)}</h2>")
-        body += [_html_section(s) for s in sections]
+    for heading, sections in rest:
+        body += _html_part(heading, sections)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"
         f"<body>{''.join(body)}</body></html>\n"
     )
+
+
+def _html_part(heading: str, sections: list[Section]) -> list[str]:
+    return [f"<h2>{html.escape(heading)}</h2>", *map(_html_section, sections)]
 
 
 def _html_section(s: Section) -> str:

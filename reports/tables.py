@@ -16,6 +16,7 @@ from impls import DENSE_METHODS, HOLLOW_METHODS, STOCHASTIC_METHODS
 from impls._stiff import REUSE, ROOT_FINDERS
 from impls.cnf import CNF_EXACT
 from impls.sde import ROUTE_METHODS, ROUTES
+from reports.fit import RULE as FIT_RULE
 from reports.fit import loglog_fits
 from reports.load import facet_columns
 
@@ -594,27 +595,45 @@ def step_flops(row: pd.Series) -> float:
     "hollow method F plus one pass of tau's matmuls after its first layer; a dense method (1 + d) "
     "F; a train step 3x that, for its reverse pass); 'GFLOP/s' is that over the median time, and "
     "the fraction divides it by the FLOP-matched MLP Hutchinson-1 step's GFLOP/s at the same "
-    "backend, device, variant, mode, train step definition ('step'), batch and d.",
+    "backend, device, variant, mode, train step definition ('step'), batch and d. 'forward "
+    "GFLOP' is F times the batch, one forward pass of the model; 'in forward passes' is the "
+    "step's time over that forward's time at the FLOP-matched MLP step's GFLOP/s (so that step "
+    "itself reads its analytic count, 6 in train mode).",
 )
 def efficiency_table(frame: pd.DataFrame) -> pd.DataFrame:
     div = workload_rows(frame, "divergence")
     div = div[div["k"].eq(1).fillna(False) & div["status"].eq("ok")]
     if div.empty or "model_spec" not in div:
         raise NoData("needs measured divergence points")
-    div = div.assign(step_gflop=[step_flops(r) / 1e9 for _, r in div.iterrows()])
+    div = div.assign(
+        step_gflop=[step_flops(r) / 1e9 for _, r in div.iterrows()],
+        forward_gflop=div["flops"] * div["batch"].astype(float) / 1e9,
+    )
     div = div[div["step_gflop"].notna()]
     if div.empty:
         raise NoData("no divergence point has analytic step FLOPs")
     keys = [*facet_columns(div), "step", "d"]
-    per = div.groupby([*keys, "method", "model", "n_probes"], dropna=False).agg(
-        ms=("time_ms", "median"), **{"step GFLOP": ("step_gflop", "first")}
+    per = div.groupby([*keys, "method", "model", "n_probes", "series"], dropna=False).agg(
+        ms=("time_ms", "median"),
+        **{"step GFLOP": ("step_gflop", "first"), "forward GFLOP": ("forward_gflop", "first")},
     )
     per["GFLOP/s"] = per["step GFLOP"] / (per["ms"] / 1e3)
     flat = per.reset_index()
     mlp = flat["method"].eq("hutchinson") & flat["model"].eq("mlp_flop_matched")
     baseline = flat[mlp & flat["n_probes"].eq(1).fillna(False)].set_index(keys)["GFLOP/s"]
     fraction = pair_ratios(per["GFLOP/s"], baseline, how="left")["ratio"].to_numpy()
-    return _display(flat.assign(**{"fraction of FLOP-matched MLP step": fraction}))
+    flat["fraction of FLOP-matched MLP step"] = fraction = fraction.astype(float)
+    # time / (forward GFLOP / baseline GFLOP/s) = (step GFLOP / fraction) / forward GFLOP
+    flat["in forward passes"] = flat["step GFLOP"] / fraction / flat["forward GFLOP"]
+    return _display(flat)
+
+
+def prefer_fair_step(rows: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """``rows`` without the "separate_forward" train steps of a group of ``keys`` that also
+    has the fair "value_and" step, so that a best-of never picks the older definition."""
+    by = [rows[k] for k in keys]
+    fair = rows["step"].eq("value_and").groupby(by, dropna=False).transform("any")
+    return rows[~(fair & rows["step"].eq("separate_forward"))]
 
 
 @table(
@@ -622,8 +641,8 @@ def efficiency_table(frame: pd.DataFrame) -> pd.DataFrame:
     "Fitted scaling exponents",
     "The exponent b of time ~ d^b for each line of the time-vs-d figure.",
     "OLS of log time on log d over the measured points of each line that are not noisy (their "
-    "count is in 'noisy points left out'); the 95% CI uses the t distribution with n-2 degrees of "
-    "freedom (none with two points).",
+    "count is in 'noisy points left out'; 'd': how many d remain), the median per d; the 95% CI "
+    f"uses the t distribution with n-2 degrees of freedom (none with two d). {FIT_RULE}",
 )
 def scaling_fits(frame: pd.DataFrame) -> pd.DataFrame:
     div = workload_rows(frame, "divergence")
@@ -637,7 +656,7 @@ def scaling_fits(frame: pd.DataFrame) -> pd.DataFrame:
 
 # What the lists of points name of each point.
 POINT_COLUMNS = (
-    *("machine", "backend", "device_id", "workload", "method", "model", "d", "k", "n_probes"),
+    *("backend", "device_id", "workload", "method", "model", "d", "k", "n_probes"),
     "mode",
 )
 
@@ -684,26 +703,38 @@ def _failed_checks(noise) -> str:
         return ""
 
 
+LOAD = "machine.hollowbench.load_avg"
+
+
 @table(
     "machines",
-    "Machines and devices",
-    "Where each point was measured.",
-    "One row per machine, device and backend in the inputs.",
+    "Machines",
+    "Where each point was measured: the other tables and the figures name a device by its key, "
+    "which this table resolves to the device's name and its machine.",
+    "One row per device key in the inputs; versions, commit and load average as the first file "
+    "of the device reports them (load average: of each backend's run, in the order of 'backends').",
+    section="At a glance",
     details=True,
 )
 def machines_table(frame: pd.DataFrame) -> pd.DataFrame:
     fields = {
+        "device_name": "name",
+        "machine": "machine",
         "machine.hollowbench.cpu": "cpu",
         "gpu_names": "gpus",
         "machine.hollowbench.torch": "torch",
         "machine.hollowbench.jax": "jax",
         "machine.hollowbench.cuda": "cuda",
-        "machine.hollowbench.load_avg": "load avg at start (1, 5, 15 min)",
         "commit.id": "commit",
     }
-    frame = frame.assign(**{c: None for c in fields if c not in frame})
-    groups = frame.groupby(["machine", "device_id", "backend"], dropna=False)
+    frame = frame.assign(**{c: None for c in (*fields, LOAD) if c not in frame})
+    groups = frame.sort_values("backend").groupby("device_id", dropna=False)
     table = groups[list(fields)].first().rename(columns=fields)
+    table["backends"] = groups["backend"].agg(lambda s: ", ".join(s.dropna().unique()))
+    per_run = frame.groupby(["device_id", "backend"], dropna=False)[LOAD].first()
+    table["load avg at start (1, 5, 15 min)"] = per_run.groupby(level=0).agg(
+        lambda s: "; ".join(s.dropna().astype(str))
+    )
     table["points"] = groups.size()
     table["did not run"] = groups["status"].agg(lambda s: int(s.ne("ok").sum()))
-    return _display(table.reset_index())
+    return table.rename_axis("device").reset_index()

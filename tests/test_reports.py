@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from reports.__main__ import main
+from reports.fit import loglog_fits
 from reports.load import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,7 +202,7 @@ def test_c3_is_hollow_over_hutchinson_one_on_matched_mlps(report, node, d):
     mine = DIVERGENCE[("hollow", "hollownet", None)][d] * scale
     flop = DIVERGENCE[("hutchinson", "mlp_flop_matched", 1)][d] * scale
     param = DIVERGENCE[("hutchinson", "mlp_param_matched", 1)][d] * scale
-    r = row(table(report, "c3_exact_vs_stochastic"), device=MACHINES[node][1], d=d)
+    r = row(table(report, "c3_exact_vs_stochastic"), device=MACHINES[node][0], d=d)
     assert r["exact method"] == "hollow"
     assert float(r["exact ms"]) == pytest.approx(mine)
     assert float(r["hutchinson-1 FLOP-matched ms"]) == pytest.approx(flop)
@@ -215,12 +216,12 @@ def test_c2_compares_the_dense_diagonal_with_the_full_jacobian_and_one_vjp(repor
     loop = DIVERGENCE[("dense_loop", "hollownet", None)][8]
     full = DIVERGENCE[("dense_vectorized", "hollownet", None)][8]
     one = DIVERGENCE[("hutchinson", "hollownet", 1)][8]
-    r = row(c2, device="Test CPU A", d=8)
+    r = row(c2, device="cpu", d=8)
     assert float(r["diagonal / full Jacobian"]) == pytest.approx(loop / full)
     assert float(r["diagonal / one VJP"]) == pytest.approx(loop / one)
     assert float(r["(diagonal / one VJP) / d"]) == pytest.approx(loop / one / 8)
     # dense_loop ran out of memory at d=32: the table says so, never a zero
-    r = row(c2, device="Test CPU A", d=32)
+    r = row(c2, device="cpu", d=32)
     assert r["dense_loop ms (diagonal)"] == "oom"
     assert r["diagonal / full Jacobian"] == "oom"
     assert float(r["dense_vectorized ms (full Jacobian)"]) == pytest.approx(20.0)
@@ -230,7 +231,7 @@ def test_c1_gives_the_cost_ratio_between_largest_and_smallest_d(report):
     c1 = table(report, "c1_ddim_k_passes")
     for k in (1, 2):
         t = DDIM[("hollow", k)]
-        r = row(c1, device="Test CPU A", method="hollow", k=k)
+        r = row(c1, device="cpu", method="hollow", k=k)
         assert (r["d min"], r["d max"]) == (8, 32)
         assert float(r["cost ratio (d max / d min)"]) == pytest.approx(t[32] / t[8])
         assert float(r["FLOP ratio"]) == pytest.approx(flops(32) / flops(8))
@@ -239,7 +240,7 @@ def test_c1_gives_the_cost_ratio_between_largest_and_smallest_d(report):
         )
         assert float(r["cost vs k=1 @ d max"]) == pytest.approx(t[32] / DDIM[("hollow", 1)][32])
     # dense_loop k=2 timed out at d=32: only d=8 measured, and the table names the time-out
-    r = row(c1, device="Test CPU A", method="dense_loop", k=2)
+    r = row(c1, device="cpu", method="dense_loop", k=2)
     assert (r["d min"], r["d max"]) == (8, 8)
     assert pd.isna(r["cost ratio (d max / d min)"])
     assert r["not run"] == "d=32: timeout"
@@ -248,16 +249,34 @@ def test_c1_gives_the_cost_ratio_between_largest_and_smallest_d(report):
 def test_scaling_exponent_is_the_log_log_slope(report):
     fits = table(report, "scaling_exponents")
     t = DIVERGENCE[("dense_vectorized", "hollownet", None)]
-    r = row(fits, device="Test CPU A", series="dense_vectorized")
-    assert float(r["exponent"]) == pytest.approx(math.log(t[32] / t[8]) / math.log(32 / 8))
-    assert r["points"] == 2  # two points: a slope, but no confidence interval
-    assert pd.isna(r["95% CI low"])
+    r = row(fits, device="cpu", series="dense_vectorized")
+    assert r["d"] == 2 and pd.isna(r["95% CI low"])  # two d: a slope, but no interval
+    assert r["exponent"] == "— (2 d)"  # so no exponent is shown
+    fit = loglog_fits(_line_rows({8: t[8], 32: t[32], 128: t[32] * 4}), ["series"])[("s",)]
+    assert fit.exponent() == pytest.approx(math.log(t[32] / t[8]) / math.log(4), rel=0.3)
+    assert fit.exponent() == fit.slope and fit.high - fit.low <= 1.0
+
+
+def _line_rows(times: dict[int, float]) -> pd.DataFrame:
+    """One line's measured, not noisy points: ms per d."""
+    rows = {"d": list(times), "time_ms": list(times.values())}
+    return pd.DataFrame(rows).assign(series="s", status="ok", noisy=False)
+
+
+def test_an_exponent_is_shown_only_from_three_d_with_a_narrow_finite_interval():
+    from reports.fit import Fit
+
+    wide = loglog_fits(_line_rows({8: 1.0, 32: 30.0, 128: 2.0}), ["series"])[("s",)]
+    assert wide.n == 3 and wide.high - wide.low > 1.0
+    assert wide.exponent() == f"n/a: interval [{wide.low:.2f}, {wide.high:.2f}] too wide"
+    assert wide.label().startswith("n/a: interval")
+    assert Fit(0.5, float("nan"), float("nan"), 2).exponent() == "— (2 d)"
+    assert Fit(0.5, 0.4, 0.6, 3).label() == "d^0.50 [0.40, 0.60]"
 
 
 def test_the_intro_states_the_sweep_limits(report):
     md = (report / "report.md").read_text()
-    for node in MACHINES:
-        assert f"Sweep on {node}: preset 'quick'" in md
+    assert "Sweep on cpu, cuda:0: preset 'quick'" in md  # device keys, not machine names
     assert LIMITS[0] in md
 
 
@@ -266,6 +285,113 @@ def test_later_workloads_say_no_data_rather_than_zero(report):
     for workload in ("ode", "cnf", "sde"):
         assert f"**No data:** no '{workload}' workload points in the inputs" in md
         assert not list(report.glob(f"tables/{workload}*.csv"))
+
+
+# --- at a glance: claim lines, coverage, the headline figure, a budget's plan --------------
+
+
+def test_each_claim_gets_a_line_with_verdict_deciding_number_and_coverage(report):
+    lines = table(report, "at_a_glance")
+    hollow, mlp = DIVERGENCE[("hollow", "hollownet", None)], DIVERGENCE[HUTCH_MLP]
+    c3 = row(lines, claim="C3", backend="torch", device="cpu", mode="eval")
+    worst = max((8, 32), key=lambda d: hollow[d] / mlp[d])  # d=8: 1.25, d=32: 0.8
+    assert c3["verdict"] == "missed" and worst == 8
+    assert f"{hollow[8] / mlp[8]:.3g} at d=8 (worst d); hollow" in c3["deciding number"]
+    assert (c3["d with data"], c3["coverage"]) == ("8, 32", "2 of 7 d")
+    c1 = row(lines, claim="C1", backend="torch", device="cuda:0", mode="eval")
+    per_k = {k: DDIM[("hollow", k)][32] / DDIM[("hollow", k)][8] / 4 for k in (1, 2)}
+    assert c1["verdict"] == "met" and f"{max(per_k.values()):.3g} at d=32" in c1["deciding number"]
+    c2 = row(
+        lines, claim="C2", backend="torch", device="cpu", mode="eval"
+    )  # d=32 ran out of memory
+    assert c2["verdict"] == "met" and c2["coverage"] == "1 of 7 d"
+    loop, full = (DIVERGENCE[(m, "hollownet", None)][8] for m in ("dense_loop", "dense_vectorized"))
+    assert f"{loop / full:.3g} at d=8;" in c2["deciding number"]
+    # no train points: goal (a) is not measured; no ddim at k=4: goal (c)'s table has no data
+    assert row(lines, claim="(a)", backend="torch", device="cpu")["verdict"] == "not measured"
+    assert row(lines, claim="(c)", device="cuda:0")["deciding number"] == "its table has no data"
+    assert set(lines["claim"]) == {"C1", "C2", "C3", "C4", "C5", "(a)", "(b)", "(c)", "(d)"}
+
+
+def test_the_coverage_table_names_the_needed_d_without_data(report):
+    coverage = table(report, "coverage")
+    c2 = row(coverage, claim="C2", backend="torch", device="cpu")
+    assert str(c2["d with data"]) == "8"
+    assert c2["needed d without data"] == "32, 128, 512, 1024, 2048, 4096"
+    b = row(coverage, claim="(b)", backend="torch", device="cpu")
+    assert (b["coverage"], b["d with data"]) == ("0 of 5 d", "none")
+
+
+def test_the_report_opens_with_the_glance_and_machines_name_each_device_once(report):
+    md = (report / "report.md").read_text()
+    assert md.index("## At a glance") < md.index("Built ") < md.index("## Paper claims")
+    assert md.index("### Claims and goals at a glance") < md.index("### Machines")
+    machines = md.split("### Machines")[1].split("###")[0]
+    for _, name, *_ in MACHINES.values():  # in the Machines table, nowhere else
+        assert name in machines and name not in md.replace(machines, "")
+
+
+HUTCH_MLP = ("hutchinson", "mlp_flop_matched", 1)
+SPEC = {"type": "HollowSpec", "trans_hidden": [4, 3]}
+
+
+def train_doc() -> dict:
+    """alpha's golden points as fair train steps, with the model spec the FLOP count needs."""
+    doc = results_json("alpha")
+    for entry in doc["benchmarks"] + doc["hollowbench"]["not_run"]:
+        entry["extra_info"] |= {"mode": "train", "step": "value_and", "model_spec": SPEC}
+        entry["fullname"] += "-train"
+    return doc
+
+
+def test_the_headline_figure_gives_each_train_step_in_forward_passes(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from reports.figures import train_step_in_forwards
+
+    frame = load_results([str(write_json(tmp_path / "t.json", train_doc()))])
+    fig = train_step_in_forwards(frame)
+    (ax,) = fig.axes
+    legend = fig.legends[0]
+    handles = zip(legend.legend_handles, legend.get_texts(), strict=True)
+    names = {str(h.get_color()): t.get_text() for h, t in handles}
+    drawn = [ln for ln in ax.lines if len(ln.get_xdata())]  # seaborn's labelled lines are empty
+    lines = {names[str(ln.get_color())]: tuple(ln.get_ydata()) for ln in drawn}
+    # one forward = F b at the MLP step's FLOP/s, which does (1 + 1 probe) x 3 F b in its time
+    hollow, mlp = DIVERGENCE[("hollow", "hollownet", None)], DIVERGENCE[HUTCH_MLP]
+    assert lines["hutchinson-1 [MLP FLOP-matched]"] == pytest.approx((6.0, 6.0))
+    assert lines["hollow"] == pytest.approx(
+        [6 * hollow[d] / mlp[d] for d in (8, 32)]  # time over the forward's, F the same
+    )
+    assert ax.get_xscale() == ax.get_yscale() == "log" and ax.get_title() == "torch · cpu"
+    plt.close(fig)
+
+
+PLAN = {
+    "budget_s": 330.0,
+    "planned": 212,
+    "run": 190,
+    "left_out": [{"id": f"test_divergence[p{i}]", "reason": "budget"} for i in range(22)],
+}
+
+
+def test_a_budgeted_sweeps_plan_is_summarised_and_its_left_out_points_listed(tmp_path):
+    doc = results_json("alpha")
+    doc["hollowbench"]["plan"] = PLAN
+    path = write_json(tmp_path / "b.json", doc)
+    assert main(["build", str(path), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    glance = md.split("## Paper claims")[0]
+    assert f"{path}: budget 330 s: 212 planned, 190 run, 22 left out (budget)" in glance
+    left = table(tmp_path / "out", "left_out")
+    assert list(left["id"]) == [p["id"] for p in PLAN["left_out"]]
+    assert set(left["reason"]) == {"budget"}
+
+
+def test_a_file_without_a_plan_says_no_point_was_left_out(report):
+    md = (report / "report.md").read_text()
+    assert "**No data:** no budgeted sweep in the inputs left a point out" in md
+    assert not (report / "tables" / "left_out.csv").exists()
 
 
 # --- not-run points, merging, output files ------------------------------------------------
@@ -329,7 +455,7 @@ def test_efficiency_is_analytic_step_flops_over_time_against_the_mlp_step(tmp_pa
 def test_not_run_points_are_listed_and_marked_in_the_figures(report, tmp_path):
     listed = table(report, "not_run")
     assert sorted(listed["status"]) == ["oom", "oom", "timeout", "timeout"]
-    assert set(listed["machine"]) == set(MACHINES)
+    assert set(listed["device"]) == {device for device, *_ in MACHINES.values()}
 
     from reports.figures import time_vs_d
 
@@ -382,9 +508,9 @@ def test_noisy_points_are_drawn_hollow_and_left_out_of_fits_and_goals(tmp_path):
     assert main(["build", str(tmp_path / "a.json"), "--out", str(tmp_path / "out")]) == 0
     fits = table(tmp_path / "out", "scaling_exponents")
     assert row(fits, series="hollow")["noisy points left out"] == 1
-    assert math.isnan(row(fits, series="hollow")["exponent"])
+    assert row(fits, series="hollow")["exponent"] == "no fit: 1 noisy point left out"
     clean = row(fits, series="dense_vectorized")
-    assert clean["exponent"] > 0 and clean["noisy points left out"] == 0
+    assert clean["d"] == 2 and clean["noisy points left out"] == 0
     listed = table(tmp_path / "out", "noisy")
     assert list(listed["method"]) == ["hollow"] and list(listed["failed checks"]) == ["cpu_share"]
     assert "1 point is noisy" in (tmp_path / "out" / "report.md").read_text()
@@ -448,8 +574,10 @@ def test_odd_but_valid_input_gives_every_table_and_figure_or_a_no_data_note(tmp_
 
 def test_two_machines_merge_into_one_report(report):
     machines = table(report, "machines")
-    assert set(machines["machine"]) == set(MACHINES)
-    assert set(machines["device"]) == {"Test CPU A", "Test GPU B"}
+    # each device's key, name and machine once, in the Machines table only
+    keys = {device: (name, node) for node, (device, name, *_) in MACHINES.items()}
+    assert {d: (n, m) for d, n, m in machines[["device", "name", "machine"]].values} == keys
+    assert set(table(report, "c3_exact_vs_stochastic")["device"]) == set(keys)
     points_csv = table(report, "points")
     assert len(points_csv) == 2 * len(points("alpha"))
     html = (report / "index.html").read_text()
@@ -757,9 +885,23 @@ REQUIRE_BROWSER = os.environ.get("HOLLOWBENCH_REQUIRE_BROWSER") == "1"
     _chromium() is None and not REQUIRE_BROWSER,
     reason="no Chromium or Chrome installed (Debian: apt-get install chromium)",
 )
-def test_index_html_loads_in_headless_chromium(report, tmp_path):
+def test_index_html_loads_in_headless_chromium(tmp_path):
     browser = _chromium()
     assert browser, "HOLLOWBENCH_REQUIRE_BROWSER=1 but no Chromium or Chrome is installed"
+    write_json(tmp_path / "alpha.json", results_json("alpha"))
+    write_json(tmp_path / "train.json", train_doc())  # the headline figure needs train steps
+    assert main(["build", str(tmp_path / "*.json"), "--out", str(tmp_path / "out")]) == 0
+    html = (tmp_path / "out" / "index.html").read_text()
+    # A copy that records, once loaded, the first heading below the title and whether the
+    # headline figure decoded (the report itself carries no script).
+    probe = (
+        "<script>addEventListener('load', () => { const img = document.querySelector("
+        "'#train_step_in_forwards img'); const root = document.documentElement; "
+        "root.dataset.headline = img && img.complete && img.naturalWidth > 0 ? 'loaded' : "
+        "'broken'; root.dataset.first = document.querySelector('h2').textContent; });</script>"
+    )
+    page = tmp_path / "probe.html"
+    page.write_text(html.replace("</body>", probe + "</body>"))
     done = subprocess.run(
         [
             browser,
@@ -768,8 +910,9 @@ def test_index_html_loads_in_headless_chromium(report, tmp_path):
             "--disable-gpu",
             "--enable-logging=stderr",
             f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
             "--dump-dom",
-            (report / "index.html").as_uri(),
+            page.as_uri(),
         ],
         capture_output=True,
         text=True,
@@ -783,6 +926,11 @@ def test_index_html_loads_in_headless_chromium(report, tmp_path):
     assert "ERR_FILE_NOT_FOUND" not in done.stderr
     assert not re.search(r'(src|href)="(?!data:|#)', dom)
     assert "C3: the exact divergence" in dom
+    assert 'data-first="At a glance"' in dom and 'data-headline="loaded"' in dom
+    # the glance is the page's first section: its lines, then the headline figure, then Machines
+    sections = re.findall(r'<section id="([^"]+)"', dom)
+    assert sections[:3] == ["at_a_glance", "train_step_in_forwards", "machines"]
+    assert dom.index('id="at_a_glance"') < dom.index("<nav>")
 
 
 # --- the stiff-ODE workload: the Jacobi-Newton table and its figures -----------------------

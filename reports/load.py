@@ -190,7 +190,8 @@ def _journal_records(path: Path, text: str) -> list[dict[str, Any]]:
             continue
         else:
             raise InputError(
-                f"{path}: not a hollowbench journal (line {no} is not a 'session', 'point' or 'plan' entry)"
+                f"{path}: not a hollowbench journal (line {no} is not a 'session', 'point' or "
+                "'plan' entry)"
             )
     return _ours(path, records)
 

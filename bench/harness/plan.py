@@ -461,6 +461,12 @@ class Plan:
             f"past {' '.join(c.group)}'s share of the {self.budget_s:g} s budget"
         )
 
+    def time_left(self, point_id: str, now: float) -> float | None:
+        """Seconds until the point's group reaches its deadline (None: not a planned sweep's
+        point): a point still running then is stopped, so the sweep ends with its budget."""
+        c = self._by_id.get(point_id)
+        return self.deadlines[c.group] - now if c is not None and self.deadlines else None
+
     def correction(self, group: tuple[str, str]) -> float:
         """The mean measured / predicted ratio of the group's points so far, bounded."""
         ratios = self._ratios.get(group)

@@ -106,7 +106,7 @@ IMPORT_RETRY_S = 0.05
 
 
 @contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
+def time_limit(seconds: float, why: str | None = None) -> Iterator[None]:
     """Raise PointTimeout in the main thread after ``seconds`` (0: no limit). SIGALRM stops a
     long native call (an XLA compilation) only when it returns to Python; an import in
     progress is let finish (the alarm re-arms), so no module is left half-initialised."""
@@ -121,7 +121,7 @@ def time_limit(seconds: float) -> Iterator[None]:
                 signal.setitimer(signal.ITIMER_REAL, IMPORT_RETRY_S)
                 return
             frame = frame.f_back
-        raise PointTimeout(f"ran past the per-point limit of {seconds:g} s")
+        raise PointTimeout(f"ran past {why or f'the per-point limit of {seconds:g} s'}")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -233,6 +233,10 @@ class Sweep:
             return None
         return self.plan.admit(fullname, time.perf_counter(), ahead_s)
 
+    def _share_left(self, fullname: str) -> float | None:
+        """Seconds left of the point's share of the budget (None: no budget)."""
+        return self.plan.time_left(fullname, time.perf_counter()) if self.plan else None
+
     def wants_ahead(self, fullname: str) -> bool:
         """Whether reaching point ``fullname`` should compile a window from it: compiling
         ahead is on, and no window has considered this point yet."""
@@ -282,13 +286,17 @@ class Sweep:
             name: self._lower(backend, make_task, size) for name, backend, make_task in window
         }
         futures = [future for _, future in pending.values() if future is not None]
-        # Each compilation counts against its point's limit: none may hold the window longer.
-        _, late = wait(futures, timeout=self.settings.timeout_s or None)
+        # Each compilation counts against its point's limit, and the budget's end stops them
+        # all: none may hold the window longer.
+        limit = self.settings.timeout_s or None
+        share = self._share_left(window[0][0]) if window else None
+        if share is not None and (limit is None or share < limit):
+            limit = max(share, 1e-3)
+        _, late = wait(futures, timeout=limit)
         for prepared, future in pending.values():
             if future in late:
                 prepared.error = PointTimeout(
-                    f"its compilation ahead ran past the per-point limit of "
-                    f"{self.settings.timeout_s:g} s"
+                    f"its compilation ahead ran past {limit:g} s (its limit, or the budget's end)"
                 )
         self._prepared |= {name: prepared for name, (prepared, _) in pending.items()}
         return size
@@ -351,9 +359,13 @@ class Sweep:
         limit = self.settings.timeout_s
         # A compilation done ahead is charged to the point's limit, as if done in its run.
         left = max(limit - prepared.compile_s, 1e-3) if limit and prepared else limit
-        self._deadline = time.perf_counter() + left if limit else None
+        why = f"the per-point limit of {limit:g} s"
+        share = self._share_left(benchmark.fullname)
+        if share is not None and (not left or share < left):  # the budget stops it first
+            left, why = max(share, 1e-3), "the end of its share of the sweep's budget"
+        self._deadline = time.perf_counter() + left if left else None
         try:
-            with time_limit(left):
+            with time_limit(left, why):
                 if limit and prepared and prepared.compile_s >= limit:
                     raise PointTimeout(
                         f"compiled ahead in {prepared.compile_s:.1f} s, past the per-point "

@@ -32,7 +32,7 @@ from typing import Any
 from bench.harness import journal
 from bench.harness.grid import Timing
 from bench.harness.timing import WARMUP_CALLS, rounds_for
-from impls import DENSE_METHODS, HOLLOW_METHODS, HollowSpec
+from impls import DENSE_METHODS, FUSED_BASE, HOLLOW_METHODS, HollowSpec
 
 # The order workloads run in when no budget orders them: the operators first.
 WORKLOAD_ORDER = ("divergence", "ddim", "ode", "sde", "cnf")
@@ -117,6 +117,14 @@ CLAIMS = (
         ),
     ),
     Claim("d", "goal (d): best torch variant / best JAX one", (_side("divergence", **_HOLLOW),)),
+    Claim(
+        "fused",
+        "fused kernels: hollow_forward's train step with tau fused, against its base variant",
+        (
+            _side("divergence", method=("hollow_forward",), variant=tuple(FUSED_BASE)),
+            _side("divergence", method=("hollow_forward",), variant=tuple(FUSED_BASE.values())),
+        ),
+    ),
     Claim(
         "C3",
         "C3: exact divergence / Hutchinson-1 on the parameter-matched MLP",
@@ -285,9 +293,12 @@ def _kind(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
-def _key(workload: str, params: Mapping[str, Any], *, without_d: bool = False) -> tuple:
-    kept = ((k, v) for k, v in params.items() if v is not None and not (without_d and k == "d"))
+def _key(workload: str, params: Mapping[str, Any], leave_out: tuple[str, ...] = ()) -> tuple:
+    kept = ((k, v) for k, v in params.items() if v is not None and k not in leave_out)
     return workload, tuple(sorted(kept, key=lambda kv: kv[0]))
+
+
+FAMILY = ("d", "batch")  # a family: the same point at other d and batch sizes
 
 
 def _interpolate(points: list[tuple[int, float]], d: int) -> float:
@@ -337,8 +348,9 @@ class CostModel:
     timeout_s: float
     cnf_budget_s: float | None = None
     _seen: list[dict[tuple, Observed]] = field(default_factory=lambda: [{}, {}])
-    _families: list[dict[tuple, dict[int, Observed]]] = field(
-        default_factory=lambda: [defaultdict(dict), defaultdict(dict)]
+    # family key -> batch -> d -> cost
+    _families: list[dict[tuple, dict[int | None, dict[int, Observed]]]] = field(
+        default_factory=lambda: [defaultdict(lambda: defaultdict(dict)) for _ in range(2)]
     )
     _rates: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
 
@@ -363,15 +375,16 @@ class CostModel:
             group = (params["backend"], params["device"])
             self._rates[group].append(work(workload, params) / seen.call_s)
         if params.get("d"):
-            self._families[source][_key(workload, params, without_d=True)][params["d"]] = seen
+            family = self._families[source][_key(workload, params, FAMILY)]
+            family[params.get("batch")][params["d"]] = seen
 
     def predict(self, c: Candidate) -> tuple[float, str]:
         """(seconds, where from: "session", "journal" or "prior")."""
         for source, name in enumerate(("session", "journal")):
             seen = self._seen[source].get(_key(c.workload, c.params))
             if seen is None:
-                family = self._families[source].get(_key(c.workload, c.params, without_d=True))
-                seen = _at(family, c.d) if family else None
+                family = self._families[source].get(_key(c.workload, c.params, FAMILY))
+                seen = _at(family, c.d, c.params.get("batch")) if family else None
             if seen is not None:
                 return self._cap(seen.overhead_s + self._timed(seen.call_s)), name
         return self._cap(self._prior(c)), "prior"
@@ -399,12 +412,17 @@ class CostModel:
         return min(seconds, self.timeout_s + 1.0) if self.timeout_s else seconds
 
 
-def _at(family: dict[int, Observed], d: int) -> Observed:
-    """The family's cost at ``d``, interpolated in log-log from its other d."""
-    pairs = sorted(family.items())
+def _at(family: dict[int | None, dict[int, Observed]], d: int, batch: int | None) -> Observed:
+    """The family's cost at ``d`` and ``batch``: interpolated in log-log over d at the nearest
+    batch measured, its call time scaled by the batch ratio (one-off work does not scale)."""
+    near = min(family, key=lambda b: abs(math.log(b / batch)) if b and batch else b != batch)
+    pairs = sorted(family[near].items())
     overhead = _interpolate([(k, v.overhead_s) for k, v in pairs], d)
     calls = [(k, v.call_s) for k, v in pairs if v.call_s is not None]
-    return Observed(overhead, _interpolate(calls, d) if calls else None)
+    if not calls:
+        return Observed(overhead, None)
+    scale = batch / near if batch and near else 1.0
+    return Observed(overhead, _interpolate(calls, d) * scale)
 
 
 # --- the plan ----------------------------------------------------------------------------

@@ -595,9 +595,10 @@ def _list_missing(ax: Axes, rows: pd.DataFrame) -> None:
 def ode_time_vs_d(frame: pd.DataFrame) -> MplFigure:
     rows = _ode(frame)
     line = ["where", "problem", "stiffness", "t1", "stepper", "rtol"]
-    rows = rows[rows.groupby(line, dropna=False)["d"].transform("nunique").gt(1)]
+    timed_d = rows["d"].where(rows["time_ms"].gt(0))  # not-run points are drawn, not counted
+    rows = rows[timed_d.groupby([rows[c] for c in line], dropna=False).transform("nunique").gt(1)]
     if rows.empty:
-        raise NoData("no 'ode' problem was run at two or more d with one stepper and rtol")
+        raise NoData("no 'ode' problem was timed at two or more d with one stepper and rtol")
     rows = rows[rows["rtol"].eq(rows.groupby(["where", "problem"])["rtol"].transform(_busiest))]
     panel = text(rows["problem"]) + rows["stiff"] + ", " + rows["tolerance"] + "\n" + rows["where"]
     # a solve that stopped before t1 is marked like a point that did not run

@@ -42,7 +42,8 @@ def _rows(table: pd.DataFrame, value: str, d: str, config: list[str]) -> pd.Data
     table = table.assign(**{c: "—" for c in GROUP if c not in table})
     if table.empty:
         return pd.DataFrame(columns=[*GROUP, "d", "value", "config"])
-    label = table[config].astype(str).agg(", ".join, axis=1) if config else ""
+    # pandas' string dtype keeps a missing cell missing through astype(str)
+    label = table[config].astype(str).fillna("—").agg(", ".join, axis=1) if config else ""
     out = table[list(GROUP)].assign(d=table[d], value=table[value], config=label)
     return out[out["d"].notna()]
 
@@ -290,9 +291,10 @@ def plans(frame: pd.DataFrame) -> list[dict]:
 
 
 def plan_summary(plan: dict) -> str:
-    """'FILE: budget 330 s: 212 planned, 190 run, 22 left out (budget)': the reason, or each
-    reason's count where there are several."""
+    """'FILE: budget 330 s: 212 planned, 190 run, 22 left out (budget: planned: 3, ...)': each
+    kind of reason (its words before the first comma; the numbers after vary) and its count."""
     reasons = pd.Series([p.get("reason") for p in plan.get("left_out") or []], dtype=object)
+    reasons = reasons.str.split(",").str[0]
     counts = reasons.value_counts().sort_index()
     why = (
         ", ".join(f"{r}: {n}" for r, n in counts.items())

@@ -371,7 +371,11 @@ PLAN = {
     "budget_s": 330.0,
     "planned": 212,
     "run": 190,
-    "left_out": [{"id": f"test_divergence[p{i}]", "reason": "budget"} for i in range(22)],
+    "left_out": [
+        {"id": f"test_divergence[p{i}]", "reason": f"budget: not planned, predicted {i} s"}
+        for i in range(20)
+    ]
+    + [{"id": "test_divergence[q]", "reason": "budget: planned, predicted 2 s"}] * 2,
 }
 
 
@@ -382,10 +386,12 @@ def test_a_budgeted_sweeps_plan_is_summarised_and_its_left_out_points_listed(tmp
     assert main(["build", str(path), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "report.md").read_text()
     glance = md.split("## Paper claims")[0]
-    assert f"{path}: budget 330 s: 212 planned, 190 run, 22 left out (budget)" in glance
+    # counted by kind of reason: the numbers after the first comma differ point by point
+    counts = "budget: not planned: 20, budget: planned: 2"
+    assert f"{path}: budget 330 s: 212 planned, 190 run, 22 left out ({counts})" in glance
     left = table(tmp_path / "out", "left_out")
     assert list(left["id"]) == [p["id"] for p in PLAN["left_out"]]
-    assert set(left["reason"]) == {"budget"}
+    assert set(left["reason"]) == {p["reason"] for p in PLAN["left_out"]}
 
 
 def test_a_file_without_a_plan_says_no_point_was_left_out(report):
@@ -1119,6 +1125,19 @@ def test_ode_time_vs_d_draws_the_d_sweep(ode_frame):
         assert ((8.0, 32.0), times) in lines
     texts = [t.get_text() for t in ax.texts]
     assert texts == ["stopped"]  # fixed_point at d=8, marked at the bottom edge
+    plt.close(fig)
+
+
+def test_ode_time_vs_d_leaves_out_a_d_sweep_that_never_ran(ode_frame):
+    import matplotlib.pyplot as plt
+
+    from reports.figures import ode_time_vs_d
+
+    # a budgeted sweep's left-out points: a problem at two d, neither timed
+    hollow = ode_frame[ode_frame["problem"].eq("hollow")]
+    unrun = hollow.assign(problem="brusselator", time_ms=math.nan, status="skipped")
+    fig = ode_time_vs_d(pd.concat([ode_frame, unrun], ignore_index=True))
+    assert ["hollow" in ax.get_title() for ax in fig.axes] == [True]
     plt.close(fig)
 
 

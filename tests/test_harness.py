@@ -528,6 +528,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env | {"PYTHONUNBUFFERED": "1"} | extra
 
 
+@pytest.mark.sweep
 def test_kill_9_loses_no_finished_point(tmp_path):
     out = tmp_path / "out.json"
     journal_file = tmp_path / "out.journal.jsonl"
@@ -558,6 +559,7 @@ def test_kill_9_loses_no_finished_point(tmp_path):
     assert not out.exists() or out.stat().st_size == 0  # the JSON is written only at the end
 
 
+@pytest.mark.sweep
 def test_journal_lands_beside_a_json_in_another_directory(tmp_path):
     """Run from one working directory, write the JSON to another by a relative path: the
     journal must sit beside the JSON, not in the working directory."""
@@ -581,6 +583,7 @@ def _points_in(path: Path) -> int:
     return sum(r["kind"] == "point" for r in journal.read(path))
 
 
+@pytest.mark.sweep
 def test_oom_timeout_and_error_are_recorded_and_the_sweep_goes_on(tmp_path):
     out = tmp_path / "out.json"
     faults = "oom=*hollow-d3-*,timeout=*hollow-d4-*,error=*hutchinson-m1-d2-*"
@@ -607,6 +610,7 @@ def test_oom_timeout_and_error_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert "test_divergence[" in compare.stdout
 
 
+@pytest.mark.sweep
 def test_an_injected_burst_is_flagged_and_remeasured_in_a_sweep(tmp_path):
     out = tmp_path / "out.json"
     # A budget well above the injected sleeps, so the burst lands inside the timed rounds.
@@ -636,6 +640,7 @@ def test_an_injected_burst_is_flagged_and_remeasured_in_a_sweep(tmp_path):
         assert info["gpu_processes"] is None and info["sm_clock_mhz"] is None  # CPU points
 
 
+@pytest.mark.sweep
 def test_bad_option_is_a_usage_error():
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "bench", "-p", "no:cacheprovider", "--bench-dims", "8,a"],
@@ -856,6 +861,7 @@ def test_a_torch_point_ends_a_window_and_is_described_once(tmp_path):
     assert not sweep.window.wants("test_x[1]") and not sweep.window.wants("test_x[0]")
 
 
+@pytest.mark.sweep
 def test_a_jax_sweep_compiles_ahead_and_reuses_its_cache(tmp_path):
     pytest.importorskip("jax")
     cache = tmp_path / "cache"

@@ -376,6 +376,7 @@ def nap_run(tmp_path: Path, inject: str) -> dict:
     return bench
 
 
+@pytest.mark.sweep
 def test_an_injected_burst_is_flagged_remeasured_and_reported_near_the_quiet_median(tmp_path):
     from bench.harness.faults import NOISE_S
 

@@ -280,6 +280,22 @@ def test_workload_presets_cover_the_harness_presets(name):
     assert set(workload(name).presets) == set(presets.PRESETS)
 
 
+def test_settings_record_the_options_given_and_sde_follows_them():
+    """--bench-dims given with the harness preset's own values still replaces the SDE
+    workload's dimensions: Settings.given says it was given, whatever its value."""
+    from bench.workloads import sde
+
+    quick = presets.PRESETS["quick"]
+    same = ",".join(map(str, quick.dims))
+    assert options.resolve({}).given == frozenset()
+    given = options.resolve({"dims": same, "inject": "delay=0"})
+    assert given.given == {"dims", "inject"} and given.dims == quick.dims
+    devices = {"torch": ("cpu",)}
+    own = {p.d for p in sde.WORKLOAD.points(options.resolve({}), devices)}
+    asked = {p.d for p in sde.WORKLOAD.points(given, devices)}
+    assert own == set(sde.PRESETS["quick"].dims) and asked == set(quick.dims)
+
+
 def test_every_cnf_point_has_a_memory_estimate():
     """The CNF guard prices every point of the full grid, Hutch++ at its budget included."""
     from bench.workloads import cnf

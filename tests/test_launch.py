@@ -138,7 +138,7 @@ def test_the_launcher_runs_disjoint_complete_shards_and_they_merge(tmp_path):
 def test_the_launcher_fails_when_a_process_fails(tmp_path):
     run = _launch(["--gpus", "2"], tmp_path, env=_env_with(HOLLOWBENCH_INJECT="bogus"))
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.stdout
-    assert "exit 4" in run.stdout and "HOLLOWBENCH_INJECT: 'bogus'" in run.stdout
+    assert "exit 4" in run.stdout and "$HOLLOWBENCH_INJECT): 'bogus'" in run.stdout
 
 
 def _env_with(**extra: str) -> dict[str, str]:

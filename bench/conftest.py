@@ -1,8 +1,9 @@
 """pytest plumbing of the hollowbench sweep (``pytest bench``).
 
-Parametrizes each test module's ``WORKLOAD`` (bench/harness/workload.py) with its sharded
-points, orders the run, hands the sweep upcoming points to compile ahead, and wires the sweep
-into pytest-benchmark's JSON, the journal, the terminal header, progress and the summary.
+Parametrizes each test module's ``WORKLOAD`` (bench/workloads/) with its sharded points, built
+once here (the ``point`` fixture hands the test its own), orders the run, hands the sweep's
+compile-ahead window the upcoming points' cases, and wires the sweep into pytest-benchmark's
+JSON, the journal, the terminal header, progress and the summary.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import functools
 import os
 import subprocess
 import sys
-import types
 from collections.abc import Callable, Iterator
 
 # JAX would otherwise grab 75% of each GPU at import, starving torch points in the same process.
@@ -22,16 +22,18 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import ahead, grid, options, plan, telemetry
+from bench.harness import ahead, options, plan, presets, telemetry
+from bench.harness.case import Case
 from bench.harness.journal import Journal, journal_path
 from bench.harness.progress import Progress
 from bench.harness.sweep import Sweep
-from bench.harness.timing import describe_rule
+from bench.harness.timing import MARK, describe_rule
 
 SWEEP = pytest.StashKey[Sweep]()
 DEVICES = pytest.StashKey[tuple[dict[str, tuple[str, ...]], dict[str, str]]]()
 PROGRESS = pytest.StashKey[Progress]()
 POINTS = pytest.StashKey[dict[str, tuple[list[pytest.Item], int]]]()  # nodeid -> (items, index)
+BUILT = pytest.StashKey[dict[str, object]]()  # nodeid -> the point, as its workload built it
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -97,16 +99,19 @@ def _machine_info(config: pytest.Config) -> dict:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize a module's test with its WORKLOAD's points under their parameter names (the
-    JSON's ``params``); a missing backend or package, or an empty selection, is a skipped test
-    that says why."""
+    JSON's ``params``), each point kept by its node id for the ``point`` fixture; a missing
+    backend or package, or an empty selection, is a skipped test that says why. Every point
+    carries timing.MARK: pytest-benchmark reads the harness's clock."""
     workload = getattr(metafunc.module, "WORKLOAD", None)
     if workload is None or "point" not in metafunc.fixturenames:
         return
     config = metafunc.config
     settings, (devices, missing) = config.stash[SWEEP].settings, config.stash[DEVICES]
-    points = grid.shard(workload.points(settings, devices), *settings.shard)
+    points = presets.shard(workload.points(settings, devices), *settings.shard)
+    built = config.stash.setdefault(BUILT, {})
+    built |= {f"{metafunc.definition.nodeid}[{p.id}]": p for p in points}
     values = [
-        pytest.param(*p.params, id=p.id, marks=[pytest.mark.skip(reason=r)] if r else [])
+        pytest.param(*p.params, id=p.id, marks=[MARK, *([pytest.mark.skip(reason=r)] if r else [])])
         for p in points
         for r in [workload.unavailable(p)]
     ]
@@ -137,14 +142,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     others = [item for item in items if item.nodeid not in points]
     marked = [i for i in points.values() if i.get_closest_marker("skip") is not None]
     runnable = [_candidate(i) for i in points.values() if i not in marked]
-    order = config.stash[SWEEP].order(runnable)
+    order = config.stash[SWEEP].planner.order(runnable)
     items[:] = others + [points[c.id] for c in order] + marked
 
 
 def _candidate(item: pytest.Item) -> plan.Candidate:
-    workload = item.module.WORKLOAD
-    params = item.callspec.params
-    return plan.Candidate(item.nodeid, workload.name, workload.point(params), params)
+    point = item.config.stash[BUILT][item.nodeid]
+    return plan.Candidate(item.nodeid, item.module.WORKLOAD.name, point, item.callspec.params)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -161,30 +165,24 @@ def pytest_runtest_protocol(item: pytest.Item):
     config = item.config
     is_point = item.nodeid in config.stash.get(POINTS, {})
     sweep = config.stash[SWEEP]
-    if is_point and sweep.wants_ahead(item.nodeid) and not config.getoption("benchmark_skip"):
+    if is_point and sweep.window.wants(item.nodeid) and not config.getoption("benchmark_skip"):
         items, index = config.stash[POINTS][item.nodeid]
-        sweep.compile_ahead(_upcoming(items[index:]))
+        sweep.window.compile(_upcoming(sweep, items[index:]))
     yield
     if is_point:
         config.stash[PROGRESS].tick()
 
 
-def _upcoming(items: list[pytest.Item]) -> Iterator[tuple[str, Callable]]:
-    """(fullname, describe) of the points to run from ``items`` on, for Sweep.compile_ahead,
-    passing over those a mark skips (a missing package)."""
+def _upcoming(sweep: Sweep, items: list[pytest.Item]) -> Iterator[tuple[str, Callable[[], Case]]]:
+    """(fullname, its case) of the points to run from ``items`` on, for the compile-ahead
+    window, passing over those a mark skips (a missing package)."""
+    built = items[0].config.stash[BUILT] if items else {}
     for item in items:
         if not _is_point(item):
             return
         if item.get_closest_marker("skip") is None:
-            yield item.nodeid, functools.partial(_describe, item)
-
-
-def _describe(item: pytest.Item, recorder: ahead.Recorder) -> None:
-    workload = item.module.WORKLOAD
-    point = workload.point(item.callspec.params)
-    # The benchmark fixture's stand-in: workloads only set its group and read its names.
-    stand = types.SimpleNamespace(name=item.name, fullname=item.nodeid, group=None, extra_info={})
-    workload.run(recorder, stand, point)
+            case = functools.partial(item.module.WORKLOAD.case, sweep, built[item.nodeid])
+            yield item.nodeid, case
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -250,5 +248,5 @@ def sweep(request: pytest.FixtureRequest) -> Sweep:
 
 @pytest.fixture
 def point(request):
-    """The point the test's parameters stand for, as its module's WORKLOAD generated it."""
-    return request.module.WORKLOAD.point(request.node.callspec.params)
+    """The point the test's parameters stand for, as its module's WORKLOAD built it."""
+    return request.config.stash[BUILT][request.node.nodeid]

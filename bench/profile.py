@@ -27,10 +27,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.harness import operators
-from bench.harness.grid import ALL_VARIANTS, Point, variant_applies
 from bench.harness.options import PRECISIONS, choices, ints
+from bench.harness.presets import ALL_VARIANTS
 from bench.harness.telemetry import NVML, EnergyMeter
+from bench.workloads import operators
+from bench.workloads.operators import Point, variant_applies
 from impls import ESTIMATORS, FUSED_VARIANTS, METHODS, load_backend
 
 WARMUP_CALLS = 3

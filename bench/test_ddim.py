@@ -1,11 +1,7 @@
-"""D_dim^k f = [d^k f_i / dx_i^k]_i, k from ``--bench-k`` / the preset: the exact methods, and
-XDiag (k = 1) at each matrix-vector budget (Hutchinson's variance: test_divergence.py)."""
+"""D_dim^k f = [d^k f_i / dx_i^k]_i: the exact methods and XDiag (bench/workloads/operators.py)."""
 
-from bench.harness.operators import OperatorWorkload
-from impls import EXACT_METHODS
-
-WORKLOAD = OperatorWorkload("ddim", (*EXACT_METHODS, "xdiag"))
+from bench.workloads.operators import DDIM as WORKLOAD
 
 
 def test_ddim(sweep, benchmark, point):
-    WORKLOAD.run(sweep, benchmark, point)
+    sweep.run(benchmark, WORKLOAD.case(sweep, point))

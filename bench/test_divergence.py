@@ -1,10 +1,8 @@
-"""The divergence sum_i df_i/dx_i: every method, on the HollowNet and its matched MLPs."""
+"""The divergence sum_i df_i/dx_i: every method, on the HollowNet and its matched MLPs
+(bench/workloads/operators.py)."""
 
-from bench.harness.operators import OperatorWorkload
-from impls import METHODS
-
-WORKLOAD = OperatorWorkload("divergence", METHODS, ks=(1,))
+from bench.workloads.operators import DIVERGENCE as WORKLOAD
 
 
 def test_divergence(sweep, benchmark, point):
-    WORKLOAD.run(sweep, benchmark, point)
+    sweep.run(benchmark, WORKLOAD.case(sweep, point))

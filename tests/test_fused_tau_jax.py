@@ -15,9 +15,9 @@ import warnings
 import numpy as np
 import pytest
 
-from bench.harness import grid, options
-from bench.harness import operators as bench_operators
-from bench.harness.grid import Point
+from bench.harness import options
+from bench.workloads import operators as bench_operators
+from bench.workloads.operators import Point
 from impls import METHODS, HollowSpec, load_backend
 
 pytest.importorskip("jax")
@@ -242,8 +242,11 @@ def test_pallas_runs_hollow_forward_at_k1_and_skips_off_a_gpu():
     jit twin; off a GPU they are skipped with the reason, on one they run."""
     settings = options.resolve({"preset": "paper"})
     devices = {"jax": ("cpu", "cuda:0")}
-    grids = (grid.Grid("divergence", METHODS, (1,)), grid.Grid("ddim", METHODS))
-    points = [p for g in grids for p in grid.expand(g, settings, devices)]
+    grids = (
+        bench_operators.Grid("divergence", METHODS, (1,)),
+        bench_operators.Grid("ddim", METHODS),
+    )
+    points = [p for g in grids for p in bench_operators.expand(g, settings, devices)]
     fused = [p for p in points if p.variant == "pallas"]
     assert {(p.method, p.k, p.label) for p in fused} == {
         ("hollow_forward", 1, "hollow_forward+pallas")
@@ -254,5 +257,5 @@ def test_pallas_runs_hollow_forward_at_k1_and_skips_off_a_gpu():
     jit = {p.id for p in points if p.variant == "jit"}
     assert all(Point(**{**p.__dict__, "variant": "jit"}).id in jit for p in fused)
     for p in fused:
-        reason = grid.variant_unavailable(p)
+        reason = bench_operators.variant_unavailable(p)
         assert reason is None if p.device == "cuda:0" else "needs a GPU" in reason

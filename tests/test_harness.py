@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.harness import grid, journal, options
-from bench.harness.operators import Point, predict_bytes
+from bench.harness import journal, options, presets
 from bench.harness.progress import Progress
-from bench.harness.sweep import PointTimeout, Sweep, Task, classify, time_limit
+from bench.harness.sweep import Case, PointTimeout, Sweep, Task, classify, time_limit
 from bench.harness.telemetry import machine_info
+from bench.workloads import operators
+from bench.workloads.operators import Point, predict_bytes
 from impls import (
+    DENSE_METHODS,
     ESTIMATORS,
     EXACT_METHODS,
     FUSED_VARIANTS,
@@ -47,7 +49,7 @@ SCHEMA_KEYS = {
 
 def test_defaults_are_the_quick_preset():
     s = options.resolve({})
-    quick = grid.PRESETS["quick"]
+    quick = presets.PRESETS["quick"]
     assert s.preset is quick and s.dims == quick.dims and s.ks == quick.ks
     assert s.backends == ("torch", "jax") and set(s.methods) == set(METHODS)
     assert s.shard == (1, 1) and s.devices is None and s.timeout_s == quick.timeout_s
@@ -121,7 +123,7 @@ def test_command_line_beats_environment_beats_preset(monkeypatch):
     monkeypatch.setenv("HOLLOWBENCH_DIMS", "16")
     s = options.from_config(_Config(bench_dims="64"))
     assert s.preset.name == "paper" and s.dims == (64,)
-    assert s.batches == grid.PRESETS["paper"].batches
+    assert s.batches == presets.PRESETS["paper"].batches
 
 
 def test_pytest_benchmark_timing_options_replace_the_budget(monkeypatch):
@@ -129,13 +131,13 @@ def test_pytest_benchmark_timing_options_replace_the_budget(monkeypatch):
     given = ["--benchmark-max-time", "0.05", "--benchmark-min-rounds=2"]
     s = options.from_config(_Config(given, benchmark_max_time=0.05, benchmark_min_rounds=2))
     assert (s.timing.budget_s, s.timing.min_rounds) == (0.05, 2)
-    assert options.from_config(_Config()).timing == grid.PRESETS["quick"].timing
+    assert options.from_config(_Config()).timing == presets.PRESETS["quick"].timing
 
 
 def test_pytest_benchmark_defaults_given_explicitly_still_count(monkeypatch):
     """``--benchmark-max-time 1.0 --benchmark-min-rounds 5`` equal pytest-benchmark's own
     defaults, yet were asked for: they replace the preset's budget (0.2 s, 3 rounds)."""
-    quick = grid.PRESETS["quick"].timing
+    quick = presets.PRESETS["quick"].timing
     assert (quick.budget_s, quick.min_rounds) != (1.0, 5)
     monkeypatch.setenv("PYTEST_ADDOPTS", "--benchmark-min-rounds 5")
     s = options.from_config(_Config(addopts=["--benchmark-max-time=1.0"]))
@@ -158,27 +160,29 @@ def test_faults_need_a_time_limit():
 DEVICES = {"torch": ("cpu", "cuda:0"), "jax": ("cpu",)}
 
 
-DIVERGENCE = grid.Grid("divergence", METHODS, (1,))
+DIVERGENCE = operators.Grid("divergence", METHODS, (1,))
 
 
-def _points(settings: options.Settings, workload: grid.Grid = DIVERGENCE) -> list[grid.Point]:
-    return grid.expand(workload, settings, DEVICES)
+def _points(
+    settings: options.Settings, workload: operators.Grid = DIVERGENCE
+) -> list[operators.Point]:
+    return operators.expand(workload, settings, DEVICES)
 
 
 def test_variants_run_only_where_they_can():
     points = _points(options.resolve({"preset": "paper"}))
-    by_variant = {v: [p for p in points if p.variant == v] for v in grid.ALL_VARIANTS}
+    by_variant = {v: [p for p in points if p.variant == v] for v in presets.ALL_VARIANTS}
     assert {p.backend for p in by_variant["jit"]} == {"jax"}
     assert all(p.device.startswith("cuda") for p in by_variant["cudagraph"])
     # compile trains only where the train step differentiates once
     compiled_train = {p.method for p in by_variant["compile"] if p.mode == "train"}
-    assert compiled_train == set(grid.COMPILE_TRAIN_METHODS) == {"hollow_forward"}
+    assert compiled_train == set(operators.COMPILE_TRAIN_METHODS) == {"hollow_forward"}
     others = by_variant["cudagraph"] + by_variant["compile"]
-    assert {p.method for p in others} == set(grid.VARIANT_METHODS)
+    assert {p.method for p in others} == set(operators.VARIANT_METHODS)
     # Every variant point has its eager twin, named apart so the eager figure stays.
     eager = {p.id for p in by_variant["eager"]}
     for p in others:
-        twin = grid.Point(**{**p.__dict__, "variant": "eager"})
+        twin = operators.Point(**{**p.__dict__, "variant": "eager"})
         assert (
             twin.id in eager and p.id == twin.id.replace(f"-{p.method}-", f"-{p.label}-") != twin.id
         )
@@ -190,25 +194,25 @@ def test_fused_variants_run_hollow_forward_at_k1_and_skip_off_a_gpu(monkeypatch)
     hollow_forward at k = 1, in both modes, beside their eager twins. Off a GPU, or without
     the triton package, they are skipped with the reason rather than run."""
     settings = options.resolve({"preset": "paper"})
-    points = _points(settings) + _points(settings, grid.Grid("ddim", METHODS))
+    points = _points(settings) + _points(settings, operators.Grid("ddim", METHODS))
     fused = [p for p in points if p.variant == "triton"]
     assert {(p.method, p.k) for p in fused} == {("hollow_forward", 1)}
     assert {p.mode for p in fused} == {"eval", "train"}
     assert {p.device for p in fused} == {"cpu", "cuda:0"}
     eager = {p.id for p in points if p.variant == "eager"}
-    assert all(grid.Point(**{**p.__dict__, "variant": "eager"}).id in eager for p in fused)
+    assert all(operators.Point(**{**p.__dict__, "variant": "eager"}).id in eager for p in fused)
     on_gpu = next(p for p in fused if p.device == "cuda:0")
     on_cpu = next(p for p in fused if p.device == "cpu")
-    assert "needs a GPU" in grid.variant_unavailable(on_cpu)
+    assert "needs a GPU" in operators.variant_unavailable(on_cpu)
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name: None if name == "triton" else real(name)
     )
-    assert "triton package" in grid.variant_unavailable(on_gpu)
+    assert "triton package" in operators.variant_unavailable(on_gpu)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
-    assert grid.variant_unavailable(on_gpu) is None
+    assert operators.variant_unavailable(on_gpu) is None
     assert all(
-        grid.variant_unavailable(p) is None for p in points if p.variant not in FUSED_VARIANTS
+        operators.variant_unavailable(p) is None for p in points if p.variant not in FUSED_VARIANTS
     )
 
 
@@ -217,7 +221,7 @@ def test_quick_preset_compiles_a_few_points_and_variants_can_be_chosen():
     assert {p.variant for p in quick} == {"eager", "cudagraph", "compile", "jit"}
     compiled = [p for p in quick if p.variant == "compile" and p.device == "cpu"]
     assert {p.d for p in compiled} == {128, 512}
-    assert {p.method for p in compiled} == set(grid.VARIANT_METHODS)
+    assert {p.method for p in compiled} == set(operators.VARIANT_METHODS)
     assert {p.mode for p in compiled} == {"eval", "train"}
     assert len(compiled) <= 10  # 15-60 s of compilation each on a 2-core CPU
     only = _points(options.resolve({"variants": "cudagraph"}))
@@ -232,7 +236,7 @@ def test_grid_follows_the_rules():
     assert all((p.n_matvecs is None) == (p.method not in ESTIMATORS) for p in points)
     assert all(p.k == 1 for p in points if p.method in STOCHASTIC_METHODS)
     models = {(p.model, p.method) for p in points}
-    assert {m for m, _ in models} == set(grid.MODELS)  # dense and hutchinson on every model
+    assert {m for m, _ in models} == set(presets.MODELS)  # dense and hutchinson on every model
 
 
 def test_estimators_sweep_their_budget_and_quick_runs_a_handful():
@@ -241,7 +245,7 @@ def test_estimators_sweep_their_budget_and_quick_runs_a_handful():
     points = _points(options.resolve({"preset": "full", "n_matvecs": "3,12,48"}))
     budgets = {(p.method, p.n_matvecs) for p in points if p.method in ESTIMATORS}
     assert budgets == {(m, n) for m in ESTIMATORS for n in (3, 12, 48)}
-    assert {p.model for p in points if p.method in ESTIMATORS} == set(grid.MODELS)
+    assert {p.model for p in points if p.method in ESTIMATORS} == set(presets.MODELS)
     quick = [p for p in _points(options.resolve({})) if p.method in ESTIMATORS]
     assert {(p.method, p.n_matvecs) for p in quick} == {(m, 12) for m in ESTIMATORS}
     assert len(quick) == len(ESTIMATORS) * len({(p.backend, p.device) for p in quick})
@@ -251,7 +255,7 @@ def test_estimators_sweep_their_budget_and_quick_runs_a_handful():
 
 def test_quick_covers_the_acceptance_grid():
     s = options.resolve({})
-    div, dd = _points(s), _points(s, grid.Grid("ddim", EXACT_METHODS))
+    div, dd = _points(s), _points(s, operators.Grid("ddim", EXACT_METHODS))
     points = div + dd
     assert {p.method for p in points} == set(METHODS)
     assert {p.mode for p in points} == {"eval", "train"}
@@ -271,37 +275,54 @@ def test_quick_covers_the_acceptance_grid():
 @pytest.mark.parametrize("name", ["cnf", "ode", "sde"])
 def test_workload_presets_cover_the_harness_presets(name):
     """A workload that declares its own presets has one under every --bench-preset name."""
-    import importlib
+    from bench.workloads import workload
 
-    workload = importlib.import_module(f"bench.test_{name}").WORKLOAD
-    assert set(workload.presets) == set(grid.PRESETS)
+    assert set(workload(name).presets) == set(presets.PRESETS)
+
+
+def test_settings_record_the_options_given_and_sde_follows_them():
+    """--bench-dims given with the harness preset's own values still replaces the SDE
+    workload's dimensions: Settings.given says it was given, whatever its value."""
+    from bench.workloads import sde
+
+    quick = presets.PRESETS["quick"]
+    same = ",".join(map(str, quick.dims))
+    assert options.resolve({}).given == frozenset()
+    given = options.resolve({"dims": same, "inject": "delay=0"})
+    assert given.given == {"dims", "inject"} and given.dims == quick.dims
+    devices = {"torch": ("cpu",)}
+    own = {p.d for p in sde.WORKLOAD.points(options.resolve({}), devices)}
+    asked = {p.d for p in sde.WORKLOAD.points(given, devices)}
+    assert own == set(sde.PRESETS["quick"].dims) and asked == set(quick.dims)
 
 
 def test_every_cnf_point_has_a_memory_estimate():
     """The CNF guard prices every point of the full grid, Hutch++ at its budget included."""
-    from bench import test_cnf
+    from bench.workloads import cnf
 
     settings = options.resolve({"preset": "full"})
-    points = test_cnf.WORKLOAD.points(settings, {"torch": ("cpu",), "jax": ("cpu",)})
+    points = cnf.WORKLOAD.points(settings, {"torch": ("cpu",), "jax": ("cpu",)})
     assert {p.method for p in points} >= {"hollow", "hutchinson", "hutchpp"}
-    assert all(test_cnf.need_bytes(p) > 0 for p in points)
+    assert all(cnf.need_bytes(p) > 0 for p in points)
 
 
 def test_limits_bound_d():
-    lim = grid.Limit("dense", lambda p: p.method in grid.DENSE_METHODS, max_d=32)
-    point = grid.Point("divergence", "torch", "cpu", "dense_loop", "hollownet", 64, 8, 1, "eval")
-    assert lim.excludes(point) and not lim.excludes(grid.Point(**{**point.__dict__, "d": 32}))
-    assert grid.Limit("x", lambda p: True, max_d=0).describe() == "x: never"
+    lim = presets.Limit("dense", lambda p: p.method in DENSE_METHODS, max_d=32)
+    point = operators.Point(
+        "divergence", "torch", "cpu", "dense_loop", "hollownet", 64, 8, 1, "eval"
+    )
+    assert lim.excludes(point) and not lim.excludes(operators.Point(**{**point.__dict__, "d": 32}))
+    assert presets.Limit("x", lambda p: True, max_d=0).describe() == "x: never"
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 7])
 def test_shards_are_disjoint_and_cover_the_grid(count):
     points = _points(options.resolve({"preset": "paper"}))
-    shards = [grid.shard(points, i, count) for i in range(1, count + 1)]
+    shards = [presets.shard(points, i, count) for i in range(1, count + 1)]
     ids = [p.id for s in shards for p in s]
     assert len(ids) == len(set(ids)) == len(points)
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
-    assert grid.shard(points, 1, count) == shards[0]  # deterministic
+    assert presets.shard(points, 1, count) == shards[0]  # deterministic
     order = {p.id: i for i, p in enumerate(points)}
     assert all([order[p.id] for p in s] == sorted(order[p.id] for p in s) for s in shards)
 
@@ -397,13 +418,13 @@ class _FakeBenchmark:
     """pytest-benchmark's fixture as --benchmark-disable leaves it: pedantic runs once."""
 
     name = fullname = "test_x[fake]"
-    params = {"d": 1}  # noqa: RUF012
-    enabled, stats = False, None
+    enabled = False
 
     def __init__(self):
-        self.extra_info, self.has_error = {}, False
+        self.extra_info, self.group, self.pedantic_calls = {}, None, 0
 
     def pedantic(self, target):
+        self.pedantic_calls += 1
         return target()
 
 
@@ -442,8 +463,9 @@ def test_a_point_records_its_check_and_task_info(tmp_path):
     sweep, bench = _sweep(tmp_path), _FakeBenchmark()
     task = Task(lambda a: a + 1, (1,), check=lambda out, step: (out - step(0), "max_abs"))
     task.info["nfe"] = 7
-    sweep.run(bench, _FakeBackend(), lambda: task, {"workload": "fake"})
+    sweep.run(bench, Case(_FakeBackend(), lambda: task, {"workload": "fake"}, group="g"))
     info = bench.extra_info
+    assert bench.group == "g"
     assert (info["error"], info["error_kind"], info["nfe"], info["status"]) == (
         1,
         "max_abs",
@@ -461,7 +483,7 @@ def test_what_a_task_measures_is_kept_when_its_check_fails(tmp_path):
         raise RuntimeError("stopped early")
 
     task = Task(lambda a: a + 1, (1,), check=check, measure=lambda out, step: {"nfe": 3 * out})
-    sweep.run(bench, _FakeBackend(), lambda: task, {"workload": "fake"})
+    sweep.run(bench, Case(_FakeBackend(), lambda: task, {"workload": "fake"}))
     info = bench.extra_info
     assert (info["nfe"], info["error"], info["status"]) == (6, None, "ok")
     assert "error check failed" in info["reason"] and "stopped early" in info["reason"]
@@ -470,15 +492,17 @@ def test_what_a_task_measures_is_kept_when_its_check_fails(tmp_path):
 def test_a_point_past_its_limit_is_recorded_as_a_timeout(tmp_path):
     sweep, bench = _sweep(tmp_path, timeout="0.2"), _FakeBenchmark()
     with pytest.raises(pytest.skip.Exception, match="timeout: PointTimeout"):
-        sweep.run(bench, _FakeBackend(), lambda: time.sleep(5), {})
-    assert sweep.not_run[0]["extra_info"]["status"] == "timeout" and bench.has_error
+        sweep.run(bench, Case(_FakeBackend(), lambda: time.sleep(5), {}, params={"d": 1}))
+    record = sweep.not_run[0]
+    assert record["extra_info"]["status"] == "timeout" and record["params"] == {"d": 1}
+    assert bench.pedantic_calls == 0  # nothing handed to pytest-benchmark: not in its JSON
 
 
 def test_points_predicted_not_to_fit_are_skipped_and_journaled(tmp_path):
     sweep, bench = _sweep(tmp_path), _FakeBenchmark()
     with pytest.raises(pytest.skip.Exception, match="skipped: predicted"):
-        sweep.run(bench, _FakeBackend(), lambda: pytest.fail("built"), {}, need_bytes=2**60)
-    assert bench.extra_info["status"] == "skipped" and bench.has_error
+        sweep.run(bench, Case(_FakeBackend(), lambda: pytest.fail("built"), {}, need_bytes=2**60))
+    assert bench.extra_info["status"] == "skipped" and bench.pedantic_calls == 0
     assert sweep.not_run[0]["extra_info"]["reason"].startswith("predicted 1073741824.00 GiB > 80%")
     record = journal.read(tmp_path / "j.jsonl")[-1]
     assert record["stats"] is None and record["extra_info"]["predicted_bytes"] == 2**60
@@ -520,6 +544,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env | {"PYTHONUNBUFFERED": "1"} | extra
 
 
+@pytest.mark.sweep
 def test_kill_9_loses_no_finished_point(tmp_path):
     out = tmp_path / "out.json"
     journal_file = tmp_path / "out.journal.jsonl"
@@ -550,6 +575,7 @@ def test_kill_9_loses_no_finished_point(tmp_path):
     assert not out.exists() or out.stat().st_size == 0  # the JSON is written only at the end
 
 
+@pytest.mark.sweep
 def test_journal_lands_beside_a_json_in_another_directory(tmp_path):
     """Run from one working directory, write the JSON to another by a relative path: the
     journal must sit beside the JSON, not in the working directory."""
@@ -573,6 +599,7 @@ def _points_in(path: Path) -> int:
     return sum(r["kind"] == "point" for r in journal.read(path))
 
 
+@pytest.mark.sweep
 def test_oom_timeout_and_error_are_recorded_and_the_sweep_goes_on(tmp_path):
     out = tmp_path / "out.json"
     faults = "oom=*hollow-d3-*,timeout=*hollow-d4-*,error=*hutchinson-m1-d2-*"
@@ -599,6 +626,7 @@ def test_oom_timeout_and_error_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert "test_divergence[" in compare.stdout
 
 
+@pytest.mark.sweep
 def test_an_injected_burst_is_flagged_and_remeasured_in_a_sweep(tmp_path):
     out = tmp_path / "out.json"
     # A budget well above the injected sleeps, so the burst lands inside the timed rounds.
@@ -628,6 +656,7 @@ def test_an_injected_burst_is_flagged_and_remeasured_in_a_sweep(tmp_path):
         assert info["gpu_processes"] is None and info["sm_clock_mhz"] is None  # CPU points
 
 
+@pytest.mark.sweep
 def test_bad_option_is_a_usage_error():
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "bench", "-p", "no:cacheprovider", "--bench-dims", "8,a"],
@@ -639,11 +668,11 @@ def test_bad_option_is_a_usage_error():
 
 def test_torch_variants_time_the_same_step():
     torch = pytest.importorskip("torch")
-    from bench.harness import operators
+    from bench.workloads import operators
     from impls import HollowSpec, load_backend
 
     backend = load_backend("torch", "cpu")
-    point = grid.Point("divergence", "torch", "cpu", "hollow", "hollownet", 4, 3, 1, "eval")
+    point = operators.Point("divergence", "torch", "cpu", "hollow", "hollownet", 4, 3, 1, "eval")
     net = backend.build(HollowSpec(dim=4, d_h=2))
     x = torch.randn(3, 4)
     fn, args, _ = operators.step(backend, net, x, point)
@@ -653,7 +682,7 @@ def test_torch_variants_time_the_same_step():
     assert compile_s > 0
     torch.testing.assert_close(compiled(*args), fn(*args))
     # hollow_forward's train step differentiates once, so it compiles: same values, same grads
-    point = grid.Point("divergence", "torch", "cpu", "hollow_forward", "hollownet", 4, 3, 1,
+    point = operators.Point("divergence", "torch", "cpu", "hollow_forward", "hollownet", 4, 3, 1,
                        "train")  # fmt: skip
     fn, args, values_of = operators.step(backend, net, x, point)
     compiled, compile_s, _ = backend.compile_step(fn, args, "compile")
@@ -671,12 +700,12 @@ def test_torch_compile_takes_one_point_after_another():
     """The sweep compiles the same step at d after d. Hutchinson's probes (``randint``) take
     no symbolic sizes, so a compile that turned dynamic at the second d failed there."""
     torch = pytest.importorskip("torch")
-    from bench.harness import operators
+    from bench.workloads import operators
     from impls import HollowSpec, load_backend
 
     backend = load_backend("torch", "cpu")
     for d in (4, 5, 6):
-        point = grid.Point("divergence", "torch", "cpu", "hutchinson", "hollownet", d, 3, 1,
+        point = operators.Point("divergence", "torch", "cpu", "hutchinson", "hollownet", d, 3, 1,
                            "eval", n_probes=1)  # fmt: skip
         net = backend.build(HollowSpec(dim=d, d_h=2))
         fn, args, values_of = operators.step(backend, net, torch.randn(3, d), point)
@@ -691,13 +720,13 @@ def test_train_step_is_fair(backend_name, method):
     (value_and_*), not from a second net(x). Counted on the forward's first op, the
     conditioner for a HollowNet and the whole MLP for Hutchinson."""
     pytest.importorskip(backend_name)
-    from bench.harness import operators
+    from bench.workloads import operators
     from impls import MLPSpec, load_backend
 
     backend = load_backend(backend_name, "cpu")
     hollow = method != "hutchinson"
     model = "hollownet" if hollow else "mlp_flop_matched"
-    point = grid.Point("divergence", backend_name, "cpu", method, model, 4, 3, 1, "train",
+    point = operators.Point("divergence", backend_name, "cpu", method, model, 4, 3, 1, "train",
                        n_probes=None if hollow else 1)  # fmt: skip
     spec = HollowSpec(dim=4, d_h=2) if hollow else MLPSpec(dim=4)
     net = backend.build(spec)
@@ -738,22 +767,22 @@ def test_a_dense_point_predicted_past_its_limit_is_skipped_before_it_runs(tmp_pa
     sweep = _sweep(tmp_path, timeout="10")
     point = {"workload": "divergence", "method": "dense_loop", "model": "hollownet", "k": 1,
              "backend": "torch", "device": "cpu"}  # fmt: skip
-    sweep.learn(point | {"d": 64, "flops": 1000}, 0.5)
-    sweep.learn(point | {"d": 128, "flops": 2000}, 1.0)
+    sweep.planner.learn(point | {"d": 64, "flops": 1000}, 0.5)
+    sweep.planner.learn(point | {"d": 128, "flops": 2000}, 1.0)
     # d = 256 at 4000 FLOPs: 1.0 s x 2 x 2 = 4 s a call, 4 calls = 16 s > half of 10 s
     bench = _FakeBenchmark()
     with pytest.raises(pytest.skip.Exception, match="skipped: predicted 4 s a call x 4 calls"):
-        sweep.run(bench, _FakeBackend(), lambda: pytest.fail("built"), point | {"d": 256,
-                  "flops": 4000})  # fmt: skip
+        sweep.run(bench, Case(_FakeBackend(), lambda: pytest.fail("built"), point | {"d": 256,
+                  "flops": 4000}))  # fmt: skip
     assert "d = 128 took 1 s a call" in bench.extra_info["reason"]
     # another method, another model, or a limit it fits under: measured as usual
     for other in ({"method": "hollow"}, {"model": "mlp_flop_matched"}):
-        sweep.run(_FakeBenchmark(), _FakeBackend(), lambda: Task(lambda a: a + 1, (1,)),
-                  point | other | {"d": 256, "flops": 4000})  # fmt: skip
+        sweep.run(_FakeBenchmark(), Case(_FakeBackend(), lambda: Task(lambda a: a + 1, (1,)),
+                  point | other | {"d": 256, "flops": 4000}))  # fmt: skip
     sweep = _sweep(tmp_path, timeout="100")
-    sweep.learn(point | {"d": 128, "flops": 2000}, 1.0)
-    sweep.run(bench := _FakeBenchmark(), _FakeBackend(), lambda: Task(lambda a: a, (1,)),
-              point | {"d": 256, "flops": 4000})  # fmt: skip
+    sweep.planner.learn(point | {"d": 128, "flops": 2000}, 1.0)
+    sweep.run(bench := _FakeBenchmark(), Case(_FakeBackend(), lambda: Task(lambda a: a, (1,)),
+              point | {"d": 256, "flops": 4000}))  # fmt: skip
     assert bench.extra_info["status"] == "ok"
 
 
@@ -792,24 +821,23 @@ def test_a_window_is_compiled_in_parallel_before_its_points_are_timed(tmp_path):
 
     fns = {f"test_x[{i}]": (_broken if i == 2 else step) for i in range(4)}
 
-    def describe(name):
-        return lambda recorder: recorder.run(
-            _FakeBenchmark(), backend, lambda: Task(fns[name], (1,)), {"workload": "fake"}
-        )
+    def case(name):
+        return Case(backend, lambda: Task(fns[name], (1,)), {"workload": "fake"})
 
     start = time.perf_counter()
-    assert sweep.compile_ahead((name, describe(name)) for name in fns) == 4
+    assert sweep.window.compile((name, lambda name=name: case(name)) for name in fns) == 4
     assert time.perf_counter() - start < 0.6  # 4 compilations of 0.2 s on 3 threads, not 0.8 s
-    assert not sweep.wants_ahead("test_x[3]") and sweep.wants_ahead("test_x[4]")
+    assert not sweep.window.wants("test_x[3]") and sweep.window.wants("test_x[4]")
+    built_twice = Case(backend, lambda: pytest.fail("built twice"), {})
     for name, fn in fns.items():
         bench = _FakeBenchmark()
         bench.name = bench.fullname = name
         if fn is _broken:  # a failed compilation is recorded as the point's own error
             with pytest.raises(RuntimeError, match="XLA could not compile"):
-                sweep.run(bench, backend, lambda: pytest.fail("built twice"), {})
+                sweep.run(bench, built_twice)
             assert bench.extra_info["status"] == "error"
             continue
-        sweep.run(bench, backend, lambda: pytest.fail("built twice"), {})
+        sweep.run(bench, built_twice)
         info = bench.extra_info
         assert (info["compile_s"], info["compile_ahead"], info["status"]) == (0.25, 4, "ok")
     compiled = [t for kind, t, _ in log if kind == "compiled"]
@@ -822,35 +850,34 @@ def test_a_window_stops_where_a_time_prediction_waits_on_it(tmp_path):
     sweep, backend = _sweep(tmp_path, compile_workers="4"), _PureBackend([])
     dense = {"workload": "divergence", "method": "dense_loop", "model": "hollownet", "flops": 1}
 
-    def describe(d):
-        return lambda recorder: recorder.run(
-            _FakeBenchmark(), backend, lambda: Task(lambda a: a, (1,)), dense | {"d": d}
-        )
+    def case(d):
+        return lambda: Case(backend, lambda: Task(lambda a: a, (1,)), dense | {"d": d})
 
-    assert sweep.compile_ahead((f"test_x[{d}]", describe(d)) for d in (8, 16, 32)) == 1
-    assert sweep.wants_ahead("test_x[16]")
-    assert _sweep(tmp_path, compile_workers="0").wants_ahead("test_x[8]") is False
+    assert sweep.window.compile((f"test_x[{d}]", case(d)) for d in (8, 16, 32)) == 1
+    assert sweep.window.wants("test_x[16]")
+    assert _sweep(tmp_path, compile_workers="0").window.wants("test_x[8]") is False
 
 
 def test_a_torch_point_ends_a_window_and_is_described_once(tmp_path):
     """Torch steps are not pure, so nothing compiles ahead of them; a torch point reached
-    first is marked, so that its run does not describe it for a window again."""
+    first is marked, so that its run does not open a window of its own."""
     sweep, described = _sweep(tmp_path, compile_workers="2"), []
 
     def describe(name, backend):
-        def run(recorder):
+        def case():
             described.append(name)
-            recorder.run(_FakeBenchmark(), backend, lambda: Task(lambda a: a, (1,)), {})
+            return Case(backend, lambda: Task(lambda a: a, (1,)), {})
 
-        return name, run
+        return name, case
 
     points = [describe("test_x[0]", _FakeBackend()), describe("test_x[1]", _PureBackend([]))]
-    assert sweep.compile_ahead(iter(points)) == 0 and described == ["test_x[0]"]
-    assert not sweep.wants_ahead("test_x[0]") and sweep.wants_ahead("test_x[1]")
-    assert sweep.compile_ahead(iter(points[::-1])) == 1  # a JAX window ends at a torch point
-    assert not sweep.wants_ahead("test_x[1]") and not sweep.wants_ahead("test_x[0]")
+    assert sweep.window.compile(iter(points)) == 0 and described == ["test_x[0]"]
+    assert not sweep.window.wants("test_x[0]") and sweep.window.wants("test_x[1]")
+    assert sweep.window.compile(iter(points[::-1])) == 1  # a JAX window ends at a torch point
+    assert not sweep.window.wants("test_x[1]") and not sweep.window.wants("test_x[0]")
 
 
+@pytest.mark.sweep
 def test_a_jax_sweep_compiles_ahead_and_reuses_its_cache(tmp_path):
     pytest.importorskip("jax")
     cache = tmp_path / "cache"

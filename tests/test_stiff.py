@@ -456,17 +456,17 @@ def test_bad_system_and_problems(backend):
 
 @pytest.mark.parametrize("preset", ["quick", "paper", "full"])
 def test_bench_grid_is_valid(preset):
-    """Every row of bench/test_ode.py's grid builds its problem and passes the solver's checks;
+    """Every row of bench/workloads/ode.py's grid builds its problem and passes the solver's checks;
     quick stays a handful of points."""
-    from bench import test_ode
+    from bench.workloads import ode
     from impls import _stiff
 
-    rows = test_ode.PRESETS[preset].rows
+    rows = ode.PRESETS[preset].rows
     for row in rows:
-        point = test_ode.OdePoint("torch", "cpu", *row)
-        problem = test_ode.build_problem(point, test_ode.PRESETS[preset])
+        point = ode.OdePoint("torch", "cpu", *row)
+        problem = ode.build_problem(point, ode.PRESETS[preset])
         assert problem.dim == point.d
-        if point.method in test_ode.DIFFRAX_METHODS:
+        if point.method in ode.DIFFRAX_METHODS:
             assert point.root_finder in ("newton", "jacobi_newton")
         else:
             _stiff.check_method(point.method, point.root_finder, point.reuse)

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench.harness import telemetry, timing
-from bench.harness.grid import Timing
+from bench.harness.presets import Timing
 from bench.schema import INFO_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,59 +127,39 @@ def test_the_quieter_measurement_is_kept():
     assert timing.quieter(slow, starved) == 1  # both fail: the lower median
 
 
-class FakeBenchmark:
-    """pytest-benchmark's fixture as timing.measure uses it: pedantic once, then its stats."""
-
-    def __init__(self):
-        self.stats = None
-        self.calls = 0
-
-    def pedantic(self, target, rounds, iterations):
-        from pytest_benchmark.stats import Stats
-
-        assert self.stats is None, "pedantic runs once per benchmark"
-        self.stats = SimpleNamespace(stats=Stats(), options={})
-        for _ in range(rounds):
-            start = timing.time.perf_counter()
-            target()
-            self.stats.stats.update(timing.time.perf_counter() - start)
-
-
 def test_a_noisy_measurement_is_taken_again_and_the_quieter_kept():
-    bench, pauses = FakeBenchmark(), []
+    pauses = []
 
     def disturb(phase, index):
         if phase == "timed" and index < 2:
             timing.time.sleep(0.05)  # a burst over the first two rounds only
 
     outcome = timing.measure(
-        bench, lambda: timing.time.sleep(0.002), 10, QUICK,
+        lambda: timing.time.sleep(0.002), 10, QUICK,
         rule=timing.NoiseRule(max2_min=10, cpu_share=0.0), disturb=disturb, sleep=pauses.append,
     )  # fmt: skip
     info = outcome.info()
     assert pauses == [timing.NoiseRule().pause_s] and info["remeasured"] and not info["noisy"]
     first, again = info["noise"]["measurements"]
     assert "max2_min" in first["failed"] and again["failed"] == [] and info["noise"]["kept"] == 1
-    # pytest-benchmark's stats are now the kept measurement's
-    assert bench.stats.stats.rounds == again["rounds"]
-    assert bench.stats.stats.median == pytest.approx(again["median_s"])
+    # the kept measurement's stats (the journal's; pytest-benchmark is handed its data)
+    kept = timing.summary(outcome.measurements[1].data)
+    assert kept["rounds"] == again["rounds"] and kept["median"] == again["median_s"]
     assert again["rounds"] == QUICK.max_rounds  # recalibrated from the first median
 
 
 def test_no_remeasurement_runs_past_the_point_s_time_limit():
-    bench = FakeBenchmark()
     rule = timing.NoiseRule(iqr_median=-1, max2_min=0)  # every measurement fails
     soon = timing.time.perf_counter() + rule.pause_s / 2
-    outcome = timing.measure(bench, lambda: None, 3, QUICK, rule=rule, deadline=soon)
+    outcome = timing.measure(lambda: None, 3, QUICK, rule=rule, deadline=soon)
     info = outcome.info()
     assert not info["remeasured"] and info["noisy"] and "max2_min" in info["noise"]["failed"]
 
 
 def test_a_quiet_measurement_is_taken_once():
-    bench = FakeBenchmark()
     rule = timing.NoiseRule(max2_min=50, iqr_median=5, cpu_share=0.0)
     call = lambda: timing.time.sleep(0.001)  # noqa: E731
-    info = timing.measure(bench, call, 5, QUICK, rule=rule, sleep=pytest.fail).info()
+    info = timing.measure(call, 5, QUICK, rule=rule, sleep=pytest.fail).info()
     assert not info["remeasured"] and not info["noisy"] and info["noise"]["kept"] == 0
     assert len(info["noise"]["measurements"]) == 1
 
@@ -335,8 +315,8 @@ NAP_TEST = """
 import time
 
 from bench.harness import journal, options
-from bench.harness.sweep import Sweep, Task
-from bench.harness.timing import NoiseRule
+from bench.harness.sweep import Case, Sweep, Task
+from bench.harness.timing import MARK, NoiseRule
 
 
 class Backend:  # the parts of impls.Backend that Sweep.run uses
@@ -370,11 +350,12 @@ def nap():  # a call of a fixed wall time: a sleeping thread wakes on time on a 
     time.sleep({nap_s})
 
 
+@MARK  # pytest-benchmark reads the harness's clock (as on every point of the sweep)
 def test_nap(benchmark, tmp_path):
     sweep = Sweep(options.resolve({{"inject": {inject!r}}}), journal.Journal(tmp_path / "j", dict))
     # A nap uses no CPU to speak of, so its CPU share says nothing: the test leaves it out.
     sweep.rule = NoiseRule(cpu_share=0.0, pause_s=0.1)
-    sweep.run(benchmark, Backend(), lambda: Task(lambda: nap(), ()), {{"workload": "nap"}})
+    sweep.run(benchmark, Case(Backend(), lambda: Task(lambda: nap(), ()), {{"workload": "nap"}}))
 """
 
 
@@ -395,8 +376,9 @@ def nap_run(tmp_path: Path, inject: str) -> dict:
     return bench
 
 
+@pytest.mark.sweep
 def test_an_injected_burst_is_flagged_remeasured_and_reported_near_the_quiet_median(tmp_path):
-    from bench.harness.sweep import NOISE_S
+    from bench.harness.faults import NOISE_S
 
     assert NOISE_S >= 10 * NAP_MS / 1e3  # the burst is what the test says it is
     quiet = nap_run(tmp_path / "quiet", "")

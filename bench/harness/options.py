@@ -13,12 +13,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bench.harness.grid import ALL_VARIANTS, MODELS, MODES, PRESETS, Preset, Timing
-from bench.harness.workload import attrs
+from bench.harness import faults
+from bench.harness.faults import Faults
+from bench.harness.presets import ALL_VARIANTS, MODELS, MODES, PRESETS, Preset, Timing
 from impls import BACKENDS, MAX_K, METHODS
 
 PRECISIONS = ("default", "tf32", "highest")
-INJECT_ENV = "HOLLOWBENCH_INJECT"  # test hook, see Faults
+INJECT_ENV = "HOLLOWBENCH_INJECT"  # --bench-inject's: the harness's own tests' hook (faults.py)
 # JAX's persistent compilation cache, relative to the rootdir (pytest-benchmark's own folder).
 JAX_CACHE = ".benchmarks/jax-cache"
 # A Slurm job array's task: its id, how many tasks, the lowest id and the step between ids.
@@ -30,23 +31,16 @@ class OptionError(ValueError):
     """A bad option value; the message names the option and what it accepts."""
 
 
-@dataclass(frozen=True)
-class Faults:
-    """Faults injected into points whose test name matches a glob, for the harness's own tests
-    (``HOLLOWBENCH_INJECT=oom=*dense_loop*,timeout=*-d8-*,delay=0.5``): raise MemoryError, sleep
-    past the limit, raise RuntimeError, a burst of load in the timed calls (``noise``, see
-    Sweep._disturbance); ``delay``: seconds slept before every point."""
-
-    oom: str | None = None
-    timeout: str | None = None
-    error: str | None = None
-    delay: float = 0.0
-    noise: str | None = None
+def attrs(obj, *names: str) -> dict[str, Any]:
+    """``{name: obj.<name>}``."""
+    return {name: getattr(obj, name) for name in names}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything a sweep was asked for. ``devices=None`` means cpu plus every visible GPU."""
+    """Everything a sweep was asked for. ``devices=None`` means cpu plus every visible GPU;
+    ``given``: the options given (command line or environment: their ``dest``), the rest
+    took their defaults (the preset's)."""
 
     preset: Preset
     backends: tuple[str, ...]
@@ -72,6 +66,7 @@ class Settings:
     sweep_budget_s: float = 0.0  # the whole sweep's time budget (bench/harness/plan.py); 0: none
     costs: tuple[str, ...] = ()  # journals (globs) whose points predict costs under a budget
     cnf_budget_s: float | None = None  # a CNF budget point's training time; None: the preset's
+    given: frozenset[str] = frozenset()
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary, recorded in the results next to the machine."""
@@ -256,6 +251,13 @@ OPTIONS = (
     ),
     Option("journal", str, "JSON-lines journal path (default: beside --benchmark-json)", "PATH"),
     Option(
+        "inject",
+        faults.parse,
+        "faults for the harness's own tests: oom=GLOB,timeout=GLOB,error=GLOB,noise=GLOB,"
+        "delay=S (points whose test name matches)",
+        "SPEC",
+    ),
+    Option(
         "matmul_precision",
         _one({name: name for name in PRECISIONS}),
         "float32 matmuls: default (each framework's own: TF32 in JAX on GPUs, full fp32 in "
@@ -272,23 +274,6 @@ def add_options(parser) -> None:
         group.addoption(
             opt.flag, dest=f"bench_{opt.dest}", metavar=opt.metavar, help=f"{opt.help} [${opt.env}]"
         )
-
-
-def parse_faults(raw: str | None) -> Faults:
-    """``HOLLOWBENCH_INJECT`` -> Faults (``oom=GLOB,timeout=GLOB,error=GLOB,noise=GLOB,delay=S``,
-    any subset)."""
-    if not raw:
-        return Faults()
-    values: dict[str, Any] = {}
-    for word in _words(raw):
-        key, sep, value = word.partition("=")
-        if not sep or key not in ("oom", "timeout", "error", "noise", "delay"):
-            raise OptionError(
-                f"{INJECT_ENV}: {word!r} is not oom=GLOB, timeout=GLOB, error=GLOB, noise=GLOB "
-                "or delay=S"
-            )
-        values[key] = _seconds(value) if key == "delay" else value
-    return Faults(**values)
 
 
 def slurm_shard(environ: Mapping[str, str]) -> tuple[tuple[int, int], str] | None:
@@ -380,7 +365,8 @@ def resolve(
         timeout_s=values.get("timeout", preset.timeout_s),
         journal=values.get("journal"),
         matmul_precision=values.get("matmul_precision", "default"),
-        faults=parse_faults(raw.get("inject")),
+        faults=values.get("inject", Faults()),
+        given=frozenset(values),
     )
     if settings.faults.timeout and not settings.timeout_s:
         raise OptionError(f"{INJECT_ENV}: timeout=... needs a per-point limit (--bench-timeout)")
@@ -393,7 +379,6 @@ def from_config(config) -> Settings:
         opt.dest: config.getoption(f"bench_{opt.dest}") or os.environ.get(opt.env) or None
         for opt in OPTIONS
     }
-    raw["inject"] = os.environ.get(INJECT_ENV)
     given = _given(config, ("--benchmark-max-time", "--benchmark-min-rounds"))
     max_time = float(config.getoption("benchmark_max_time")) if given[0] else None
     min_rounds = int(config.getoption("benchmark_min_rounds")) if given[1] else None

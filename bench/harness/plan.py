@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import importlib
 import math
 from bisect import bisect_left
 from collections import defaultdict
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.harness import journal
-from bench.harness.grid import Timing
+from bench.harness.presets import Timing
 from bench.harness.timing import WARMUP_CALLS, rounds_for
 from impls import DENSE_METHODS, FUSED_BASE, HOLLOW_METHODS, HollowSpec
 
@@ -251,18 +250,18 @@ def run_order(candidates: list[Candidate], rank: Mapping[str, tuple] | None = No
 
 
 def candidates(settings, devices: Mapping[str, tuple[str, ...]]) -> list[Candidate]:
-    """Every runnable point of every workload (bench/test_<name>.py) for ``settings`` on
-    ``devices`` (backend -> devices), as pytest would collect them: a plan made without a
-    sweep, e.g. for a machine this one is not."""
+    """Every runnable point of every workload (bench/workloads/, run by bench/test_<name>.py)
+    for ``settings`` on ``devices`` (backend -> devices), as pytest would collect them: a plan
+    made without a sweep, e.g. for a machine this one is not."""
+    from bench.workloads import workload as named
+
     found = []
     for name in WORKLOAD_ORDER:
-        module = importlib.import_module(f"bench.test_{name}")
-        workload = module.WORKLOAD
+        workload = named(name)
         for p in workload.points(settings, dict(devices)):
             if workload.unavailable(p) is None:
                 nodeid = f"bench/test_{name}.py::test_{name}[{p.id}]"
-                params = dict(zip(workload.point_type.param_names(), p.params, strict=True))
-                found.append(Candidate(nodeid, workload.name, p, params))
+                found.append(Candidate(nodeid, workload.name, p, p.param_dict()))
     return found
 
 

@@ -1,18 +1,24 @@
 """Timing you can trust on a busy machine: calibration, the noise test and one re-measurement.
 
-Every point is timed through here (:meth:`Sweep._measure <bench.harness.sweep.Sweep._measure>`):
-the median of a few warm-up calls sets the rounds (:func:`warm_up`, :func:`rounds_for`); a
-measurement is noisy when a robust spread figure passes :data:`RULE`, or when the process's
-threads waited for cores that other processes held (other work can make torch's OpenMP threads
-uniformly 100x slower, which no spread figure sees; XLA's thread pool, alone on the machine,
-keeps more threads runnable than there are cores, which is no noise); a noisy point is timed
-once more and the quieter measurement kept (:func:`measure`). The thresholds live in
-:data:`RULE` only; :func:`rule_text` words them, and SCHEMA.md and the README quote that text.
+Every point is timed through here (:meth:`Sweep.run <bench.harness.sweep.Sweep.run>`), by our
+own clock (:data:`CLOCK`, ``time.perf_counter`` around synchronised calls): the median of a few
+warm-up calls sets the rounds (:func:`warm_up`, :func:`rounds_for`); a measurement is noisy
+when a robust spread figure passes :data:`RULE`, or when the process's threads waited for cores
+that other processes held (other work can make torch's OpenMP threads uniformly 100x slower,
+which no spread figure sees; XLA's thread pool, alone on the machine, keeps more threads
+runnable than there are cores, which is no noise); a noisy point is timed once more and the
+quieter measurement kept (:func:`measure`). The thresholds live in :data:`RULE` only;
+:func:`rule_text` words them, and SCHEMA.md and the README quote that text.
+
+pytest-benchmark records one measurement per test (``benchmark.pedantic``, once), and which of
+ours is kept is known only after both, so the kept one is handed to it afterwards through its
+public API (:func:`hand_over`): ``pedantic`` reads the harness's clock (the ``timer`` option of
+its ``benchmark`` mark, :data:`MARK`), which gives it the kept rounds' seconds, one round each.
+tests/test_pytest_benchmark.py pins every pytest-benchmark behaviour this relies on.
 """
 
 from __future__ import annotations
 
-import gc
 import math
 import statistics
 import time
@@ -21,8 +27,11 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from bench.harness import telemetry
-from bench.harness.grid import Timing
+from bench.harness.presets import Timing
+from bench.schema import STATS
 
 WARMUP_CALLS = 5  # calibration calls after the first, at most
 WARMUP_MIN_CALLS = 3  # ... and at least, unless their time reaches the budget
@@ -175,7 +184,6 @@ def _disturb(disturb: Disturb | None, phase: str, index: int) -> None:
 
 
 def measure(
-    benchmark,
     call: Callable[[], Any],
     rounds: int,
     timing: Timing,
@@ -186,11 +194,11 @@ def measure(
     sleep: Callable[[float], None] = time.sleep,
     deadline: float | None = None,
 ) -> Outcome:
-    """Time ``call`` for ``rounds`` rounds through ``benchmark.pedantic``; if noisy, pause, time
-    it once more and keep the quieter (its data become pytest-benchmark's stats). ``probe()``
-    wraps each measurement, filling ``Measurement.extra`` (energy). No re-measurement that
-    would likely pass ``deadline`` (perf_counter s): a noisy point beats a time-out."""
-    first = _measured(probe, lambda: _pedantic(benchmark, call, rounds, disturb))
+    """Time ``call`` for ``rounds`` rounds; if noisy, pause, time it once more (recalibrated
+    from the first median) and keep the quieter. ``probe()`` wraps each measurement, filling
+    ``Measurement.extra`` (energy). No re-measurement that would likely pass ``deadline``
+    (perf_counter s): a noisy point beats a time-out."""
+    first = _measured(probe, lambda: _time_rounds(call, rounds, disturb, "timed"))
     outcome = Outcome([first], 0, rule)
     if not failures(first.figures(), rule):
         return outcome
@@ -199,11 +207,9 @@ def measure(
     sleep(rule.pause_s)
     again_rounds = rounds_for(first.figures()["median_s"], timing)
     limit_s = AGAIN_MAX_BUDGETS * timing.budget_s
-    second = _measured(probe, lambda: _time_rounds(benchmark, call, again_rounds, disturb, limit_s))
+    second = _measured(probe, lambda: _time_rounds(call, again_rounds, disturb, "again", limit_s))
     outcome.measurements.append(second)
     outcome.kept = quieter(first, second, rule)
-    if outcome.kept == 1:  # the same Metadata: the JSON and the session see only the kept one
-        benchmark.stats.stats = _stats(second.data)
     return outcome
 
 
@@ -226,43 +232,79 @@ def _measured(probe, take: Callable[[], list[float]]) -> Measurement:
     return Measurement(data, share, dict(extra), others)
 
 
-def _pedantic(benchmark, call, rounds: int, disturb: Disturb | None) -> list[float]:
-    index = iter(range(rounds))
-
-    def timed():
-        _disturb(disturb, "timed", next(index))
-        return call()
-
-    # pytest-benchmark times only the target's own call, so the hook's sleep counts (that is
-    # the injected noise), and nothing else of ours does.
-    benchmark.pedantic(timed if disturb else call, rounds=rounds, iterations=1)
-    return list(benchmark.stats.stats.data)
-
-
 def _time_rounds(
-    benchmark, call, rounds: int, disturb: Disturb | None, limit_s: float
+    call, rounds: int, disturb: Disturb | None, phase: str, limit_s: float | None = None
 ) -> list[float]:
-    """``rounds`` timed calls as pedantic makes them (its timer and gc setting; pedantic cannot
-    be called twice); fewer once at least 3 rounds took ``limit_s``."""
-    options = getattr(benchmark.stats, "options", {}) or {}
-    timer = options.get("timer") or time.perf_counter
-    timer = getattr(timer, "target", timer)  # pytest-benchmark may wrap it in a NameWrapper
+    """``rounds`` calls, each timed alone by :data:`CLOCK` (the disturbance hook's sleep, called
+    inside, counts: that is the injected noise); fewer once at least 3 rounds took
+    ``limit_s``."""
     data = []
-    gc_was_enabled = gc.isenabled()
-    if options.get("disable_gc"):
-        gc.disable()
-    try:
-        for index in range(rounds):
-            _disturb(disturb, "again", index)
-            start = timer()
-            call()
-            data.append(timer() - start)
-            if len(data) >= 3 and sum(data) >= limit_s:
-                break
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    for index in range(rounds):
+        start = CLOCK()
+        _disturb(disturb, phase, index)
+        call()
+        data.append(CLOCK() - start)
+        if limit_s is not None and len(data) >= 3 and sum(data) >= limit_s:
+            break
     return data
+
+
+class Clock:
+    """The harness's clock: ``time.perf_counter``, except while :func:`hand_over` has it read
+    out a measurement taken before (each round's start, 0.0, then its seconds)."""
+
+    __name__ = "hollowbench_clock"  # what pytest-benchmark's JSON names its timer
+
+    def __init__(self):
+        self._readings: list[float] | None = None
+
+    def __call__(self) -> float:
+        if self._readings is None:
+            return time.perf_counter()
+        if not self._readings:
+            raise RuntimeError("pytest-benchmark read the clock more than twice a round")
+        return self._readings.pop()
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+
+CLOCK = Clock()
+# On every sweep point (conftest adds it): pytest-benchmark's documented per-test option
+# ``timer``, so that ``benchmark.pedantic`` reads CLOCK.
+MARK = pytest.mark.benchmark(timer=CLOCK)
+
+
+def hand_over(benchmark, data: list[float]) -> None:
+    """Give pytest-benchmark the kept measurement, ``data`` (seconds per round), through its
+    public API: ``benchmark.pedantic(rounds=len(data), iterations=1)`` of a call already
+    timed, whose clock (the test's ``timer``, :data:`MARK`) reads each round's seconds. Raises
+    if pytest-benchmark did not read the clock exactly twice a round (no MARK on the test, or
+    a release that times otherwise): its stats would not be ours."""
+    readings = [value for seconds in data for value in (0.0, seconds)]
+    CLOCK._readings = readings[::-1]
+    try:
+        benchmark.pedantic(_timed_before, rounds=len(data), iterations=1, warmup_rounds=0)
+        left = len(CLOCK._readings)
+    finally:
+        CLOCK._readings = None
+    if left:
+        raise RuntimeError(
+            f"pytest-benchmark read the harness's clock {len(readings) - left} times for "
+            f"{len(data)} rounds, not twice a round: mark the test with "
+            "bench.harness.timing.MARK (its benchmark timer)"
+        )
+
+
+def _timed_before() -> None:
+    """The call :func:`hand_over` gives ``pedantic``: the rounds were timed already."""
+
+
+def summary(data: list[float]) -> dict[str, Any]:
+    """The journal's ``stats`` of a measurement: pytest-benchmark's figures of ``data``
+    (seconds per round, one call each), as its JSON has them."""
+    stats = _stats(data)
+    return {key: getattr(stats, key) for key in (*STATS, "rounds", "ops")} | {"iterations": 1}
 
 
 def _stats(data: list[float]):

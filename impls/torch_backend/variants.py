@@ -1,6 +1,6 @@
 """A torch step run as one of its variants (``impls.VARIANTS``): as written, captured whole in
 one CUDA graph, compiled by torch.compile, or as written with tau's k = 1 value and tangent in
-fused Triton kernels. JAX steps have one variant, jit (``JaxBackend.compile_step``).
+fused Triton kernels. JAX's variants, jit and pallas, are ``JaxBackend.compile_step``'s.
 """
 
 from __future__ import annotations

@@ -7,17 +7,25 @@ max |error| (exact methods), or the std across ``SEEDS`` probe seeds over the me
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-from bench.harness.grid import Grid, Point, expand, variant_unavailable
-from bench.harness.sweep import Sweep, Task
-from bench.harness.workload import Workload, attrs, reference_backend, spec_info
+from bench.harness.case import Case, Task
+from bench.workloads.base import PointBase, Workload, attrs, reference_backend, spec_info
 from impls import (
+    DEFAULT_VARIANT,
     ESTIMATORS,
+    EXACT_METHODS,
+    FUSED_VARIANTS,
+    HOLLOW_METHODS,
+    METHODS,
     STOCHASTIC_METHODS,
+    VARIANTS,
     HollowSpec,
     MLPSpec,
     flop_matched_mlp,
@@ -36,6 +44,127 @@ STEP = "value_and"
 INFO_FIELDS = ("workload", "method", "variant", "model", "d", "batch", "k", "n_probes", "n_matvecs",
                "mode")  # fmt: skip
 
+# The methods other variants apply to: the exact hollow ones and the estimator they must beat.
+VARIANT_METHODS = (*HOLLOW_METHODS, "hutchinson")
+# The one point shape the fused variants change: tau's value and tangent, k = 1.
+FUSED_METHOD, FUSED_K = "hollow_forward", 1
+# Methods whose train step is one ordinary backward (value and tangent carried by hand), the
+# only train steps torch.compile takes: AOTAutograd cannot differentiate twice.
+COMPILE_TRAIN_METHODS = ("hollow_forward",)
+
+# The pytest parameters of every point, in id order; they also become the JSON's ``params``.
+PARAM_NAMES = (
+    "backend", "device", "method", "model", "d", "batch", "k", "mode", "n_probes", "variant",
+    "n_matvecs",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Point(PointBase):
+    """One benchmark: ``method`` computing ``workload`` (D_dim^k or the divergence) of ``model``
+    at dimension ``d`` on a (batch, d) input, alone (eval) or inside a training step (train)."""
+
+    workload: str
+    backend: str
+    device: str
+    method: str
+    model: str
+    d: int
+    batch: int
+    k: int
+    mode: str
+    n_probes: int | None = None
+    variant: str = ""  # "": the backend's default
+    n_matvecs: int | None = None  # the matrix-vector budget of Hutch++, XTrace, XDiag
+
+    PARAMS: ClassVar[tuple[str, ...]] = PARAM_NAMES
+
+    def __post_init__(self):
+        if not self.variant:
+            object.__setattr__(self, "variant", DEFAULT_VARIANT.get(self.backend, ""))
+
+    @property
+    def label(self) -> str:
+        """The method as the results name it: ``hollow``, or ``hollow+cudagraph`` for a
+        variant other than the backend's default, so the default's figure stays apart."""
+        default = self.variant == DEFAULT_VARIANT.get(self.backend)
+        return self.method if default else f"{self.method}+{self.variant}"
+
+    @property
+    def id(self) -> str:
+        probes = f"-m{self.n_probes}" if self.n_probes is not None else ""
+        budget = f"-mv{self.n_matvecs}" if self.n_matvecs is not None else ""
+        return (
+            f"{self.backend}-{self.device}-{self.model}-{self.label}{probes}{budget}"
+            f"-d{self.d}-b{self.batch}-k{self.k}-{self.mode}"
+        )
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What a test module benchmarks: its workload, the methods that apply, and its k values
+    (None: take them from ``--bench-k`` / the preset)."""
+
+    workload: str
+    methods: tuple[str, ...]
+    ks: tuple[int, ...] | None = None
+
+
+def variant_applies(p: Point) -> bool:
+    """Whether ``p.variant`` can run ``p`` at all (see VARIANTS): these are not limits to
+    lift, so such points are never generated."""
+    if p.variant == DEFAULT_VARIANT[p.backend]:
+        return True
+    if p.variant in FUSED_VARIANTS:
+        return p.method == FUSED_METHOD and p.k == FUSED_K
+    if p.method not in VARIANT_METHODS:
+        return False
+    if p.variant == "cudagraph":
+        return p.device.startswith("cuda")
+    return p.mode == "eval" or p.method in COMPILE_TRAIN_METHODS  # compile
+
+
+def variant_unavailable(p: Point) -> str | None:
+    """Why ``p``'s variant cannot run it on this machine (a fused kernel off a GPU, a kernel
+    package missing), or None: such points are generated and skipped with the reason."""
+    if p.variant not in FUSED_VARIANTS:
+        return None
+    if not p.device.startswith("cuda"):
+        return f"the {p.variant} variant needs a GPU; the interpreter is for tests"
+    if p.variant == "triton" and importlib.util.find_spec("triton") is None:
+        return "the triton variant needs the triton package (the kernels extra)"
+    return None
+
+
+def expand(grid: Grid, settings, devices: dict[str, tuple[str, ...]]) -> list[Point]:
+    """Every point of ``grid`` on the axes of ``settings`` (``devices``: backend -> devices), in
+    a stable order, but those a limit excludes or a variant cannot run. Stochastic methods take
+    k = 1 only: Hutchinson each ``n_probes``, the other estimators each ``n_matvecs``."""
+    limits, variants = tuple(settings.preset.limits), set(settings.variants)
+    wanted = [m for m in grid.methods if m in set(settings.methods)]
+    ks = grid.ks if grid.ks is not None else tuple(settings.ks)
+    points = []
+    for backend, backend_devices in devices.items():
+        mine = [v for v in VARIANTS[backend] if v in variants]
+        axes = itertools.product(
+            backend_devices, settings.models, wanted, mine, settings.modes,
+            sorted(set(settings.dims)), settings.batches, ks,
+        )  # fmt: skip
+        for device, model, method, variant, mode, d, batch, k in axes:
+            # Hollow methods need the HollowNet; the baselines take any model.
+            hollow_off_hollownet = method in HOLLOW_METHODS and model != "hollownet"
+            if hollow_off_hollownet or (method in STOCHASTIC_METHODS and k != 1):
+                continue
+            probes = settings.n_probes if method == "hutchinson" else (None,)
+            budgets = settings.n_matvecs if method in ESTIMATORS else (None,)
+            for m, n in itertools.product(probes, budgets):
+                p = Point(
+                    grid.workload, backend, device, method, model, d, batch, k, mode, m, variant, n
+                )
+                if variant_applies(p) and not any(limit.excludes(p) for limit in limits):
+                    points.append(p)
+    return points
+
 
 class OperatorWorkload(Workload):
     """divergence or ddim: ``methods`` over the grid of the settings' axes (``ks``: the
@@ -49,20 +178,29 @@ class OperatorWorkload(Workload):
     def points(self, settings, devices: dict[str, tuple[str, ...]]) -> list[Point]:
         return expand(self.grid, settings, devices)
 
-    def point(self, params: dict[str, Any]) -> Point:
-        return Point(self.name, **params)
-
     def unavailable(self, point: Point) -> str | None:
         return variant_unavailable(point)
 
-    def run(self, sweep: Sweep, benchmark, point: Point) -> None:
+    def case(self, sweep, point: Point) -> Case:
         backend = sweep.backend(point.backend, point.device)
         spec = model_spec(point.model, point.d)
-        benchmark.group = f"{point.workload} d={point.d} b={point.batch} k={point.k} {point.mode}"
         info = attrs(point, *INFO_FIELDS)
         info |= {"step": STEP if point.mode == "train" else None, **spec_info(spec)}
-        task = lambda: make_task(sweep, backend, spec, point)  # noqa: E731
-        sweep.run(benchmark, backend, task, info, need_bytes=predict_bytes(spec, point))
+        return Case(
+            backend,
+            lambda: make_task(sweep, backend, spec, point),
+            info,
+            need_bytes=predict_bytes(spec, point),
+            group=f"{point.workload} d={point.d} b={point.batch} k={point.k} {point.mode}",
+            params=point.param_dict(),
+        )
+
+
+# The divergence sum_i df_i/dx_i: every method, on the HollowNet and its matched MLPs.
+DIVERGENCE = OperatorWorkload("divergence", METHODS, ks=(1,))
+# D_dim^k f = [d^k f_i / dx_i^k]_i, k from ``--bench-k`` / the preset: the exact methods, and
+# XDiag (k = 1) at each matrix-vector budget (Hutchinson's variance: the divergence's).
+DDIM = OperatorWorkload("ddim", (*EXACT_METHODS, "xdiag"))
 
 
 def model_spec(model: str, d: int) -> ModelSpec:
@@ -82,7 +220,7 @@ def data(batch: int, d: int, dtype: str) -> np.ndarray:
     return np.random.default_rng(DATA_SEED).standard_normal((batch, d)).astype(dtype)
 
 
-def make_task(sweep: Sweep, backend, spec: ModelSpec, point: Point) -> Task:
+def make_task(sweep, backend, spec: ModelSpec, point: Point) -> Task:
     """Build the model and input of ``point`` and the step the harness times."""
     net = backend.build(spec, seed=MODEL_SEED)
     x_np = data(point.batch, point.d, spec.dtype)
@@ -138,7 +276,7 @@ def _operator(backend, point: Point, with_value: bool = False) -> Callable[..., 
     return lambda net, x, **kw: fn(net, x, k=point.k, method=m, **opts, **kw)
 
 
-def rel_std(sweep: Sweep, backend, net, x, x_np: np.ndarray, point: Point, step, values_of):
+def rel_std(sweep, backend, net, x, x_np: np.ndarray, point: Point, step, values_of):
     """(std across SEEDS probe seeds of the first ROWS rows over the mean |exact|, "rel_std"). A
     pure compiled step (JAX) reruns with each seed's key; torch runs the estimator eagerly."""
     key = ("rel_std", backend.name, backend.device, net.spec, point.workload, point.batch,
@@ -159,7 +297,7 @@ def rel_std(sweep: Sweep, backend, net, x, x_np: np.ndarray, point: Point, step,
     return sweep.memo(key, compute), "rel_std"
 
 
-def _exact(sweep: Sweep, spec: ModelSpec, x_np: np.ndarray, point: Point) -> np.ndarray:
+def _exact(sweep, spec: ModelSpec, x_np: np.ndarray, point: Point) -> np.ndarray:
     """The float64 reference values of ``point`` at the first ROWS rows: (ROWS,) or (ROWS, d).
     Same spec and seed give the same weights in every backend: one reference per model."""
     key = ("reference", spec, point.batch, point.k)

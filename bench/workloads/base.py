@@ -1,6 +1,7 @@
-"""What every workload (divergence, ddim, cnf, ode, sde) declares: a test module's ``WORKLOAD``
-gives conftest its points (:meth:`Workload.points`), rebuilds each from its ``params`` and
-measures it through ``Sweep.run`` (:meth:`Workload.run`); a point keeps one type throughout.
+"""What every workload (divergence, ddim, cnf, ode, sde) declares. A workload only describes:
+its points (:meth:`Workload.points`, built once, at collection) and, for one point, the
+:class:`~bench.harness.case.Case` the sweep runs (:meth:`Workload.case`); the sweep builds,
+compiles, times and records. ``bench/test_<name>.py`` hands pytest its ``WORKLOAD``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
+
+from bench.harness.case import Case
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,10 @@ class PointBase:
     @property
     def params(self) -> tuple:
         return tuple(getattr(self, name) for name in self.param_names())
+
+    def param_dict(self) -> dict[str, Any]:
+        """pytest's ``params`` of the point (the JSON's), by name."""
+        return dict(zip(self.param_names(), self.params, strict=True))
 
     @property
     def id(self) -> str:
@@ -57,15 +64,13 @@ class Workload:
         """The parameters after (backend, device) of every point on ``backend``."""
         raise NotImplementedError
 
-    def point(self, params: dict[str, Any]) -> PointBase:
-        """The point pytest's ``params`` (its parametrized names) stand for."""
-        return self.point_type(**{name: params[name] for name in self.point_type.param_names()})
-
     def unavailable(self, point: PointBase) -> str | None:
         """Why ``point`` cannot run here (a missing optional package), or None."""
         return None
 
-    def run(self, sweep, benchmark, point: PointBase) -> None:
+    def case(self, sweep, point: PointBase) -> Case:
+        """What ``point`` runs, for ``sweep.run`` or a compile-ahead window: describing only
+        (the task factory builds nothing until called)."""
         raise NotImplementedError
 
 

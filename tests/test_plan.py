@@ -61,7 +61,7 @@ def test_most_gpu_costs_come_from_the_journals_not_the_priors():
 
 
 def _point(**fields) -> plan.Candidate:
-    from bench.harness.grid import Point
+    from bench.workloads.operators import Point
 
     p = Point("divergence", "torch", "cpu", fields.pop("method", "hollow"),
               fields.pop("model", "hollownet"), fields.pop("d", 8), 32, 1,
@@ -146,6 +146,7 @@ def _sweep(tmp_path: Path, *args: str, inject: str) -> tuple[dict | None, list[d
     return json.loads(out.read_text()) if out.exists() else None, list(map(json.loads, lines))
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("budget", ["10"])
 def test_a_budgeted_sweep_runs_what_fits_and_records_the_rest(tmp_path, budget):
     result, journal = _sweep(tmp_path, "--bench-budget", budget, inject="delay=1")
@@ -160,6 +161,7 @@ def test_a_budgeted_sweep_runs_what_fits_and_records_the_rest(tmp_path, budget):
     assert result["hollowbench"]["settings"]["sweep_budget_s"] == float(budget)
 
 
+@pytest.mark.sweep
 def test_a_point_still_running_at_the_budgets_end_is_stopped_there(tmp_path):
     # the injected time-out sleeps 201 s, past the per-point limit; the budget stops it first
     args = ("--bench-budget", "8", "--bench-timeout", "100", "--bench-dims", "2")

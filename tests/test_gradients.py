@@ -133,6 +133,89 @@ def test_chunked_value_and_tangent_gradients(backend, spec_name, rng, monkeypatc
     assert np.abs(got_x - want_x).max() < TOL
 
 
+@pytest.mark.parametrize("chunk_rows", [None, 1, 6])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "softplus", "sin"])
+def test_value_and_tangent_every_activation(
+    backend, activation, chunk_rows, rng, monkeypatch, request
+):
+    """The k = 1 node's written-out backward (a' and zt a'' from the saved y and tangent for
+    tanh and sigmoid, from z for the others), in one chunk that keeps its forward's values
+    (None) and in recomputed chunks of one and two dimensions' rows (batch 3): values and
+    every gradient of the fair step equal the dense reference's, time input included."""
+    import dataclasses
+    import importlib
+
+    taylor = importlib.import_module(f"impls.{backend.name}_backend.taylor")
+    monkeypatch.setattr(taylor, "CHUNK_ROWS", chunk_rows)
+    if backend.name == "jax":  # the chunking is fixed at trace time
+        from impls.jax_backend import operators
+
+        operators._compute.clear_cache()
+        request.addfinalizer(operators._compute.clear_cache)
+    spec = dataclasses.replace(SPECS["masked_t"], trans_hidden=(6, 5), activation=activation)
+    net = backend.build(spec, seed=5)
+    x = backend.asarray(rng.standard_normal((3, spec.dim)))
+    opts = call_opts(spec)
+    w = backend.asarray(rng.standard_normal((3,)))
+
+    def fair(n, y):
+        f, div = backend.value_and_divergence(n, y, method="hollow_forward", **opts)
+        return (f * f).sum() + (div * w).sum()
+
+    def fair_ref(n, y):
+        f = n(opts["t"], y)
+        div = reference_ddim(backend, n, y, 1, opts.get("t")).sum(-1)
+        return (f * f).sum() + (div * w).sum()
+
+    got, got_x = _grads(backend, net, fair, x)
+    want, want_x = _grads(backend, net, fair_ref, x)
+    for name in want:
+        assert np.abs(got[name] - want[name]).max() < TOL, f"d/d{name} differs"
+    assert np.abs(got_x - want_x).max() < TOL
+
+
+def test_torch_compiled_value_and_tangent_matches_eager(rng):
+    """torch.compile traces the k = 1 node, forward and written-out backward: the compiled
+    fair step's loss and gradients equal the eager step's."""
+    torch = pytest.importorskip("torch")
+    backend = backend_or_skip("torch")
+    spec = SPECS["masked"]
+    net = backend.build(spec, seed=4)
+    x = backend.asarray(rng.standard_normal((3, spec.dim)))
+
+    def step(n, y):
+        n.zero_grad(set_to_none=True)
+        f, div = backend.value_and_divergence(n, y, method="hollow_forward")
+        loss = (f * f).sum() + div.sum()
+        loss.backward()
+        return loss.detach()
+
+    want = step(net, x)
+    want_g = {k: p.grad.clone() for k, p in net.params.items() if p.grad is not None}
+    got = torch.compile(step, dynamic=False)(net, x)
+    assert abs(float(got - want)) < TOL
+    for k, g in want_g.items():
+        assert float((net.params[k].grad - g).abs().max()) < TOL, k
+
+
+def test_chunk_rows_one_chunk_off_the_cpu(monkeypatch):
+    """Issue 24, finding 8: a GPU gets one chunk whatever CHUNK_ROWS says (a chunk loop
+    there launches thousands of kernels, and torch.compile unrolls it); a CPU CHUNK_ROWS."""
+    torch = pytest.importorskip("torch")
+    from impls.torch_backend import taylor
+
+    monkeypatch.setattr(taylor, "CHUNK_ROWS", 4096)
+    assert taylor.chunk_rows(torch.device("cuda", 0), 1 << 20) == 1 << 20
+    assert taylor.chunk_rows(torch.device("cpu"), 1 << 20) == 4096
+    monkeypatch.setattr(taylor, "CHUNK_ROWS", None)
+    assert taylor.chunk_rows(torch.device("cpu"), 1 << 20) == 1 << 20
+    jnp = pytest.importorskip("jax.numpy")
+    from impls.jax_backend import taylor as jtaylor
+
+    monkeypatch.setattr(jtaylor, "CHUNK_ROWS", 4096)
+    assert jtaylor.chunk_rows(jnp.zeros(2), 1 << 20) == 4096  # a CPU array
+
+
 @pytest.mark.parametrize("method", EXACT_METHODS)
 def test_divergence_gradients(backend, method, rng):
     spec = SPECS["made"]

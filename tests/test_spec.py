@@ -48,6 +48,27 @@ def test_init_is_deterministic_and_seeded():
     assert np.all(a["cond0_w"][np.arange(d), np.arange(d)] == 0)
 
 
+def test_init_is_cached_and_read_only(backend):
+    """init_params is cached by (spec, seed) and hands out read-only arrays; a model built from
+    them owns copies, so training it (in float64, where a shared buffer would be possible)
+    leaves the cache untouched."""
+    spec = SPECS["masked"]
+    a, b = init_params(spec, 3), init_params(spec, 3)
+    assert a is not b and all(a[n] is b[n] for n in a)
+    assert not any(v.flags.writeable for v in a.values())
+    with pytest.raises(ValueError, match="read-only"):
+        a["tau0_w"][0, 0] = 1.0
+    before = {n: v.copy() for n, v in a.items()}
+    net = backend.build(spec, seed=3)
+    if backend.name == "torch":
+        import torch
+
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(1.0)
+    assert all(np.array_equal(init_params(spec, 3)[n], before[n]) for n in before)
+
+
 @pytest.mark.parametrize("direction", ["fwd", "rev"])
 def test_made_masks_are_strictly_ordered(direction):
     spec = HollowSpec(dim=5, conditioner="made", cond_hidden=(2, 3), d_h=2, time_dependent=True)

@@ -57,16 +57,19 @@ def _activation(name: str, act, z: Series, k: int) -> Series:
     return _taylor.activation(name, act, z, k, jnp.cos, sigmoid_series)
 
 
-# --- k = 1 in cache-sized chunks ---------------------------------------------------------------
+# --- k = 1, written out forward and backward ---------------------------------------------------
 #
-# tau's activations are 64 wide over batch * dim rows: at d = 128 and batch 512 each is 16 MB,
-# and autodiff of the step above streams a dozen of them through memory per layer. On a CPU
-# that traffic, not the matmuls, is the cost. ``value_and_tangent`` runs the same maths over
-# chunks of ``CHUNK_ROWS`` rows, and its custom VJP recomputes each chunk's forward and takes
-# its backward while the chunk is still in cache: one more forward's FLOPs, a fraction of the
-# bytes. (On a GPU the same role falls to a fused kernel.)
+# The torch backend's ``value_and_tangent``, the same algorithm: one custom VJP whose backward
+# gets a'(z) and a''(z) from the saved a(z) and tangent (tanh: s = 1 - y^2, zt a'' = -2 y tan)
+# and whose weight gradients are plain 2-D GEMMs over rows (rows x features). Rows run in
+# chunks of :func:`chunk_rows`: with one chunk (a GPU, or a CPU where it pays) the forward
+# keeps each layer's (y, tan) as residuals; with several, the forward is a ``lax.map`` over the
+# chunks and the backward a ``lax.scan`` that recomputes each chunk (remat by hand) and takes
+# its backward while it is still in cache.
 
-CHUNK_ROWS = 4096
+# Rows per chunk on a CPU; None: one chunk. Chosen by measurement (the issue-26 report): on
+# 2-core CPUs with 1-2 MB of L2 per core the recomputing chunks did not pay.
+CHUNK_ROWS: int | None = None
 
 # y = a(z) and its first two derivatives s = a'(z), s2 = a''(z), from z (and y).
 _DERIVS = {
@@ -78,13 +81,32 @@ _DERIVS = {
     ),
     "sin": lambda z, y: (jnp.cos(z), -y),
 }
+# Activations whose a' and zt a'' are functions of y = a(z) and tan = a'(z) zt: the backward
+# needs only (y, tan): (a', zt a'') from them.
+_FROM_Y = {
+    "tanh": lambda y, tan: (1 - y * y, -2 * y * tan),
+    "sigmoid": lambda y, tan: (y * (1 - y), (1 - 2 * y) * tan),
+}
+
+
+def chunk_rows(x: jax.Array, rows: int) -> int:
+    """Rows per chunk of ``rows``: all of them off a CPU (a loop of chunks on a GPU launches
+    thousands of kernels), else CHUNK_ROWS. The platform is x's, or under a trace the default
+    backend's."""
+    if isinstance(x, jax.core.Tracer):
+        on_cpu = jax.default_backend() == "cpu"
+    else:
+        on_cpu = all(d.platform == "cpu" for d in x.devices())
+    if not on_cpu or CHUNK_ROWS is None:
+        return rows
+    return max(1, min(CHUNK_ROWS, rows))
 
 
 def value_and_tangent(
     net, x: jax.Array, h: jax.Array, t: jax.Array | None
 ) -> tuple[jax.Array, jax.Array]:
-    """(tau, d tau / dx_i) at h held fixed, each (batch, dim): :func:`jet` for k = 1, run in
-    cache-sized chunks of rows with a backward that recomputes each chunk."""
+    """(tau, d tau / dx_i) at h held fixed, each (batch, dim): :func:`jet` for k = 1 as one
+    custom VJP, over chunks of :func:`chunk_rows` rows."""
     spec = net.spec
     if not spec.trans_hidden:  # an affine tau: nothing to chunk
         return tuple(jet(net, x, h, t, 1))
@@ -96,7 +118,7 @@ def value_and_tangent(
         if t is None
         else jnp.broadcast_to(jnp.reshape(t, (-1,)), (batch,))
     )
-    per = max(1, CHUNK_ROWS // batch)
+    per = max(1, chunk_rows(x, batch * dim) // batch)
     c = max(j for j in range(1, min(per, dim) + 1) if dim % j == 0)  # dims per chunk
     hd = jnp.swapaxes(h, 0, 1)  # (dim, batch, d_h): tau's row order
     f, deriv = _chunked(spec.activation, c, t is not None, layers, hd, x.T, tv)
@@ -104,7 +126,8 @@ def value_and_tangent(
 
 
 def _chunk_forward(act_name, act, has_t, layers, hc, xc, tv, keep):
-    """One chunk's rows: (f, D) and, if ``keep``, each hidden layer's (y, t, s, s2, zt)."""
+    """One chunk's rows: (f, D) and, if ``keep``, each hidden layer's saved values: (y, tan)
+    for tanh and sigmoid, (z, y, zt) for the others."""
     c, batch, d_h = hc.shape
     rows = c * batch
     w0, b0 = layers[0]
@@ -115,12 +138,47 @@ def _chunk_forward(act_name, act, has_t, layers, hc, xc, tv, keep):
     saved = []
     for w, b in layers[1:]:
         y = act(z)
-        s, s2 = _DERIVS[act_name](z, y)
-        tan = s * zt
-        if keep:
-            saved.append((y, tan, s, s2, zt))
+        if act_name in _FROM_Y:
+            tan = (1 - y * y if act_name == "tanh" else y * (1 - y)) * zt
+            saved.append((y, tan))
+        else:
+            tan = _DERIVS[act_name](z, y)[0] * zt
+            saved.append((z, y, zt))
         z, zt = y @ w + b, tan @ w
-    return z[:, 0].reshape(c, batch), zt[:, 0].reshape(c, batch), saved
+    return z[:, 0].reshape(c, batch), zt[:, 0].reshape(c, batch), (saved if keep else [])
+
+
+def _chunk_backward(act_name, has_t, layers, saved, hc, xc, tv, gfc, gdc):
+    """One chunk's (weight grads as layers' pairs, g_tv, g_h, g_x) from its saved values."""
+    cc, batch, d_h = hc.shape
+    rows = cc * batch
+    gz, gzt = gfc.reshape(rows, 1), gdc.reshape(rows, 1)
+    grads = [None] * len(layers)
+    for j in range(len(layers) - 1, 0, -1):
+        w, _ = layers[j]
+        if act_name in _FROM_Y:
+            y, tan = saved[j - 1]
+            s, zt_s2 = _FROM_Y[act_name](y, tan)
+        else:
+            z, y, zt = saved[j - 1]
+            s, s2 = _DERIVS[act_name](z, y)
+            tan, zt_s2 = s * zt, zt * s2
+        grads[j] = (y.T @ gz + tan.T @ gzt, gz.sum(0))
+        gy, gt = gz @ w.T, gzt @ w.T
+        gz, gzt = s * gy + zt_s2 * gt, s * gt
+    w0, _ = layers[0]
+    hr, xr = hc.reshape(rows, d_h), xc.reshape(rows, 1)
+    gw0 = jnp.zeros_like(w0)
+    gw0 = gw0.at[1 : 1 + d_h].set(hr.T @ gz)
+    gw0 = gw0.at[0].set((xr.T @ gz)[0] + gzt.sum(0))
+    g_tv = jnp.zeros_like(tv)
+    if has_t:
+        gw0 = gw0.at[1 + d_h].set(jnp.tile(tv, cc) @ gz)
+        g_tv = (gz @ w0[1 + d_h]).reshape(cc, batch).sum(0)
+    grads[0] = (gw0, gz.sum(0))
+    g_h = (gz @ w0[1 : 1 + d_h].T).reshape(cc, batch, d_h)
+    g_x = (gz @ w0[0]).reshape(cc, batch)
+    return tuple(grads), g_tv, g_h, g_x
 
 
 def _chunks(a, c):
@@ -140,6 +198,10 @@ def _act(act_name):
 
 def _chunked_fwd(act_name, c, has_t, layers, hd, xt, tv):
     act = _act(act_name)
+    dim, batch = xt.shape
+    if c == dim:  # one chunk: keep the saved values as residuals instead of recomputing
+        f, deriv, saved = _chunk_forward(act_name, act, has_t, layers, hd, xt, tv, keep=True)
+        return (f, deriv), (layers, hd, xt, tv, saved)
 
     def one(args):
         hc, xc = args
@@ -147,43 +209,26 @@ def _chunked_fwd(act_name, c, has_t, layers, hd, xt, tv):
         return f, deriv
 
     f, deriv = jax.lax.map(one, (_chunks(hd, c), _chunks(xt, c)))
-    dim, batch = xt.shape
-    return (f.reshape(dim, batch), deriv.reshape(dim, batch)), (layers, hd, xt, tv)
+    return (f.reshape(dim, batch), deriv.reshape(dim, batch)), (layers, hd, xt, tv, None)
 
 
 def _chunked_bwd(act_name, c, has_t, residuals, cotangents):
-    layers, hd, xt, tv = residuals
+    layers, hd, xt, tv, saved = residuals
     gf_all, gd_all = cotangents
+    if saved is not None:
+        grads, g_tv, g_h, g_x = _chunk_backward(
+            act_name, has_t, layers, saved, hd, xt, tv, gf_all, gd_all
+        )
+        return grads, g_h, g_x, g_tv
     act = _act(act_name)
-    d_h = hd.shape[-1]
 
     def one(carry, args):
         grads, g_tv = carry
         hc, xc, gfc, gdc = args
-        cc, batch = xc.shape
-        rows = cc * batch
-        _, _, saved = _chunk_forward(act_name, act, has_t, layers, hc, xc, tv, keep=True)
-        gz, gzt = gfc.reshape(rows, 1), gdc.reshape(rows, 1)
-        new = list(grads)
-        for j in range(len(layers) - 1, 0, -1):
-            y, tan, s, s2, zt = saved[j - 1]
-            w, _ = layers[j]
-            gw, gb = new[j]
-            new[j] = (gw + y.T @ gz + tan.T @ gzt, gb + gz.sum(0))
-            gy, gt = gz @ w.T, gzt @ w.T
-            gz, gzt = gy * s + gt * zt * s2, gt * s
-        w0, _ = layers[0]
-        hr, xr = hc.reshape(rows, d_h), xc.reshape(rows, 1)
-        gw0, gb0 = new[0]
-        gw0 = gw0.at[1 : 1 + d_h].add(hr.T @ gz)
-        gw0 = gw0.at[0].add((xr.T @ gz)[0] + gzt.sum(0))
-        if has_t:
-            gw0 = gw0.at[1 + d_h].add(jnp.tile(tv, cc) @ gz)
-            g_tv = g_tv + (gz @ w0[1 + d_h]).reshape(cc, batch).sum(0)
-        new[0] = (gw0, gb0 + gz.sum(0))
-        g_h = (gz @ w0[1 : 1 + d_h].T).reshape(cc, batch, d_h)
-        g_x = (gz @ w0[0]).reshape(cc, batch)
-        return (tuple(new), g_tv), (g_h, g_x)
+        _, _, kept = _chunk_forward(act_name, act, has_t, layers, hc, xc, tv, keep=True)
+        new, gtv, g_h, g_x = _chunk_backward(act_name, has_t, layers, kept, hc, xc, tv, gfc, gdc)
+        grads = jax.tree.map(jnp.add, grads, new)
+        return (grads, g_tv + gtv), (g_h, g_x)
 
     zeros = tuple((jnp.zeros_like(w), jnp.zeros_like(b)) for w, b in layers)
     xs = (_chunks(hd, c), _chunks(xt, c), _chunks(gf_all, c), _chunks(gd_all, c))

@@ -33,7 +33,8 @@ class _Model(nn.Module):
         dtype = getattr(torch, spec.dtype)
         self.params = nn.ParameterDict(
             {
-                name: nn.Parameter(torch.as_tensor(value, dtype=dtype, device=device))
+                # torch.tensor copies: init_params' arrays are shared and read-only.
+                name: nn.Parameter(torch.tensor(value, dtype=dtype, device=device))
                 for name, value in init_params(spec, seed).items()
             }
         )

@@ -67,29 +67,40 @@ def _activation(name: str, act, z: Series, k: int) -> Series:
     return _taylor.activation(name, act, z, k, torch.cos, sigmoid_series)
 
 
-# --- k = 1 in cache-sized chunks ---------------------------------------------------------------
+# --- k = 1, written out forward and backward ---------------------------------------------------
 #
-# tau's activations are 64 wide over batch * dim rows: at d = 128 and batch 512 each is 16 MB,
-# and autograd of the step above streams a dozen of them through memory per layer. On a CPU
-# that traffic, not the matmuls, is the cost. ``value_and_tangent`` runs the same maths over
-# chunks of ``CHUNK_ROWS`` rows, and its backward recomputes each chunk's forward and takes its
-# backward while the chunk is still in cache: one more forward's FLOPs, a fraction of the
-# bytes. The JAX backend's ``value_and_tangent`` is the same algorithm.
+# tau's activations are 64 wide over batch * dim rows: at d = 128 and batch 512 each is 16 MB.
+# ``value_and_tangent`` runs :func:`jet`'s k = 1 maths as one autograd node whose backward is
+# written out, with the fewest elementwise passes: forward, per hidden layer, a(z) and the
+# tangent a'(z) * zt in one ``tanh_backward``-style op each; backward, a'(z) and a''(z) from the
+# saved a(z) and tangent (tanh: s = 1 - y^2, zt a'' = -2 y tan). Rows run in chunks of
+# :func:`chunk_rows`: with one chunk (a GPU, or a CPU where it pays) the forward keeps each
+# layer's (y, tan) for the backward; with several, the backward recomputes each chunk's forward
+# and takes its backward while the chunk is still in cache (one more forward's FLOPs, a fraction
+# of the bytes). The JAX backend's ``value_and_tangent`` is the same algorithm.
 
-CHUNK_ROWS = 4096
+# Rows per chunk on a CPU; None: one chunk. Chosen by measurement (bench/perf_check.py and the
+# issue-26 report): on 2-core CPUs with 1-2 MB of L2 per core the recomputing chunks never paid,
+# since eager dispatch and the extra forward cost more than the traffic they save.
+CHUNK_ROWS: int | None = None
 
 
-def _tanh(z: torch.Tensor) -> torch.Tensor:
-    """tanh(z) as 2 sigmoid(2z) - 1: on this project's CPUs torch's sigmoid kernel runs about
-    10x faster than its tanh, and the chunks below take no gradient through it (their backward
-    is written out). Within a unit in the last place of 1 of torch.tanh."""
-    return torch.sigmoid(2 * z).mul_(2).sub_(1)
+def chunk_rows(device: torch.device, rows: int) -> int:
+    """Rows per chunk of ``rows`` on ``device``: all of them on a GPU (one launch per op; a
+    chunk loop would launch thousands and torch.compile would unroll it), else CHUNK_ROWS."""
+    if device.type != "cpu" or CHUNK_ROWS is None:
+        return rows
+    return max(1, min(CHUNK_ROWS, rows))
+
+
+# Activations whose a' and a''/a' are functions of y = a(z): the backward needs only (y, tan).
+_FROM_Y = ("tanh", "sigmoid")
 
 
 def _derivs(name: str, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(a'(z), a''(z)) for y = a(z)."""
     if name == "tanh":
-        s = torch.addcmul(torch.ones_like(y), y, y, value=-1)
+        s = torch.ops.aten.tanh_backward(torch.ones_like(y), y)
         return s, -2 * y * s
     if name == "sigmoid":
         s = torch.ops.aten.sigmoid_backward(torch.ones_like(y), y)
@@ -103,9 +114,9 @@ def _derivs(name: str, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, 
 def value_and_tangent(
     net, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tau, d tau / dx_i) at h held fixed, each (batch, dim): :func:`jet` for k = 1, run in
-    cache-sized chunks of rows with a backward that recomputes each chunk. Differentiable
-    once (a train step's backward), not twice."""
+    """(tau, d tau / dx_i) at h held fixed, each (batch, dim): :func:`jet` for k = 1 as one
+    autograd node with a written-out backward, over chunks of :func:`chunk_rows` rows.
+    Differentiable once (a train step's backward), not twice."""
     spec = net.spec
     if not spec.trans_hidden:  # an affine tau: nothing to chunk
         return tuple(jet(net, x, h, t, 1))
@@ -114,31 +125,69 @@ def value_and_tangent(
     for j in range(len(spec.trans_hidden) + 1):
         weights += [net.params[f"tau{j}_w"], net.params[f"tau{j}_b"]]
     tv = None if t is None else t.reshape(-1).expand(batch)
-    per = max(1, CHUNK_ROWS // batch)
+    per = max(1, chunk_rows(x.device, batch * dim) // batch)
     c = max(j for j in range(1, min(per, dim) + 1) if dim % j == 0)  # dims per chunk
     f, deriv = _Chunked.apply(spec.activation, net.act, c, x.T, h.transpose(0, 1), tv, *weights)
     return net.from_rows(f.reshape(-1), batch), net.from_rows(deriv.reshape(-1), batch)
 
 
 def _chunk_forward(name, act, layers, hc, xc, tv, keep):
-    """One chunk's rows: (f, D) and, if ``keep``, each hidden layer's (y, t, s, s2, zt)."""
+    """One chunk's rows: (f, D) and, if ``keep``, each hidden layer's saved tensors: (y, tan)
+    for tanh and sigmoid, (z, y, zt) for the others. Each hidden layer's bias is added by the
+    first elementwise pass over its pre-activation (addmm's would cost a pass of its own)."""
     c, batch, d_h = hc.shape
     rows = c * batch
-    w0, b0 = layers[0]
-    z = torch.addmm(b0, hc.reshape(rows, d_h), w0[1 : 1 + d_h])
-    z = torch.addcmul(z, xc.reshape(rows, 1), w0[0])
+    # tanh(z) = 2 sigmoid(2 z) - 1: on this project's CPUs torch's sigmoid kernel runs 1.4-10x
+    # faster than its tanh (within an ulp of 1 of it). The hidden pre-activations come out as
+    # 2 z from weights and biases times 2 (exact), so the bias is the pass's only op. (Not
+    # torch.add(2 b, z, alpha=2): Inductor (torch 2.13) compiles a broadcast add with alpha
+    # wrongly.)
+    two = 2 if name == "tanh" else 1
+    w0 = layers[0][0]
+    z = torch.mm(hc.reshape(rows, d_h), two * w0[1 : 1 + d_h])
+    z.addcmul_(xc.reshape(rows, 1), two * w0[0])
     if tv is not None:
-        z = torch.addcmul(z, tv.repeat(c)[:, None], w0[1 + d_h])
+        z.addcmul_(tv.repeat(c)[:, None], two * w0[1 + d_h])
     zt = w0[0]
     saved = []
-    for w, b in layers[1:]:
-        y = _tanh(z) if name == "tanh" else act(z)
-        s, s2 = _derivs(name, z, y)
-        tan = s * zt
+    for j in range(1, len(layers)):
+        z = z.add_(two * layers[j - 1][1])  # the bias of the layer that made z
+        if name == "tanh":
+            y = torch.sigmoid(z).mul_(2).sub_(1)
+            tan = torch.ops.aten.tanh_backward(zt.expand_as(y), y)
+        elif name == "sigmoid":
+            y = torch.sigmoid(z)
+            tan = torch.ops.aten.sigmoid_backward(zt.expand_as(y), y)
+        else:
+            y = act(z)
+            tan = _derivs(name, z, y)[0] * zt
         if keep:
-            saved.append((y, tan, s, s2, zt))
-        z, zt = torch.addmm(b, y, w), tan @ w
+            saved.append((y, tan) if name in _FROM_Y else (z, y, zt))
+        w = layers[j][0]
+        last = j == len(layers) - 1
+        z, zt = torch.mm(y, w if last else two * w), tan @ w
+    z = z.add_(layers[-1][1])
     return z[:, 0].reshape(c, batch), zt[:, 0].reshape(c, batch), saved
+
+
+def _layer_backward(name, saved, gy, gt):
+    """(y, tan, g_z, g_zt) of one hidden layer from the gradients into its output y and
+    tangent tan = a'(z) zt: g_zt = a' g_tan, g_z = a' g_y + a'' zt g_tan."""
+    if name == "tanh":  # a' = 1 - y^2, zt a'' = -2 y tan
+        y, tan = saved
+        gzt = torch.ops.aten.tanh_backward(gt, y)
+        gz = torch.ops.aten.tanh_backward(gy, y).addcmul_(y * tan, gt, value=-2)
+        return y, tan, gz, gzt
+    if name == "sigmoid":  # a' = y (1 - y), zt a'' = (1 - 2 y) tan
+        y, tan = saved
+        gzt = torch.ops.aten.sigmoid_backward(gt, y)
+        gz = torch.ops.aten.sigmoid_backward(gy, y).addcmul_(
+            torch.addcmul(tan, y, tan, value=-2), gt
+        )
+        return y, tan, gz, gzt
+    z, y, zt = saved
+    s, s2 = _derivs(name, z, y)
+    return y, s * zt, torch.addcmul(gy * s, gt * zt, s2), gt * s
 
 
 class _Chunked(torch.autograd.Function):
@@ -146,49 +195,78 @@ class _Chunked(torch.autograd.Function):
     def forward(ctx, name, act, c, xt, hd, tv, *weights):
         layers = list(zip(weights[::2], weights[1::2], strict=True))
         dim, batch = xt.shape
+        ctx.name, ctx.act, ctx.c, ctx.n_weights = name, act, c, len(weights)
+        if c == dim:  # one chunk: keep what the backward needs instead of recomputing it
+            f, deriv, saved = _chunk_forward(name, act, layers, hd, xt, tv, True)
+            ctx.save_for_backward(xt, hd, tv, *weights, *(a for s in saved for a in s))
+            return f, deriv
         f = xt.new_empty(dim, batch)
         deriv = xt.new_empty(dim, batch)
         for i in range(0, dim, c):
             fc, dc, _ = _chunk_forward(name, act, layers, hd[i : i + c], xt[i : i + c], tv, False)
             f[i : i + c], deriv[i : i + c] = fc, dc
-        ctx.name, ctx.act, ctx.c = name, act, c
         ctx.save_for_backward(xt, hd, tv, *weights)
         return f, deriv
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_f, g_deriv):
-        xt, hd, tv, *weights = ctx.saved_tensors
+        xt, hd, tv, *rest = ctx.saved_tensors
+        weights, kept = rest[: ctx.n_weights], rest[ctx.n_weights :]
         layers = list(zip(weights[::2], weights[1::2], strict=True))
         name, act, c = ctx.name, ctx.act, ctx.c
-        dim, batch, d_h = hd.shape
+        dim = hd.shape[0]
+        per = 2 if name in _FROM_Y else 3
+        if c == dim:
+            return _backward(name, act, layers, hd, xt, tv, g_f, g_deriv, (kept, per))
         grads = [torch.zeros_like(w) for w in weights]
         g_h, g_x = torch.empty_like(hd), torch.empty_like(xt)
         g_tv = None if tv is None else torch.zeros_like(tv)
-        w0 = layers[0][0]
         for i in range(0, dim, c):
-            hc, xc = hd[i : i + c], xt[i : i + c]
-            cc = hc.shape[0]
-            rows = cc * batch
-            _, _, saved = _chunk_forward(name, act, layers, hc, xc, tv, True)
-            gz = g_f[i : i + c].reshape(rows, 1)
-            gzt = g_deriv[i : i + c].reshape(rows, 1)
-            for j in range(len(layers) - 1, 0, -1):
-                y, tan, s, s2, zt = saved[j - 1]
-                w = layers[j][0]
-                grads[2 * j].addmm_(y.T, gz).addmm_(tan.T, gzt)
-                grads[2 * j + 1].add_(gz.sum(0))
-                gy, gt = gz @ w.T, gzt @ w.T
-                gz = torch.addcmul(gy * s, gt * zt, s2)
-                gzt = gt * s
-            hr, xr = hc.reshape(rows, d_h), xc.reshape(rows, 1)
-            grads[0][1 : 1 + d_h].addmm_(hr.T, gz)
-            grads[0][0].add_((xr.T @ gz)[0] + gzt.sum(0))
+            sl = slice(i, i + c)
+            out = _backward(name, act, layers, hd[sl], xt[sl], tv, g_f[sl], g_deriv[sl], None)
+            g_x[sl], g_h[sl] = out[3], out[4]
             if tv is not None:
-                tr = tv.repeat(cc)
-                grads[0][1 + d_h].add_(tr @ gz)
-                g_tv.add_((gz @ w0[1 + d_h]).reshape(cc, batch).sum(0))
-            grads[1].add_(gz.sum(0))
-            g_h[i : i + c] = (gz @ w0[1 : 1 + d_h].T).reshape(cc, batch, d_h)
-            g_x[i : i + c] = (gz @ w0[0]).reshape(cc, batch)
+                g_tv.add_(out[5])
+            for acc, g in zip(grads, out[6:], strict=True):
+                acc.add_(g)
         return None, None, None, g_x, g_h, g_tv, *grads
+
+
+def _backward(name, act, layers, hc, xc, tv, g_f, g_deriv, kept):
+    """One chunk's gradients in ``_Chunked.backward``'s order: (None, None, None, g_x, g_h,
+    g_tv, *weight grads). ``kept``: the forward's saved tensors, else the chunk is recomputed."""
+    cc, batch, d_h = hc.shape
+    rows = cc * batch
+    if kept is None:
+        saved = _chunk_forward(name, act, layers, hc, xc, tv, True)[2]
+    else:
+        flat, per = kept
+        saved = [flat[i : i + per] for i in range(0, len(flat), per)]
+    grads: list = [None] * (2 * len(layers))
+    gz = g_f.reshape(rows, 1)
+    gzt = g_deriv.reshape(rows, 1)
+    for j in range(len(layers) - 1, 0, -1):
+        w = layers[j][0]
+        if w.shape[1] == 1:  # the output layer: an outer product, cheaper as a multiply
+            gy, gt = gz * w.T, gzt * w.T
+        else:
+            gy, gt = gz @ w.T, gzt @ w.T
+        y, tan, gz_new, gzt_new = _layer_backward(name, saved[j - 1], gy, gt)
+        grads[2 * j] = torch.addmm(y.T @ gz, tan.T, gzt)
+        grads[2 * j + 1] = gz.sum(0)
+        gz, gzt = gz_new, gzt_new
+    w0 = layers[0][0]
+    hr, xr = hc.reshape(rows, d_h), xc.reshape(rows, 1)
+    gw0 = torch.empty_like(w0)
+    gw0[1 : 1 + d_h] = hr.T @ gz
+    gw0[0] = (xr.T @ gz)[0] + gzt.sum(0)
+    g_tv = None
+    if tv is not None:
+        tr = tv.repeat(cc)
+        gw0[1 + d_h] = tr @ gz
+        g_tv = (gz @ w0[1 + d_h]).reshape(cc, batch).sum(0)
+    grads[0], grads[1] = gw0, gz.sum(0)
+    g_h = (gz @ w0[1 : 1 + d_h].T).reshape(cc, batch, d_h)
+    g_x = (gz @ w0[0]).reshape(cc, batch)
+    return None, None, None, g_x, g_h, g_tv, *grads

@@ -7,7 +7,8 @@ threads waited for cores that other processes held (other work can make torch's 
 uniformly 100x slower, which no spread figure sees; XLA's thread pool, alone on the machine,
 keeps more threads runnable than there are cores, which is no noise); a noisy point is timed
 once more and the quieter measurement kept (:func:`measure`). The thresholds live in
-:data:`RULE` only; :func:`rule_text` words them, and SCHEMA.md and the README quote that text.
+:data:`RULE` only; :func:`rule_text` words them, and SCHEMA.md, the README and docs/timing.md
+quote that text.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class NoiseRule:
         return {name: getattr(self, name) for name in names}
 
 
-RULE = NoiseRule()  # THE thresholds (bench/SCHEMA.md, README "Timing on a busy machine")
+RULE = NoiseRule()  # THE thresholds (bench/SCHEMA.md, docs/timing.md)
 
 
 @dataclass
@@ -276,7 +277,7 @@ def _stats(data: list[float]):
 
 
 def rule_text(rule: NoiseRule = RULE) -> str:
-    """The rule as bench/SCHEMA.md and the README quote it, word for word."""
+    """The rule as bench/SCHEMA.md, the README and docs/timing.md quote it, word for word."""
     return (
         f"A measurement is noisy when `iqr_median` > {rule.iqr_median:g}, when `max2_min` > "
         f"{rule.max2_min:g}, or when `cpu_share` < {rule.cpu_share:g} while `others_share` > "

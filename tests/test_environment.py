@@ -33,13 +33,15 @@ def _locked_extras() -> list[str]:
 def test_the_lock_pins_every_dependency_within_pyproject_bounds():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    assert set(_locked_extras()) == set(extras) - {"all"}, "regenerate the lock (README)"
+    assert set(_locked_extras()) == set(extras) - {"all"}, "regenerate the lock (docs/install.md)"
     pins = _pins()
     wanted = [*project["dependencies"], *(r for name in _locked_extras() for r in extras[name])]
     for raw in wanted:
         req = Requirement(raw)
         pinned = pins.get(canonicalize_name(req.name))
-        assert pinned is not None, f"{req.name} is not in {LOCK.name}: regenerate it (README)"
+        assert pinned is not None, (
+            f"{req.name} is not in {LOCK.name}: regenerate it (docs/install.md)"
+        )
         assert req.specifier.contains(pinned, prereleases=True), f"{raw} vs locked {pinned}"
     assert pins["torch"].local == "cpu"  # any other torch build pulls gigabytes of CUDA
 

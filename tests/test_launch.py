@@ -154,7 +154,7 @@ def _slurm_answers() -> bool:
 @pytest.mark.sweep
 @pytest.mark.skipif(not _slurm_answers(), reason="no Slurm cluster answers (sinfo)")
 def test_an_sbatch_array_of_launchers_covers_the_grid(tmp_path):
-    """The README's recipe through a real Slurm: a 2-task array (ids from 1), 2 processes
+    """docs/gpus.md's recipe through a real Slurm: a 2-task array (ids from 1), 2 processes
     each, 4 disjoint shards that together are the whole grid."""
     script = tmp_path / "job.sh"
     script.write_text(

@@ -1,4 +1,4 @@
-"""The numbers README.md quotes from the H100 reference run are those of its committed tables."""
+"""The numbers the H100 reference run's README quotes are those of its committed tables."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 pd = pytest.importorskip("pandas")
 
 ROOT = Path(__file__).parents[1]
-POINTS = ROOT / "reports/reference/nvidia-h100/report/tables/points.csv"
+RUN = ROOT / "reports/reference/nvidia-h100"
+POINTS = RUN / "report/tables/points.csv"
 # README column -> (backend, variant, the (method, model) each "a / b" part of a cell shows)
 HOLLOW, HUTCHINSON = ("hollow", "hollownet"), ("hutchinson", "mlp_flop_matched")
 COLUMNS = (
@@ -21,7 +22,7 @@ COLUMNS = (
 
 
 def _readme_rows() -> list[list[str]]:
-    text = (ROOT / "README.md").read_text()
+    text = (RUN / "README.md").read_text()
     section = text.split("## Speed goals on an H100", 1)[1].split("\n- ", 1)[0]
     return [
         [cell.strip() for cell in line.strip("|").split("|")]

@@ -294,16 +294,17 @@ def test_conditions_without_nvml_record_the_load_only(monkeypatch):
         assert info["load_1m"] is None or info["load_1m"] >= 0
 
 
-def test_the_rule_in_the_schema_and_the_readme_is_the_code_s():
-    schema = (ROOT / "bench" / "SCHEMA.md").read_text()
-    readme = (ROOT / "README.md").read_text()
+def test_the_rule_in_the_schema_the_readme_and_the_docs_is_the_code_s():
+    texts = [
+        (ROOT / path).read_text() for path in ("bench/SCHEMA.md", "README.md", "docs/timing.md")
+    ]
+    schema = texts[0]
     words = timing.rule_text()
     for name, value in timing.RULE.limits().items():
         assert f"`{name}` {'<' if name == 'cpu_share' else '>'} {value:g}" in words, name
-    for text in (schema, readme):  # word for word, however the lines wrap
+    for text in texts:  # word for word, however the lines wrap
         assert words in " ".join(text.split())
-    assert f"after a {timing.RULE.pause_s:g} s pause" in schema
-    assert f"after a {timing.RULE.pause_s:g} s pause" in readme
+        assert f"after a {timing.RULE.pause_s:g} s pause" in " ".join(text.split())
     other = timing.rule_text(timing.NoiseRule(others_share=0.3))
     assert other not in " ".join(schema.split())  # the check can fail
 

@@ -16,7 +16,7 @@ from typing import Any
 from bench.harness import faults
 from bench.harness.faults import Faults
 from bench.harness.presets import ALL_VARIANTS, MODELS, MODES, PRESETS, Preset, Timing
-from impls import BACKENDS, MAX_K, METHODS
+from impls import BACKENDS, MAX_K, METHODS, VARIANTS
 
 PRECISIONS = ("default", "tf32", "highest")
 INJECT_ENV = "HOLLOWBENCH_INJECT"  # --bench-inject's: the harness's own tests' hook (faults.py)
@@ -210,7 +210,8 @@ OPTIONS = (
     Option(
         "variants",
         choices(ALL_VARIANTS),
-        "how steps run: torch eager,cudagraph,compile; JAX jit (default: the preset's)",
+        f"how steps run: torch {','.join(VARIANTS['torch'])}; JAX {','.join(VARIANTS['jax'])} "
+        "(default: the preset's)",
     ),
     Option("devices", _devices, "cpu,cuda:0,... or all (default: cpu + every visible GPU)"),
     Option("shard", parse_shard, "run shard I of N (1-based) of the grid, e.g. 2/4", "I/N"),
@@ -274,6 +275,79 @@ def add_options(parser) -> None:
         group.addoption(
             opt.flag, dest=f"bench_{opt.dest}", metavar=opt.metavar, help=f"{opt.help} [${opt.env}]"
         )
+
+
+def markdown() -> str:
+    """docs/options.md: every option and the presets, from OPTIONS and PRESETS
+    (``python -m bench.harness.options > docs/options.md``; tests/test_docs.py keeps them equal)."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    def numbers(values: tuple) -> str:
+        return ", ".join(map(str, values))
+
+    lines = [
+        "# Options of `pytest bench`",
+        "",
+        "Generated from `OPTIONS` and `PRESETS` in `bench/harness/options.py` and",
+        "`bench/harness/presets.py` by `python -m bench.harness.options > docs/options.md`;",
+        "`tests/test_docs.py` fails when this page and that output differ. What the options",
+        "do in a sweep: [running.md](running.md).",
+        "",
+        "Each option is also read from its environment variable; the command line wins, then the",
+        "variable, then the preset. A bad value stops pytest with a message naming the option.",
+        "",
+        "| option | environment variable | meaning |",
+        "|---|---|---|",
+        *(f"| `{opt.flag} {opt.metavar}` | `{opt.env}` | {cell(opt.help)} |" for opt in OPTIONS),
+        "",
+        "pytest-benchmark's `--benchmark-max-time` and `--benchmark-min-rounds` replace the",
+        "preset's timing budget and minimum of rounds.",
+        "",
+        "## Presets",
+        "",
+        "| preset | d | batch | k | probes | matvecs | variants | timing budget (s), rounds "
+        "| per-point limit (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(
+            f"| `{p.name}` | {numbers(p.dims)} | {numbers(p.batches)} | {numbers(p.ks)} "
+            f"| {numbers(p.n_probes)} | {numbers(p.n_matvecs)} | {numbers(p.variants)} "
+            f"| {p.timing.budget_s:g}, {p.timing.min_rounds}-{p.timing.max_rounds} "
+            f"| {p.timeout_s:g} |"
+            for p in PRESETS.values()
+        ),
+        "",
+        "Each preset also limits where costly points run (`limits` in `bench/harness/presets.py`:",
+        "a dense Jacobian costs d passes); `full` has no limits, so its out-of-memory errors and",
+        "time-outs are recorded rather than avoided.",
+        "",
+        "| preset | points that run only at some d |",
+        "|---|---|",
+        *(
+            f"| `{p.name}` | {cell(limit.describe())} |"
+            for p in PRESETS.values()
+            for limit in p.limits
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_faults(raw: str | None) -> Faults:
+    """``HOLLOWBENCH_INJECT`` -> Faults (``oom=GLOB,timeout=GLOB,error=GLOB,noise=GLOB,delay=S``,
+    any subset)."""
+    if not raw:
+        return Faults()
+    values: dict[str, Any] = {}
+    for word in _words(raw):
+        key, sep, value = word.partition("=")
+        if not sep or key not in ("oom", "timeout", "error", "noise", "delay"):
+            raise OptionError(
+                f"{INJECT_ENV}: {word!r} is not oom=GLOB, timeout=GLOB, error=GLOB, noise=GLOB "
+                "or delay=S"
+            )
+        values[key] = _seconds(value) if key == "delay" else value
+    return Faults(**values)
 
 
 def slurm_shard(environ: Mapping[str, str]) -> tuple[tuple[int, int], str] | None:
@@ -403,3 +477,7 @@ def _given(config, flags: tuple[str, ...]) -> tuple[bool, ...]:
         parser.add_argument(flag)
     known, _ = parser.parse_known_args(args)
     return tuple(getattr(known, flag.lstrip("-").replace("-", "_")) is not None for flag in flags)
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

@@ -8,7 +8,7 @@ that other processes held (other work can make torch's OpenMP threads uniformly 
 which no spread figure sees; XLA's thread pool, alone on the machine, keeps more threads
 runnable than there are cores, which is no noise); a noisy point is timed once more and the
 quieter measurement kept (:func:`measure`). The thresholds live in :data:`RULE` only;
-:func:`rule_text` words them, and SCHEMA.md and the README quote that text.
+:func:`rule_text` words them, and SCHEMA.md, the README and docs/timing.md quote that text.
 
 pytest-benchmark records one measurement per test (``benchmark.pedantic``, once), and which of
 ours is kept is known only after both, so the kept one is handed to it afterwards through its
@@ -70,7 +70,7 @@ class NoiseRule:
         return {name: getattr(self, name) for name in names}
 
 
-RULE = NoiseRule()  # THE thresholds (bench/SCHEMA.md, README "Timing on a busy machine")
+RULE = NoiseRule()  # THE thresholds (bench/SCHEMA.md, docs/timing.md)
 
 
 @dataclass
@@ -318,7 +318,7 @@ def _stats(data: list[float]):
 
 
 def rule_text(rule: NoiseRule = RULE) -> str:
-    """The rule as bench/SCHEMA.md and the README quote it, word for word."""
+    """The rule as bench/SCHEMA.md, the README and docs/timing.md quote it, word for word."""
     return (
         f"A measurement is noisy when `iqr_median` > {rule.iqr_median:g}, when `max2_min` > "
         f"{rule.max2_min:g}, or when `cpu_share` < {rule.cpu_share:g} while `others_share` > "

@@ -315,7 +315,7 @@ def test_conditions_without_nvml_record_the_load_only(monkeypatch):
 
 
 def test_the_rule_in_the_schema_and_the_readme_is_the_code_s():
-    schema = (ROOT / "bench" / "SCHEMA.md").read_text()
+    schema = (ROOT / "results_format" / "SCHEMA.md").read_text()
     readme = (ROOT / "README.md").read_text()
     words = timing.rule_text()
     for name, value in timing.RULE.limits().items():

@@ -61,7 +61,7 @@ class NoiseRule:
         return {name: getattr(self, name) for name in names}
 
 
-RULE = NoiseRule()  # THE thresholds (bench/SCHEMA.md, README "Timing on a busy machine")
+RULE = NoiseRule()  # THE thresholds (results_format/SCHEMA.md, README "Timing on a busy machine")
 
 
 @dataclass
@@ -111,7 +111,7 @@ class Outcome:
     rule: NoiseRule
 
     def info(self) -> dict[str, Any]:
-        """The point's ``noise``, ``remeasured`` and ``noisy`` extra_info (bench/SCHEMA.md)."""
+        """The point's ``noise``, ``remeasured`` and ``noisy`` extra_info (SCHEMA.md)."""
         runs = [m.figures() for m in self.measurements]
         runs = [figures | {"failed": failures(figures, self.rule)} for figures in runs]
         kept = runs[self.kept]
@@ -276,7 +276,7 @@ def _stats(data: list[float]):
 
 
 def rule_text(rule: NoiseRule = RULE) -> str:
-    """The rule as bench/SCHEMA.md and the README quote it, word for word."""
+    """The rule as results_format/SCHEMA.md and the README quote it, word for word."""
     return (
         f"A measurement is noisy when `iqr_median` > {rule.iqr_median:g}, when `max2_min` > "
         f"{rule.max2_min:g}, or when `cpu_share` < {rule.cpu_share:g} while `others_share` > "

@@ -20,9 +20,9 @@ from impls import (
     ESTIMATORS,
     FUSED_VARIANTS,
     HOLLOW_METHODS,
-    STOCHASTIC_METHODS,
     VARIANTS,
 )
+from impls.methods import REGISTRY as METHOD_REGISTRY
 
 MODELS = ("hollownet", "mlp_param_matched", "mlp_flop_matched")
 MODES = ("eval", "train")
@@ -266,8 +266,9 @@ def variant_unavailable(p: Point) -> str | None:
 
 def expand(grid: Grid, settings, devices: dict[str, tuple[str, ...]]) -> list[Point]:
     """Every point of ``grid`` on the axes of ``settings`` (``devices``: backend -> devices), in
-    a stable order, but those a limit excludes or a variant cannot run. Stochastic methods take
-    k = 1 only: Hutchinson each ``n_probes``, the other estimators each ``n_matvecs``."""
+    a stable order, but those a limit excludes or a variant cannot run. Each method (the
+    registry's record, impls.methods) takes the k of its range and the values of its budget's
+    axis: Hutchinson each ``n_probes``, the other estimators each ``n_matvecs``."""
     limits, variants = tuple(settings.preset.limits), set(settings.variants)
     wanted = [m for m in grid.methods if m in set(settings.methods)]
     ks = grid.ks if grid.ks is not None else tuple(settings.ks)
@@ -279,12 +280,12 @@ def expand(grid: Grid, settings, devices: dict[str, tuple[str, ...]]) -> list[Po
             sorted(set(settings.dims)), settings.batches, ks,
         )  # fmt: skip
         for device, model, method, variant, mode, d, batch, k in axes:
+            spec = METHOD_REGISTRY[method]
             # Hollow methods need the HollowNet; the baselines take any model.
-            hollow_off_hollownet = method in HOLLOW_METHODS and model != "hollownet"
-            if hollow_off_hollownet or (method in STOCHASTIC_METHODS and k != 1):
+            if (spec.hollow_only and model != "hollownet") or not spec.takes_k(k):
                 continue
-            probes = settings.n_probes if method == "hutchinson" else (None,)
-            budgets = settings.n_matvecs if method in ESTIMATORS else (None,)
+            probes = settings.n_probes if spec.budget == "n_probes" else (None,)
+            budgets = settings.n_matvecs if spec.budget == "n_matvecs" else (None,)
             for m, n in itertools.product(probes, budgets):
                 p = Point(
                     grid.workload, backend, device, method, model, d, batch, k, mode, m, variant, n

@@ -16,13 +16,13 @@ from bench.harness.grid import Grid, Point, expand, variant_unavailable
 from bench.harness.sweep import Sweep, Task
 from bench.harness.workload import Workload, attrs, reference_backend, spec_info
 from impls import (
-    ESTIMATORS,
     STOCHASTIC_METHODS,
     HollowSpec,
     MLPSpec,
     flop_matched_mlp,
     param_matched_mlp,
 )
+from impls.methods import REGISTRY as METHOD_REGISTRY
 
 ModelSpec = HollowSpec | MLPSpec
 ROWS = 4  # batch rows the error is checked on
@@ -127,9 +127,8 @@ def step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable]:
 def _operator(backend, point: Point, with_value: bool = False) -> Callable[..., Any]:
     """op(net, x, **extra) -> the point's values: (batch,) divergence or (batch, d) D_dim^k;
     ``with_value``: (f, values) from one pass."""
-    opts = {"n_probes": point.n_probes} if point.method == "hutchinson" else {}
-    if point.method in ESTIMATORS:
-        opts = {"n_matvecs": point.n_matvecs}
+    budget = METHOD_REGISTRY[point.method].budget  # n_probes, n_matvecs or None
+    opts = {budget: getattr(point, budget)} if budget else {}
     m = point.method
     if point.workload == "divergence":
         fn = backend.value_and_divergence if with_value else backend.divergence
@@ -191,21 +190,13 @@ def activations(spec: ModelSpec) -> int:
 def predict_bytes(spec: ModelSpec, point: Point) -> int:
     """Rough bytes ``point`` needs, to skip hopeless points (1-3x XLA's analysis, 1-2x torch's
     RSS growth; CPU, d = 64-128): a pass keeps ``batch * activations * itemsize``, methods keep
-    their passes (dense_vectorized: d x 2^k), train-mode dense_loop all d backward graphs;
-    training otherwise doubles the live set and triples the parameters."""
+    their passes (the registry's ``Method.passes``: dense_vectorized d x 2^k, train-mode
+    dense_loop all d backward graphs, training otherwise doubling the live set); training
+    triples the parameters."""
     item = 8 if spec.dtype == "float64" else 4
     act = point.batch * activations(spec) * item
     train = point.mode == "train"
-    if point.method == "dense_loop":
-        live = point.d * (point.k + 1) * act if train else (point.k + 2) * act
-    else:
-        if point.method == "dense_vectorized":
-            passes = point.d * 2**point.k
-        elif point.method == "hutchinson":
-            passes = (point.n_probes or 1) + 2
-        elif point.method in ESTIMATORS:
-            passes = point.n_matvecs + 2
-        else:
-            passes = point.k + 2
-        live = passes * act * (2 if train else 1)
+    method = METHOD_REGISTRY[point.method]
+    budget = getattr(point, method.budget) if method.budget else None
+    live = method.passes(point.d, point.k, budget, train) * act
     return spec.n_params * item * (3 if train else 1) + live

@@ -1,1 +1,1 @@
-"""hollowbench's benchmark sweep: run it with ``pytest bench`` (results: results_format/SCHEMA.md)."""
+"""hollowbench's benchmark sweep: ``pytest bench``. Its results: results_format/SCHEMA.md."""

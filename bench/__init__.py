@@ -1,1 +1,1 @@
-"""hollowbench's benchmark sweep: run it with ``pytest bench`` (see bench/SCHEMA.md for results)."""
+"""hollowbench's benchmark sweep: ``pytest bench``. Its results: results_format/SCHEMA.md."""

@@ -28,6 +28,7 @@ from bench.harness.journal import Journal, journal_path
 from bench.harness.progress import Progress
 from bench.harness.sweep import Sweep
 from bench.harness.timing import MARK, describe_rule
+from results_format.schema import SCHEMA_VERSION, VERSION_KEY
 
 SWEEP = pytest.StashKey[Sweep]()
 DEVICES = pytest.StashKey[tuple[dict[str, tuple[str, ...]], dict[str, str]]]()
@@ -232,6 +233,8 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
     sweep = config.stash[SWEEP]
     output_json["hollowbench"] = {
+        VERSION_KEY: SCHEMA_VERSION,
+        "session": sweep.journal.session,
         "not_run": sweep.not_run,
         "journal": str(Path(sweep.journal.path).resolve()),
         "settings": sweep.settings.describe() | {"noise_rule": dataclasses.asdict(sweep.rule)},

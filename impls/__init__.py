@@ -17,19 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from impls._checks import (
-    DEFAULT_VARIANT,
-    DENSE_METHODS,
-    ESTIMATORS,
-    EXACT_METHODS,
-    FUSED_BASE,
-    FUSED_VARIANTS,
-    HOLLOW_METHODS,
-    MAX_K,
-    METHODS,
-    STOCHASTIC_METHODS,
-    VARIANTS,
-)
+from impls import methods
+from impls.methods import MAX_K, Method
 from impls.spec import (
     HollowSpec,
     MLPSpec,
@@ -38,8 +27,21 @@ from impls.spec import (
     init_params,
     param_matched_mlp,
 )
+from impls.variants import DEFAULT_VARIANT, FUSED_BASE, FUSED_VARIANTS, VARIANTS
 
 BACKENDS = tuple(VARIANTS)
+# The registry's views (impls.methods.VIEWS), read when imported: a method registered first shows.
+_METHOD_VIEWS = (
+    "METHODS", "HOLLOW_METHODS", "DENSE_METHODS", "EXACT_METHODS", "STOCHASTIC_METHODS",
+    "ESTIMATORS",
+)  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _METHOD_VIEWS:
+        return getattr(methods, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BACKENDS",
@@ -57,6 +59,7 @@ __all__ = [
     "Backend",
     "HollowSpec",
     "MLPSpec",
+    "Method",
     "ModelSpec",
     "flop_matched_mlp",
     "init_params",

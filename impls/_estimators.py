@@ -19,7 +19,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
-from impls import _checks
+from impls import methods
 
 
 class Ops(NamedTuple):
@@ -39,8 +39,8 @@ def bind(products: Callable, xp: Any, loo: Callable) -> tuple[Callable, ...]:
 
 def estimate(method, fun, x, n_matvecs, draw, trace, *, ops: Ops):
     """(f, the trace (batch,) or, for xdiag, the diagonal (batch, d) of each sample's J)."""
-    _checks.check_target(method, trace)
-    if method in _checks.TRACE_ESTIMATORS:
+    methods.check_target(method, trace)
+    if methods.REGISTRY[method].trace_only:
         trace_estimator = hutchpp if method == "hutchpp" else xtrace
         return trace_estimator(fun, x, n_matvecs, draw, with_value=True, ops=ops)
     f, diag = xdiag(fun, x, n_matvecs, draw, with_value=True, ops=ops)

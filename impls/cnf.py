@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from impls._checks import DEFAULT_NOISE, ESTIMATOR_NOISES, MIN_MATVECS, NOISES
+from impls.methods import DEFAULT_NOISE, ESTIMATOR_NOISES, MIN_MATVECS, NOISES
 from impls.spec import HollowSpec
 
 TOY_DATASETS = ("moons", "8gaussians", "checkerboard", "rings")

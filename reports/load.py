@@ -1,8 +1,9 @@
-"""Read pytest-benchmark JSON files and hollowbench journals (bench/SCHEMA.md) into one tidy
-DataFrame, a row per point: ``extra_info`` fields by name, ``param.<name>``, stats in seconds
-(``median_s``, ...), ``machine.<a>.<b>``, ``commit.<field>``, and the derived ``machine``,
-``device_id``, ``series``, ``facet`` and ``time_ms``. A point that did not run keeps its
-``status`` and NaN times, never zeros."""
+"""Read pytest-benchmark JSON files and hollowbench journals (results_format/SCHEMA.md) into one
+tidy DataFrame, a row per point: ``extra_info`` fields by name, ``param.<name>``, stats in
+seconds (``median_s``, ...), ``machine.<a>.<b>``, ``commit.<field>``, and the derived
+``machine``, ``device_id``, ``series``, ``facet`` and ``time_ms``. A point that did not run
+keeps its ``status`` and NaN times, never zeros. Files of an older ``schema_version`` are
+migrated step by step (``MIGRATIONS``); a newer one is refused."""
 
 from __future__ import annotations
 
@@ -16,9 +17,17 @@ from typing import Any
 
 import pandas as pd
 
-from bench.harness import journal
-from bench.schema import COUNTS, INFO_KEYS, NOT_RUN, OUR_KEYS, STATS
-from impls import DEFAULT_VARIANT, STOCHASTIC_METHODS  # impls itself imports numpy only
+from impls import DEFAULT_VARIANT, methods  # impls itself imports numpy only
+from results_format import journal
+from results_format.schema import (
+    COUNTS,
+    INFO_KEYS,
+    NOT_RUN,
+    OUR_KEYS,
+    SCHEMA_VERSION,
+    STATS,
+    VERSION_KEY,
+)
 
 NFE_KIND = {"torch": "counted", "jax": "derived"}  # each backend's cnf.NFE_KIND, for old files
 STAT_COLUMNS = tuple(f"{s}_s" for s in STATS)
@@ -27,11 +36,13 @@ FLOAT_COLUMNS = (
     *("n_params", "flops", "compile_s", "peak_mem_bytes", "error", "energy_j", "cpu_share"),
     *("load_1m", "rel_error", *STAT_COLUMNS),
 )
-# True/False flags; files from before the noise test (bench/harness/timing.py) lack them, and
-# their points read as neither noisy nor re-measured.
-BOOL_COLUMNS = ("noisy", "remeasured")
-# Operator keys of later schema versions, added as empty to older files' points.
-LATER_KEYS = ("n_matvecs", "rel_error")
+BOOL_COLUMNS = ("noisy", "remeasured")  # True/False flags
+# Workload keys the figures and tables read, added empty where no input has them.
+READ_KEYS = ("n_matvecs", "rel_error", "nfe_kind")
+# Each record's private fields while loading: its file's (or journal line's) schema_version, the
+# journal session it belongs to, and the sessions a JSON says it holds (SCHEMA.md, "One record
+# per point"); dropped before the frame is returned.
+VERSION, SESSION, COVERS = "_version", "_session", "_covers"
 # Record fields that extra_info keys must not overwrite.
 RESERVED = {
     *("source", "source_kind", "timestamp", "name", "fullname", "group", "status", "machine"),
@@ -71,14 +82,32 @@ def expand_inputs(args: Sequence[str]) -> list[Path]:
 
 
 def load_results(args: Sequence[str]) -> pd.DataFrame:
-    """The tidy frame of every point in the files ``args`` name (paths or globs), deduplicated."""
+    """The tidy frame of every point in the files ``args`` name (paths or globs): each point
+    from one file (a journal session that a JSON among them holds is left out), migrated to
+    the current schema, and measured twice only where it ran again (the newest wins)."""
     records: list[dict[str, Any]] = []
     for path in expand_inputs(args):
         records.extend(read_records(path))
+    covered = {session for r in records for session in r.pop(COVERS)}
+    records = [r for r in records if r.pop(SESSION) not in covered]
     if not records:
         raise InputError(f"{', '.join(args)}: no benchmark points in the input")
     frame = pd.DataFrame.from_records(records)
     return annotate(dedupe(frame))
+
+
+def file_version(path: Path, where: str, obj: dict[str, Any], default: int = 1) -> int:
+    """``obj``'s schema_version (``default`` where it has none); a newer one than this reader's
+    cannot be read, only refused."""
+    version = obj.get(VERSION_KEY, default)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InputError(f"{path}: {where}: {VERSION_KEY} {version!r} is not a version (1, 2, ...)")
+    if version > SCHEMA_VERSION:
+        raise InputError(
+            f"{path}: {where} has {VERSION_KEY} {version}, newer than this reader's "
+            f"{SCHEMA_VERSION}; update hollowbench to read it"
+        )
+    return version
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -133,6 +162,11 @@ def _benchmark_records(path: Path, doc: Any) -> list[dict[str, Any]]:
     context = _context(path, "json", doc["machine_info"], doc.get("commit_info"))
     context["timestamp"] = doc.get("datetime")
     ours = doc.get("hollowbench") or {}
+    if not isinstance(ours, dict):
+        raise InputError(f"{path}: 'hollowbench' is not an object")
+    context[VERSION] = file_version(path, "its 'hollowbench' section", ours)
+    sessions = ours.get("sessions") or [ours.get("session")]  # a merged file holds several
+    covers = tuple(s for s in sessions if isinstance(s, str))
     # The harness's preset and limits (beyond SCHEMA.md) say why some points were never requested.
     if isinstance(settings := ours.get("settings"), dict):
         limits = settings.get("limits")
@@ -149,7 +183,8 @@ def _benchmark_records(path: Path, doc: Any) -> list[dict[str, Any]]:
     if not isinstance(not_run, list):
         raise InputError(f"{path}: 'hollowbench.not_run' is not a list")
     entries += [(f"hollowbench.not_run[{i}]", point, None) for i, point in enumerate(not_run)]
-    return _ours(path, [_record(path, where, e, stats, context) for where, e, stats in entries])
+    records = [_record(path, where, e, stats, context) for where, e, stats in entries]
+    return [r | {SESSION: None, COVERS: covers} for r in _ours(path, records)]
 
 
 def _stats(path: Path, where: str, bench: Any) -> dict[str, Any]:
@@ -163,6 +198,7 @@ def _stats(path: Path, where: str, bench: Any) -> dict[str, Any]:
 def _journal_records(path: Path, text: str) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     context: dict[str, Any] | None = None
+    session: str | None = None
     try:
         lines = list(journal.parse(text))
     except ValueError as exc:
@@ -181,17 +217,21 @@ def _journal_records(path: Path, text: str) -> list[dict[str, Any]]:
                 raise InputError(f"{path}: line {no}: session line without 'machine_info'")
             context = _context(path, "journal", obj["machine_info"], None)
             context["timestamp"] = obj.get("started")
+            context[VERSION] = file_version(path, f"line {no}", obj)
+            session = obj.get("session") if isinstance(obj.get("session"), str) else None
         elif kind == "point" and context is not None:
             stats = None if obj.get("stats") is None else _stats(path, f"line {no}", obj)
-            records.append(_record(path, f"line {no}", obj, stats, context))
+            record = _record(path, f"line {no}", obj, stats, context)
+            record[VERSION] = file_version(path, f"line {no}", obj, context[VERSION])
+            records.append(record | {SESSION: session, COVERS: ()})
         elif kind == "point":
             raise InputError(f"{path}: line {no}: a point before any session line")
         elif kind == "plan":  # a budget's plan: the JSON's hollowbench.plan carries it
-            continue
+            file_version(path, f"line {no}", obj)
         else:
             raise InputError(
-                f"{path}: not a hollowbench journal (line {no} is not a 'session', 'point' or "
-                "'plan' entry)"
+                f"{path}: not a hollowbench journal "
+                f"(line {no} is not a 'session', 'point' or 'plan' entry)"
             )
     return _ours(path, records)
 
@@ -277,7 +317,8 @@ def _ours(path: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def dedupe(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (machine, fullname): a JSON file beats its journal, then the newest wins."""
+    """One row per (machine, fullname): a point measured again keeps its newest measurement;
+    a version 1 JSON beats its journal (version 2 pairs never reach here: load_results)."""
     when = pd.to_datetime(frame["timestamp"], utc=True, errors="coerce", format="mixed")
     order = pd.DataFrame({"json": frame["source_kind"].eq("json"), "when": when})
     ranked = order.sort_values(["json", "when"], ascending=False, na_position="last")
@@ -285,11 +326,56 @@ def dedupe(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.loc[ranked.index[keep.to_numpy()]].sort_index().reset_index(drop=True)
 
 
+def migrate_1_to_2(frame: pd.DataFrame) -> pd.DataFrame:
+    """Version 1 points (SCHEMA.md, "Version") as version 2 writes them: what a missing key
+    meant when the key did not yet exist."""
+    operator = frame["workload"].isin(["divergence", "ddim"])
+    # Operator points from before variants existed ran the backend's default way; the other
+    # workloads have no variants.
+    default = frame["backend"].map(DEFAULT_VARIANT).where(operator)
+    frame["variant"] = frame["variant"].fillna(default)
+    # CNF points from before nfe_kind: torch counted its NFE; JAX derived its forward count and
+    # assumed its backward one equal to it, which is dropped rather than shown as measured.
+    legacy = frame["workload"].eq("cnf") & frame["nfe_kind"].isna()
+    if "nfe_backward" in frame:
+        frame.loc[legacy & frame["backend"].eq("jax"), "nfe_backward"] = None
+    frame["nfe_kind"] = frame["nfe_kind"].where(~legacy, frame["backend"].map(NFE_KIND))
+    # Train points from before the fair step took the loss's f from a second net(x).
+    old_train = operator & frame["mode"].eq("train") & frame["step"].isna()
+    frame["step"] = frame["step"].where(~old_train, "separate_forward")
+    # Points from before the noise test (bench/harness/timing.py) read as neither noisy nor
+    # re-measured: annotate's typing reads a missing flag as False.
+    return frame
+
+
+# The step from each version to the next, applied to the points of files that say they are
+# older than SCHEMA_VERSION (a file without schema_version is version 1).
+MIGRATIONS = {1: migrate_1_to_2}
+assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION)), "a migration per version step"
+
+
+def migrate(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every point brought to SCHEMA_VERSION: its rows through each step from its version on."""
+    versions = frame.pop(VERSION) if VERSION in frame else pd.Series(SCHEMA_VERSION, frame.index)
+    for version, step in sorted(MIGRATIONS.items()):
+        older = versions <= version
+        if older.all():
+            frame = step(frame)
+        elif older.any():  # inputs of several versions: the older rows alone
+            migrated = step(frame.loc[older].copy())
+            for column in migrated.columns:
+                if column not in frame:
+                    frame[column] = None
+                frame[column] = migrated[column].reindex(frame.index).where(older, frame[column])
+    return frame
+
+
 def annotate(frame: pd.DataFrame) -> pd.DataFrame:
     """Typed schema columns plus the derived ones the figures and tables group by."""
-    # absent keys are added empty, so that old files load
-    frame = frame.assign(**{c: None for c in (*INFO_KEYS, *LATER_KEYS) if c not in frame})
+    # absent keys are added empty: the tables read them whether or not an input has them
+    frame = frame.assign(**{c: None for c in (*INFO_KEYS, *READ_KEYS) if c not in frame})
     frame = frame.assign(**{c: float("nan") for c in (*STAT_COLUMNS, *COUNTS) if c not in frame})
+    frame = migrate(frame)
     for column in INT_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     for column in FLOAT_COLUMNS:
@@ -298,23 +384,7 @@ def annotate(frame: pd.DataFrame) -> pd.DataFrame:
         frame[column] = frame[column].map(lambda v: v is True or v == 1).astype(bool)
     # Only a timed point can be noisy.
     frame["noisy"] &= frame["status"].eq("ok")
-    # Operator points from before variants existed ran the backend's default way; the other
-    # workloads have no variants.
-    operator = frame["workload"].isin(["divergence", "ddim"])
-    stochastic = frame["method"].isin(STOCHASTIC_METHODS)
-    default = frame["backend"].map(DEFAULT_VARIANT).where(operator)
-    frame["variant"] = frame["variant"].fillna(default)
-    # CNF points from before nfe_kind: torch counted its NFE; JAX derived its forward count and
-    # assumed its backward one equal to it, which is dropped rather than shown as measured.
-    if "nfe_kind" not in frame:
-        frame["nfe_kind"] = None
-    legacy = frame["workload"].eq("cnf") & frame["nfe_kind"].isna()
-    if "nfe_backward" in frame:
-        frame.loc[legacy & frame["backend"].eq("jax"), "nfe_backward"] = None
-    frame["nfe_kind"] = frame["nfe_kind"].where(~legacy, frame["backend"].map(NFE_KIND))
-    # Train points from before the fair step took the loss's f from a second net(x).
-    old_train = operator & frame["mode"].eq("train") & frame["step"].isna()
-    frame["step"] = frame["step"].where(~old_train, "separate_forward")
+    stochastic = frame["method"].isin(methods.STOCHASTIC_METHODS)  # the registry's, now
     frame["time_ms"] = frame["median_s"] * 1e3
     frame["device_id"] = _device_ids(frame)
     # Jacobian-vector products per estimate: Hutchinson's probes, the other estimators' budget
@@ -351,9 +421,10 @@ MODEL_SHORT = {
 
 
 def _series_label(method: Any, model: Any, matvecs: Any) -> str:
-    """One line in a plot: the method, a stochastic one's matrix-vector products (Hutchinson:
-    its probes) and (unless a HollowNet) the model."""
-    label = str(method) if isinstance(method, str) else "?"
+    """One line in a plot: the method's label (impls.methods; an unknown method's name), a
+    stochastic one's matrix-vector products (Hutchinson: its probes) and (unless a HollowNet)
+    the model."""
+    label = methods.label(method) if isinstance(method, str) else "?"
     if not pd.isna(matvecs):
         label += f"-{int(matvecs)}"
     short = MODEL_SHORT.get(model, model) if isinstance(model, str) else ""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from reports.load import InputError, expand_inputs, read_records
+from results_format.schema import VERSION_KEY
 
 
 def merge(inputs: Sequence[str], out: str | Path) -> dict[str, Any]:
@@ -33,6 +34,17 @@ def merge(inputs: Sequence[str], out: str | Path) -> dict[str, Any]:
         ).values()
     )
     ours["merged_from"] = [str(p) for p in paths]
+    # The oldest shard's version (its points may lack later keys), and every shard's session:
+    # the journals those sessions wrote hold the same points (results_format/SCHEMA.md).
+    sections = [doc.get("hollowbench") or {} for doc in docs]
+    ours[VERSION_KEY] = min(section.get(VERSION_KEY, 1) for section in sections)
+    ours.pop("session", None)
+    ours["sessions"] = [
+        s
+        for section in sections
+        for s in section.get("sessions") or [section.get("session")]
+        if isinstance(s, str)
+    ]
     merged["hollowbench"] = ours
     Path(out).write_text(json.dumps(merged, indent=2))
     return merged

@@ -296,7 +296,8 @@ def test_conditions_without_nvml_record_the_load_only(monkeypatch):
 
 def test_the_rule_in_the_schema_the_readme_and_the_docs_is_the_code_s():
     texts = [
-        (ROOT / path).read_text() for path in ("bench/SCHEMA.md", "README.md", "docs/timing.md")
+        (ROOT / path).read_text()
+        for path in ("results_format/SCHEMA.md", "README.md", "docs/timing.md")
     ]
     schema = texts[0]
     words = timing.rule_text()

@@ -28,10 +28,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.harness import journal
 from bench.harness.presets import Timing
 from bench.harness.timing import WARMUP_CALLS, rounds_for
 from impls import DENSE_METHODS, FUSED_BASE, HOLLOW_METHODS, HollowSpec
+from results_format import journal
 
 # The order workloads run in when no budget orders them: the operators first.
 WORKLOAD_ORDER = ("divergence", "ddim", "ode", "sde", "cnf")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.schema import CONDITION_KEYS
+from results_format.schema import CONDITION_KEYS
 
 POWER_SAMPLE_S = 0.01
 VERSIONS = ("torch", "jax", "jaxlib", "equinox", "numpy", "pytest_benchmark")  # distributions
@@ -40,7 +40,7 @@ def cpu_name() -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    """``machine_info["hollowbench"]`` as bench/SCHEMA.md describes it."""
+    """``machine_info["hollowbench"]`` as results_format/SCHEMA.md describes it."""
     torch = sys.modules.get("torch")
     return {
         "node": platform.node(),

@@ -70,7 +70,7 @@ class NoiseRule:
         return {name: getattr(self, name) for name in names}
 
 
-RULE = NoiseRule()  # THE thresholds (bench/SCHEMA.md, docs/timing.md)
+RULE = NoiseRule()  # THE thresholds (results_format/SCHEMA.md, docs/timing.md)
 
 
 @dataclass
@@ -120,7 +120,7 @@ class Outcome:
     rule: NoiseRule
 
     def info(self) -> dict[str, Any]:
-        """The point's ``noise``, ``remeasured`` and ``noisy`` extra_info (bench/SCHEMA.md)."""
+        """The point's ``noise``, ``remeasured`` and ``noisy`` extra_info (SCHEMA.md)."""
         runs = [m.figures() for m in self.measurements]
         runs = [figures | {"failed": failures(figures, self.rule)} for figures in runs]
         kept = runs[self.kept]
@@ -318,7 +318,8 @@ def _stats(data: list[float]):
 
 
 def rule_text(rule: NoiseRule = RULE) -> str:
-    """The rule as bench/SCHEMA.md, the README and docs/timing.md quote it, word for word."""
+    """The rule as results_format/SCHEMA.md, the README and docs/timing.md quote it, word for
+    word."""
     return (
         f"A measurement is noisy when `iqr_median` > {rule.iqr_median:g}, when `max2_min` > "
         f"{rule.max2_min:g}, or when `cpu_share` < {rule.cpu_share:g} while `others_share` > "

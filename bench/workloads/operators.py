@@ -19,7 +19,6 @@ from bench.harness.case import Case, Task
 from bench.workloads.base import PointBase, Workload, attrs, reference_backend, spec_info
 from impls import (
     DEFAULT_VARIANT,
-    ESTIMATORS,
     EXACT_METHODS,
     FUSED_VARIANTS,
     HOLLOW_METHODS,
@@ -31,6 +30,7 @@ from impls import (
     flop_matched_mlp,
     param_matched_mlp,
 )
+from impls.methods import REGISTRY as METHOD_REGISTRY
 
 ModelSpec = HollowSpec | MLPSpec
 ROWS = 4  # batch rows the error is checked on
@@ -138,8 +138,9 @@ def variant_unavailable(p: Point) -> str | None:
 
 def expand(grid: Grid, settings, devices: dict[str, tuple[str, ...]]) -> list[Point]:
     """Every point of ``grid`` on the axes of ``settings`` (``devices``: backend -> devices), in
-    a stable order, but those a limit excludes or a variant cannot run. Stochastic methods take
-    k = 1 only: Hutchinson each ``n_probes``, the other estimators each ``n_matvecs``."""
+    a stable order, but those a limit excludes or a variant cannot run. Each method (the
+    registry's record, impls.methods) takes the k of its range and the values of its budget's
+    axis: Hutchinson each ``n_probes``, the other estimators each ``n_matvecs``."""
     limits, variants = tuple(settings.preset.limits), set(settings.variants)
     wanted = [m for m in grid.methods if m in set(settings.methods)]
     ks = grid.ks if grid.ks is not None else tuple(settings.ks)
@@ -151,12 +152,12 @@ def expand(grid: Grid, settings, devices: dict[str, tuple[str, ...]]) -> list[Po
             sorted(set(settings.dims)), settings.batches, ks,
         )  # fmt: skip
         for device, model, method, variant, mode, d, batch, k in axes:
+            spec = METHOD_REGISTRY[method]
             # Hollow methods need the HollowNet; the baselines take any model.
-            hollow_off_hollownet = method in HOLLOW_METHODS and model != "hollownet"
-            if hollow_off_hollownet or (method in STOCHASTIC_METHODS and k != 1):
+            if (spec.hollow_only and model != "hollownet") or not spec.takes_k(k):
                 continue
-            probes = settings.n_probes if method == "hutchinson" else (None,)
-            budgets = settings.n_matvecs if method in ESTIMATORS else (None,)
+            probes = settings.n_probes if spec.budget == "n_probes" else (None,)
+            budgets = settings.n_matvecs if spec.budget == "n_matvecs" else (None,)
             for m, n in itertools.product(probes, budgets):
                 p = Point(
                     grid.workload, backend, device, method, model, d, batch, k, mode, m, variant, n
@@ -265,9 +266,8 @@ def step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable]:
 def _operator(backend, point: Point, with_value: bool = False) -> Callable[..., Any]:
     """op(net, x, **extra) -> the point's values: (batch,) divergence or (batch, d) D_dim^k;
     ``with_value``: (f, values) from one pass."""
-    opts = {"n_probes": point.n_probes} if point.method == "hutchinson" else {}
-    if point.method in ESTIMATORS:
-        opts = {"n_matvecs": point.n_matvecs}
+    budget = METHOD_REGISTRY[point.method].budget  # n_probes, n_matvecs or None
+    opts = {budget: getattr(point, budget)} if budget else {}
     m = point.method
     if point.workload == "divergence":
         fn = backend.value_and_divergence if with_value else backend.divergence
@@ -329,21 +329,13 @@ def activations(spec: ModelSpec) -> int:
 def predict_bytes(spec: ModelSpec, point: Point) -> int:
     """Rough bytes ``point`` needs, to skip hopeless points (1-3x XLA's analysis, 1-2x torch's
     RSS growth; CPU, d = 64-128): a pass keeps ``batch * activations * itemsize``, methods keep
-    their passes (dense_vectorized: d x 2^k), train-mode dense_loop all d backward graphs;
-    training otherwise doubles the live set and triples the parameters."""
+    their passes (the registry's ``Method.passes``: dense_vectorized d x 2^k, train-mode
+    dense_loop all d backward graphs, training otherwise doubling the live set); training
+    triples the parameters."""
     item = 8 if spec.dtype == "float64" else 4
     act = point.batch * activations(spec) * item
     train = point.mode == "train"
-    if point.method == "dense_loop":
-        live = point.d * (point.k + 1) * act if train else (point.k + 2) * act
-    else:
-        if point.method == "dense_vectorized":
-            passes = point.d * 2**point.k
-        elif point.method == "hutchinson":
-            passes = (point.n_probes or 1) + 2
-        elif point.method in ESTIMATORS:
-            passes = point.n_matvecs + 2
-        else:
-            passes = point.k + 2
-        live = passes * act * (2 if train else 1)
+    method = METHOD_REGISTRY[point.method]
+    budget = getattr(point, method.budget) if method.budget else None
+    live = method.passes(point.d, point.k, budget, train) * act
     return spec.n_params * item * (3 if train else 1) + live

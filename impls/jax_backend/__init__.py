@@ -21,6 +21,7 @@ from impls.jax_backend import operators
 from impls.jax_backend.models import MLP, HollowNet, build
 from impls.jax_backend.profiling import kernel_times
 from impls.spec import ModelSpec
+from impls.variants import DEFAULT_VARIANT, VARIANTS
 
 __all__ = ["MLP", "HollowNet", "JaxBackend"]
 
@@ -30,8 +31,8 @@ PRECISIONS = {"tf32": "tensorfloat32", "highest": "highest"}
 
 class JaxBackend:
     name = "jax"
-    variants = _checks.VARIANTS["jax"]
-    default_variant = _checks.DEFAULT_VARIANT["jax"]
+    variants = VARIANTS["jax"]
+    default_variant = DEFAULT_VARIANT["jax"]
     pure_steps = True  # a compiled step is a pure function of its arguments
 
     def __init__(self, device: str | None = None):

@@ -15,8 +15,9 @@ from impls.spec import HollowSpec, MLPSpec, ModelSpec, dense, init_params, made_
 
 
 def _softplus(z: jax.Array) -> jax.Array:
-    # Written out because jet (Taylor mode) cannot trace jax.nn.softplus's custom_jvp;
-    # exp(-|z|) <= 1 keeps it overflow-free.
+    # The stable formula, written out: exp(-|z|) <= 1 keeps it overflow-free. (It once had
+    # to be, as jax.experimental.jet could not trace jax.nn.softplus's custom_jvp; no operator
+    # uses jet now: impls/jax_backend/taylor.py carries the Taylor series by hand.)
     return jnp.maximum(z, 0) + jnp.log1p(jnp.exp(-jnp.abs(z)))
 
 

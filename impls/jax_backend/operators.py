@@ -1,4 +1,8 @@
-"""D_dim^k and the divergence in JAX, one function per method.
+"""D_dim^k and the divergence in JAX, one function per method, dispatched through the registry
+(:mod:`impls.methods`): this backend's operator of a method is ``op(call: Call) -> (f, values)``,
+traced inside one jitted ``_compute``, values the trace (batch,) when ``call.trace``, else the
+diagonal (batch, dim). Its options other than ``t``, ``key`` and ``seed`` are static
+(hashable): each value compiles its own ``_compute``.
 
 All methods are pure and traceable: wrap them in ``jax.jit`` (``k`` and ``method`` static) and
 differentiate them with ``jax.grad`` with respect to x or the model; parameter gradients are
@@ -9,17 +13,35 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from impls import _checks
+from impls import _checks, methods
 from impls._operators import fused_platform, hollow_forward, nested_jvp
 from impls.jax_backend import estimators, fused_tau, taylor
 from impls.jax_backend.models import HollowNet
 
 Fn = Callable[[jax.Array], jax.Array]
-_EXTRA_OPTS = {name: ("key",) for name in _checks.STOCHASTIC_METHODS}
+# Options that are arrays or seeds, not static options of _compute.
+_DYNAMIC = ("t", "key", "seed")
+
+
+class Call(NamedTuple):
+    """A checked call of an operator, while ``_compute`` traces it: ``fun`` is ``net`` at time
+    ``t`` as a function of x (``net`` and ``t`` are None where an estimator is called on a
+    function alone), ``key`` the probes' PRNG key (stochastic methods), ``opts`` the static
+    options (hollow_forward's ``fused``: the platform of its fused tau kernel, see _static)."""
+
+    net: Any
+    fun: Fn
+    x: jax.Array
+    t: jax.Array | None
+    key: jax.Array | None
+    k: int
+    opts: dict[str, Any]
+    trace: bool
 
 
 def ddim(net, x: jax.Array, k: int = 1, method: str = "hollow", **opts) -> jax.Array:
@@ -39,7 +61,7 @@ def value_and_ddim(
     loss on both and differentiates once, with no second ``net(x)``. (Under ``jit`` an unused
     f costs nothing: ``ddim`` is this, less f.)"""
     t = _prepare(net, x, k, method, opts)
-    return _compute(net, x, t, _key(method, opts), method=method, k=k, **_static(method, opts))
+    return _compute(net, x, t, _key(method, opts), method=method, k=k, static=_static(method, opts))
 
 
 def value_and_divergence(
@@ -48,25 +70,24 @@ def value_and_divergence(
     """(f(x) (batch, dim), its divergence (batch,)) from one forward pass."""
     t = _prepare(net, x, 1, method, opts)
     static = _static(method, opts)
-    return _compute(net, x, t, _key(method, opts), method=method, k=1, trace=True, **static)
+    return _compute(net, x, t, _key(method, opts), method=method, k=1, trace=True, static=static)
 
 
-def _static(method: str, opts: dict) -> dict:
-    """_compute's static options; ``fused``: the platform hollow_forward's fused tau kernel
-    runs on (:func:`impls._operators.fused`), a static argument so that a step traced with it
-    and one traced without never share a compiled ``_compute``."""
-    names = ("n_probes", "n_matvecs", "noise", "chunk_size")
-    static = {name: opts[name] for name in names if name in opts}
+def _static(method: str, opts: dict) -> tuple[tuple[str, Any], ...]:
+    """_compute's static options, as sorted (name, value) pairs; ``fused``: the platform
+    hollow_forward's fused tau kernel runs on (:func:`impls._operators.fused`), static so that
+    a step traced with it and one traced without never share a compiled ``_compute``."""
+    static = {name: value for name, value in opts.items() if name not in _DYNAMIC}
     platform = fused_platform()
     if method == "hollow_forward" and platform is not None:
         static["fused"] = platform
-    return static
+    return tuple(sorted(static.items()))
 
 
 def _key(method: str, opts: dict) -> jax.Array | None:
     """The probes' PRNG key: ``key``, else one from ``seed``. Required, as everywhere in JAX:
     a silent default key would draw the same probes on every call of a training loop."""
-    if method not in _checks.STOCHASTIC_METHODS:
+    if not methods.REGISTRY[method].stochastic:
         return None
     key, seed = opts.get("key"), opts.get("seed")
     if key is None and seed is None:
@@ -77,33 +98,12 @@ def _key(method: str, opts: dict) -> jax.Array | None:
     return jax.random.key(seed) if key is None else key
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "method", "k", "trace", "n_probes", "n_matvecs", "noise", "chunk_size", "fused",
-    ),
-)  # fmt: skip
-def _compute(
-    net, x, t, key, *, method, k, trace=False, n_probes=1, n_matvecs=None, noise=None,
-    chunk_size=None, fused=None,
-) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+@functools.partial(jax.jit, static_argnames=("method", "k", "trace", "static"))
+def _compute(net, x, t, key, *, method, k, trace=False, static=()) -> tuple[jax.Array, jax.Array]:
     """(f, values) of the checked call, compiled once per model structure and static option
     set, so eager calls run compiled code too (under an outer ``jit`` this simply inlines)."""
-    if method in _checks.STOCHASTIC_METHODS:
-        budget = {"n_probes": n_probes, "n_matvecs": n_matvecs, "noise": noise}
-        return stochastic(lambda y: net.evaluate(y, t), x, key, method, trace, **budget)
-    if method == "hollow":
-        f, out = _hollow(net, x, t, k)
-    elif method == "hollow_forward":
-        kernel = None  # the taylor module's, unless a fused variant is traced
-        if fused is not None:
-            kernel = functools.partial(fused_tau.value_and_tangent, interpret=fused == "cpu")
-        f, out = hollow_forward(taylor, net, x, t, k, kernel)
-    elif method == "dense_loop":
-        f, out = dense_loop(lambda y: net.evaluate(y, t), x, k, with_value=True)
-    else:
-        f, out = dense_vectorized(lambda y: net.evaluate(y, t), x, k, chunk_size, with_value=True)
-    return f, (out.sum(-1) if trace else out)
+    call = Call(net, lambda y: net.evaluate(y, t), x, t, key, k, dict(static), trace)
+    return methods.operator("jax", method)(call)
 
 
 def stochastic(
@@ -111,12 +111,41 @@ def stochastic(
     n_matvecs: int | None = None, noise: str | None = None,
 ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """(f, a stochastic method's estimate of the trace or diagonal of fun's Jacobian at x)."""
-    noise = noise or _checks.DEFAULT_NOISE[method]
-    if method == "hutchinson":
-        return hutchinson(fun, x, key, n_probes, noise, trace, with_value=True)
-    draw = lambda shape: _probes(key, shape, noise, x)  # noqa: E731
-    n_matvecs = n_matvecs or _checks.MIN_MATVECS[method]
-    return estimators.estimate(method, fun, x, n_matvecs, draw, trace)
+    opts = {"n_probes": n_probes, "n_matvecs": n_matvecs, "noise": noise}
+    call = Call(None, fun, x, None, key, 1, {n: v for n, v in opts.items() if v is not None}, trace)
+    return methods.operator("jax", method)(call)
+
+
+def _exact(op: Callable[[Call], tuple[jax.Array, jax.Array]]) -> Callable:
+    """An exact method's operator from its (f, diagonal): the trace is the diagonal's sum."""
+
+    def run(call: Call) -> tuple[jax.Array, jax.Array]:
+        f, diag = op(call)
+        return f, (diag.sum(-1) if call.trace else diag)
+
+    return run
+
+
+def _hollow_forward(call: Call) -> tuple[jax.Array, jax.Array]:
+    kernel = None  # the taylor module's, unless a fused variant is traced
+    fused = call.opts.get("fused")
+    if fused is not None:
+        kernel = functools.partial(fused_tau.value_and_tangent, interpret=fused == "cpu")
+    return hollow_forward(taylor, call.net, call.x, call.t, call.k, kernel)
+
+
+def _hutchinson(call: Call) -> tuple[jax.Array, jax.Array]:
+    noise = call.opts.get("noise") or methods.REGISTRY["hutchinson"].default_noise
+    n_probes = call.opts.get("n_probes", 1)
+    return hutchinson(call.fun, call.x, call.key, n_probes, noise, call.trace, with_value=True)
+
+
+def _estimator(call: Call, method: str) -> tuple[jax.Array, jax.Array]:
+    spec = methods.REGISTRY[method]
+    noise = call.opts.get("noise") or spec.default_noise
+    draw = lambda shape: _probes(call.key, shape, noise, call.x)  # noqa: E731
+    n_matvecs = call.opts.get("n_matvecs") or spec.min_budget
+    return estimators.estimate(method, call.fun, call.x, n_matvecs, draw, call.trace)
 
 
 def _prepare(net, x, k, method, opts) -> jax.Array | None:
@@ -126,13 +155,13 @@ def _prepare(net, x, k, method, opts) -> jax.Array | None:
     if not hasattr(net, "spec"):
         raise TypeError(f"net must be a model built by this backend, got {type(net).__name__}")
     spec = net.spec
-    _checks.check_call(
+    methods.check_call(
         method=method,
         k=k,
         opts=opts,
         is_hollow=isinstance(net, HollowNet),
         model_name=type(spec).__name__,
-        extra_opts=_EXTRA_OPTS,
+        extra_opts=_extra_opts(method),
     )
     _checks.check_input(shape=x.shape, dtype=x.dtype.name, dim=spec.dim, model_dtype=spec.dtype)
     param = next(iter(net.params.values()))
@@ -146,6 +175,12 @@ def _prepare(net, x, k, method, opts) -> jax.Array | None:
         _checks.check_t_shape(t.shape, x.shape[0])
         check_finite(t, "t")
     return t
+
+
+def _extra_opts(method: str) -> dict[str, tuple[str, ...]] | None:
+    """A stochastic method's PRNG ``key``: an option in JAX alone."""
+    registered = methods.REGISTRY.get(method)
+    return {method: ("key",)} if registered is not None and registered.stochastic else None
 
 
 def is_concrete(a: jax.Array) -> bool:
@@ -269,3 +304,18 @@ def _probes(key: jax.Array, shape: tuple, noise: str, like: jax.Array) -> jax.Ar
     if noise == "gaussian":
         return jax.random.normal(key, shape, dtype=like.dtype)
     return jax.random.rademacher(key, shape, dtype=like.dtype)
+
+
+methods.implement(
+    "jax",
+    {
+        "hollow": _exact(lambda c: _hollow(c.net, c.x, c.t, c.k)),
+        "hollow_forward": _exact(_hollow_forward),
+        "dense_loop": _exact(lambda c: dense_loop(c.fun, c.x, c.k, with_value=True)),
+        "dense_vectorized": _exact(
+            lambda c: dense_vectorized(c.fun, c.x, c.k, c.opts.get("chunk_size"), with_value=True)
+        ),
+        "hutchinson": _hutchinson,
+        **{name: functools.partial(_estimator, method=name) for name in methods.ESTIMATORS},
+    },
+)

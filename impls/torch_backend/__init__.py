@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from impls import _checks
+from impls import _checks, methods
 from impls.spec import HollowSpec, ModelSpec
 from impls.torch_backend import operators
 from impls.torch_backend.models import MLP, HollowNet, build
 from impls.torch_backend.variants import torch_variant
+from impls.variants import DEFAULT_VARIANT, VARIANTS
 
 __all__ = ["MLP", "HollowNet", "TorchBackend"]
 
@@ -24,8 +25,8 @@ PRECISIONS = {"tf32": "high", "highest": "highest"}
 
 class TorchBackend:
     name = "torch"
-    variants = _checks.VARIANTS["torch"]
-    default_variant = _checks.DEFAULT_VARIANT["torch"]
+    variants = VARIANTS["torch"]
+    default_variant = DEFAULT_VARIANT["torch"]
     pure_steps = False  # a step may ignore its arguments (a CUDA graph replays what it captured)
 
     def __init__(self, device: str | None = None):
@@ -128,7 +129,7 @@ class TorchBackend:
         net = self.build(HollowSpec(dim=2, d_h=1, cond_hidden=(), trans_hidden=(2,)))
         x = self.asarray(np.zeros((1, 2), dtype="float32"))
         with torch.no_grad():
-            for method in _checks.EXACT_METHODS:
+            for method in methods.EXACT_METHODS:
                 self.ddim(net, x, k=2, method=method)
             self.divergence(net, x, method="hutchinson")
 

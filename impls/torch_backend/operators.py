@@ -1,4 +1,6 @@
-"""D_dim^k and the divergence in PyTorch, one function per method.
+"""D_dim^k and the divergence in PyTorch, one function per method, dispatched through the
+registry (:mod:`impls.methods`): this backend's operator of a method is ``op(call: Call) ->
+(f, values)``, values the trace (batch,) when ``call.trace``, else the diagonal (batch, dim).
 
 Every method returns a tensor that back-propagates to x and to *all* parameters whenever grad
 mode is on when it is called; under ``torch.no_grad()`` it returns a plain tensor.
@@ -6,17 +8,32 @@ mode is on when it is called; under ``torch.no_grad()`` it returns a plain tenso
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch.func import jvp, vmap
 
-from impls import _checks
+from impls import _checks, methods
 from impls._operators import fused_platform, hollow_forward, nested_jvp
 from impls.torch_backend import estimators, taylor
 from impls.torch_backend.models import HollowNet
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Call(NamedTuple):
+    """A checked call of an operator: ``fun`` is ``net`` at time ``t`` as a function of x
+    (``net`` and ``t`` are None where an estimator is called on a function alone)."""
+
+    net: Any
+    fun: Fn
+    x: torch.Tensor
+    t: torch.Tensor | None
+    k: int
+    opts: dict[str, Any]
+    trace: bool
 
 
 def ddim(net, x: torch.Tensor, k: int = 1, method: str = "hollow", **opts) -> torch.Tensor:
@@ -35,36 +52,38 @@ def value_and_ddim(
     """(f(x), D_dim^k f(x)), both (batch, dim), from one forward pass: a train step takes its
     loss on both and runs one backward, with no second ``net(x)``."""
     fun, t = _prepare(net, x, k, method, opts)
-    if method == "hollow":
-        return _hollow(net, x, t, k)
-    if method == "hollow_forward":
-        return hollow_forward(taylor, net, x, t, k, _fused_kernel())
-    if method == "dense_loop":
-        return dense_loop(fun, x, k, with_value=True)
-    if method == "dense_vectorized":
-        return dense_vectorized(fun, x, k, opts.get("chunk_size"), with_value=True)
-    return stochastic(fun, x, method, opts, trace=False)
+    return methods.operator("torch", method)(Call(net, fun, x, t, k, opts, trace=False))
 
 
 def value_and_divergence(
     net, x: torch.Tensor, method: str = "hollow", **opts
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(f(x) (batch, dim), its divergence (batch,)) from one forward pass."""
-    if method in _checks.STOCHASTIC_METHODS:
-        fun, _ = _prepare(net, x, 1, method, opts)
-        return stochastic(fun, x, method, opts, trace=True)
-    f, diag = value_and_ddim(net, x, 1, method, **opts)
-    return f, diag.sum(-1)
+    fun, t = _prepare(net, x, 1, method, opts)
+    return methods.operator("torch", method)(Call(net, fun, x, t, 1, opts, trace=True))
 
 
 def stochastic(fun: Fn, x: torch.Tensor, method: str, opts: dict, trace: bool):
     """(f, a stochastic method's estimate of the trace or diagonal of fun's Jacobian at x)."""
-    if method == "hutchinson":
-        return hutchinson(fun, x, opts, trace, with_value=True)
-    n_matvecs = opts.get("n_matvecs", _checks.MIN_MATVECS[method])
-    noise, seed = opts.get("noise", _checks.DEFAULT_NOISE[method]), opts.get("seed")
-    draw = lambda shape: _probes(shape, noise, seed, x)  # noqa: E731
-    return estimators.estimate(method, fun, x, n_matvecs, draw, trace)
+    return methods.operator("torch", method)(Call(None, fun, x, None, 1, opts, trace))
+
+
+def _exact(op: Callable[[Call], tuple[torch.Tensor, torch.Tensor]]) -> Callable:
+    """An exact method's operator from its (f, diagonal): the trace is the diagonal's sum."""
+
+    def run(call: Call) -> tuple[torch.Tensor, torch.Tensor]:
+        f, diag = op(call)
+        return f, (diag.sum(-1) if call.trace else diag)
+
+    return run
+
+
+def _estimator(call: Call, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    spec = methods.REGISTRY[method]
+    n_matvecs = call.opts.get("n_matvecs", spec.min_budget)
+    noise, seed = call.opts.get("noise", spec.default_noise), call.opts.get("seed")
+    draw = lambda shape: _probes(shape, noise, seed, call.x)  # noqa: E731
+    return estimators.estimate(method, call.fun, call.x, n_matvecs, draw, call.trace)
 
 
 def _fused_kernel() -> Callable | None:
@@ -82,7 +101,7 @@ def _prepare(net, x, k, method, opts) -> tuple[Fn, torch.Tensor | None]:
     if not hasattr(net, "spec"):
         raise TypeError(f"net must be a model built by this backend, got {type(net).__name__}")
     spec = net.spec
-    _checks.check_call(
+    methods.check_call(
         method=method,
         k=k,
         opts=opts,
@@ -212,3 +231,20 @@ def _probes(shape: tuple, noise: str, seed: int | None, like: torch.Tensor) -> t
         return torch.randn(shape, generator=gen, dtype=like.dtype, device=like.device)
     bits = torch.randint(0, 2, shape, generator=gen, device=like.device)
     return (2 * bits - 1).to(like.dtype)
+
+
+methods.implement(
+    "torch",
+    {
+        "hollow": _exact(lambda c: _hollow(c.net, c.x, c.t, c.k)),
+        "hollow_forward": _exact(
+            lambda c: hollow_forward(taylor, c.net, c.x, c.t, c.k, _fused_kernel())
+        ),
+        "dense_loop": _exact(lambda c: dense_loop(c.fun, c.x, c.k, with_value=True)),
+        "dense_vectorized": _exact(
+            lambda c: dense_vectorized(c.fun, c.x, c.k, c.opts.get("chunk_size"), with_value=True)
+        ),
+        "hutchinson": lambda c: hutchinson(c.fun, c.x, c.opts, c.trace, with_value=True),
+        **{name: functools.partial(_estimator, method=name) for name in methods.ESTIMATORS},
+    },
+)

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bench.harness.grid import PRESETS
 from impls import HOLLOW_METHODS
 from reports.tables import AT_MOST_ONE, NoData, Side, Table, Target, is_measured
+from results_format.schema import PAPER_DIMS
 
-PAPER_DIMS = PRESETS["paper"].dims  # the d a claim on the operators needs: the paper preset's
 GROUP = ("backend", "device", "mode")
 Long = Callable[[pd.DataFrame], pd.DataFrame]
 

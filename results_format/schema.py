@@ -51,3 +51,6 @@ STATS = ("min", "max", "mean", "stddev", "median", "iqr", "q1", "q3")
 COUNTS = ("rounds", "iterations", "ops")
 STATUSES = ("ok", "oom", "timeout", "skipped", "error")
 NOT_RUN = STATUSES[1:]
+# The d the paper's claims are judged over: the paper preset sweeps them (bench's presets), and
+# the report counts each claim's coverage against them.
+PAPER_DIMS = (8, 32, 128, 512, 1024, 2048, 4096)

@@ -13,6 +13,7 @@ from typing import Any
 
 # impls itself imports numpy only
 from impls import DENSE_METHODS, ESTIMATORS, VARIANTS
+from results_format.schema import PAPER_DIMS
 
 # The axes the options take (bench/harness/options.py).
 MODELS = ("hollownet", "mlp_param_matched", "mlp_flop_matched")
@@ -130,7 +131,7 @@ PRESETS = {
     # The paper's comparison on a GPU: batch 512 up to d = 4096; dense methods where they fit.
     "paper": Preset(
         name="paper",
-        dims=(8, 32, 128, 512, 1024, 2048, 4096),
+        dims=PAPER_DIMS,
         batches=(512,),
         ks=(1, 2, 3, 4),
         n_probes=(1, 4, 16),

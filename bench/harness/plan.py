@@ -2,19 +2,23 @@
 can give in that time.
 
 Every point gets a priority and a predicted cost. First come the points the paper's claims
-C1-C5 and the goals (a)-(d) need (:data:`CLAIMS`), for every backend and device, at a spread
-of d (the smallest, the largest and one between), claim by claim; then the same claims' other
-d; then the rest, in the grid's order. The plan keeps, in that order, every point whose
-predicted cost still fits; the others are left out before the sweep starts. While it runs, a
-point whose prediction (corrected by how the points so far compared with theirs) would end past
-its backend and device's share of the budget is left out too, so the sweep stops cleanly at the
-budget. Both kinds are recorded with the reason.
+C1-C5 and the goals (a)-(d) need (:data:`CLAIMS`), for every backend and device: each side's
+cheapest point at a spread of d (the smallest and the middle d of the operators' claims, then
+the applications' smallest, then the largest), so every claim is covered at two d before any
+gets more; then the claims' other points at those d; then at other d; then the rest. The plan
+takes, in that order, every point whose predicted cost still fits. All points stay in the run
+order, the planned ones first in each backend and device; at run time a point runs if its
+prediction (corrected by how the points so far compared with theirs) ends within its backend
+and device's share of the budget, so an unplanned point can use time the planned ones left,
+and a point still running at the share's end is stopped there: the sweep stops cleanly at its
+budget. Every point left out is journaled with the reason.
 
 A point's cost is ``overhead + timed``: ``overhead`` (building, compiling, the error check) and
 the call time come from the same point in this session or in the journals given to
-``--bench-costs``, else from the same point at other d (log-log interpolation), else from a
-prior; ``timed`` is the warm-up and the rounds the current timing settings give that call.
-No torch or JAX here.
+``--bench-costs``, else from the same point at other d and batch sizes (log-log interpolation
+over d, the call time scaled by the batch), else from a prior (the point's FLOPs at the rate
+the backend and device have shown); ``timed`` is the warm-up and the rounds the current timing
+settings give that call. No torch or JAX here.
 """
 
 from __future__ import annotations

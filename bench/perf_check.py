@@ -3,7 +3,7 @@
     python -m bench.perf_check                      # d = 32,128,512,1024, batch 512, float32
     python -m bench.perf_check --dims 32,128 --threads 2 --rounds 15
 
-For each d, the harness's own fair train steps (``bench.harness.operators.step``: f and the
+For each d, the harness's own fair train steps (``bench.workloads.operators.step``: f and the
 operator from one pass, a loss on both, one backward) of the hollow family on the HollowNet and
 of Hutchinson with one probe on the FLOP-matched MLP, as torch eager, torch ``torch.compile``
 and JAX jit. The steps of one d run interleaved (ABC ABC ...), each round timing every step
@@ -23,8 +23,8 @@ import subprocess
 import sys
 import time
 
-from bench.harness import operators
-from bench.harness.grid import Point
+from bench.workloads import operators
+from bench.workloads.operators import Point
 from impls import load_backend
 
 # design.md section 6: the exact / Hutchinson-1 FLOP ratio of the fair steps

@@ -26,7 +26,7 @@ NOISES = ("rademacher", "gaussian")
 ESTIMATOR_NOISES = ("gaussian",)
 
 # passes(d, k, budget, train) -> activation-sized buffers a point keeps alive (the bytes model
-# of bench/harness/operators.py predict_bytes): budget is the method's budget option's value.
+# of bench/workloads/operators.py predict_bytes): budget is the method's budget option's value.
 Passes = Callable[[int, int, "int | None", bool], int]
 
 

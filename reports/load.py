@@ -38,7 +38,7 @@ FLOAT_COLUMNS = (
 )
 BOOL_COLUMNS = ("noisy", "remeasured")  # True/False flags
 # Workload keys the figures and tables read, added empty where no input has them.
-READ_KEYS = ("n_matvecs", "rel_error", "nfe_kind", "spec")
+READ_KEYS = ("n_matvecs", "rel_error", "nfe_kind")
 # Each record's private fields while loading: its file's (or journal line's) schema_version, the
 # journal session it belongs to, and the sessions a JSON says it holds (SCHEMA.md, "One record
 # per point"); dropped before the frame is returned.
@@ -390,7 +390,8 @@ def annotate(frame: pd.DataFrame) -> pd.DataFrame:
     # Jacobian-vector products per estimate: Hutchinson's probes, the other estimators' budget
     frame["matvecs"] = frame["n_matvecs"].fillna(frame["n_probes"].where(stochastic))
     frame["series"] = [_series_label(*row) for row in frame[["method", "model", "matvecs"]].values]
-    frame["spec"] = spec_labels(frame)
+    if "spec" in frame:  # files from before --bench-spec stay as they were, no column added
+        frame["spec"] = spec_labels(frame)
     frame["facet"] = facet_labels(frame)
     return frame
 

@@ -70,6 +70,8 @@ def xla_accepts(flags: str) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     try:
         settings = options.from_config(config)
+        if settings.model_factory:  # importable, from here or where pytest was run
+            options.load_factory(settings.model_factory, str(config.invocation_params.dir))
     except options.OptionError as exc:
         raise pytest.UsageError(str(exc)) from None
     _avoid_xla_cpu_deadlock(settings)

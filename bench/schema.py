@@ -9,6 +9,7 @@ from results_format.schema import (  # noqa: F401
     NOT_RUN,
     OUR_KEYS,
     SCHEMA_VERSION,
+    SPEC_KEYS,
     STATS,
     STATUSES,
     VERSION_KEY,

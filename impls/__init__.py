@@ -81,8 +81,14 @@ class Backend(Protocol):
     pure_steps: bool  # a compiled step is a pure function of its arguments (JAX)
 
     # Models: net(x), or net(t, x) when spec.time_dependent; astype casts the weights exactly.
+    # The operators also take a model of the caller's own, without a spec: any callable mapping
+    # (batch, dim) to (batch, dim) (torch: an nn.Module; JAX: an equinox module), called as
+    # net(x); place puts one on this backend's device, describe_model gives its (parameter
+    # count, dtype), and astype casts a copy (its floating parameters).
     def build(self, spec: ModelSpec, seed: int = 0) -> Any: ...
     def astype(self, net: Any, dtype: str) -> Any: ...
+    def place(self, net: Any) -> Any: ...
+    def describe_model(self, net: Any) -> tuple[int, str | None]: ...
 
     # Arrays: asarray keeps the dtype; sync blocks until the device (torch) or arrays (JAX) are
     # ready; random_opts seed a random operator (torch seed, JAX a device key; None: torch's

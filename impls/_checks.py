@@ -14,6 +14,39 @@ def check_input(*, shape: tuple, dtype: str, dim: int, model_dtype: str) -> None
         raise TypeError(f"x has dtype {dtype} but the model is {model_dtype}; cast one to match")
 
 
+# A model of the caller's own (no ``spec``): any callable mapping (batch, dim) to (batch, dim).
+NOT_A_MODEL = (
+    "net must be a model: one this backend built, or a callable mapping (batch, dim) to "
+    "(batch, dim); got {}"
+)
+
+
+def check_own_input(*, shape: tuple, dtype: str, model_dtype: str | None) -> None:
+    """:func:`check_input` for a model of the caller's own: its dim is x's, its dtype its
+    floating parameters' (None: it has none, any dtype goes)."""
+    if len(shape) != 2:
+        raise ValueError(f"x must have shape (batch, dim), got {tuple(shape)}")
+    if shape[0] < 1:
+        raise ValueError(f"x must hold at least one sample, got shape {tuple(shape)}")
+    if model_dtype is not None and dtype != model_dtype:
+        raise TypeError(f"x has dtype {dtype} but the model is {model_dtype}; cast one to match")
+
+
+def check_own_output(in_shape: tuple, out_shape: tuple) -> None:
+    """Raise ValueError unless a model of the caller's own mapped (batch, dim) to itself."""
+    if tuple(out_shape) == tuple(in_shape):
+        return
+
+    def shown(shape: tuple) -> str:  # (batch, 7) where the batch is x's
+        same_batch = len(shape) > 0 and shape[0] == in_shape[0]
+        return str(("batch", *shape[1:]) if same_batch else tuple(shape)).replace("'", "")
+
+    raise ValueError(
+        f"the model maps {shown(in_shape)} to {shown(out_shape)}; it must map (batch, dim) to "
+        "(batch, dim)"
+    )
+
+
 def check_time(*, time_dependent: bool, t_given: bool) -> None:
     if time_dependent and not t_given:
         raise ValueError("this model is time-dependent: pass t=... (a scalar or shape (batch,))")

@@ -390,6 +390,8 @@ def annotate(frame: pd.DataFrame) -> pd.DataFrame:
     # Jacobian-vector products per estimate: Hutchinson's probes, the other estimators' budget
     frame["matvecs"] = frame["n_matvecs"].fillna(frame["n_probes"].where(stochastic))
     frame["series"] = [_series_label(*row) for row in frame[["method", "model", "matvecs"]].values]
+    if "spec" in frame:  # files from before --bench-spec stay as they were, no column added
+        frame["spec"] = spec_labels(frame)
     frame["facet"] = facet_labels(frame)
     return frame
 
@@ -434,22 +436,40 @@ def _series_label(method: Any, model: Any, matvecs: Any) -> str:
 # Keys that split facets only when the inputs hold several values of them. A variant gets its
 # own panels, so the eager figure stays visible beside the CUDA graph and compiled ones.
 FACET_EXTRAS = ("variant", "dtype", "batch", "matmul_precision")
+# The operator models' architecture (--bench-spec's label) splits facets where the inputs hold
+# several: the package defaults' points read "defaults" (the user's own model's, nothing).
+DEFAULT_SPEC = "defaults"
+
+
+def spec_labels(frame: pd.DataFrame) -> pd.Series:
+    """Each point's architecture label: its ``spec``; a divergence or ddim point of a built-in
+    model without one, "defaults"; any other point, ""."""
+    built_in = frame["workload"].isin(["divergence", "ddim"]) & frame["model"].ne("custom")
+    spec = frame["spec"].astype(object)
+    return spec.where(spec.notna(), DEFAULT_SPEC).where(built_in | spec.notna(), "")
 
 
 def facet_columns(frame: pd.DataFrame) -> list[str]:
     """backend, device and mode, plus any setting that varies across the inputs (variant:
-    only where some point ran other than its backend's default way)."""
+    only where some point ran other than its backend's default way; spec: where the operator
+    points hold several architectures)."""
     extras = [c for c in FACET_EXTRAS if frame[c].nunique(dropna=True) > 1]
     variant = frame["variant"]
     if not (variant.notna() & variant.ne(frame["backend"].map(DEFAULT_VARIANT))).any():
         extras = [c for c in extras if c != "variant"]
+    if "spec" in frame and frame["spec"][frame["spec"].ne("")].nunique() > 1:
+        extras.append("spec")
     return ["backend", "device_id", "mode", *extras]
 
 
 def facet_labels(frame: pd.DataFrame) -> pd.Series:
-    """'torch · cpu · train' (the device's key; dtype, batch, precision where they vary)."""
-    parts = [(f"{c}=" if c in FACET_EXTRAS else "") + text(frame[c]) for c in facet_columns(frame)]
-    return pd.concat(parts, axis=1).agg(" · ".join, axis=1)
+    """'torch · cpu · train' (the device's key; dtype, batch, precision where they vary; the
+    architecture, as ``trans_hidden=64-64,activation=tanh``, where several ran)."""
+    parts = [
+        text(frame[c]) if c == "spec" else (f"{c}=" if c in FACET_EXTRAS else "") + text(frame[c])
+        for c in facet_columns(frame)
+    ]
+    return pd.concat(parts, axis=1).agg(lambda row: " · ".join(p for p in row if p), axis=1)
 
 
 # Column prefixes of the per-file details that only the machines table reads.

@@ -28,9 +28,18 @@ INFO_KEYS = (
 # extra_info keys whose presence marks a benchmark as hollowbench's.
 OUR_KEYS = ("backend", "workload")
 # Each workload's own extra_info keys, besides INFO_KEYS ("model_spec" is every workload's).
+# --bench-spec's HollowSpec fields, each its own key on the operator points that swept it.
+SPEC_KEYS = tuple(
+    f"spec_{name}"
+    for name in (
+        "d_h", "cond_hidden", "trans_hidden", "activation", "conditioner", "time_dependent",
+        "dtype",
+    )
+)  # fmt: skip
+OPERATOR_KEYS = ("model_spec", "n_matvecs", "rel_error", "spec", "model_factory", *SPEC_KEYS)
 WORKLOAD_KEYS = {
-    "divergence": ("model_spec", "n_matvecs", "rel_error"),
-    "ddim": ("model_spec", "n_matvecs", "rel_error"),
+    "divergence": OPERATOR_KEYS,
+    "ddim": OPERATOR_KEYS,
     "cnf": (
         "model_spec", "cnf_item", "dataset", "solver", "rtol", "atol", "t1", "adjoint",
         "nfe_forward", "nfe_backward", "nfe_kind", "n_steps", "loglik_eval_ms",

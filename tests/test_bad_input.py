@@ -136,3 +136,35 @@ def test_any_non_finite_entry_is_caught(batch, dim, bad, where):
     x.flat[where % x.size] = bad
     with pytest.raises(ValueError, match="x contains NaN or inf"):
         B.divergence(net, B.asarray(x), method="dense_vectorized")
+
+
+def _own(B, dim, **kw):
+    import own_models
+
+    return (own_models.torch_mlp if B.name == "torch" else own_models.jax_mlp)(dim, 0, **kw)
+
+
+@pytest.mark.parametrize("method", ["dense_loop", "dense_vectorized", "hutchinson", "xtrace"])
+def test_own_model_must_map_dim_to_dim(backend, method, rng):
+    net = _own(backend, 8, out=7)  # (batch, 8) -> (batch, 7)
+    x = backend.asarray(rng.standard_normal((3, 8)))
+    opts = {"seed": 0} if method in ("hutchinson", "xtrace") else {}
+    pattern = r"the model maps \(batch, 8\) to \(batch, 7\); it must map \(batch, dim\) to"
+    with pytest.raises(ValueError, match=pattern):
+        backend.divergence(net, x, method=method, **opts)
+
+
+def test_own_model_checks_its_input(backend, rng):
+    net = _own(backend, 4)  # float64 weights
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, dim\), got \(4,\)"):
+        backend.divergence(net, backend.asarray(rng.standard_normal(4)), method="dense_loop")
+    x32 = backend.asarray(rng.standard_normal((2, 4)).astype(np.float32))
+    with pytest.raises(TypeError, match="x has dtype float32 but the model is float64"):
+        backend.divergence(net, x32, method="dense_loop")
+    x = backend.asarray(rng.standard_normal((2, 4)))
+    with pytest.raises(ValueError, match="needs a HollowNet, got MLP"):
+        backend.divergence(net, x, method="hollow")
+    with pytest.raises(ValueError, match="not time-dependent"):
+        backend.divergence(net, x, method="dense_loop", t=0.5)
+    with pytest.raises(TypeError, match="net must be a model: one this backend built, or a"):
+        backend.divergence(3, x, method="dense_loop")

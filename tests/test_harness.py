@@ -6,6 +6,7 @@ would, and read back what it wrote; they never look at timings.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -23,6 +24,7 @@ from bench.harness import journal, options, presets
 from bench.harness.progress import Progress
 from bench.harness.sweep import Case, PointTimeout, Sweep, Task, classify, time_limit
 from bench.harness.telemetry import machine_info
+from bench.schema import SPEC_KEYS
 from bench.workloads import operators
 from bench.workloads.operators import Point, predict_bytes
 from impls import (
@@ -34,6 +36,7 @@ from impls import (
     METHODS,
     STOCHASTIC_METHODS,
     HollowSpec,
+    flop_matched_mlp,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -900,3 +903,176 @@ def test_a_jax_sweep_compiles_ahead_and_reuses_its_cache(tmp_path):
         assert all(i["compile_s"] > 0 for i in infos)
         assert all(i["error"] < 1e-4 for i in infos if i["error_kind"] == "max_abs")
     assert any(cache.iterdir())
+
+
+# --- sweeping the model: --bench-spec and --bench-model-factory (issue 28) ----------------
+
+
+def test_spec_fields_parse_into_axes():
+    s = options.resolve(
+        {"spec": "trans_hidden=64-64,128-128; activation=tanh,softplus;cond_hidden=none,16"}
+    )
+    assert s.specs == (
+        ("trans_hidden", ((64, 64), (128, 128))),
+        ("activation", ("tanh", "softplus")),
+        ("cond_hidden", ((), (16,))),
+    )
+    raw = "d_h=4,8;time_dependent=true,false;dtype=float64;conditioner=made"
+    s = options.resolve({"spec": raw})
+    assert dict(s.specs) == {
+        "d_h": (4, 8), "time_dependent": (True, False), "dtype": ("float64",),
+        "conditioner": ("made",),
+    }  # fmt: skip
+    assert s.describe()["spec"]["d_h"] == [4, 8]
+    assert options.resolve({}).specs == () and {f"spec_{f}" for f in options.SPEC_FIELDS} == set(
+        SPEC_KEYS
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("width=8", "unknown field 'width'; choose from d_h, cond_hidden, trans_hidden, activ"),
+        ("activation=relu", "unknown activation 'relu'; choose from tanh, sigmoid, softplus, sin"),
+        ("trans_hidden=64-x", "'64-x' is not widths like 64-64 (or none, no layer)"),
+        ("d_h=0", "'0' is not a positive integer"),
+        ("time_dependent=maybe", "'maybe' is not true or false"),
+        ("conditioner=dense", "choose from masked, made"),
+        ("dtype=float16", "choose from float32, float64"),
+        ("activation", "is not FIELD=V1,V2"),
+        ("activation=tanh;activation=sin", "activation is given twice"),
+    ],
+)
+def test_a_bad_spec_names_the_choices(value, words):
+    with pytest.raises(options.OptionError) as err:
+        options.resolve({"spec": value})
+    assert "--bench-spec (or $HOLLOWBENCH_SPEC)" in str(err.value) and words in str(err.value)
+
+
+def test_the_spec_option_repeats_and_its_variable_joins_fields(monkeypatch):
+    cli = {"bench_spec": ["trans_hidden=32", "activation=sin,tanh"]}
+    s = options.from_config(_Config(**cli))
+    assert s.specs == (("trans_hidden", ((32,),)), ("activation", ("sin", "tanh")))
+    monkeypatch.setenv("HOLLOWBENCH_SPEC", "d_h=2;activation=sin")
+    assert options.from_config(_Config()).specs == (("d_h", (2,)), ("activation", ("sin",)))
+
+
+def test_the_custom_model_needs_a_factory():
+    with pytest.raises(options.OptionError, match="custom is the model of --bench-model-factory"):
+        options.resolve({"models": "custom"})
+    assert options.resolve({"models": "all"}).models == presets.MODELS
+    s = options.resolve({"model_factory": "own_models:mlp"})
+    assert s.models == (*presets.MODELS, "custom") and s.model_factory == "own_models:mlp"
+    assert options.resolve({"model_factory": "m:f", "models": "custom"}).models == ("custom",)
+    with pytest.raises(options.OptionError, match="is not module:function"):
+        options.resolve({"model_factory": "own_models.mlp"})
+    with pytest.raises(options.OptionError, match="cannot import 'no_such_module'"):
+        options.load_factory("no_such_module:build")
+    with pytest.raises(options.OptionError, match="own_models has no function 'nope'"):
+        options.load_factory("own_models:nope")
+
+
+def test_spec_axes_multiply_the_grid_and_name_the_points():
+    raw = {"dims": "32", "methods": "hollow_forward,hutchinson", "n_probes": "1"}
+    plain = operators.DIVERGENCE.points(options.resolve(raw), {"torch": ("cpu",)})
+    swept = operators.DIVERGENCE.points(
+        options.resolve(raw | {"spec": "trans_hidden=64-64,128-128;activation=tanh,softplus"}),
+        {"torch": ("cpu",)},
+    )
+    assert len(swept) == 4 * len(plain) and all(p.spec is None for p in plain)
+    pairs = [(t, a) for t in ("64-64", "128-128") for a in ("tanh", "softplus")]
+    assert {p.spec for p in swept} == {f"trans_hidden={t},activation={a}" for t, a in pairs}
+    p = next(p for p in swept if p.spec == "trans_hidden=128-128,activation=softplus")
+    assert p.arch == (("trans_hidden", (128, 128)), ("activation", "softplus"))
+    assert "-hollownet(trans_hidden=128-128,activation=softplus)-" in p.id
+    assert p.param_dict()["spec"] == p.spec and plain[0].param_dict()["spec"] is None
+    spec = operators.model_spec("mlp_flop_matched", 32, p.arch)
+    assert (
+        spec.activation == "softplus"
+        and spec.flops
+        == flop_matched_mlp(
+            HollowSpec(dim=32, trans_hidden=(128, 128), activation="softplus")
+        ).flops
+    )
+    # the custom model once per point, whatever the specs; its hollow methods are generated
+    raw |= {"spec": "activation=tanh,sin", "model_factory": "own_models:mlp", "models": "custom"}
+    custom = operators.DIVERGENCE.points(options.resolve(raw), {"torch": ("cpu",)})
+    assert {p.arch for p in custom} == {()} and {p.method for p in custom} == {
+        "hollow_forward", "hutchinson"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "jax"])
+def test_a_custom_point_runs_its_methods_or_says_why_not(tmp_path, backend_name):
+    """The user's model: dense and stochastic methods run, with an error figure against its
+    float64 copy; a hollow method is skipped unless the model is a HollowNet; a model that
+    cannot be cast to float64 runs without an error figure, and the reason says why."""
+    pytest.importorskip(backend_name)
+
+    def run(factory: str, method: str, mode: str = "eval") -> dict:
+        sweep, bench = _sweep(tmp_path, model_factory=factory), _FakeBenchmark()
+        probes = 2 if method == "hutchinson" else None
+        point = Point("divergence", backend_name, "cpu", method, "custom", 4, 3, 1, mode, probes)
+        with contextlib.suppress(pytest.skip.Exception):  # a point not run: its info tells
+            sweep.run(bench, operators.DIVERGENCE.case(sweep, point))
+        return bench.extra_info
+
+    for method, mode in [("dense_loop", "train"), ("dense_vectorized", "eval")]:
+        info = run("own_models:mlp", method, mode)
+        assert info["status"] == "ok" and info["error"] < 1e-5 and info["error_kind"] == "max_abs"
+        assert info["model_spec"]["factory"] == "own_models:mlp"
+        assert info["n_params"] == 4 * 6 * 2 + 6 + 4  # (4, 6), (6,), (6, 4), (4,)
+        assert info["dtype"] == "float32" and info["model_factory"] == "own_models:mlp"
+    info = run("own_models:mlp", "hutchinson")
+    assert info["status"] == "ok" and info["error_kind"] == "rel_std" and info["error"] > 0
+    info = run("own_models:mlp", "hollow")
+    assert info["status"] == "skipped"
+    assert info["reason"].startswith("hollow methods need a HollowNet: MLP has no conditioner")
+    info = run("own_models:hollownet", "hollow_forward")
+    assert info["status"] == "ok" and info["error"] < 1e-5
+    info = run("own_models:uncastable", "dense_loop")
+    assert info["status"] == "ok" and info["error"] is None
+    assert "no float64 reference: cannot cast" in info["reason"]
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "jax"])
+def test_a_time_dependent_spec_runs_at_a_fixed_t(tmp_path, backend_name):
+    pytest.importorskip(backend_name)
+    sweep = _sweep(tmp_path, spec="time_dependent=true")
+    arch = (("time_dependent", True),)
+    for method, model in [("hollow", "hollownet"), ("hutchinson", "mlp_flop_matched")]:
+        bench = _FakeBenchmark()
+        probes = 1 if method == "hutchinson" else None
+        point = Point("divergence", backend_name, "cpu", method, model, 4, 3, 1, "train", probes,
+                      arch=arch)  # fmt: skip
+        sweep.run(bench, operators.DIVERGENCE.case(sweep, point))
+        info = bench.extra_info
+        assert info["status"] == "ok" and info["spec_time_dependent"] is True, info["reason"]
+        assert info["model_spec"]["time_dependent"] and info["spec"] == "time_dependent=true"
+        assert info["error"] < (1e-5 if method == "hollow" else 10)
+
+
+@pytest.mark.sweep
+@pytest.mark.parametrize("backend_name", ["torch", "jax"])
+def test_the_model_factory_example_sweeps(tmp_path, backend_name):
+    """examples/my_model.py in a sweep, as the README shows it: dense and stochastic methods
+    run on it, the hollow methods are skipped with the reason."""
+    pytest.importorskip(backend_name)
+    out = tmp_path / "out.json"
+    cmd = [
+        sys.executable, "-m", "pytest", "bench/test_divergence.py", "-q", "-p", "no:cacheprovider",
+        "--bench-model-factory", "examples.my_model:build", "--bench-models", "custom",
+        "--bench-dims", "8", "--bench-backends", backend_name, "--bench-devices", "cpu",
+        "--bench-modes", "eval", "--bench-n-probes", "1", "--benchmark-json", str(out),
+        "--benchmark-max-time", "0.001", "--benchmark-min-rounds", "2",
+    ]  # fmt: skip
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=_env())
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    ran = {b["extra_info"]["method"] for b in result["benchmarks"]}
+    assert ran == {"dense_loop", "dense_vectorized", "hutchinson"}
+    assert all(b["extra_info"]["error"] is not None for b in result["benchmarks"])
+    skipped = {r["extra_info"]["method"]: r["extra_info"] for r in result["hollowbench"]["not_run"]}
+    assert set(skipped) == {"hollow", "hollow_forward"}
+    assert all(s["status"] == "skipped" for s in skipped.values())
+    assert all("hollow methods need a HollowNet" in s["reason"] for s in skipped.values())

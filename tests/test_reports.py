@@ -1218,3 +1218,30 @@ def test_estimator_error_vs_time_draws_a_line_per_estimator_and_exact_stars(tmp_
     labels = {text.get_text() for text in ax.texts}
     assert {"1", "4", "16", "3", "12", "48"} <= labels  # one labelled point per budget
     plt.close(fig)
+
+
+def test_architectures_swept_by_spec_get_their_own_facets(tmp_path):
+    """--bench-spec's architectures stay apart: a facet (and a table key) each; points without a
+    spec read "defaults"; a file from before specs keeps its facets and columns as they were."""
+    doc = results_json("alpha")
+    doc["hollowbench"]["not_run"] = []
+    plain = load_results([str(write_json(tmp_path / "plain.json", doc))])
+    assert "spec" not in plain and "trans_hidden" not in plain["facet"].iloc[0]
+    swept = []
+    for label in (None, "trans_hidden=64-64", "trans_hidden=128-128"):
+        for entry in json.loads(json.dumps(doc["benchmarks"])):
+            entry["name"] = entry["fullname"] = f"{entry['fullname']}({label})"
+            entry["extra_info"]["spec"] = label
+            if label:
+                entry["extra_info"]["spec_trans_hidden"] = [int(label[-2:])] * 2
+            swept.append(entry)
+    doc["benchmarks"] = swept
+    frame = load_results([str(write_json(tmp_path / "spec.json", doc))])
+    divergence = frame[frame["workload"].eq("divergence")]
+    assert set(divergence["spec"]) == {"defaults", "trans_hidden=64-64", "trans_hidden=128-128"}
+    facets = set(divergence["facet"])
+    assert {f.rsplit(" · ", 1)[-1] for f in facets} == set(divergence["spec"]) and len(facets) == 3
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_path / "spec.json"), "--out", str(out)]) == 0
+    c2 = table(out, "c2_dense_diagonal")
+    assert set(c2["spec"]) == {"defaults", "trans_hidden=64-64", "trans_hidden=128-128"}

@@ -7,6 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.harness.limit import NotApplicable
+
+__all__ = ["Case", "NotApplicable", "Task"]
+
 
 @dataclass
 class Task:

@@ -17,6 +17,11 @@ class PointTimeout(BaseException):
     Exception`` blocks (torch's lazy imports) cannot swallow it and run on half-initialised."""
 
 
+class NotApplicable(Exception):
+    """The point cannot run on what its task built (a hollow method on a model of the user's
+    own that is no HollowNet): recorded and skipped with the message as its reason."""
+
+
 @contextmanager
 def time_limit(seconds: float, why: str | None = None) -> Iterator[None]:
     """Raise PointTimeout in the main thread after ``seconds`` (0: no limit). SIGALRM stops a
@@ -47,9 +52,11 @@ def time_limit(seconds: float, why: str | None = None) -> Iterator[None]:
 
 def classify(exc: BaseException) -> str:
     """ "timeout", "oom" (MemoryError, torch.cuda.OutOfMemoryError, XLA RESOURCE_EXHAUSTED and
-    allocator failures) or "error"."""
+    allocator failures), "skipped" (NotApplicable) or "error"."""
     if isinstance(exc, PointTimeout):
         return "timeout"
+    if isinstance(exc, NotApplicable):
+        return "skipped"
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return "oom"
     text = str(exc).lower()
@@ -57,5 +64,7 @@ def classify(exc: BaseException) -> str:
 
 
 def describe(exc: BaseException) -> str:
+    if isinstance(exc, NotApplicable):  # the reason, as the workload words it
+        return str(exc)
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")

@@ -15,8 +15,9 @@ from typing import Any
 
 from bench.harness import faults
 from bench.harness.faults import Faults
-from bench.harness.presets import ALL_VARIANTS, MODELS, MODES, PRESETS, Preset, Timing
+from bench.harness.presets import ALL_VARIANTS, CUSTOM, MODELS, MODES, PRESETS, Preset, Timing
 from impls import BACKENDS, MAX_K, METHODS, VARIANTS
+from impls.spec import ACTIVATIONS, CONDITIONERS, DTYPES
 
 PRECISIONS = ("default", "tf32", "highest")
 INJECT_ENV = "HOLLOWBENCH_INJECT"  # --bench-inject's: the harness's own tests' hook (faults.py)
@@ -66,6 +67,10 @@ class Settings:
     sweep_budget_s: float = 0.0  # the whole sweep's time budget (bench/harness/plan.py); 0: none
     costs: tuple[str, ...] = ()  # journals (globs) whose points predict costs under a budget
     cnf_budget_s: float | None = None  # a CNF budget point's training time; None: the preset's
+    # The operator workloads' HollowSpec fields swept (--bench-spec): (field, its values), in
+    # the order given; () where none is.
+    specs: tuple[tuple[str, tuple], ...] = ()
+    model_factory: str | None = None  # "module:function" building the "custom" model
     given: frozenset[str] = frozenset()
 
     def describe(self) -> dict[str, Any]:
@@ -79,10 +84,16 @@ class Settings:
             **attrs(self, "shard_source", "compile_workers", "jax_cache", "sweep_budget_s"),
             "costs": list(self.costs),
             "cnf_budget_s": self.cnf_budget_s,
+            "spec": {name: [_jsonable(v) for v in values] for name, values in self.specs},
+            "model_factory": self.model_factory,
             "limits": [limit.describe() for limit in self.preset.limits],
             **attrs(self.timing, "budget_s", "min_rounds", "max_rounds"),
             **attrs(self, "timeout_s", "matmul_precision"),
         }
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 # --- value parsers: each takes the raw string and raises ValueError with a short reason -------
@@ -180,12 +191,113 @@ def _one(allowed: Mapping[str, Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _width(word: str) -> int:
+    if not word.isdigit() or int(word) < 1:
+        raise ValueError(f"{word!r} is not a positive integer")
+    return int(word)
+
+
+def _widths(word: str) -> tuple[int, ...]:
+    """A tuple field's value: widths joined by '-', e.g. 64-64; none (or ()) for no layer."""
+    if word.lower() in ("none", "()"):
+        return ()
+    try:
+        return tuple(_width(w) for w in word.split("-"))
+    except ValueError:
+        raise ValueError(f"{word!r} is not widths like 64-64 (or none, no layer)") from None
+
+
+def _flag(word: str) -> bool:
+    flags = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if word.lower() not in flags:
+        raise ValueError(f"{word!r} is not true or false")
+    return flags[word.lower()]
+
+
+def _named(what: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(word: str) -> str:
+        if word not in allowed:
+            raise ValueError(f"unknown {what} {word!r}; choose from {', '.join(allowed)}")
+        return word
+
+    return parse
+
+
+# The HollowSpec fields --bench-spec sweeps, each with the parser of one value (dim is
+# --bench-dims'). The matched MLPs follow each spec (activation, time_dependent, dtype, costs).
+SPEC_FIELDS: dict[str, Callable[[str], Any]] = {
+    "d_h": _width,
+    "cond_hidden": _widths,
+    "trans_hidden": _widths,
+    "activation": _named("activation", ACTIVATIONS),
+    "conditioner": _named("conditioner", CONDITIONERS),
+    "time_dependent": _flag,
+    "dtype": _named("dtype", DTYPES),
+}
+
+
+def parse_specs(raw: str) -> tuple[tuple[str, tuple], ...]:
+    """``FIELD=V1,V2,...`` clauses separated by ';' -> ((field, values), ...), e.g.
+    ``trans_hidden=64-64,128-128;activation=tanh,softplus``."""
+    axes: dict[str, tuple] = {}
+    for clause in (c.strip() for c in raw.split(";")):
+        if not clause:
+            continue
+        name, sep, values = (part.strip() for part in clause.partition("="))
+        if not sep:
+            raise ValueError(f"{clause!r} is not FIELD=V1,V2,... (e.g. trans_hidden=64-64,128)")
+        if name not in SPEC_FIELDS:
+            raise ValueError(f"unknown field {name!r}; choose from {', '.join(SPEC_FIELDS)}")
+        if name in axes:
+            raise ValueError(f"{name} is given twice; list its values once: {name}=V1,V2")
+        try:
+            axes[name] = tuple(dict.fromkeys(SPEC_FIELDS[name](w) for w in _words(values)))
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    if not axes:
+        raise ValueError("empty; give FIELD=V1,V2,... (e.g. activation=tanh,softplus)")
+    return tuple(axes.items())
+
+
+def _factory(raw: str) -> str:
+    """``module:function``, checked for its form here; imported by :func:`load_factory`."""
+    module, sep, function = raw.strip().partition(":")
+    parts = [*module.split("."), function]
+    if not sep or not all(p.isidentifier() for p in parts):
+        raise ValueError(f"{raw!r} is not module:function (e.g. examples.my_model:build)")
+    return raw.strip()
+
+
+def load_factory(text: str, search: str | None = None) -> Callable[..., Any]:
+    """The function ``module:function`` names (``search``: a directory tried on sys.path when
+    the module is not importable as it is, e.g. where pytest was run); OptionError if not."""
+    import importlib
+    import sys
+
+    module_name, _, function = text.partition(":")
+    flag = f"--bench-model-factory (or $HOLLOWBENCH_MODEL_FACTORY) {text}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if search is None or search in sys.path or exc.name != module_name.split(".")[0]:
+            raise OptionError(f"{flag}: cannot import {module_name!r}: {exc}") from None
+        sys.path.append(search)
+        return load_factory(text)
+    except Exception as exc:
+        raise OptionError(f"{flag}: importing {module_name!r} failed: {exc!r}") from None
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        raise OptionError(f"{flag}: {module_name} has no function {function!r}")
+    return fn
+
+
 @dataclass(frozen=True)
 class Option:
     dest: str
     parse: Callable[[str], Any]
     help: str
     metavar: str = "LIST"
+    append: bool = False  # repeatable: the values given are joined by ';'
 
     @property
     def flag(self) -> str:
@@ -201,7 +313,29 @@ OPTIONS = (
     Option("dims", ints(1), "dimensions d, e.g. 8,32,128 (default: the preset's)"),
     Option("backends", choices(BACKENDS), "torch,jax or all (default all installed)"),
     Option("methods", choices(METHODS), f"subset of {','.join(METHODS)} or all"),
-    Option("models", choices(MODELS), f"subset of {','.join(MODELS)} or all"),
+    Option(
+        "models",
+        choices((*MODELS, CUSTOM)),
+        f"subset of {','.join(MODELS)},{CUSTOM} or all ({CUSTOM}: --bench-model-factory's model; "
+        "default: all)",
+    ),
+    Option(
+        "spec",
+        parse_specs,
+        "sweep a HollowSpec field of the divergence and ddim models (their matched MLPs follow "
+        f"each): FIELD=V1,V2,... for FIELD in {', '.join(SPEC_FIELDS)}; a tuple as 64-64, none "
+        "for (); repeat the option for more fields (the environment variable: FIELD=...;FIELD=...)",
+        "FIELD=V1,V2",
+        append=True,
+    ),
+    Option(
+        "model_factory",
+        _factory,
+        f"module:function building a model of your own, the '{CUSTOM}' model of the divergence "
+        "and ddim workloads: function(backend_name, dim, seed) returns a torch nn.Module or an "
+        "equinox module mapping (batch, dim) to (batch, dim)",
+        "MODULE:FUNCTION",
+    ),
     Option("modes", choices(MODES), "eval,train or all"),
     Option("k", ints(1, MAX_K), f"derivative orders for ddim, e.g. 1-3 (1..{MAX_K})"),
     Option("batch", ints(1), "batch sizes (default: the preset's)"),
@@ -273,7 +407,11 @@ def add_options(parser) -> None:
     group = parser.getgroup("hollowbench", "hollowbench sweep (each also read from $HOLLOWBENCH_*)")
     for opt in OPTIONS:
         group.addoption(
-            opt.flag, dest=f"bench_{opt.dest}", metavar=opt.metavar, help=f"{opt.help} [${opt.env}]"
+            opt.flag,
+            dest=f"bench_{opt.dest}",
+            metavar=opt.metavar,
+            help=f"{opt.help} [${opt.env}]",
+            **({"action": "append"} if opt.append else {}),
         )
 
 
@@ -415,11 +553,20 @@ def resolve(
     shard, shard_source = values.get("shard"), "option"
     if shard is None:
         shard, shard_source = slurm_shard(environ or {}) or ((1, 1), "default")
+    factory = values.get("model_factory")
+    models = values.get("models", (*MODELS, CUSTOM))
+    if factory is None:
+        if "models" in values and raw["models"].strip() != "all" and CUSTOM in models:
+            raise OptionError(
+                f"--bench-models (or $HOLLOWBENCH_MODELS): {CUSTOM} is the model of "
+                "--bench-model-factory MODULE:FUNCTION; give that too"
+            )
+        models = tuple(m for m in models if m != CUSTOM)
     settings = Settings(
         preset=preset,
         backends=values.get("backends", BACKENDS),
         methods=values.get("methods", METHODS),
-        models=values.get("models", MODELS),
+        models=models,
         modes=values.get("modes", MODES),
         dims=values.get("dims", preset.dims),
         batches=values.get("batch", preset.batches),
@@ -435,6 +582,8 @@ def resolve(
         sweep_budget_s=values.get("budget", 0.0),
         costs=values.get("costs", ()),
         cnf_budget_s=values.get("cnf_budget_s"),
+        specs=values.get("spec", ()),
+        model_factory=factory,
         timing=timing,
         timeout_s=values.get("timeout", preset.timeout_s),
         journal=values.get("journal"),
@@ -449,10 +598,8 @@ def resolve(
 
 def from_config(config) -> Settings:
     """Settings from pytest's command line, falling back to the environment, then the preset."""
-    raw = {
-        opt.dest: config.getoption(f"bench_{opt.dest}") or os.environ.get(opt.env) or None
-        for opt in OPTIONS
-    }
+    raw = {opt.dest: _raw(config.getoption(f"bench_{opt.dest}")) or os.environ.get(opt.env) or None
+           for opt in OPTIONS}  # fmt: skip
     given = _given(config, ("--benchmark-max-time", "--benchmark-min-rounds"))
     max_time = float(config.getoption("benchmark_max_time")) if given[0] else None
     min_rounds = int(config.getoption("benchmark_min_rounds")) if given[1] else None
@@ -462,6 +609,11 @@ def from_config(config) -> Settings:
     # The default is the rootdir's; a directory the user names is relative to where pytest runs.
     base = config.rootpath if raw["jax_cache"] is None else config.invocation_params.dir
     return replace(settings, jax_cache=str((base / settings.jax_cache).resolve()))
+
+
+def _raw(value: str | list[str] | None) -> str | None:
+    """An option's string; a repeatable one's values joined by ';'."""
+    return ";".join(value) if isinstance(value, list) else value
 
 
 def _given(config, flags: tuple[str, ...]) -> tuple[bool, ...]:

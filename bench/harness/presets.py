@@ -17,6 +17,8 @@ from results_format.schema import PAPER_DIMS
 
 # The axes the options take (bench/harness/options.py).
 MODELS = ("hollownet", "mlp_param_matched", "mlp_flop_matched")
+# The model --bench-model-factory builds, added to MODELS' where given.
+CUSTOM = "custom"
 MODES = ("eval", "train")
 ALL_VARIANTS = tuple(v for variants in VARIANTS.values() for v in variants)
 

@@ -7,6 +7,7 @@ max |error| (exact methods), or the std across ``SEEDS`` probe seeds over the me
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 from collections.abc import Callable
@@ -15,8 +16,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bench.harness.case import Case, Task
-from bench.workloads.base import PointBase, Workload, attrs, reference_backend, spec_info
+from bench.harness.case import Case, NotApplicable, Task
+from bench.workloads.base import (
+    PointBase,
+    Workload,
+    attrs,
+    backend_module,
+    reference_backend,
+    spec_info,
+)
 from impls import (
     DEFAULT_VARIANT,
     EXACT_METHODS,
@@ -52,11 +60,16 @@ FUSED_METHOD, FUSED_K = "hollow_forward", 1
 # only train steps torch.compile takes: AOTAutograd cannot differentiate twice.
 COMPILE_TRAIN_METHODS = ("hollow_forward",)
 
-# The pytest parameters of every point, in id order; they also become the JSON's ``params``.
+# The pytest parameters of every point, in id order; they also become the JSON's ``params``
+# (``spec``: the swept HollowSpec fields' label, None where none is swept).
 PARAM_NAMES = (
     "backend", "device", "method", "model", "d", "batch", "k", "mode", "n_probes", "variant",
-    "n_matvecs",
+    "n_matvecs", "spec",
 )  # fmt: skip
+# The model --bench-model-factory builds (bench/harness/presets.py).
+CUSTOM = "custom"
+# The t a time-dependent model is evaluated at: the operators differentiate in x at fixed t.
+T = 0.5
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,8 @@ class Point(PointBase):
     n_probes: int | None = None
     variant: str = ""  # "": the backend's default
     n_matvecs: int | None = None  # the matrix-vector budget of Hutch++, XTrace, XDiag
+    # HollowSpec fields other than the package defaults (--bench-spec): ((field, value), ...)
+    arch: tuple[tuple[str, Any], ...] = ()
 
     PARAMS: ClassVar[tuple[str, ...]] = PARAM_NAMES
 
@@ -91,13 +106,37 @@ class Point(PointBase):
         return self.method if default else f"{self.method}+{self.variant}"
 
     @property
+    def spec(self) -> str | None:
+        """The swept fields as ``trans_hidden=64-64,activation=tanh``, or None."""
+        return spec_label(self.arch)
+
+    @property
     def id(self) -> str:
         probes = f"-m{self.n_probes}" if self.n_probes is not None else ""
         budget = f"-mv{self.n_matvecs}" if self.n_matvecs is not None else ""
+        arch = f"({self.spec})" if self.arch else ""
         return (
-            f"{self.backend}-{self.device}-{self.model}-{self.label}{probes}{budget}"
+            f"{self.backend}-{self.device}-{self.model}{arch}-{self.label}{probes}{budget}"
             f"-d{self.d}-b{self.batch}-k{self.k}-{self.mode}"
         )
+
+
+def spec_value(value: Any) -> str:
+    """A field's value as --bench-spec writes it: 64-64 for a tuple, none for (), else str."""
+    if isinstance(value, tuple):
+        return "-".join(map(str, value)) or "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def spec_label(arch: tuple[tuple[str, Any], ...]) -> str | None:
+    return ",".join(f"{name}={spec_value(v)}" for name, v in arch) or None
+
+
+def spec_fields(arch: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """extra_info's own key per swept field, ``spec_<field>`` (a tuple as a list), and the
+    label, ``spec`` (None where no field is swept)."""
+    fields = {f"spec_{name}": list(v) if isinstance(v, tuple) else v for name, v in arch}
+    return {"spec": spec_label(arch), **fields}
 
 
 @dataclass(frozen=True)
@@ -144,24 +183,30 @@ def expand(grid: Grid, settings, devices: dict[str, tuple[str, ...]]) -> list[Po
     limits, variants = tuple(settings.preset.limits), set(settings.variants)
     wanted = [m for m in grid.methods if m in set(settings.methods)]
     ks = grid.ks if grid.ks is not None else tuple(settings.ks)
+    names = [name for name, _ in settings.specs]
+    archs = [tuple(zip(names, values, strict=True))
+             for values in itertools.product(*(v for _, v in settings.specs))]  # fmt: skip
+    # Each model with each architecture; the custom one is the user's own, whatever the specs.
+    models = [(m, arch) for m in settings.models for arch in (archs if m != CUSTOM else [()])]
     points = []
     for backend, backend_devices in devices.items():
         mine = [v for v in VARIANTS[backend] if v in variants]
         axes = itertools.product(
-            backend_devices, settings.models, wanted, mine, settings.modes,
+            backend_devices, models, wanted, mine, settings.modes,
             sorted(set(settings.dims)), settings.batches, ks,
         )  # fmt: skip
-        for device, model, method, variant, mode, d, batch, k in axes:
+        for device, (model, arch), method, variant, mode, d, batch, k in axes:
             spec = METHOD_REGISTRY[method]
-            # Hollow methods need the HollowNet; the baselines take any model.
-            if (spec.hollow_only and model != "hollownet") or not spec.takes_k(k):
+            # Hollow methods need the HollowNet (the custom model's point finds out when built);
+            # the baselines take any model.
+            hollow_off_hollownet = spec.hollow_only and model not in ("hollownet", CUSTOM)
+            if hollow_off_hollownet or not spec.takes_k(k):
                 continue
             probes = settings.n_probes if spec.budget == "n_probes" else (None,)
             budgets = settings.n_matvecs if spec.budget == "n_matvecs" else (None,)
             for m, n in itertools.product(probes, budgets):
-                p = Point(
-                    grid.workload, backend, device, method, model, d, batch, k, mode, m, variant, n
-                )
+                p = Point(grid.workload, backend, device, method, model, d, batch, k, mode, m,
+                          variant, n, arch)  # fmt: skip
                 if variant_applies(p) and not any(limit.excludes(p) for limit in limits):
                     points.append(p)
     return points
@@ -184,14 +229,19 @@ class OperatorWorkload(Workload):
 
     def case(self, sweep, point: Point) -> Case:
         backend = sweep.backend(point.backend, point.device)
-        spec = model_spec(point.model, point.d)
-        info = attrs(point, *INFO_FIELDS)
-        info |= {"step": STEP if point.mode == "train" else None, **spec_info(spec)}
+        info = attrs(point, *INFO_FIELDS) | {"step": STEP if point.mode == "train" else None}
+        factory = sweep.settings.model_factory if point.model == CUSTOM else None
+        spec = None if factory else model_spec(point.model, point.d, point.arch)
+        if spec is None:  # known once built (the task's info): dtype, n_params, the class
+            info |= dict.fromkeys(("dtype", "n_params", "flops")) | spec_fields(())
+            info |= {"model_spec": {"type": CUSTOM, "factory": factory}}
+        else:
+            info |= spec_info(spec) | spec_fields(point.arch)
         return Case(
             backend,
             lambda: make_task(sweep, backend, spec, point),
-            info,
-            need_bytes=predict_bytes(spec, point),
+            info | {"model_factory": factory},
+            need_bytes=predict_bytes(spec, point) if spec is not None else None,
             group=f"{point.workload} d={point.d} b={point.batch} k={point.k} {point.mode}",
             params=point.param_dict(),
         )
@@ -204,9 +254,10 @@ DIVERGENCE = OperatorWorkload("divergence", METHODS, ks=(1,))
 DDIM = OperatorWorkload("ddim", (*EXACT_METHODS, "xdiag"))
 
 
-def model_spec(model: str, d: int) -> ModelSpec:
-    """The HollowNet at dimension d (package defaults), or an MLP matched to it."""
-    hollow = HollowSpec(dim=d)
+def model_spec(model: str, d: int, arch: tuple[tuple[str, Any], ...] = ()) -> ModelSpec:
+    """The HollowNet at dimension d (package defaults, but the fields ``arch`` sets), or an
+    MLP matched to it."""
+    hollow = HollowSpec(dim=d, **dict(arch))
     if model == "hollownet":
         return hollow
     if model == "mlp_param_matched":
@@ -221,31 +272,72 @@ def data(batch: int, d: int, dtype: str) -> np.ndarray:
     return np.random.default_rng(DATA_SEED).standard_normal((batch, d)).astype(dtype)
 
 
-def make_task(sweep, backend, spec: ModelSpec, point: Point) -> Task:
-    """Build the model and input of ``point`` and the step the harness times."""
-    net = backend.build(spec, seed=MODEL_SEED)
-    x_np = data(point.batch, point.d, spec.dtype)
-    x = backend.asarray(x_np)
-    fn, args, values_of = step(backend, net, x, point)
+@functools.cache
+def factory(text: str) -> Callable[..., Any]:
+    """--bench-model-factory's function (checked when the sweep was configured)."""
+    from bench.harness.options import load_factory
+
+    return load_factory(text)
+
+
+def custom_model(backend, text: str, point: Point) -> Any:
+    """The user's model of ``point`` (``function(backend_name, dim, seed)``) on its device;
+    NotApplicable where the point's method needs a HollowNet it is not."""
+    net = backend.place(factory(text)(backend.name, point.d, MODEL_SEED))
+    hollow_net = backend_module(backend, "models").HollowNet
+    if point.method in HOLLOW_METHODS and not isinstance(net, hollow_net):
+        raise NotApplicable(
+            f"hollow methods need a HollowNet: {type(net).__name__} has no conditioner and "
+            f"transformer (return the {backend.name} backend's build(HollowSpec(...)) to time them)"
+        )
+    return net
+
+
+def make_task(sweep, backend, spec: ModelSpec | None, point: Point) -> Task:
+    """Build the model and input of ``point`` and the step the harness times (``spec`` None:
+    the user's own model, from --bench-model-factory)."""
     info: dict[str, Any] = {}
+    if spec is None:
+        text = sweep.settings.model_factory
+        net = custom_model(backend, text, point)
+        n_params, dtype = backend.describe_model(net)
+        dtype = dtype or "float32"
+        model = {"type": CUSTOM, "factory": text, "class": type(net).__name__}
+        info |= {"n_params": n_params, "dtype": dtype, "model_spec": model}
+    else:
+        net, dtype = backend.build(spec, seed=MODEL_SEED), spec.dtype
+    x_np = data(point.batch, point.d, dtype)
+    x = backend.asarray(x_np)
+    fn, args, values_of = step(backend, net, x, point, time_opts(backend, spec, dtype))
+    exact = functools.partial(_exact, sweep, spec, x_np, point, backend, net)
 
     def check(out: Any, step: Callable[..., Any]) -> tuple[float, str]:
         got = backend.to_numpy(values_of(out))[:ROWS].astype(np.float64)
-        exact = _exact(sweep, spec, x_np, point)
-        info["rel_error"] = float(np.abs(got - exact).mean() / np.abs(exact).mean())
+        info["rel_error"] = float(np.abs(got - exact()).mean() / np.abs(exact()).mean())
         if point.method not in STOCHASTIC_METHODS:
-            return float(np.abs(got - exact).max()), "max_abs"
-        return rel_std(sweep, backend, net, x, x_np, point, step, values_of)
+            return float(np.abs(got - exact()).max()), "max_abs"
+        return rel_std(sweep, backend, net, x, point, step, values_of, args[2], exact)
 
     return Task(fn, args, check, info, variant=point.variant)
 
 
-def step(backend, net, x, point: Point) -> tuple[Callable, tuple, Callable]:
+def time_opts(backend, spec: ModelSpec | None, dtype: str) -> dict[str, Any]:
+    """``{"t": T}`` as a 0-d array of the model's dtype for a time-dependent model, else {}."""
+    if spec is None or not spec.time_dependent:
+        return {}
+    return {"t": backend.asarray(np.asarray(T, dtype=dtype))}
+
+
+def step(
+    backend, net, x, point: Point, opts: dict[str, Any] | None = None
+) -> tuple[Callable, tuple, Callable]:
     """(fn, args, values_of_output): the point's step and how to find the operator's values in
     its outputs (train: ``((loss, values), grads)``). The probes' seed (JAX: a key) is an
-    argument, so XLA cannot fold the probes into constants."""
+    argument, so XLA cannot fold the probes into constants; so is ``opts`` (a time-dependent
+    model's t, :func:`time_opts`)."""
     op = _operator(backend, point)
-    args = (net, x, backend.random_opts(None) if point.method in STOCHASTIC_METHODS else {})
+    rng = backend.random_opts(None) if point.method in STOCHASTIC_METHODS else {}
+    args = (net, x, rng | (opts or {}))
     if point.mode == "eval":
 
         def evaluate(net, x, rng):
@@ -276,42 +368,64 @@ def _operator(backend, point: Point, with_value: bool = False) -> Callable[..., 
     return lambda net, x, **kw: fn(net, x, k=point.k, method=m, **opts, **kw)
 
 
-def rel_std(sweep, backend, net, x, x_np: np.ndarray, point: Point, step, values_of):
+def rel_std(sweep, backend, net, x, point: Point, step, values_of, opts, exact):
     """(std across SEEDS probe seeds of the first ROWS rows over the mean |exact|, "rel_std"). A
-    pure compiled step (JAX) reruns with each seed's key; torch runs the estimator eagerly."""
-    key = ("rel_std", backend.name, backend.device, net.spec, point.workload, point.batch,
+    pure compiled step (JAX) reruns with each seed's key; torch runs the estimator eagerly.
+    ``opts``: the step's own (t), ``exact``: the reference values."""
+    model = getattr(net, "spec", None) or (CUSTOM, sweep.settings.model_factory, point.d)
+    key = ("rel_std", backend.name, backend.device, model, point.workload, point.batch,
            point.method, point.n_probes, point.n_matvecs)  # fmt: skip
     op = _operator(backend, point)
+    fixed = {name: v for name, v in opts.items() if name == "t"}
 
     def estimate(seed: int) -> np.ndarray:
+        seeded = fixed | backend.random_opts(seed)
         if backend.pure_steps:
-            return backend.to_numpy(values_of(step(net, x, backend.random_opts(seed))))[:ROWS]
+            return backend.to_numpy(values_of(step(net, x, seeded)))[:ROWS]
         with backend.no_grad():
-            return backend.to_numpy(op(net, x[:ROWS], **backend.random_opts(seed)))
+            return backend.to_numpy(op(net, x[:ROWS], **seeded))
 
     def compute() -> float:
         estimates = np.stack([np.asarray(estimate(s), dtype=np.float64) for s in range(SEEDS)])
-        exact = _exact(sweep, net.spec, x_np, point)
-        return float(estimates.std(0).mean() / np.abs(exact).mean())
+        return float(estimates.std(0).mean() / np.abs(exact()).mean())
 
     return sweep.memo(key, compute), "rel_std"
 
 
-def _exact(sweep, spec: ModelSpec, x_np: np.ndarray, point: Point) -> np.ndarray:
+def _exact(sweep, spec: ModelSpec | None, x_np: np.ndarray, point: Point, backend, net):
     """The float64 reference values of ``point`` at the first ROWS rows: (ROWS,) or (ROWS, d).
-    Same spec and seed give the same weights in every backend: one reference per model."""
-    key = ("reference", spec, point.batch, point.k)
-    ref = sweep.memo(key, lambda: reference(reference_backend(sweep, point), spec, x_np, point.k))
+    Same spec and seed give the same weights in every backend: one reference per model. The
+    user's own model (``spec`` None) is cast to float64 on its own backend."""
+    t = T if spec is not None and spec.time_dependent else None
+    if spec is None:
+        key = ("reference", CUSTOM, backend.name, backend.device, point.d, point.batch, point.k)
+        ref = sweep.memo(key, lambda: reference_of(backend, net, x_np, point.k))
+    else:
+        key = ("reference", spec, point.batch, point.k)
+        where = reference_backend(sweep, point)
+        ref = sweep.memo(key, lambda: reference(where, spec, x_np, point.k, t))
     return ref.sum(-1) if point.workload == "divergence" else ref
 
 
-def reference(backend, spec: ModelSpec, x_np: np.ndarray, k: int) -> np.ndarray:
+def reference(backend, spec: ModelSpec, x_np: np.ndarray, k: int, t=None) -> np.ndarray:
     """D_dim^k of the model (spec, MODEL_SEED) at the first ROWS rows of ``x_np``, (ROWS, d)
-    float64, by a dense Jacobian in float64 on ``backend``."""
-    net64 = backend.astype(backend.build(spec, seed=MODEL_SEED), "float64")
+    float64, by a dense Jacobian in float64 on ``backend`` (at ``t``, if time-dependent)."""
+    return reference_of(backend, backend.build(spec, seed=MODEL_SEED), x_np, k, t)
+
+
+def reference_of(backend, net, x_np: np.ndarray, k: int, t=None) -> np.ndarray:
+    """:func:`reference` of a model built: a copy cast to float64 (a model of the user's own
+    that cannot be cast fails here, and its point records no error figure, with the reason)."""
+    try:
+        net64 = backend.astype(net, "float64")
+    except Exception as exc:
+        raise TypeError(f"no float64 reference: cannot cast {type(net).__name__} ({exc})") from exc
     x64 = backend.asarray(x_np[:ROWS].astype(np.float64))
+    opts = {} if t is None else {"t": t}
     with backend.reference_mode():
-        out = backend.ddim(net64, x64, k=k, method="dense_vectorized", chunk_size=REFERENCE_CHUNK)
+        out = backend.ddim(
+            net64, x64, k=k, method="dense_vectorized", chunk_size=REFERENCE_CHUNK, **opts
+        )
     return backend.to_numpy(out).astype(np.float64)
 
 

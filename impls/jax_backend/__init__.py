@@ -7,6 +7,7 @@ this package creates carries an explicit dtype, so float32 models stay float32.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -48,9 +49,28 @@ class JaxBackend:
         return build(spec, seed, self.jax_device)
 
     def astype(self, net, dtype: str):
+        if not hasattr(net, "spec"):  # a model of the caller's own: its float leaves cast
+            if not any(eqx.is_inexact_array(leaf) for leaf in jax.tree.leaves(net)):
+                raise TypeError(
+                    f"cannot cast a {type(net).__name__}: it has no floating array leaves (a "
+                    "function's closed-over weights are none; an equinox module's are)"
+                )
+            cast = lambda leaf: leaf.astype(dtype) if eqx.is_inexact_array(leaf) else leaf  # noqa: E731
+            return jax.tree.map(cast, net)
         copy = build(replace(net.spec, dtype=dtype), 0, self.jax_device)
         params = {k: v.astype(dtype) for k, v in net.params.items()}
         return eqx.tree_at(lambda m: m.params, copy, params)
+
+    def place(self, net):
+        """A model of the caller's own with its arrays on this backend's device."""
+        arrays, rest = eqx.partition(net, eqx.is_array)
+        return eqx.combine(jax.device_put(arrays, self.jax_device), rest)
+
+    @staticmethod
+    def describe_model(net) -> tuple[int, str | None]:
+        """(parameters: the floating array leaves' entries, their dtype: the first one's)."""
+        floats = [leaf for leaf in jax.tree.leaves(net) if eqx.is_inexact_array(leaf)]
+        return sum(leaf.size for leaf in floats), (floats[0].dtype.name if floats else None)
 
     def asarray(self, a: np.ndarray) -> jax.Array:
         return jax.device_put(np.asarray(a), self.jax_device)
@@ -135,6 +155,11 @@ class JaxBackend:
             # jit caches traces by function: a fresh one, so that neither this trace nor an
             # earlier one of fn without the kernel is ever reused for the other.
             traced, fused = (lambda *a: fn(*a)), _operators.fused(self.jax_device.platform)
+        filtered = not all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(args))
+        if filtered:  # a model of the caller's own with functions or ints among its leaves
+            dynamic, static = eqx.partition(args, eqx.is_array)
+            traced = functools.partial(_combined, traced, static)
+            args = (dynamic,)
         start = time.perf_counter()
         with fused:  # tracing happens in lower()
             lowered = jax.jit(traced).lower(*args)
@@ -143,7 +168,10 @@ class JaxBackend:
         def compile_rest():
             start = time.perf_counter()
             compiled = lowered.compile()
-            return compiled, lower_s + time.perf_counter() - start, _xla_peak(compiled)
+            call = compiled
+            if filtered:  # the same partition of each call's arguments: its arrays only
+                call = lambda *a: compiled(eqx.filter(a, eqx.is_array))  # noqa: E731
+            return call, lower_s + time.perf_counter() - start, _xla_peak(compiled)
 
         return compile_rest
 
@@ -156,6 +184,11 @@ class JaxBackend:
     divergence = staticmethod(operators.divergence)
     value_and_ddim = staticmethod(operators.value_and_ddim)
     value_and_divergence = staticmethod(operators.value_and_divergence)
+
+
+def _combined(fn: Callable[..., Any], static: Any, dynamic: Any) -> Any:
+    """fn of the arguments ``dynamic`` (arrays) and ``static`` (the rest) stand for."""
+    return fn(*eqx.combine(dynamic, static))
 
 
 def _xla_peak(compiled) -> tuple[int | None, str | None]:

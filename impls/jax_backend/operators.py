@@ -15,6 +15,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -61,7 +62,8 @@ def value_and_ddim(
     loss on both and differentiates once, with no second ``net(x)``. (Under ``jit`` an unused
     f costs nothing: ``ddim`` is this, less f.)"""
     t = _prepare(net, x, k, method, opts)
-    return _compute(net, x, t, _key(method, opts), method=method, k=k, static=_static(method, opts))
+    compute = _compute if hasattr(net, "spec") else _compute_own
+    return compute(net, x, t, _key(method, opts), method=method, k=k, static=_static(method, opts))
 
 
 def value_and_divergence(
@@ -70,7 +72,8 @@ def value_and_divergence(
     """(f(x) (batch, dim), its divergence (batch,)) from one forward pass."""
     t = _prepare(net, x, 1, method, opts)
     static = _static(method, opts)
-    return _compute(net, x, t, _key(method, opts), method=method, k=1, trace=True, static=static)
+    compute = _compute if hasattr(net, "spec") else _compute_own
+    return compute(net, x, t, _key(method, opts), method=method, k=1, trace=True, static=static)
 
 
 def _static(method: str, opts: dict) -> tuple[tuple[str, Any], ...]:
@@ -98,12 +101,36 @@ def _key(method: str, opts: dict) -> jax.Array | None:
     return jax.random.key(seed) if key is None else key
 
 
-@functools.partial(jax.jit, static_argnames=("method", "k", "trace", "static"))
-def _compute(net, x, t, key, *, method, k, trace=False, static=()) -> tuple[jax.Array, jax.Array]:
-    """(f, values) of the checked call, compiled once per model structure and static option
-    set, so eager calls run compiled code too (under an outer ``jit`` this simply inlines)."""
-    call = Call(net, lambda y: net.evaluate(y, t), x, t, key, k, dict(static), trace)
+def _compute_any(net, x, t, key, *, method, k, trace=False, static=()):
+    """(f, values) of the checked call."""
+    call = Call(net, _function(net, t), x, t, key, k, dict(static), trace)
     return methods.operator("jax", method)(call)
+
+
+# The checked call compiled once per model structure and static option set, so eager calls run
+# compiled code too (under an outer ``jit`` this simply inlines). A model of this backend is a
+# pytree of arrays; one of the caller's own may hold functions and ints among its leaves (an
+# equinox MLP's activation, its sizes), which equinox's filter makes static.
+_compute = functools.partial(jax.jit, static_argnames=("method", "k", "trace", "static"))(
+    _compute_any
+)
+_compute_own = eqx.filter_jit(_compute_any)
+
+
+def _function(net, t) -> Fn:
+    """y -> f(y): a model of this backend's at t; one of the caller's own, net(y), its output's
+    shape checked (when traced: once per compilation)."""
+    if hasattr(net, "spec"):
+        return lambda y: net.evaluate(y, t)
+
+    def fun(y: jax.Array) -> jax.Array:
+        out = net(y)
+        if not isinstance(out, jax.Array):
+            raise TypeError(f"the model returned a {type(out).__name__}, not a jax.Array")
+        _checks.check_own_output(tuple(y.shape), tuple(out.shape))
+        return out
+
+    return fun
 
 
 def stochastic(
@@ -153,7 +180,7 @@ def _prepare(net, x, k, method, opts) -> jax.Array | None:
     if not isinstance(x, jax.Array):
         raise TypeError(f"x must be a jax.Array, got {type(x).__name__}")
     if not hasattr(net, "spec"):
-        raise TypeError(f"net must be a model built by this backend, got {type(net).__name__}")
+        return _prepare_own(net, x, k, method, opts)
     spec = net.spec
     methods.check_call(
         method=method,
@@ -164,9 +191,7 @@ def _prepare(net, x, k, method, opts) -> jax.Array | None:
         extra_opts=_extra_opts(method),
     )
     _checks.check_input(shape=x.shape, dtype=x.dtype.name, dim=spec.dim, model_dtype=spec.dtype)
-    param = next(iter(net.params.values()))
-    if is_concrete(x) and is_concrete(param) and x.devices() != param.devices():
-        raise ValueError(f"x is on {x.devices()} but the model is on {param.devices()}")
+    _check_device(x, next(iter(net.params.values())))
     check_finite(x, "x")
     t = opts.get("t")
     _checks.check_time(time_dependent=spec.time_dependent, t_given=t is not None)
@@ -175,6 +200,35 @@ def _prepare(net, x, k, method, opts) -> jax.Array | None:
         _checks.check_t_shape(t.shape, x.shape[0])
         check_finite(t, "t")
     return t
+
+
+def _prepare_own(net, x, k, method, opts) -> None:
+    """A model of the caller's own, without a spec (an equinox module, which may vmap a
+    per-sample network, or any callable): its dim is x's, its dtype its floating array
+    leaves'; it is called as net(x)."""
+    if not callable(net):
+        raise TypeError(_checks.NOT_A_MODEL.format(type(net).__name__))
+    methods.check_call(
+        method=method,
+        k=k,
+        opts=opts,
+        is_hollow=False,
+        model_name=type(net).__name__,
+        extra_opts=_extra_opts(method),
+    )
+    params = [leaf for leaf in jax.tree.leaves(net) if eqx.is_inexact_array(leaf)]
+    _checks.check_own_input(
+        shape=x.shape, dtype=x.dtype.name, model_dtype=params[0].dtype.name if params else None
+    )
+    if params:
+        _check_device(x, params[0])
+    check_finite(x, "x")
+    _checks.check_time(time_dependent=False, t_given=opts.get("t") is not None)
+
+
+def _check_device(x: jax.Array, param: jax.Array) -> None:
+    if is_concrete(x) and is_concrete(param) and x.devices() != param.devices():
+        raise ValueError(f"x is on {x.devices()} but the model is on {param.devices()}")
 
 
 def _extra_opts(method: str) -> dict[str, tuple[str, ...]] | None:

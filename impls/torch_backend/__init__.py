@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -41,13 +42,29 @@ class TorchBackend:
         return build(spec, seed, self.device)
 
     def astype(self, net: torch.nn.Module, dtype: str) -> torch.nn.Module:
+        if not hasattr(net, "spec"):  # a model of the caller's own: a cast copy
+            if not isinstance(net, torch.nn.Module):
+                raise TypeError(f"cannot cast a {type(net).__name__}: it is no torch.nn.Module")
+            return copy.deepcopy(net).to(getattr(torch, dtype))
         # Cast, not rebuilt: a build from the seed in dtype would differ by the old rounding.
-        copy = build(replace(net.spec, dtype=dtype), 0, self.device)
+        cast_net = build(replace(net.spec, dtype=dtype), 0, self.device)
         cast = getattr(torch, dtype)
-        copy.load_state_dict(
+        cast_net.load_state_dict(
             {k: v.to(cast) if v.is_floating_point() else v for k, v in net.state_dict().items()}
         )
-        return copy
+        return cast_net
+
+    def place(self, net: Any) -> Any:
+        """A model of the caller's own on this backend's device (an ``nn.Module`` moved)."""
+        return net.to(self.device) if isinstance(net, torch.nn.Module) else net
+
+    @staticmethod
+    def describe_model(net: Any) -> tuple[int, str | None]:
+        """(parameters, their dtype: the first floating one's; None without any)."""
+        params = list(net.parameters()) if isinstance(net, torch.nn.Module) else []
+        floats = [p for p in params if p.is_floating_point()]
+        dtype = str(floats[0].dtype).removeprefix("torch.") if floats else None
+        return sum(p.numel() for p in params), dtype
 
     def asarray(self, a: np.ndarray) -> torch.Tensor:
         return torch.tensor(np.asarray(a), device=self.device)
@@ -105,7 +122,8 @@ class TorchBackend:
 
         def step(*args):
             for i in argnums:
-                args[i].zero_grad(set_to_none=True)
+                if isinstance(args[i], torch.nn.Module):  # else: a function, no parameters
+                    args[i].zero_grad(set_to_none=True)
             value, aux = loss(*args)
             value.backward()
             return (value.detach(), aux.detach() if torch.is_tensor(aux) else aux), None

@@ -99,7 +99,7 @@ def _prepare(net, x, k, method, opts) -> tuple[Fn, torch.Tensor | None]:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not hasattr(net, "spec"):
-        raise TypeError(f"net must be a model built by this backend, got {type(net).__name__}")
+        return _prepare_own(net, x, k, method, opts), None
     spec = net.spec
     methods.check_call(
         method=method,
@@ -125,6 +125,40 @@ def _prepare(net, x, k, method, opts) -> tuple[Fn, torch.Tensor | None]:
         _checks.check_t_shape(tuple(t.shape), x.shape[0])
         check_finite(t, "t")
     return (lambda y: net.evaluate(y, t)), t
+
+
+def _prepare_own(net, x, k, method, opts) -> Fn:
+    """A model of the caller's own, without a spec (an ``nn.Module`` or any callable): its dim
+    is x's and its dtype its floating parameters'; it is called as net(x), and its output's
+    shape is checked on every call (a Python comparison: free next to the call)."""
+    if not callable(net):
+        raise TypeError(_checks.NOT_A_MODEL.format(type(net).__name__))
+    methods.check_call(
+        method=method, k=k, opts=opts, is_hollow=False, model_name=type(net).__name__
+    )
+    params = [p for p in _parameters(net) if p.is_floating_point()]
+    _checks.check_own_input(
+        shape=tuple(x.shape),
+        dtype=str(x.dtype).removeprefix("torch."),
+        model_dtype=str(params[0].dtype).removeprefix("torch.") if params else None,
+    )
+    if params and x.device != params[0].device:
+        raise ValueError(f"x is on {x.device} but the model is on {params[0].device}")
+    check_finite(x, "x")
+    _checks.check_time(time_dependent=False, t_given=opts.get("t") is not None)
+
+    def fun(y: torch.Tensor) -> torch.Tensor:
+        out = net(y)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"the model returned a {type(out).__name__}, not a torch.Tensor")
+        _checks.check_own_output(tuple(y.shape), tuple(out.shape))
+        return out
+
+    return fun
+
+
+def _parameters(net) -> list[torch.Tensor]:
+    return list(net.parameters()) if isinstance(net, torch.nn.Module) else []
 
 
 def check_finite(a: torch.Tensor, name: str) -> None:

@@ -89,3 +89,11 @@ def test_slugs_follow_github():
     )
     assert slug("The interface in ten lines") == "the-interface-in-ten-lines"
     assert slug("Speed goals (a)-(d)") == "speed-goals-a-d"
+
+
+def test_the_readmes_own_model_example_is_the_file_a_test_runs():
+    """tests/test_harness.py sweeps examples/my_model.py in both backends; the README shows it."""
+    readme = (ROOT / "README.md").read_text()
+    example = (ROOT / "examples" / "my_model.py").read_text()
+    shown = readme.split("## Your own model", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "def build(" in shown and shown in example

@@ -144,14 +144,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     points = {item.nodeid: item for item in items if _is_point(item)}
     others = [item for item in items if item.nodeid not in points]
     marked = [i for i in points.values() if i.get_closest_marker("skip") is not None]
-    runnable = [_candidate(i) for i in points.values() if i not in marked]
-    order = config.stash[SWEEP].planner.order(runnable)
+    sweep = config.stash[SWEEP]
+    runnable = [_candidate(sweep, i) for i in points.values() if i not in marked]
+    order = sweep.planner.order(runnable)
     items[:] = others + [points[c.id] for c in order] + marked
 
 
-def _candidate(item: pytest.Item) -> plan.Candidate:
-    point = item.config.stash[BUILT][item.nodeid]
-    return plan.Candidate(item.nodeid, item.module.WORKLOAD.name, point, item.callspec.params)
+def _candidate(sweep: Sweep, item: pytest.Item) -> plan.Candidate:
+    """The point as the planner sees it; under a budget, whether it is predicted to fit in
+    memory (one that will not covers no claim; describing it builds nothing)."""
+    point, workload = item.config.stash[BUILT][item.nodeid], item.module.WORKLOAD
+    fits = True
+    if sweep.settings.sweep_budget_s:
+        case = workload.case(sweep, point)
+        fits = not sweep.planner.wont_fit(case.backend, case.need_bytes)
+    return plan.Candidate(item.nodeid, workload.name, point, item.callspec.params, fits)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -88,6 +88,20 @@ def test_claims_get_their_first_points_at_a_spread_of_d_before_anything_else():
     assert ranks[points[-1].id][0] == 3
 
 
+def test_a_point_predicted_not_to_fit_covers_no_claim_and_is_not_planned():
+    import dataclasses
+
+    fits = [_point(d=d) for d in (8, 128)]
+    big = dataclasses.replace(
+        _point(d=512, model="mlp_flop_matched", method="hutchinson", n_probes=1), fits=False
+    )
+    hutch = _point(d=8, model="mlp_flop_matched", method="hutchinson", n_probes=1)
+    ranks = plan.priorities([*fits, hutch, big], cost=lambda c: c.d)
+    assert ranks[big.id][0] == 3  # goal (a) has d = 8 only: 512's pair will not run
+    model = plan.CostModel(timing=_settings().timing, timeout_s=0)
+    assert big.id not in plan.make_plan([*fits, hutch, big], 1e6, model).planned
+
+
 def _record(d: int, wall_s: float, median: float | None, rounds: int = 10) -> dict:
     params = _point(d=d).params
     stats = {"median": median, "rounds": rounds} if median else None

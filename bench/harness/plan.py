@@ -65,6 +65,7 @@ class Candidate:
     workload: str
     point: Any
     params: Mapping[str, Any]
+    fits: bool = True  # False: predicted not to fit in memory, so it will be skipped at once
 
     @property
     def group(self) -> tuple[str, str]:
@@ -206,7 +207,8 @@ def priorities(
     other d; level 3: the rest."""
     groups = defaultdict(list)
     for c in candidates:
-        groups[c.group].append(c)
+        if c.fits:  # a point that will not fit covers no claim
+            groups[c.group].append(c)
     found: dict[str, tuple[int, ...]] = {}
 
     def offer(c: Candidate, rank: tuple[int, ...]) -> None:
@@ -536,7 +538,7 @@ def make_plan(candidates: list[Candidate], budget_s: float, model: CostModel) ->
     spent, groups, planned = 0.0, set(), set()
     for c in sorted(candidates, key=lambda c: ranks[c.id]):
         start = 0.0 if c.group in groups else GROUP_START_S
-        if spent + start + predicted[c.id] <= budget_s:
+        if c.fits and spent + start + predicted[c.id] <= budget_s:
             spent += start + predicted[c.id]
             groups.add(c.group)
             planned.add(c.id)

@@ -223,10 +223,28 @@ def priorities(
                 if c.d in dims and claim.needs(c):
                     offer(c, (1, at[c.d], index) if c.d in at else (2, 0, index))
             for d, position in at.items():
-                for side in claim.sides:
-                    here = [c for c in members if c.d == d and side(c)]
-                    offer(min(here, key=cost), (0, position, index))
+                for c in _first_points(claim, [c for c in members if c.d == d], cost):
+                    offer(c, (0, position, index))
     return {c.id: found.get(c.id, (3, 0, len(CLAIMS))) for c in candidates}
+
+
+def _first_points(
+    claim: Claim, here: list[Candidate], cost: Callable[[Candidate], float]
+) -> list[Candidate]:
+    """Each side's cheapest point among ``here`` (one d), all in one mode and one variant (a
+    fused one counting as its base), as the report pairs them: the cheapest such set."""
+
+    def pairing(c: Candidate) -> tuple:
+        variant = getattr(c.point, "variant", None)
+        return getattr(c.point, "mode", None), FUSED_BASE.get(variant, variant)
+
+    sets = []
+    for key in {pairing(c) for c in here}:
+        alike = [c for c in here if pairing(c) == key]
+        per_side = [[c for c in alike if side(c)] for side in claim.sides]
+        if all(per_side):
+            sets.append([min(found, key=cost) for found in per_side])
+    return min(sets, key=lambda s: sum(map(cost, s)), default=[])
 
 
 def coverage(candidates: Iterable[Candidate]) -> dict[str, dict[str, list[int]]]:

@@ -36,7 +36,7 @@ TOTAL_S = 480
 SMOKE_S = 150
 PROFILE_S = 20  # per backend
 # Each backend's --bench-budget: JAX compiles every point (~3 s on a GPU), so it gets more.
-BUDGET_S = {"torch": 117, "jax": 143}
+BUDGET_S = {"torch": 110, "jax": 150}
 GRACE_S = 15  # past a limit: SIGINT (pytest-benchmark writes its JSON), then this, then SIGKILL
 REFERENCE_S = sum(PROFILE_S + budget + GRACE_S for budget in BUDGET_S.values())
 MAX_TIME = 0.2  # --benchmark-max-time: each point's timing budget

@@ -201,10 +201,10 @@ SLOTS = {True: (0, 1, 3), False: (2, 4, 5)}  # by Claim.operator, per spread pos
 def priorities(
     candidates: list[Candidate], cost: Callable[[Candidate], float]
 ) -> dict[str, tuple[int, ...]]:
-    """id -> a sort key, lowest first. Level 0: for every claim, backend and device, at each
-    spread d (in the order of SLOTS), each side's cheapest point, so the claims are covered at
-    two d before any gets more; level 1: the claims' other points at those d; level 2: at
-    other d; level 3: the rest."""
+    """id -> a sort key, lowest first. Level 0: for every claim, backend and device, its first
+    points (:func:`first_points`), in the order of SLOTS, so the claims are covered at two d
+    before any gets more; level 1: the claims' other points at those d; level 2: at other d;
+    level 3: the rest."""
     groups = defaultdict(list)
     for c in candidates:
         if c.fits:  # a point that will not fit covers no claim
@@ -222,29 +222,35 @@ def priorities(
             for c in members:
                 if c.d in dims and claim.needs(c):
                     offer(c, (1, at[c.d], index) if c.d in at else (2, 0, index))
-            for d, position in at.items():
-                for c in _first_points(claim, [c for c in members if c.d == d], cost):
-                    offer(c, (0, position, index))
+            for position, chosen in enumerate(first_points(claim, members, cost)):
+                for c in chosen:
+                    offer(c, (0, slots[position], index))
     return {c.id: found.get(c.id, (3, 0, len(CLAIMS))) for c in candidates}
 
 
-def _first_points(
-    claim: Claim, here: list[Candidate], cost: Callable[[Candidate], float]
-) -> list[Candidate]:
-    """Each side's cheapest point among ``here`` (one d), all in one mode and one variant (a
-    fused one counting as its base), as the report pairs them: the cheapest such set."""
+def _pairing(c: Candidate) -> tuple:
+    """What the report pairs a claim's sides on: the mode, and the variant (a fused one as its
+    base, the step it replaces a kernel of)."""
+    variant = getattr(c.point, "variant", None)
+    return getattr(c.point, "mode", None), FUSED_BASE.get(variant, variant)
 
-    def pairing(c: Candidate) -> tuple:
-        variant = getattr(c.point, "variant", None)
-        return getattr(c.point, "mode", None), FUSED_BASE.get(variant, variant)
 
-    sets = []
-    for key in {pairing(c) for c in here}:
-        alike = [c for c in here if pairing(c) == key]
-        per_side = [[c for c in alike if side(c)] for side in claim.sides]
-        if all(per_side):
-            sets.append([min(found, key=cost) for found in per_side])
-    return min(sets, key=lambda s: sum(map(cost, s)), default=[])
+def first_points(
+    claim: Claim, members: list[Candidate], cost: Callable[[Candidate], float]
+) -> list[list[Candidate]]:
+    """Per spread d, in spread order, each side's cheapest point: all in one mode and variant
+    (as the report pairs them), the one that covers the most d, then the cheapest."""
+    best: tuple[tuple, list[list[Candidate]]] | None = None
+    for key in {_pairing(c) for c in members}:
+        alike = [c for c in members if _pairing(c) == key]
+        chosen = [
+            [min((c for c in alike if c.d == d and side(c)), key=cost) for side in claim.sides]
+            for d in spread(claim.dims(alike))
+        ]
+        score = (-len(chosen), sum(cost(c) for at_d in chosen for c in at_d))
+        if best is None or score < best[0]:
+            best = (score, chosen)
+    return best[1] if best else []
 
 
 def coverage(candidates: Iterable[Candidate]) -> dict[str, dict[str, list[int]]]:

@@ -83,12 +83,11 @@ def test_claims_get_their_first_points_at_a_spread_of_d_before_anything_else():
     points.append(_point(d=8, method="dense_loop", mode="eval"))
     ranks = plan.priorities(points, cost=lambda c: c.d)
     first = sorted(points, key=lambda c: ranks[c.id])
-    # goal (a): hollow and Hutchinson-1 at the smallest common d; then the middle d of each
-    # claim, the cheapest claim's first: goal (d)'s hollow at 32 (its d are 8, 32, 128), then
-    # goal (a)'s pair at 128; last the dense point, which covers no claim (C2 needs the other
-    # dense method beside it)
+    # goal (a): hollow and Hutchinson-1 at the smallest, then the middle (here the largest)
+    # common d; d = 32 has no Hutchinson point, so comes in for goal (d) after them; last the
+    # dense point, which covers no claim (C2 needs the other dense method beside it)
     assert [(c.point.method, c.d) for c in first] == [
-        ("hollow", 8), ("hutchinson", 8), ("hollow", 32), ("hollow", 128), ("hutchinson", 128),
+        ("hollow", 8), ("hutchinson", 8), ("hollow", 128), ("hutchinson", 128), ("hollow", 32),
         ("dense_loop", 8),
     ]  # fmt: skip
     assert ranks[points[-1].id][0] == 3

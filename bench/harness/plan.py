@@ -202,9 +202,9 @@ def priorities(
     candidates: list[Candidate], cost: Callable[[Candidate], float]
 ) -> dict[str, tuple[int, ...]]:
     """id -> a sort key, lowest first. Level 0: for every claim, backend and device, its first
-    points (:func:`first_points`), in the order of SLOTS and in a slot the cheapest claim's
-    first, so as many claims as can be are covered at two d before any gets more; level 1:
-    the claims' other points at those d; level 2: at other d; level 3: the rest."""
+    points (:func:`first_points`), in the order of SLOTS, so the claims are covered at two d
+    before any gets more; level 1: the claims' other points at those d; level 2: at other d;
+    level 3: the rest."""
     groups = defaultdict(list)
     for c in candidates:
         if c.fits:  # a point that will not fit covers no claim
@@ -221,12 +221,11 @@ def priorities(
             at = {d: slots[position] for position, d in enumerate(spread(dims))}
             for c in members:
                 if c.d in dims and claim.needs(c):
-                    offer(c, (1, at[c.d], 0, index) if c.d in at else (2, 0, 0, index))
+                    offer(c, (1, at[c.d], index) if c.d in at else (2, 0, index))
             for position, chosen in enumerate(first_points(claim, members, cost)):
-                set_cost = sum(map(cost, chosen))  # in a slot, the cheapest sets first
                 for c in chosen:
-                    offer(c, (0, slots[position], set_cost, index))
-    return {c.id: found.get(c.id, (3, 0, 0, len(CLAIMS))) for c in candidates}
+                    offer(c, (0, slots[position], index))
+    return {c.id: found.get(c.id, (3, 0, len(CLAIMS))) for c in candidates}
 
 
 def _pairing(c: Candidate) -> tuple:

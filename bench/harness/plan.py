@@ -500,7 +500,7 @@ class Plan:
         c = self._by_id.get(point_id)
         if c is None or not self.deadlines:
             return None
-        seconds = self.predicted[c.id] * self.correction(c.group)
+        seconds = self.seconds(c)
         end, deadline = now + ahead_s + seconds, self.deadlines[c.group]
         if end <= deadline:
             return None
@@ -509,6 +509,13 @@ class Plan:
             f"budget: {planned}, predicted {seconds:.1f} s, would end {end - deadline:.1f} s "
             f"past {' '.join(c.group)}'s share of the {self.budget_s:g} s budget"
         )
+
+    def seconds(self, c: Candidate) -> float:
+        """The point's cost as now predicted: from this session's points where they measured
+        its kind (the model learns as the sweep runs), else the plan's prediction corrected by
+        how the points so far compared with theirs."""
+        seconds, source = self.model.predict(c)
+        return seconds if source == "session" else self.predicted[c.id] * self.correction(c.group)
 
     def time_left(self, point_id: str, now: float) -> float | None:
         """Seconds until the point's group reaches its deadline (None: not a planned sweep's

@@ -244,3 +244,70 @@ def test_detached_conditioner_would_be_caught(rng):
     want, _ = _grads(B, net, lambda n, y: reference_ddim(B, n, y, 1).sum(), x)
     assert np.abs(wrong["cond0_w"] - want["cond0_w"]).max() > 1e-3
     assert np.abs(wrong["tau0_w"] - want["tau0_w"]).max() < TOL
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sin"])
+def test_torch_compiled_regions_match_reference(activation, rng, monkeypatch):
+    """Issue 26: eager, the k = 1 node runs its forward and backward as Inductor-compiled
+    regions on a CPU (here from 1 row): values and every gradient of the fair step equal the
+    dense float64 reference's, for an activation whose backward reads (y, tan) (tanh) and one
+    that reads (z, y, zt) (sin), time input included; inside an enclosing torch.compile the
+    regions are traced as plain code and the result is the same."""
+    import dataclasses
+
+    torch = pytest.importorskip("torch")
+    from impls.torch_backend import taylor
+
+    backend = backend_or_skip("torch")
+    monkeypatch.setattr(taylor, "COMPILE_MIN_ROWS", 1)
+    spec = dataclasses.replace(SPECS["masked_t"], trans_hidden=(6, 5), activation=activation)
+    net = backend.build(spec, seed=5)
+    x = backend.asarray(rng.standard_normal((3, spec.dim)))
+    w = backend.asarray(rng.standard_normal((3,)))
+
+    def fair(n, y):
+        f, div = backend.value_and_divergence(n, y, method="hollow_forward", t=0.7)
+        return (f * f).sum() + (div * w).sum()
+
+    def fair_ref(n, y):
+        div = reference_ddim(backend, n, y, 1, 0.7).sum(-1)
+        return (n(0.7, y) ** 2).sum() + (div * w).sum()
+
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    got, got_x = _grads(backend, net, fair, x)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= graphs + 2  # fwd, bwd
+    want, want_x = _grads(backend, net, fair_ref, x)
+    outer, outer_x = _grads(backend, net, torch.compile(fair, dynamic=False), x)
+    for name in want:
+        assert np.abs(got[name] - want[name]).max() < TOL, f"d/d{name} differs"
+        assert np.abs(outer[name] - want[name]).max() < TOL, f"d/d{name} differs (outer)"
+    assert np.abs(got_x - want_x).max() < TOL
+    assert np.abs(outer_x - want_x).max() < TOL
+
+
+def test_torch_compiled_regions_fall_back_with_a_reason(rng, monkeypatch):
+    """Where Inductor cannot compile (no C++ compiler, say), the node warns once, naming the
+    failure, and runs eagerly, with the same result."""
+    torch = pytest.importorskip("torch")
+    from impls.torch_backend import taylor
+
+    backend = backend_or_skip("torch")
+
+    def no_compiler(fn, **kwargs):
+        def fail(*args):
+            raise torch._dynamo.exc.TorchDynamoException("no C++ compiler here")
+
+        return fail
+
+    monkeypatch.setattr(taylor, "COMPILE_MIN_ROWS", 1)
+    monkeypatch.setattr(taylor, "_compiled", {})
+    monkeypatch.setattr(taylor, "_eager_why", [])
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    net = backend.build(SPECS["masked"], seed=4)
+    x = backend.asarray(rng.standard_normal((3, SPECS["masked"].dim)))
+    with pytest.warns(RuntimeWarning, match="runs eagerly: torch.compile failed.*no C\\+\\+"):
+        f, div = backend.value_and_divergence(net, x, method="hollow_forward")
+    assert taylor._eager_why == ["TorchDynamoException: no C++ compiler here"]
+    monkeypatch.setattr(taylor, "COMPILE_MIN_ROWS", None)
+    f0, div0 = backend.value_and_divergence(net, x, method="hollow_forward")
+    assert torch.equal(f, f0) and torch.equal(div, div0)

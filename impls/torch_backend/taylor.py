@@ -18,6 +18,7 @@ would cost 2^k passes. The JAX backend's ``taylor`` module is the same code.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -91,6 +92,44 @@ def chunk_rows(device: torch.device, rows: int) -> int:
     if device.type != "cpu" or CHUNK_ROWS is None:
         return rows
     return max(1, min(CHUNK_ROWS, rows))
+
+
+# Rows from which the eager node runs each chunk's forward and its backward as regions compiled
+# by Inductor on a CPU (None: never). Eager, one kernel per op, the step took 1.3-1.45x the
+# torch.compile'd step at d = 32 and 512, batch 512 (bench/perf_check.py): the difference is the
+# passes over the 64-wide activations that Inductor fuses, not dispatch. Below this a
+# compilation (seconds, once per shape) would not pay back.
+COMPILE_MIN_ROWS: int | None = 8192
+_compiled: dict = {}  # plain function -> its torch.compile'd form
+_eager_why: list[str] = []  # why compiling failed here; then every region runs eagerly
+
+
+def _region(fn, device: torch.device, rows: int, *args):
+    """``fn(*args)``, compiled where that pays: on a CPU, from COMPILE_MIN_ROWS rows, outside an
+    enclosing torch.compile (which traces ``fn`` itself). Where Inductor cannot compile (no C++
+    compiler, say), one warning says why and every region runs eagerly from then on."""
+    if (
+        COMPILE_MIN_ROWS is None
+        or rows < COMPILE_MIN_ROWS
+        or device.type != "cpu"
+        or _eager_why
+        or torch.compiler.is_compiling()
+    ):
+        return fn(*args)
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn, fullgraph=True)
+    try:
+        return _compiled[fn](*args)
+    except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError) as exc:
+        _eager_why.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        warnings.warn(
+            "hollow_forward's k = 1 node runs eagerly: torch.compile failed here "
+            f"({_eager_why[0]}); set impls.torch_backend.taylor.COMPILE_MIN_ROWS = None to "
+            "skip the attempt",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return fn(*args)
 
 
 # Activations whose a' and a''/a' are functions of y = a(z): the backward needs only (y, tan).
@@ -197,7 +236,9 @@ class _Chunked(torch.autograd.Function):
         dim, batch = xt.shape
         ctx.name, ctx.act, ctx.c, ctx.n_weights = name, act, c, len(weights)
         if c == dim:  # one chunk: keep what the backward needs instead of recomputing it
-            f, deriv, saved = _chunk_forward(name, act, layers, hd, xt, tv, True)
+            f, deriv, saved = _region(
+                _chunk_forward, xt.device, xt.numel(), name, act, layers, hd, xt, tv, True
+            )
             ctx.save_for_backward(xt, hd, tv, *weights, *(a for s in saved for a in s))
             return f, deriv
         f = xt.new_empty(dim, batch)
@@ -218,7 +259,20 @@ class _Chunked(torch.autograd.Function):
         dim = hd.shape[0]
         per = 2 if name in _FROM_Y else 3
         if c == dim:
-            return _backward(name, act, layers, hd, xt, tv, g_f, g_deriv, (kept, per))
+            return _region(
+                _backward,
+                xt.device,
+                xt.numel(),
+                name,
+                act,
+                layers,
+                hd,
+                xt,
+                tv,
+                g_f,
+                g_deriv,
+                (kept, per),
+            )
         grads = [torch.zeros_like(w) for w in weights]
         g_h, g_x = torch.empty_like(hd), torch.empty_like(xt)
         g_tv = None if tv is None else torch.zeros_like(tv)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 
 # JAX would otherwise grab 75% of each GPU at import, starving torch points in the same process.
@@ -22,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import ahead, options, plan, presets, telemetry
+from bench.harness import ahead, options, plan, presets, telemetry, xla
 from bench.harness.case import Case
 from bench.harness.journal import Journal, journal_path
 from bench.harness.progress import Progress
@@ -41,30 +39,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
 
 
-# XLA:CPU's concurrency-optimised scheduler (jaxlib 0.10) can deadlock a jitted XTrace step
-# (impls/jax_backend/estimators.py), beyond the per-point limit's reach.
-XLA_CPU_SCHEDULER_OFF = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-
-
 def _avoid_xla_cpu_deadlock(settings: options.Settings) -> None:
-    """Turn that scheduler off where JAX will run on the CPU and this XLA knows the flag (XLA
-    aborts on a flag it does not know: a child process tries it first). Read when JAX makes its
-    CPU client, which no backend has done yet; a user's own setting of the flag wins."""
-    flags = os.environ.get("XLA_FLAGS", "")
+    """Turn XLA:CPU's concurrency-optimised scheduler off where JAX will run on the CPU
+    (bench/harness/xla.py says why). Read when JAX makes its CPU client, which no backend has
+    done yet."""
     on_cpu = settings.devices is None or "cpu" in settings.devices
-    if "jax" not in settings.backends or not on_cpu or "concurrency_optimized" in flags:
-        return
-    trial = f"{flags} {XLA_CPU_SCHEDULER_OFF}".strip()
-    if xla_accepts(trial):
-        os.environ["XLA_FLAGS"] = trial
-
-
-def xla_accepts(flags: str) -> bool:
-    """Whether JAX starts its CPU client with XLA_FLAGS ``flags`` (False without JAX)."""
-    probe = "import jax; jax.devices('cpu')"
-    env = os.environ | {"XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
-    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, check=False)
-    return run.returncode == 0
+    if "jax" in settings.backends and on_cpu:
+        xla.add_flag(xla.CPU_SCHEDULER_OFF)
 
 
 def pytest_configure(config: pytest.Config) -> None:

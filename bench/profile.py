@@ -6,8 +6,9 @@ One backend per process on a GPU: CUPTI takes one subscriber, so a second framew
 in the same process finds none and its kernel times are lost.
 
 Writes ``profile.json`` and ``profile.md``: per step, wall ms, NVML joules, power and utilisation
-per call; the top kernels (GPU) or ops (CPU) and ``busy``, their time over the wall time (far
-below 1: the device waits on the host); for JAX, XLA's cost analysis.
+per call; the top kernels (GPU), ops (torch on a CPU) or XLA thunks (JAX on a CPU: fusions, dots,
+copies) and ``busy``, their time over the wall time (far below 1: the device waits on the host);
+for JAX, XLA's cost analysis.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.harness import xla
 from bench.harness.options import PRECISIONS, choices, ints
 from bench.harness.presets import ALL_VARIANTS
 from bench.harness.telemetry import NVML, EnergyMeter
@@ -46,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
             f"--backends {args.backends} on {args.device}: one backend per process on a GPU "
             "(CUPTI takes one profiler); run once per backend, each with its own --out"
         )
+    if args.device == "cpu" and "jax" in args.backends.split(","):
+        # The sweep's XLA configuration, and per-thunk times (read when JAX makes its client).
+        xla.add_flag(xla.CPU_SCHEDULER_OFF)
+        xla.add_flag(xla.CPU_THUNK_TRACES)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -156,7 +162,8 @@ def profile(backend, point: Point, calls: int, rows: int) -> dict[str, Any]:
         info["note"] = (
             "the trace holds no kernel events (no CUPTI for this framework?)"
             if on_gpu
-            else "no per-kernel times from XLA's CPU runtime"
+            else "no per-kernel times: XLA traces its CPU thunks only where XLA_FLAGS has "
+            f"{xla.CPU_THUNK_TRACES} when JAX starts"
         )
     info["top"] = [
         {"name": name, "ms_per_call": us / 1e3 / calls, "share": us / busy_us if busy_us else None}

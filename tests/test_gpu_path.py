@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import conftest, reference
-from bench.harness import ahead, options
+from bench.harness import ahead, options, xla
 from bench.workloads import cnf
 
 needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="needs jax")
@@ -20,8 +20,8 @@ needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="
 
 @needs_jax
 def test_xla_flags_are_tried_in_a_child_before_they_are_used():
-    assert conftest.xla_accepts(conftest.XLA_CPU_SCHEDULER_OFF)
-    assert not conftest.xla_accepts("--xla_no_such_flag_anywhere=true")
+    assert xla.accepts(xla.CPU_SCHEDULER_OFF) and xla.accepts(xla.CPU_THUNK_TRACES)
+    assert not xla.accepts("--xla_no_such_flag_anywhere=true")
 
 
 @pytest.mark.parametrize(
@@ -35,13 +35,18 @@ def test_xla_flags_are_tried_in_a_child_before_they_are_used():
 )
 def test_the_xla_cpu_flag_goes_only_where_jax_runs_on_the_cpu(monkeypatch, raw, added):
     monkeypatch.delenv("XLA_FLAGS", raising=False)
-    monkeypatch.setattr(conftest, "xla_accepts", lambda flags: True)
+    monkeypatch.setattr(xla, "accepts", lambda flags: True)
     conftest._avoid_xla_cpu_deadlock(options.resolve(raw))
-    assert (conftest.XLA_CPU_SCHEDULER_OFF in os.environ.get("XLA_FLAGS", "")) == added
-    monkeypatch.setattr(conftest, "xla_accepts", lambda flags: False)  # an XLA without it
+    assert (xla.CPU_SCHEDULER_OFF in os.environ.get("XLA_FLAGS", "")) == added
+    monkeypatch.setattr(xla, "accepts", lambda flags: False)  # an XLA without it
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     conftest._avoid_xla_cpu_deadlock(options.resolve(raw))
     assert "XLA_FLAGS" not in os.environ
+    # The user's own setting of the flag wins.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_concurrency_optimized_scheduler=true")
+    monkeypatch.setattr(xla, "accepts", lambda flags: True)
+    conftest._avoid_xla_cpu_deadlock(options.resolve(raw))
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_concurrency_optimized_scheduler=true"
 
 
 def test_compile_ahead_uses_few_threads_on_a_gpu():

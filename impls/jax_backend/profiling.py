@@ -13,8 +13,10 @@ import jax
 
 
 def kernel_times(call: Callable[[], Any], calls: int) -> tuple[dict[str, float], float]:
-    """From a jax.profiler trace: the events on the GPU's streams. XLA's CPU runtime traces no
-    per-kernel times (only markers and thread-pool waits): on the CPU this is empty."""
+    """From a jax.profiler trace: ({kernel: microseconds over the calls}, their sum). On a GPU
+    the events on its streams; on the CPU each thunk's (a fusion, a dot, a copy: events that
+    name their ``hlo_op``), which XLA traces only under bench.harness.xla.CPU_THUNK_TRACES, set
+    before JAX made its CPU client: without it, empty. CPU thunks may overlap in time."""
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp, create_perfetto_trace=True):
             for _ in range(calls):
@@ -31,9 +33,20 @@ def kernel_times(call: Callable[[], Any], calls: int) -> tuple[dict[str, float],
         elif e.get("ph") == "M" and e.get("name") == "thread_name":
             threads[(e["pid"], e.get("tid"))] = e["args"]["name"]
     streams = {k for k, name in threads.items() if k[0] in device and "stream" in name.lower()}
+    spans = [e for e in events if e.get("ph") == "X"]
+    times = _summed(
+        e
+        for e in spans
+        if (e.get("pid"), e.get("tid")) in streams or (not streams and e.get("pid") in device)
+    )
+    if not times:  # a CPU step: XLA's thunks, on the host's threads
+        times = _summed(e for e in spans if "hlo_op" in e.get("args", {}))
+    return times, float(sum(times.values()))
+
+
+def _summed(events) -> dict[str, float]:
+    """{event name: its durations' sum in microseconds}."""
     times: dict[str, float] = {}
     for e in events:
-        key = (e.get("pid"), e.get("tid"))
-        if e.get("ph") == "X" and (key in streams or (not streams and key[0] in device)):
-            times[e["name"]] = times.get(e["name"], 0.0) + float(e.get("dur", 0.0))
-    return times, float(sum(times.values()))
+        times[e["name"]] = times.get(e["name"], 0.0) + float(e.get("dur", 0.0))
+    return times

@@ -515,6 +515,10 @@ def test_machine_info_has_the_schema_keys():
     info = machine_info()
     assert {"node", "cpu", "python", "torch", "jax", "jaxlib", "cuda", "numpy", "gpus"} <= set(info)
     assert isinstance(info["gpus"], list)
+    if info["torch"] is not None:  # where torch's "eager" hollow_forward compiles its k = 1 node
+        from impls.torch_backend import taylor
+
+        assert info["torch_compile_min_rows"] == taylor.COMPILE_MIN_ROWS
 
 
 # --- whole sweeps in a subprocess ---------------------------------------------------------

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import functools
 import importlib.metadata
+import importlib.util
 import itertools
 import os
 import platform
@@ -51,10 +52,21 @@ def machine_info() -> dict[str, Any]:
         **{name: _version(name.replace("_", "-")) for name in VERSIONS},
         "cuda": getattr(getattr(torch, "version", None), "cuda", None),
         "torch_num_threads": torch.get_num_threads() if torch else None,
+        "torch_compile_min_rows": _torch_compile_min_rows(),
         "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
         "xla_flags": os.environ.get("XLA_FLAGS"),
         "gpus": NVML.gpus(),
     }
+
+
+def _torch_compile_min_rows() -> int | None:
+    """From how many rows torch's eager hollow_forward runs Inductor-compiled regions on a CPU
+    (None: never, or no torch): its "eager" figures there are partly compiled."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    from impls.torch_backend import taylor
+
+    return taylor.COMPILE_MIN_ROWS
 
 
 def load_avg() -> list[float] | None:

@@ -11,6 +11,11 @@ once; a step's time is the median over rounds. Prints ms per step, exact / Hutch
 (the FLOP bound of design.md section 6 beside them) and torch's eager / compiled ratio for
 ``hollow_forward``, headed by the CPU model and the load average before and after. Timings
 mean something only on an otherwise idle machine.
+
+With ``--peers`` (the default) each backend's peers (:mod:`bench.peers`: the same method
+written with the framework's own forward-mode AD) run the same fair step on the same HollowNet,
+interleaved with the others; the table gives the fastest peer of the same variant ("peer ms")
+and ours / peer.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import subprocess
 import sys
 import time
 
+from bench import peers
 from bench.workloads import operators
 from bench.workloads.operators import Point
 from impls import load_backend
@@ -50,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         help="both taylor modules' CHUNK_ROWS (rows per recomputed chunk on a CPU); default: "
         "theirs (None, one chunk)",
     )
+    p.add_argument(
+        "--peers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time each backend's peers (bench.peers) too",
+    )
     args = p.parse_args(argv)
     if args.chunk_rows is not None:
         from impls.jax_backend import taylor as jax_taylor
@@ -69,20 +81,27 @@ def main(argv: list[str] | None = None) -> int:
         for bname, backend in backends.items():
             variants = TORCH_VARIANTS if bname == "torch" else ("jit",)
             for variant in variants:
-                for method in (*args.methods.split(","), "hutchinson"):
+                for method in methods(bname, args.methods, args.peers):
                     point = _point(bname, method, d, args.batch, variant)
                     try:
+                        _crash_check(point)
                         steps[(bname, variant, method)] = build(backend, point)
-                    except RuntimeError as exc:  # torch cannot compile Hutchinson's step
+                    # torch cannot compile Hutchinson's step (nor, maybe, a peer's)
+                    except RuntimeError as exc:
                         print(f"# {point.id}: {str(exc)[:120]}", file=sys.stderr)
         times = interleave(steps, args.rounds, args.budget_s)
         for (bname, variant, method), ms in times.items():
             rows.append((d, bname, variant, method, ms, steps[(bname, variant, method)][1]))
         print(f"# d={d} done, load {load()}", file=sys.stderr, flush=True)
     print(table(rows, args.methods.split(",")))
-    print("# *: torch.compile refuses Hutchinson's double backward; the eager step instead")
+    print("# *: torch.compile refused that step (see stderr); the eager step instead")
     print(f"# load after: {load()}")
     return 0
+
+
+def methods(backend: str, ours: str, with_peers: bool) -> tuple[str, ...]:
+    """The methods timed for ``backend``: ours (comma-separated), Hutchinson, and its peers."""
+    return (*ours.split(","), "hutchinson", *(peers.PEERS[backend] if with_peers else ()))
 
 
 def _point(backend: str, method: str, d: int, batch: int, variant: str) -> Point:
@@ -93,11 +112,7 @@ def _point(backend: str, method: str, d: int, batch: int, variant: str) -> Point
 
 def build(backend, point: Point):
     """(a no-argument call of the point's fair train step, its one-off compile seconds)."""
-    spec = operators.model_spec(point.model, point.d)
-    net = backend.build(spec, seed=operators.MODEL_SEED)
-    x = backend.asarray(operators.data(point.batch, point.d, spec.dtype))
-    fn, fn_args, _ = operators.step(backend, net, x, point)
-    fn, compile_s, _ = backend.compile_step(fn, fn_args, point.variant)
+    fn, fn_args, compile_s = prepare(backend, point)
 
     def run():
         out = fn(*fn_args)
@@ -110,6 +125,26 @@ def build(backend, point: Point):
     run()  # warm-up
     run()
     return run, compile_s
+
+
+def _crash_check(point: Point) -> None:
+    """RuntimeError where a compiled peer's step would crash this process (bench.peers.crash)."""
+    if point.variant == "compile" and point.method.startswith("peer_"):
+        why = peers.crash(point)
+        if why:
+            raise RuntimeError(f"torch.compile: {why}")
+
+
+def prepare(backend, point: Point) -> tuple:
+    """(the point's fair train step compiled as its variant, its arguments, compile seconds):
+    operators.step's, or a peer's (bench.peers) for a ``peer_*`` method, on the same model."""
+    spec = operators.model_spec(point.model, point.d)
+    net = backend.build(spec, seed=operators.MODEL_SEED)
+    x = backend.asarray(operators.data(point.batch, point.d, spec.dtype))
+    make = peers.step if point.method.startswith("peer_") else operators.step
+    fn, fn_args, _ = make(backend, net, x, point)
+    fn, compile_s, _ = backend.compile_step(fn, fn_args, point.variant)
+    return fn, fn_args, compile_s
 
 
 def interleave(steps: dict, rounds: int, budget_s: float) -> dict:
@@ -127,31 +162,45 @@ def interleave(steps: dict, rounds: int, budget_s: float) -> dict:
 
 
 def table(rows: list, methods: list[str]) -> str:
+    """One line per step but Hutchinson's: its ms, Hutchinson-1's and the ratio, and for ours
+    the fastest peer's ms and ours / peer. A step torch.compile refused is the eager one, *."""
     ms = {(d, b, v, m): t for d, b, v, m, t, _ in rows}
     comp = {(d, b, v, m): c for d, b, v, m, _, c in rows}
     out = [
         "| d | backend | variant | method | step ms | Hutchinson-1 ms | ratio | FLOP bound "
-        "| eager/compiled | compile s |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| eager/compiled | peer ms | ours / peer | compile s |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for d, b, v, m in ms:
         if m == "hutchinson":
             continue
-        # torch.compile refuses Hutchinson's double backward: the eager one, marked *
-        hutch_v = v if (d, b, v, "hutchinson") in ms else "eager"
-        hutch = ms[(d, b, hutch_v, "hutchinson")]
-        ratio = ms[(d, b, v, m)] / hutch
+        t = ms[(d, b, v, m)]
+        hutch, hmark = _fallback(ms, d, b, v, ("hutchinson",))
         eager = ""
         if b == "torch" and v == "compile" and (d, b, "eager", m) in ms:
-            eager = f"{ms[(d, b, 'eager', m)] / ms[(d, b, v, m)]:.2f}"
+            eager = f"{ms[(d, b, 'eager', m)] / t:.2f}"
+        peer = ratio = ""
+        if not m.startswith("peer_") and any(k[3].startswith("peer_") for k in ms):
+            best, pmark = _fallback(ms, d, b, v, peers.PEERS[b])
+            name = min(peers.PEERS[b], key=lambda p: ms.get((d, b, v, p), float("inf")))
+            peer, ratio = f"{best:.2f}{pmark} ({name})", f"{t / best:.2f}"
         c = comp[(d, b, v, m)]
         cs = f"{c:.1f}" if c is not None else ""
-        mark = "" if hutch_v == v else "*"
         out.append(
-            f"| {d} | {b} | {v} | {m} | {ms[(d, b, v, m)]:.2f} | {hutch:.2f}{mark} | {ratio:.2f} "
-            f"| {FLOP_BOUND.get(d, '')} | {eager} | {cs} |"
+            f"| {d} | {b} | {v} | {m} | {t:.2f} | {hutch:.2f}{hmark} | {t / hutch:.2f} "
+            f"| {FLOP_BOUND.get(d, '')} | {eager} | {peer} | {ratio} | {cs} |"
         )
     return "\n".join(out)
+
+
+def _fallback(ms: dict, d: int, b: str, v: str, names) -> tuple[float, str]:
+    """(the fastest of ``names``' steps of variant v, ""), or where torch.compile refused them
+    all, the fastest eager one and "*"."""
+    for variant, mark in ((v, ""), ("eager", "*")):
+        found = [ms[(d, b, variant, n)] for n in names if (d, b, variant, n) in ms]
+        if found:
+            return min(found), mark
+    return float("nan"), "?"
 
 
 def cpu_model() -> str:

@@ -19,7 +19,8 @@ CompiledFxGraph`` entries whose self time is their fused kernels: elementwise, b
 JAX: XLA's CPU runtime traces no per-op times, so the account reads the compiled HLO's entry
 computation (FLOPs of every dot, bytes of every instruction's operands and result) and *estimates*
 each instruction's time from micro-benchmarks run here: each dot shape as a jitted dot_general,
-everything else at the bandwidth of a jitted ``a * b + 1`` of the instruction's result size.
+everything else at the bandwidth of a jitted ``a * b + 1`` the size of the instruction's
+largest operand or result.
 The estimates' sum is shown beside the measured step time; they are never measurements.
 """
 
@@ -241,24 +242,54 @@ def torch_tallies(events) -> tuple[dict[str, Tally], int]:
 def torch_account(fn, fn_args, calls: int, measured: float, rows: int) -> str:
     """Profile ``calls`` steps; the categories' table per step."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile, schedule
 
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    # One profiled step first, not recorded: the profiler's own first-step costs stay out.
+    plan = schedule(wait=0, warmup=1, active=calls, repeat=1)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, schedule=plan) as prof:
+        fn(*fn_args)
+        prof.step()
         t0 = time.perf_counter()
-        for _ in range(calls):
+        for i in range(calls):
             fn(*fn_args)
-        profiled = (time.perf_counter() - t0) / calls
+            if i == calls - 1:  # before the last step(), which collects the whole trace
+                profiled = (time.perf_counter() - t0) / calls
+            prof.step()
     tallies, graphs = torch_tallies(prof.events())
     ops_s = sum(t.seconds for t in tallies.values()) / calls
+    n_ops = sum(t.ops for t in tallies.values()) / calls
+    cost = profiler_cost()
     lines = [
         f"measured step {measured * 1e3:.3f} ms (median of {calls}); profiled {profiled * 1e3:.3f}"
         f" ms/step, of which ops' self time {ops_s * 1e3:.3f} ms and unattributed (Python, "
-        f"between ops) {(profiled - ops_s) * 1e3:.3f} ms; {graphs / calls:.0f} compiled "
-        f"graph calls per step; {torch.get_num_threads()} threads",
+        f"between ops) {(profiled - ops_s) * 1e3:.3f} ms; the profiler's own cost, "
+        f"{cost * 1e6:.1f} us per recorded op here, is about {n_ops * cost * 1e3:.3f} ms of "
+        f"the profiled step ({n_ops:.0f} ops); {graphs / calls:.0f} compiled graph calls per "
+        f"step; {torch.get_num_threads()} threads",
         "",
         *table(tallies, calls, profiled, rows, "ms per step", "share of profiled step"),
     ]
     return "\n".join(lines)
+
+
+def profiler_cost(n: int = 2000) -> float:
+    """Seconds the profiler (record_shapes) adds per recorded op: n one-element adds timed with
+    and without it, over the ops it recorded."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    a = torch.ones(1)
+
+    def adds() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            torch.add(a, a)
+        return time.perf_counter() - t0
+
+    plain = adds()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        profiled = adds()
+    return max(profiled - plain, 0.0) / max(len(prof.events()), 1)
 
 
 def table(tallies: dict, calls: int, step_s: float, rows: int, ms_head: str, share: str):
@@ -487,9 +518,10 @@ def jax_tallies(comps: dict, entry: str, bench: Bench) -> tuple[dict[str, Tally]
             per_dot.update(found)
             t.flops += sum(d.flops for d in found)
             t.seconds += sum(bench.dot(d) for d in found)
-        else:
-            result = shapes(ins.type)
-            t.seconds += moved / bench.bandwidth(max(numel(result[0][1]), 1) if result else 1)
+        else:  # priced at the bandwidth of a pass over its largest array (a reduce's input)
+            arrays = [ins.type, *(types[o] for o in ins.operands if o in types)]
+            largest = max((numel(dims) for a in arrays for _, dims in shapes(a)), default=1)
+            t.seconds += moved / bench.bandwidth(max(largest, 1))
     return tallies, per_dot
 
 

@@ -35,7 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from bench import perf_check
@@ -54,7 +54,6 @@ class Tally:
     ops: int = 0
     flops: float = 0.0
     bytes: float | None = 0.0
-    sizes: list = field(default_factory=list)  # JAX: (instruction, est. s) per dot shape
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +102,11 @@ def _configure_torch(backends: dict, args) -> str:
 
 def header(backends: dict, regions: str) -> str:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    keep = ("Model name", "CPU(s):", "Thread(s) per core", "L1d", "L2", "L3", "Flags")
-    cpu = [line[:160] for line in lscpu.splitlines() if line.startswith(keep)]
+    keep = ("Model name", "CPU(s):", "Thread(s) per core", "L1d", "L2", "L3")
+    cpu = [line for line in lscpu.splitlines() if line.startswith(keep)]
+    flags = next((line.split() for line in lscpu.splitlines() if line.startswith("Flags")), [])
+    # The vector units the GEMMs and elementwise kernels can use; the rest is noise here.
+    cpu.append("SIMD: " + " ".join(f for f in flags if f.startswith(("avx", "fma", "amx"))))
     return "\n".join(
         [
             f"# bench.account: {perf_check.cpu_model()}, python {platform.python_version()}",
@@ -209,12 +211,16 @@ def gemm_cost(op: str, shapes: list) -> tuple[float, float]:
 
 
 def op_bytes(op: str, shapes: list) -> float:
-    """Bytes an op reads and writes: its tensor inputs, plus a result the size of the largest
-    (broadcast) input unless it writes in place (``_`` suffix) or reduces."""
+    """Bytes an op reads and writes: its tensor inputs read, and its result written: the size
+    of the largest (broadcast) input, or in place (``_`` suffix) the first input's; none for a
+    reduction (small); copy_'s inputs are already its destination written and source read."""
     if op in NO_DATA or op in COMPOSITE:
         return 0.0
     sizes = [numel(s) for s in shapes if s]
-    written = 0 if op.endswith("_") or op in REDUCTIONS or not sizes else max(sizes)
+    if not sizes or op == "copy_" or op in REDUCTIONS:
+        written = 0
+    else:
+        written = numel(shapes[0]) if op.endswith("_") else max(sizes)
     return float((sum(sizes) + written) * ITEM)
 
 
@@ -537,7 +543,8 @@ def jax_account(fn, measured: float, rows: int) -> str:
     cost = cost[0] if isinstance(cost, list) else cost
     lines = [
         f"measured step {measured * 1e3:.3f} ms; sum of estimates {est * 1e3:.3f} ms "
-        f"({est / measured:.2f}x the measured); XLA cost_analysis {cost.get('flops', 0) / 1e9:.4f}"
+        f"({est / measured:.2f}x the measured; rates below are the micro-benchmarks'); XLA "
+        f"cost_analysis {cost.get('flops', 0) / 1e9:.4f}"
         f" GFLOP, {cost.get('bytes accessed', 0) / rows:.0f} bytes per row",
         "",
         *table(tallies, 1, est, rows, "est. ms", "share of est. sum"),

@@ -109,6 +109,11 @@ def test_gemm_flops_and_bytes():
     assert flops == 2 * 32 * 16 * 64
     assert nbytes == (64 + 32 * 16 + 16 * 64 + 32 * 64) * account.ITEM
     assert account.gemm_cost("baddbmm", [[4, 1, 8], [4, 5, 3], [4, 3, 8]])[0] == 2 * 4 * 5 * 3 * 8
+    item = account.ITEM
+    assert account.op_bytes("add", [[8, 4], [4], []]) == (32 + 4 + 32) * item
+    assert account.op_bytes("add_", [[8, 4], [4], []]) == (32 + 4 + 32) * item
+    assert account.op_bytes("copy_", [[8, 4], [8, 4], []]) == 64 * item
+    assert account.op_bytes("view", [[8, 4], []]) == 0
 
 
 def test_torch_profile_counts_a_known_gemm():

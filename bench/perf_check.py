@@ -175,14 +175,13 @@ def table(rows: list, methods: list[str]) -> str:
         if m == "hutchinson":
             continue
         t = ms[(d, b, v, m)]
-        hutch, hmark = _fallback(ms, d, b, v, ("hutchinson",))
+        hutch, hmark, _ = _fallback(ms, d, b, v, ("hutchinson",))
         eager = ""
         if b == "torch" and v == "compile" and (d, b, "eager", m) in ms:
             eager = f"{ms[(d, b, 'eager', m)] / t:.2f}"
         peer = ratio = ""
         if not m.startswith("peer_") and any(k[3].startswith("peer_") for k in ms):
-            best, pmark = _fallback(ms, d, b, v, peers.PEERS[b])
-            name = min(peers.PEERS[b], key=lambda p: ms.get((d, b, v, p), float("inf")))
+            best, pmark, name = _fallback(ms, d, b, v, peers.PEERS[b])
             peer, ratio = f"{best:.2f}{pmark} ({name})", f"{t / best:.2f}"
         c = comp[(d, b, v, m)]
         cs = f"{c:.1f}" if c is not None else ""
@@ -193,14 +192,15 @@ def table(rows: list, methods: list[str]) -> str:
     return "\n".join(out)
 
 
-def _fallback(ms: dict, d: int, b: str, v: str, names) -> tuple[float, str]:
-    """(the fastest of ``names``' steps of variant v, ""), or where torch.compile refused them
-    all, the fastest eager one and "*"."""
+def _fallback(ms: dict, d: int, b: str, v: str, names) -> tuple[float, str, str]:
+    """(ms, "", name) of the fastest of ``names``' steps of variant v, or where torch.compile
+    refused them all, of the fastest eager one, marked "*"."""
     for variant, mark in ((v, ""), ("eager", "*")):
-        found = [ms[(d, b, variant, n)] for n in names if (d, b, variant, n) in ms]
+        found = [(ms[(d, b, variant, n)], n) for n in names if (d, b, variant, n) in ms]
         if found:
-            return min(found), mark
-    return float("nan"), "?"
+            best, name = min(found)
+            return best, mark, name
+    return float("nan"), "?", ""
 
 
 def cpu_model() -> str:

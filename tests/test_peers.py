@@ -82,14 +82,14 @@ def test_perf_check_table_gives_the_fastest_peer():
     rows = [
         (8, "torch", "eager", "hollow_forward", 2.0, None),
         (8, "torch", "eager", "hutchinson", 4.0, None),
-        (8, "torch", "eager", "peer_jvp", 5.0, None),
-        (8, "torch", "eager", "peer_fwad", 8.0, None),
+        (8, "torch", "eager", "peer_jvp", 8.0, None),
+        (8, "torch", "eager", "peer_fwad", 5.0, None),
         (8, "torch", "compile", "hollow_forward", 1.0, 3.0),
     ]
     text = perf_check.table(rows, ["hollow_forward"])
-    assert "| 5.00 (peer_jvp) | 0.40 |" in text
-    # No compiled peer: the eager one, marked.
-    assert "| 5.00* (peer_jvp) | 0.20 |" in text
+    assert "| 5.00 (peer_fwad) | 0.40 |" in text
+    # No compiled peer: the fastest eager one, marked.
+    assert "| 5.00* (peer_fwad) | 0.20 |" in text
 
 
 def test_account_runs_and_prints_categories(capsys):

@@ -61,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dims", default="32,128")
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--backends", default="torch,jax")
-    p.add_argument("--methods", default="hollow_forward", help="ours; Hutchinson-1 is added")
+    p.add_argument(
+        "--methods",
+        default="hollow_forward",
+        help="ours, or peers (bench.peers, e.g. hollow_forward,peer_jvp); Hutchinson-1 is added",
+    )
     p.add_argument("--variants", default="eager,compile,jit", help="those a backend has")
     p.add_argument("--calls", type=int, default=10, help="steps profiled (torch) or timed")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -125,6 +129,7 @@ def section(backend, point, calls: int) -> str:
         f"{point.batch}; {rows} rows)"
     )
     try:
+        perf_check.crash_check(point)  # a compiled peer (--methods ...,peer_jvp) would crash
         fn, fn_args, _ = perf_check.prepare(backend, point)
     except RuntimeError as exc:  # torch.compile refuses Hutchinson's double backward
         return f"{title}\n\nnot built: {str(exc)[:200]}"

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 for method in methods(bname, args.methods, args.peers):
                     point = _point(bname, method, d, args.batch, variant)
                     try:
-                        _crash_check(point)
+                        crash_check(point)
                         steps[(bname, variant, method)] = build(backend, point)
                     # torch cannot compile Hutchinson's step (nor, maybe, a peer's)
                     except RuntimeError as exc:
@@ -127,7 +127,7 @@ def build(backend, point: Point):
     return run, compile_s
 
 
-def _crash_check(point: Point) -> None:
+def crash_check(point: Point) -> None:
     """RuntimeError where a compiled peer's step would crash this process (bench.peers.crash)."""
     if point.variant == "compile" and point.method.startswith("peer_"):
         why = peers.crash(point)

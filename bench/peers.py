@@ -83,8 +83,9 @@ def step(backend, net, x, point) -> tuple[Callable, tuple, Callable]:
 
 def crash(point) -> str | None:
     """Why ``point``'s step cannot be built and run here, found in a child process, or None.
-    Inductor's compiled backward of the JVP steps segfaults (torch 2.13, CPU), and no handler
-    in this process would survive that."""
+    Inductor's compiled backward of the JVP steps passes a weight's zero tangent, an
+    ``aten._efficientzerotensor`` with no storage, to an extern mm and segfaults (torch 2.13,
+    CPU; as pytorch/pytorch#197067), and no handler in this process would survive that."""
     root = Path(__file__).resolve().parents[1]
     code = (
         "from bench import perf_check; from bench.workloads.operators import Point; "

@@ -16,12 +16,13 @@ time goes to its name's category; FLOPs and bytes come from the recorded input s
 items assumed: the shapes carry no dtype). Inductor's compiled graphs show as ``## Call
 CompiledFxGraph`` entries whose self time is their fused kernels: elementwise, bytes n/a.
 
-JAX: XLA's CPU runtime traces no per-op times, so the account reads the compiled HLO's entry
-computation (FLOPs of every dot, bytes of every instruction's operands and result) and *estimates*
-each instruction's time from micro-benchmarks run here: each dot shape as a jitted dot_general,
-everything else at the bandwidth of a jitted ``a * b + 1`` the size of the instruction's
-largest operand or result.
-The estimates' sum is shown beside the measured step time; they are never measurements.
+JAX: the account reads the compiled HLO's entry computation (FLOPs of every dot, bytes of every
+instruction's operands and result) and gives each instruction two times: its thunk's, traced by
+XLA's CPU runtime under ``bench.harness.xla.CPU_THUNK_TRACES`` (set here before JAX starts; thunks
+may overlap on XLA's threads), and an *estimate* from micro-benchmarks run here: each dot shape
+as a jitted dot_general, everything else at the bandwidth of a jitted ``a * b + 1`` the size of
+the instruction's largest operand or result. The estimates are never measurements: their sum is
+shown beside the measured step time.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from bench import perf_check
+from bench.harness import xla
 from impls import load_backend
 
 CATEGORIES = ("GEMM", "elementwise", "copies/layout", "reductions", "other")
@@ -54,6 +56,7 @@ class Tally:
     ops: int = 0
     flops: float = 0.0
     bytes: float | None = 0.0
+    traced: float = 0.0  # JAX: seconds per step of XLA's traced thunks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         help="ours, or peers (bench.peers, e.g. hollow_forward,peer_jvp); Hutchinson-1 is added",
     )
     p.add_argument("--variants", default="eager,compile,jit", help="those a backend has")
-    p.add_argument("--calls", type=int, default=10, help="steps profiled (torch) or timed")
+    p.add_argument("--calls", type=int, default=10, help="steps timed, and profiled or traced")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument(
         "--no-regions",
@@ -75,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         help="torch eager without the k = 1 node's compiled regions (COMPILE_MIN_ROWS = None)",
     )
     args = p.parse_args(argv)
+    if "jax" in args.backends.split(","):
+        # Per-thunk times, read when JAX makes its CPU client. Not the sweep's scheduler flag:
+        # the account is of perf_check's steps, compiled as perf_check compiles them.
+        xla.add_flag(xla.CPU_THUNK_TRACES)
     backends = {name: load_backend(name, "cpu") for name in args.backends.split(",")}
     regions = _configure_torch(backends, args)
     print(header(backends, regions))
@@ -136,7 +143,7 @@ def section(backend, point, calls: int) -> str:
     measured = measure(backend, fn, fn_args, calls)
     if point.backend == "torch":
         return f"{title}\n\n{torch_account(fn, fn_args, calls, measured, rows)}"
-    return f"{title}\n\n{jax_account(fn, measured, rows)}"
+    return f"{title}\n\n{jax_account(backend, fn, fn_args, calls, measured, rows)}"
 
 
 def measure(backend, fn, fn_args, calls: int) -> float:
@@ -511,24 +518,30 @@ class Bench:
         return self.memo[size]
 
 
-def jax_tallies(comps: dict, entry: str, bench: Bench) -> tuple[dict[str, Tally], dict]:
-    """Category -> Tally (seconds: estimates) over the entry computation's instructions, and
-    each dot shape's count per step."""
+def jax_tallies(comps: dict, entry: str, bench: Bench, thunks: dict[str, float]):
+    """(category -> Tally, dot shape -> [count, traced s, est. s] per step) over the entry
+    computation's instructions. A Tally's ``seconds`` are estimates, its ``traced`` the
+    instructions' thunk times (``thunks``: seconds per step by instruction name)."""
     types = {i.name: i.type for body in comps.values() for i in body}
     tallies = {c: Tally() for c in CATEGORIES}
-    per_dot: dict[Dot, int] = collections.Counter()
+    per_dot: dict[Dot, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0])
     for ins in comps[entry]:
         cat = hlo_category(ins, comps)
         if cat is None:
             continue
-        t, moved = tallies[cat], instr_bytes(ins, types)
+        t, moved, traced = tallies[cat], instr_bytes(ins, types), thunks.get(ins.name, 0.0)
         t.ops += 1
         t.bytes += moved
+        t.traced += traced
         if cat == "GEMM":
             found = dots(ins, comps, types)
-            per_dot.update(found)
             t.flops += sum(d.flops for d in found)
             t.seconds += sum(bench.dot(d) for d in found)
+            for d in found:  # a fusion's traced time shared among its dots by FLOPs
+                share = d.flops / max(sum(e.flops for e in found), 1.0)
+                per_dot[d][0] += 1
+                per_dot[d][1] += traced * share
+                per_dot[d][2] += bench.dot(d)
         else:  # priced at the bandwidth of a pass over its largest array (a reduce's input)
             arrays = [ins.type, *(types[o] for o in ins.operands if o in types)]
             largest = max((numel(dims) for a in arrays for _, dims in shapes(a)), default=1)
@@ -536,34 +549,78 @@ def jax_tallies(comps: dict, entry: str, bench: Bench) -> tuple[dict[str, Tally]
     return tallies, per_dot
 
 
-def jax_account(fn, measured: float, rows: int) -> str:
-    """The compiled step's HLO, priced: the categories' table and the dot shapes'."""
+def thunk_seconds(backend, fn, fn_args, calls: int) -> dict[str, float]:
+    """Seconds per step by HLO instruction, from XLA's thunk traces (empty where XLA traces
+    none: CPU_THUNK_TRACES not in XLA_FLAGS when JAX started)."""
+    import jax
+
+    us, _ = backend.kernel_times(lambda: jax.block_until_ready(fn(*fn_args)), calls)
+    return {name: v / 1e6 / calls for name, v in us.items()}
+
+
+def _rate(amount: float, secs: float, traced: bool) -> str:
+    return f"{amount / secs / 1e9:.1f}" if secs > 0 and amount else "n/a" if traced else ""
+
+
+def jax_table(tallies: dict[str, Tally], rows: int, traced_sum: float) -> list[str]:
+    """Per category: traced ms and share, est. ms, ops, GFLOP, bytes per row, and the rate
+    (GFLOP/s for GEMMs, GB/s for the rest) traced and estimated."""
+    out = [
+        "| category | traced ms | share of traced | est. ms | ops per step | GFLOP per step "
+        "| bytes per row | GFLOP/s or GB/s, traced | same, micro-bench |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for cat, t in tallies.items():
+        amount = t.flops if cat == "GEMM" else t.bytes
+        share = f"{t.traced / traced_sum:.0%}" if traced_sum else "n/a"
+        gflop = f"{t.flops / 1e9:.4f}" if cat == "GEMM" else ""
+        out.append(
+            f"| {cat} | {t.traced * 1e3:.3f} | {share} | {t.seconds * 1e3:.3f} | {t.ops} "
+            f"| {gflop} | {t.bytes / rows:.0f} | {_rate(amount, t.traced, bool(traced_sum))} "
+            f"| {_rate(amount, t.seconds, True)} |"
+        )
+    return out
+
+
+def dot_table(per_dot: dict) -> list[str]:
+    """Per dot shape: count, MFLOP, GFLOP/s traced and micro-benchmarked, ms per step."""
+    out = [
+        "| dot shape (lhs x rhs, contracted dims lhs/rhs) | per step | MFLOP each "
+        "| traced GFLOP/s | micro-bench GFLOP/s | traced ms per step | est. ms per step |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for d, (n, traced, est) in sorted(per_dot.items(), key=lambda kv: -kv[0].flops * kv[1][0]):
+        flops = d.flops * n
+        out.append(
+            f"| {d} | {n} | {d.flops / 1e6:.2f} | {_rate(flops, traced, True)} "
+            f"| {_rate(flops, est, True)} | {traced * 1e3:.3f} | {est * 1e3:.3f} |"
+        )
+    return out
+
+
+def jax_account(backend, fn, fn_args, calls: int, measured: float, rows: int) -> str:
+    """The compiled step's HLO with each instruction's traced thunk time and its estimate: the
+    categories' table and the dot shapes'."""
     # perf_check.prepare's step is jax.jit(step).lower(*args).compile() itself: the HLO timed
-    compiled = fn
-    comps, entry = parse_hlo(compiled.as_text())
-    bench = Bench()
-    tallies, per_dot = jax_tallies(comps, entry, bench)
+    comps, entry = parse_hlo(fn.as_text())
+    thunks = thunk_seconds(backend, fn, fn_args, calls)
+    tallies, per_dot = jax_tallies(comps, entry, Bench(), thunks)
     est = sum(t.seconds for t in tallies.values())
-    cost = compiled.cost_analysis()
+    traced = sum(t.traced for t in tallies.values())
+    cost = fn.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     lines = [
-        f"measured step {measured * 1e3:.3f} ms; sum of estimates {est * 1e3:.3f} ms "
-        f"({est / measured:.2f}x the measured; rates below are the micro-benchmarks'); XLA "
-        f"cost_analysis {cost.get('flops', 0) / 1e9:.4f}"
-        f" GFLOP, {cost.get('bytes accessed', 0) / rows:.0f} bytes per row",
+        f"measured step {measured * 1e3:.3f} ms; XLA thunks traced {traced * 1e3:.3f} ms per "
+        f"step over {calls} steps ({len(thunks)} thunks; they may overlap on XLA's threads)"
+        f"{'' if thunks else ': none traced (XLA_FLAGS lacks ' + xla.CPU_THUNK_TRACES + ')'}; "
+        f"sum of estimates {est * 1e3:.3f} ms ({est / measured:.2f}x the measured); XLA "
+        f"cost_analysis {cost.get('flops', 0) / 1e9:.4f} GFLOP, "
+        f"{cost.get('bytes accessed', 0) / rows:.0f} bytes per row",
         "",
-        *table(tallies, 1, est, rows, "est. ms", "share of est. sum"),
+        *jax_table(tallies, rows, traced),
         "",
-        "| dot shape (lhs x rhs, contracted dims lhs/rhs) | per step | MFLOP each "
-        "| micro-bench GFLOP/s | est. ms per step |",
-        "|---|---:|---:|---:|---:|",
+        *dot_table(per_dot),
     ]
-    for d, n in sorted(per_dot.items(), key=lambda kv: -kv[0].flops * kv[1]):
-        secs = bench.dot(d)
-        lines.append(
-            f"| {d} | {n} | {d.flops / 1e6:.2f} | {d.flops / secs / 1e9:.1f} "
-            f"| {n * secs * 1e3:.3f} |"
-        )
     return "\n".join(lines)
 
 

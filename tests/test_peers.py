@@ -4,6 +4,11 @@ parameter and x. And perf_check's table and bench.account run and count right.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from _reference import reference_ddim
@@ -12,6 +17,7 @@ from conftest import SPECS, call_opts
 from bench import account, peers, perf_check
 
 TOL = 1e-10
+ROOT = Path(__file__).parents[1]
 
 
 def _grads(B, net, loss_fn, x) -> tuple[dict, np.ndarray]:
@@ -92,16 +98,25 @@ def test_perf_check_table_gives_the_fastest_peer():
     assert "| 5.00* (peer_fwad) | 0.20 |" in text
 
 
-def test_account_runs_and_prints_categories(capsys):
+def test_account_runs_and_prints_categories():
+    """In a fresh process, so that the account turns XLA's thunk traces on before JAX starts."""
     pytest.importorskip("jax")
     args = ["--dims", "4", "--batch", "8", "--calls", "1", "--variants", "eager,jit"]
-    assert account.main(args) == 0
-    out = capsys.readouterr().out
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.account", *args],
+        env=os.environ | {"XLA_FLAGS": ""},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = run.stdout
     for head in ("torch eager hollow_forward d=4", "jax jit hutchinson d=4", "est. ms"):
         assert head in out
     for cat in account.CATEGORIES:
         assert f"| {cat} |" in out
     assert "over rows: weight gradient" in out
+    assert "XLA thunks traced" in out and "none traced" not in out
 
 
 def test_gemm_flops_and_bytes():

@@ -108,7 +108,7 @@ def _configure_torch(backends: dict, args) -> str:
         torch.set_num_threads(args.threads)
     if args.no_regions:
         taylor.COMPILE_MIN_ROWS = None
-    return f"COMPILE_MIN_ROWS = {getattr(taylor, 'COMPILE_MIN_ROWS', 'absent (no regions)')}"
+    return f"COMPILE_MIN_ROWS = {taylor.COMPILE_MIN_ROWS}"
 
 
 def header(backends: dict, regions: str) -> str:
@@ -280,7 +280,8 @@ def torch_account(fn, fn_args, calls: int, measured: float, rows: int) -> str:
     lines = [
         f"measured step {measured * 1e3:.3f} ms (median of {calls}); profiled {profiled * 1e3:.3f}"
         f" ms/step, of which ops' self time {ops_s * 1e3:.3f} ms and unattributed (Python, "
-        f"between ops) {(profiled - ops_s) * 1e3:.3f} ms; the profiler's own cost, "
+        f"between ops; ops' self times can overrun the clock by a little) "
+        f"{max(profiled - ops_s, 0.0) * 1e3:.3f} ms; the profiler's own cost, "
         f"{cost * 1e6:.1f} us per recorded op here, is about {n_ops * cost * 1e3:.3f} ms of "
         f"the profiled step ({n_ops:.0f} ops); {graphs / calls:.0f} compiled graph calls per "
         f"step; {torch.get_num_threads()} threads",

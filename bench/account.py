@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     if "jax" in args.backends.split(","):
-        # Per-thunk times, read when JAX makes its CPU client. Not the sweep's scheduler flag:
-        # the account is of perf_check's steps, compiled as perf_check compiles them.
+        # perf_check's (the sweep's) XLA, and per-thunk times: read when JAX makes its client.
+        xla.add_flag(xla.CPU_SCHEDULER_OFF)
         xla.add_flag(xla.CPU_THUNK_TRACES)
     backends = {name: load_backend(name, "cpu") for name in args.backends.split(",")}
     regions = _configure_torch(backends, args)

@@ -29,6 +29,7 @@ import sys
 import time
 
 from bench import peers
+from bench.harness import xla
 from bench.workloads import operators
 from bench.workloads.operators import Point
 from impls import load_backend
@@ -36,6 +37,9 @@ from impls import load_backend
 # design.md section 6: the exact / Hutchinson-1 FLOP ratio of the fair steps
 FLOP_BOUND = {32: 0.84, 128: 0.77, 512: 0.65, 1024: 0.60, 4096: 0.53}
 TORCH_VARIANTS = ("eager", "compile")
+# torch eager with the k = 1 node op by op (taylor.COMPILE_MIN_ROWS = None): what "eager" was
+# before its compiled regions, timed in the same run (--plain-eager)
+PLAIN = "eager-plain"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,12 +66,20 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="time each backend's peers (bench.peers) too",
     )
+    p.add_argument(
+        "--plain-eager",
+        action="store_true",
+        help=f"also time torch's hollow steps eager without the k = 1 node's compiled regions "
+        f"(variant {PLAIN})",
+    )
     args = p.parse_args(argv)
     if args.chunk_rows is not None:
         from impls.jax_backend import taylor as jax_taylor
         from impls.torch_backend import taylor as torch_taylor
 
         torch_taylor.CHUNK_ROWS = jax_taylor.CHUNK_ROWS = args.chunk_rows
+    if "jax" in args.backends.split(","):
+        xla.add_flag(xla.CPU_SCHEDULER_OFF)  # the sweep's XLA, read when JAX starts
     backends = {name: load_backend(name, "cpu") for name in args.backends.split(",")}
     if args.threads and "torch" in backends:
         import torch
@@ -75,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     print(f"# perf_check: {cpu_model()}, {os.cpu_count()} cpus, python {platform.python_version()}")
     print(f"# {versions(backends)}; chunk rows {args.chunk_rows}; load before: {load()}")
+    print(f"# XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     rows = []
     for d in (int(v) for v in args.dims.split(",")):
         steps = {}
@@ -89,12 +102,18 @@ def main(argv: list[str] | None = None) -> int:
                     # torch cannot compile Hutchinson's step (nor, maybe, a peer's)
                     except RuntimeError as exc:
                         print(f"# {point.id}: {str(exc)[:120]}", file=sys.stderr)
+            if bname == "torch" and args.plain_eager:
+                for method in args.methods.split(","):
+                    run, _ = build_plain(backend, _point(bname, method, d, args.batch, "eager"))
+                    steps[(bname, PLAIN, method)] = run, None
         times = interleave(steps, args.rounds, args.budget_s)
         for (bname, variant, method), ms in times.items():
             rows.append((d, bname, variant, method, ms, steps[(bname, variant, method)][1]))
         print(f"# d={d} done, load {load()}", file=sys.stderr, flush=True)
     print(table(rows, args.methods.split(",")))
     print("# *: torch.compile refused that step (see stderr); the eager step instead")
+    if args.plain_eager:
+        print(f"# {PLAIN}: eager with the k = 1 node op by op; its eager/compiled: it / compile")
     print(f"# load after: {load()}")
     return 0
 
@@ -125,6 +144,21 @@ def build(backend, point: Point):
     run()  # warm-up
     run()
     return run, compile_s
+
+
+def build_plain(backend, point: Point):
+    """:func:`build` of a torch eager point whose k = 1 node runs op by op at every call."""
+    from impls.torch_backend import taylor
+
+    def plain(call):
+        saved, taylor.COMPILE_MIN_ROWS = taylor.COMPILE_MIN_ROWS, None
+        try:
+            return call()
+        finally:
+            taylor.COMPILE_MIN_ROWS = saved
+
+    run, compile_s = plain(lambda: build(backend, point))
+    return (lambda: plain(run)), compile_s
 
 
 def crash_check(point: Point) -> None:
@@ -179,6 +213,8 @@ def table(rows: list, methods: list[str]) -> str:
         eager = ""
         if b == "torch" and v == "compile" and (d, b, "eager", m) in ms:
             eager = f"{ms[(d, b, 'eager', m)] / t:.2f}"
+        if b == "torch" and v == PLAIN and (d, b, "compile", m) in ms:
+            eager = f"{t / ms[(d, b, 'compile', m)]:.2f}"
         peer = ratio = ""
         if not m.startswith("peer_") and any(k[3].startswith("peer_") for k in ms):
             best, pmark, name = _fallback(ms, d, b, v, peers.PEERS[b])
@@ -195,7 +231,7 @@ def table(rows: list, methods: list[str]) -> str:
 def _fallback(ms: dict, d: int, b: str, v: str, names) -> tuple[float, str, str]:
     """(ms, "", name) of the fastest of ``names``' steps of variant v, or where torch.compile
     refused them all, of the fastest eager one, marked "*"."""
-    for variant, mark in ((v, ""), ("eager", "*")):
+    for variant, mark in ((v, ""), ("eager", "" if v == PLAIN else "*")):
         found = [(ms[(d, b, variant, n)], n) for n in names if (d, b, variant, n) in ms]
         if found:
             best, name = min(found)

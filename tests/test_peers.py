@@ -98,6 +98,20 @@ def test_perf_check_table_gives_the_fastest_peer():
     assert "| 5.00* (peer_fwad) | 0.20 |" in text
 
 
+def test_perf_check_table_puts_plain_eager_beside_the_compiled_step():
+    """--plain-eager's row (the k = 1 node op by op) gives its own / the compiled step's time
+    and pairs with the eager Hutchinson-1 step unmarked: nothing was refused."""
+    rows = [
+        (8, "torch", "eager", "hollow_forward", 2.0, None),
+        (8, "torch", "eager", "hutchinson", 4.0, None),
+        (8, "torch", "compile", "hollow_forward", 1.6, 3.0),
+        (8, "torch", perf_check.PLAIN, "hollow_forward", 2.4, None),
+    ]
+    text = perf_check.table(rows, ["hollow_forward"])
+    assert "| 8 | torch | eager-plain | hollow_forward | 2.40 | 4.00 | 0.60 |  | 1.50 |" in text
+    assert "| 8 | torch | compile | hollow_forward | 1.60 | 4.00* | 0.40 |  | 1.25 |" in text
+
+
 def test_account_runs_and_prints_categories():
     """In a fresh process, so that the account turns XLA's thunk traces on before JAX starts."""
     pytest.importorskip("jax")

@@ -703,20 +703,26 @@ def test_torch_variants_time_the_same_step():
         backend.compile_step(fn, args, "graph")
 
 
-def test_torch_compile_takes_one_point_after_another():
+def test_torch_compile_takes_one_point_after_another(monkeypatch):
     """The sweep compiles the same step at d after d. Hutchinson's probes (``randint``) take
-    no symbolic sizes, so a compile that turned dynamic at the second d failed there."""
+    no symbolic sizes, so a compile that turned dynamic at the second d failed there. And every
+    point is compiled: Dynamo keeps at most recompile_limit graphs per code object (here 1; 8
+    by default) and ran later points eagerly under the "compile" name."""
     torch = pytest.importorskip("torch")
     from bench.workloads import operators
     from impls import HollowSpec, load_backend
 
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     backend = load_backend("torch", "cpu")
+    graphs = torch._dynamo.utils.counters["stats"]
     for d in (4, 5, 6):
         point = operators.Point("divergence", "torch", "cpu", "hutchinson", "hollownet", d, 3, 1,
                            "eval", n_probes=1)  # fmt: skip
         net = backend.build(HollowSpec(dim=d, d_h=2))
         fn, args, values_of = operators.step(backend, net, torch.randn(3, d), point)
+        before = graphs["unique_graphs"]
         compiled, _, _ = backend.compile_step(fn, args, "compile")
+        assert graphs["unique_graphs"] > before, f"d={d} ran eagerly"
         assert values_of(compiled(*args)).shape == (3,)
 
 

@@ -31,6 +31,10 @@ def torch_variant(
     elif variant == "compile":
         # Static shapes: after a second d, torch.compile would otherwise trace d symbolically,
         # and ops such as the probes' randint take no symbolic sizes. Each point is one shape.
+        # Every point's step runs the same code object (grad_step's closure), and Dynamo keeps
+        # at most recompile_limit (8) graphs per code object, after which it runs the step
+        # eagerly under the "compile" name: a fresh cache per point, as pytorch/benchmark does.
+        torch.compiler.reset()
         step = torch.compile(fn, dynamic=False)
         step(*args)  # compiles
     else:

@@ -621,7 +621,7 @@ def test_a_rebuild_writes_the_same_figures_and_tables_byte_for_byte(report, tmp_
         assert [name for name in first if first[name] != second[name]] == []
 
 
-@pytest.mark.parametrize("run", ["cpu", "nvidia-h100", "nvidia-h200"])
+@pytest.mark.parametrize("run", ["cpu", "cpu/i26", "nvidia-h100", "nvidia-h200"])
 def test_committed_reference_reports_rebuild_identical(run, tmp_path, monkeypatch):
     """Each committed reference report is what today's builder makes of its committed inputs
     (the ones its report.md names), table for table: a change that moves a number shows here."""

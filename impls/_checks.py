@@ -3,6 +3,8 @@ with the same words. A method's own arguments are checked by :func:`impls.method
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 def check_input(*, shape: tuple, dtype: str, dim: int, model_dtype: str) -> None:
     """Raise ValueError/TypeError when x is not a (batch, dim) array of the model's dtype."""
@@ -30,6 +32,20 @@ def check_own_input(*, shape: tuple, dtype: str, model_dtype: str | None) -> Non
         raise ValueError(f"x must hold at least one sample, got shape {tuple(shape)}")
     if model_dtype is not None and dtype != model_dtype:
         raise TypeError(f"x has dtype {dtype} but the model is {model_dtype}; cast one to match")
+
+
+def checked_own_model(net: Callable, array_type: type, type_name: str) -> Callable:
+    """y -> net(y) for a model of the caller's own, its output checked on every call (or trace):
+    an ``array_type`` (named ``type_name`` in the error) of y's shape."""
+
+    def fun(y):
+        out = net(y)
+        if not isinstance(out, array_type):
+            raise TypeError(f"the model returned a {type(out).__name__}, not a {type_name}")
+        check_own_output(tuple(y.shape), tuple(out.shape))
+        return out
+
+    return fun
 
 
 def check_own_output(in_shape: tuple, out_shape: tuple) -> None:

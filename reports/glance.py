@@ -181,12 +181,20 @@ class Line:
 
 
 def _judge(claim: Claim, rows: pd.DataFrame, covered: tuple[int, ...]) -> Line:
-    """The best config at each measured d; the worst such d decides (see :class:`Claim`)."""
+    """The best config at each measured d with data (``covered``); the worst such d decides
+    (see :class:`Claim`). A verdict comes only from d with data, so the line lists them."""
     measured = _measured(rows)
     if measured.empty:
         statuses = sorted({v for v in rows["value"] if isinstance(v, str)})
         why = f"did not run ({'/'.join(statuses)})" if statuses else "no pair of points"
         return Line("not measured", why, covered)
+    # A claim whose data are its ``covers`` points (C1) may have a value at a d whose points
+    # are all noisy: that d is no data, and judging it would show a verdict with no d.
+    at_data = measured[measured["d"].astype(int).isin(covered)]
+    if at_data.empty:
+        at = ", ".join(str(d) for d in sorted(set(measured["d"].astype(int))))
+        return Line("not measured", f"no data: measured at d={at} by noisy points only", covered)
+    measured = at_data
     margin = [_margin(claim.target, float(v), d) for v, d in zip(*_vd(measured), strict=True)]
     measured = measured.assign(margin=margin)
     best = measured.loc[measured.groupby("d")["margin"].idxmin()]
@@ -331,7 +339,8 @@ def tables_after(tables: Mapping[str, pd.DataFrame | None], frame: pd.DataFrame)
         "speed goal, per backend, device and mode: its verdict and the number that decides it. "
         "At each d the best configuration measured (method, variant, step, ...) counts, and the "
         "worst d decides: 'met' where it meets the target at every d with data, 'missed' where "
-        "not, 'not measured' where no ratio could be formed. Noisy points are left out. The "
+        "not, 'not measured' where no ratio could be formed at a d with data. Noisy points are "
+        "left out. The "
         f"coverage counts the d with data of the d the claim needs (the paper preset's).{budget}",
         "Read off the tables below (Paper claims, Speed goals, Workloads): C1 the hollow rows' "
         "cost ratio / FLOP ratio between the smallest and largest d, each method's worst k "

@@ -19,9 +19,14 @@ def _conditioner_jacobian(B, net, x, t=None) -> np.ndarray:
 
         tt = None if t is None else torch.as_tensor(t, dtype=x.dtype)
         return vmap(jacrev(lambda r: net.conditioner(r[None], tt)[0]))(x).detach().numpy()
+    import equinox as eqx
     import jax
 
-    return np.asarray(jax.vmap(jax.jacrev(lambda r: net.conditioner(r[None], t)[0]))(x))
+    # jit: eager, vmap(jacrev) dispatches op by op and takes seconds
+    jac = eqx.filter_jit(
+        lambda n, y: jax.vmap(jax.jacrev(lambda r: n.conditioner(r[None], t)[0]))(y)
+    )
+    return np.asarray(jac(net, x))
 
 
 def _blocks(jac: np.ndarray):

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+
 import numpy as np
 import pytest
 from _reference import reference_ddim
-from conftest import SPECS, call_opts
+from conftest import SPECS, backend_or_skip, call_opts
 
-from impls import EXACT_METHODS, HollowSpec, MLPSpec, param_matched_mlp
+from impls import EXACT_METHODS, HOLLOW_METHODS, HollowSpec, MLPSpec, param_matched_mlp
 
 TOL = 1e-10
 DENSE_METHODS = ("dense_loop", "dense_vectorized")
 
 
-def _ddim_error(B, spec, method, k, rng, batch=3):
-    net = B.build(spec, seed=3)
-    x = B.asarray(rng.standard_normal((batch, spec.dim)))
-    opts = call_opts(spec)
-    got = B.to_numpy(B.ddim(net, x, k=k, method=method, **opts))
-    want = B.to_numpy(reference_ddim(B, net, x, k, opts.get("t")))
+@functools.cache
+def _reference(backend_name: str, spec: HollowSpec, k: int, batch: int):
+    """(x, the float64 reference D_dim^k of the spec's model at seed 3): computed once, checked
+    against every method (x: a fresh ``rng`` fixture's first draw, as the tests' own). Both
+    backends build the same weights from a seed (test_parity.py), so torch's reference serves
+    JAX's methods too where torch is installed (JAX's compiles once per spec and k)."""
+    B = backend_or_skip("torch" if importlib.util.find_spec("torch") else backend_name)
+    x = np.random.default_rng(1234).standard_normal((batch, spec.dim))
+    want = reference_ddim(B, B.build(spec, seed=3), B.asarray(x), k, call_opts(spec).get("t"))
+    return x, B.to_numpy(want)
+
+
+def _ddim_error(B, spec, method, k, batch=3):
+    x, want = _reference(B.name, spec, k, batch)
+    got = B.to_numpy(B.ddim(B.build(spec, seed=3), B.asarray(x), k=k, method=method,
+                            **call_opts(spec)))  # fmt: skip
     assert got.shape == (batch, spec.dim)
     return np.abs(got - want).max(), np.abs(want).max()
 
@@ -26,16 +39,16 @@ def _ddim_error(B, spec, method, k, rng, batch=3):
 @pytest.mark.parametrize("spec_name", sorted(SPECS))
 @pytest.mark.parametrize("k", [1, 2, 3])
 @pytest.mark.parametrize("method", EXACT_METHODS)
-def test_exact_methods_match_reference(backend, spec_name, method, k, rng):
-    err, scale = _ddim_error(backend, SPECS[spec_name], method, k, rng)
+def test_exact_methods_match_reference(backend, spec_name, method, k):
+    err, scale = _ddim_error(backend, SPECS[spec_name], method, k)
     assert scale > 1e-3  # the reference is not trivially zero
     assert err < TOL, f"{backend.name} {method} k={k}: max error {err:.3g}"
 
 
 @pytest.mark.parametrize("method", EXACT_METHODS)
-def test_fourth_order(backend, method, rng):
+def test_fourth_order(backend, method):
     spec = HollowSpec(dim=3, d_h=2, cond_hidden=(), trans_hidden=(5,), dtype="float64")
-    err, scale = _ddim_error(backend, spec, method, 4, rng, batch=2)
+    err, scale = _ddim_error(backend, spec, method, 4, batch=2)
     assert scale > 1e-3
     assert err < TOL
 
@@ -114,19 +127,19 @@ def test_float32_models_run(backend, rng):
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "softplus", "sin"])
-def test_activations_match_reference(backend, activation, rng):
+def test_activations_match_reference(backend, activation):
     spec = HollowSpec(dim=4, d_h=2, trans_hidden=(5,), activation=activation, dtype="float64")
     for method in ("hollow", "hollow_forward"):
-        err, scale = _ddim_error(backend, spec, method, 3, rng)
+        err, scale = _ddim_error(backend, spec, method, 3)
         assert scale > 1e-4
         assert err < TOL
 
 
 @pytest.mark.parametrize("method", EXACT_METHODS)
-def test_affine_transformer_has_vanishing_higher_orders(backend, method, rng):
+def test_affine_transformer_has_vanishing_higher_orders(backend, method):
     spec = HollowSpec(dim=3, d_h=2, cond_hidden=(), trans_hidden=(), dtype="float64")
     for k in (1, 2, 3):
-        err, _ = _ddim_error(backend, spec, method, k, rng, batch=2)
+        err, _ = _ddim_error(backend, spec, method, k, batch=2)
         assert err < TOL, f"k={k}"
 
 
@@ -137,8 +150,18 @@ def _call_opts_for(spec, method):
     return opts
 
 
-@pytest.mark.parametrize("method", (*EXACT_METHODS, "hutchinson"))
-@pytest.mark.parametrize("spec_name", sorted(SPECS))
+# The hollow methods on every test model; the dense ones and Hutchinson, which call the model as
+# a whole whatever its conditioner, with and without a time input (made's conditioner under
+# them: test_exact_methods_match_reference, test_divergence_gradients).
+VALUE_AND_CASES = [
+    (spec_name, method)
+    for method in (*EXACT_METHODS, "hutchinson")
+    for spec_name in sorted(SPECS)
+    if method in HOLLOW_METHODS or spec_name != "made"
+]
+
+
+@pytest.mark.parametrize(("spec_name", "method"), VALUE_AND_CASES)
 def test_value_and_agrees_with_separate_calls(backend, spec_name, method, rng):
     """value_and_* returns f(x) and exactly what divergence/ddim return on their own."""
     spec = SPECS[spec_name]
@@ -160,11 +183,11 @@ def test_value_and_agrees_with_separate_calls(backend, spec_name, method, rng):
 
 
 @pytest.mark.parametrize("spec_name", sorted(SPECS))
-@pytest.mark.parametrize("k", [1, 2, 3, 4])
-def test_value_and_tangent_by_hand(backend, spec_name, k, rng):
-    """hollow_forward, the value and Taylor series carried by hand through tau, to order 4 on
-    every test model (the other exact methods are checked to order 3 above)."""
-    err, scale = _ddim_error(backend, SPECS[spec_name], "hollow_forward", k, rng)
+def test_value_and_tangent_by_hand(backend, spec_name):
+    """hollow_forward, the value and Taylor series carried by hand through tau, at order 4 on
+    every test model (orders 1-3 on each: test_exact_methods_match_reference)."""
+    k = 4
+    err, scale = _ddim_error(backend, SPECS[spec_name], "hollow_forward", k)
     assert scale > 1e-3
     assert err < TOL, f"{backend.name} k={k}: max error {err:.3g}"
 

@@ -35,7 +35,12 @@ def _gpu_plan(backend: str) -> plan.Plan:
         settings.costs, timing=settings.timing, timeout_s=settings.timeout_s
     )
     points = plan.candidates(settings, {backend: ("cuda:0",)})
-    return plan.make_plan(points, (1 - plan.RESERVE) * settings.sweep_budget_s, model)
+    return plan.make_plan(
+        points,
+        model,
+        budget_s=settings.sweep_budget_s,
+        left_s=(1 - plan.RESERVE) * settings.sweep_budget_s,
+    )
 
 
 def test_the_gpu_reference_plan_covers_every_claim_within_its_budget():
@@ -104,7 +109,9 @@ def test_a_point_predicted_not_to_fit_covers_no_claim_and_is_not_planned():
     ranks = plan.priorities([*fits, hutch, big], cost=lambda c: c.d)
     assert ranks[big.id][0] == 3  # goal (a) has d = 8 only: 512's pair will not run
     model = plan.CostModel(timing=_settings().timing, timeout_s=0)
-    assert big.id not in plan.make_plan([*fits, hutch, big], 1e6, model).planned
+    assert (
+        big.id not in plan.make_plan([*fits, hutch, big], model, budget_s=1e6, left_s=1e6).planned
+    )
 
 
 def _record(d: int, wall_s: float, median: float | None, rounds: int = 10) -> dict:
@@ -133,7 +140,7 @@ def test_costs_come_from_the_same_point_then_its_family_then_a_prior():
 def test_deadlines_admit_what_fits_and_learn_from_what_ran():
     points = [_point(d=d) for d in (8, 32, 128)]
     model = plan.CostModel(timing=_settings().timing, timeout_s=0)
-    budget = plan.make_plan(points, 1000.0, model)
+    budget = plan.make_plan(points, model, budget_s=1000.0, left_s=1000.0)
     budget.predicted = dict.fromkeys(budget.predicted, 10.0)
     budget.start(now=0.0, left_s=30.0)
     assert budget.deadlines == {("torch", "cpu"): 30.0}

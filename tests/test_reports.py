@@ -311,6 +311,10 @@ def test_each_claim_gets_a_line_with_verdict_deciding_number_and_coverage(report
     assert row(lines, claim="(a)", backend="torch", device="cpu")["verdict"] == "not measured"
     assert row(lines, claim="(c)", device="cuda:0")["deciding number"] == "its table has no data"
     assert set(lines["claim"]) == {"C1", "C2", "C3", "C4", "C5", "(a)", "(b)", "(c)", "(d)"}
+    # a verdict lists the d it was computed at among the d with data
+    for _, line in lines[lines["verdict"].isin(["met", "missed"])].iterrows():
+        deciding = re.search(r"at d=(\d+)", line["deciding number"])[1]
+        assert deciding in str(line["d with data"]).split(", "), line["claim"]
 
 
 def test_the_coverage_table_names_the_needed_d_without_data(report):
@@ -524,6 +528,30 @@ def test_noisy_points_are_drawn_hollow_and_left_out_of_fits_and_goals(tmp_path):
     goal = goal_a(frame).iloc[0]
     assert goal["d=8"] == pytest.approx(1.0 / 0.8) and goal["d=32"] == "noisy"
     assert goal["verdict"] == "missed at d=8 (1.25 vs 1); noisy, left out at d=32"
+
+
+def test_a_claim_line_judges_only_d_with_data(tmp_path):
+    """C1's data are its hollow ddim points that are not noisy: with every one noisy (a quick
+    sweep on a busy CPU), the C1 table still has ratios, but the line has no d with data, so it
+    shows no verdict (it showed 'met' with 'none')."""
+    from reports import glance
+    from reports.tables import c1_ddim
+
+    hollow = [
+        f"bench/test_ddim.py::test_ddim[torch-cpu-hollownet-hollow-mNone-d{d}-k{k}-eval]"
+        for d in (8, 32)
+        for k in (1, 2)
+    ]
+    frame = load_results([str(write_json(tmp_path / "a.json", flagged(results_json("alpha"))))])
+    noisy = load_results(
+        [str(write_json(tmp_path / "n.json", flagged(results_json("alpha"), *hollow)))]
+    )
+    for data, want in ((frame, "met"), (noisy, "not measured")):
+        lines = glance.claim_lines({"c1_ddim_k_passes": c1_ddim(data)}, data)
+        c1 = row(lines, claim="C1")
+        assert c1["verdict"] == want
+        assert c1["d with data"] == ("8, 32" if want == "met" else "none")
+    assert c1["deciding number"] == "no data: measured at d=32 by noisy points only"
 
 
 def test_an_exact_method_with_zero_error_is_drawn_at_the_floor_of_the_error_axis(tmp_path):

@@ -3,11 +3,14 @@ venv outside the checkout, and run there on a committed reference input."""
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import shutil
 import site
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -23,16 +26,35 @@ def run(*command, **kwargs) -> subprocess.CompletedProcess:
     return done
 
 
+def fresh_source(to: Path) -> Path:
+    """A copy of what the wheel is built from (pyproject.toml, the README and the packages it
+    names), without build/ or egg-info: setuptools reuses the checkout's build/, where a deleted
+    module would live on and reappear in the wheel."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    to.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, to / name)
+    for folder in ROOT.iterdir():
+        if folder.is_dir() and any(fnmatch.fnmatch(folder.name, glob) for glob in include):
+            ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+            shutil.copytree(folder, to / folder.name, ignore=ignore)
+    return to
+
+
 @pytest.mark.slow
 def test_the_installed_wheel_builds_a_report_outside_the_checkout(tmp_path):
-    # The wheel, from this checkout's setuptools (no index: --no-build-isolation).
+    # The wheel, from a fresh copy with this checkout's setuptools (no index:
+    # --no-build-isolation).
     wheels = tmp_path / "wheels"
-    run(sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+    source = fresh_source(tmp_path / "source")
+    run(sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
         "-q", "-w", str(wheels), cwd=tmp_path)  # fmt: skip
     (wheel,) = wheels.glob("hollowbench-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "results_format/schema.py" in names and "results_format/SCHEMA.md" in names
     assert not [n for n in names if n.startswith(("bench/", "tests/"))]
+    assert [n for n in names if n.endswith(".py") and not (ROOT / n).exists()] == []  # no stale
     # A bare venv with the wheel alone; its third-party packages (pandas, matplotlib, ...) from
     # this interpreter's site-packages through a .pth line, which adds that folder but not the
     # .pth files in it (so no editable install of this checkout comes along).

@@ -204,7 +204,7 @@ def priorities(
     candidates: list[Candidate], cost: Callable[[Candidate], float]
 ) -> dict[str, tuple[int, ...]]:
     """id -> a sort key, lowest first. Level 0: for every claim, backend and device, its first
-    points (:func:`first_points`), in the order of SLOTS, so the claims are covered at two d
+    points (:func:`_first_points`), in the order of SLOTS, so the claims are covered at two d
     before any gets more; level 1: the claims' other points at those d; level 2: at other d;
     level 3: the rest."""
     groups = defaultdict(list)
@@ -224,7 +224,7 @@ def priorities(
             for c in members:
                 if c.d in dims and claim.needs(c):
                     offer(c, (1, at[c.d], index) if c.d in at else (2, 0, index))
-            for position, chosen in enumerate(first_points(claim, members, cost)):
+            for position, chosen in enumerate(_first_points(claim, members, cost)):
                 for c in chosen:
                     offer(c, (0, slots[position], index))
     return {c.id: found.get(c.id, (3, 0, len(CLAIMS))) for c in candidates}
@@ -237,7 +237,7 @@ def _pairing(c: Candidate) -> tuple:
     return getattr(c.point, "mode", None), FUSED_BASE.get(variant, variant)
 
 
-def first_points(
+def _first_points(
     claim: Claim, members: list[Candidate], cost: Callable[[Candidate], float]
 ) -> list[list[Candidate]]:
     """Per spread d, in spread order, each side's cheapest point: all in one mode and variant
@@ -563,15 +563,19 @@ class Plan:
         }
 
 
-def make_plan(candidates: list[Candidate], budget_s: float, model: CostModel) -> Plan:
-    """Plan, in priority order, each point whose predicted cost still fits in ``budget_s``
-    (less a start-up per backend and device); every point stays in the run order."""
+def make_plan(
+    candidates: list[Candidate], model: CostModel, *, budget_s: float, left_s: float
+) -> Plan:
+    """Plan, in priority order, each point whose predicted cost still fits in ``left_s``, the
+    seconds the sweep's ``budget_s`` has left when it plans (less a start-up per backend and
+    device); every point stays in the run order. The plan names ``budget_s``, the budget the
+    sweep was given."""
     ranks = priorities(candidates, lambda c: model.predict(c)[0])
     predicted = {c.id: model.predict(c)[0] for c in candidates}
     spent, groups, planned = 0.0, set(), set()
     for c in sorted(candidates, key=lambda c: ranks[c.id]):
         start = 0.0 if c.group in groups else GROUP_START_S
-        if c.fits and spent + start + predicted[c.id] <= budget_s:
+        if c.fits and spent + start + predicted[c.id] <= left_s:
             spent += start + predicted[c.id]
             groups.add(c.group)
             planned.add(c.id)

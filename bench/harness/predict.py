@@ -63,8 +63,7 @@ class Planner:
             s.costs, timing=s.timing, timeout_s=s.timeout_s, cnf_budget_s=s.cnf_budget_s
         )
         left = (1 - plan.RESERVE) * s.sweep_budget_s - (time.perf_counter() - self._started)
-        self.plan = plan.make_plan(candidates, left, model)
-        self.plan.budget_s = s.sweep_budget_s
+        self.plan = plan.make_plan(candidates, model, budget_s=s.sweep_budget_s, left_s=left)
         self.plan.start(time.perf_counter(), left)
         planned = [c.id for c in self.plan.order if c.id in self.plan.planned]
         self.journal.append({"kind": "plan", **self.plan.describe(), "planned_ids": planned})

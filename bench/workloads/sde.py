@@ -15,14 +15,7 @@ from typing import Any
 import numpy as np
 
 from bench.harness.case import Case, Task
-from bench.workloads.base import (
-    PointBase,
-    Workload,
-    attrs,
-    backend_module,
-    reference_backend,
-    spec_info,
-)
+from bench.workloads import base
 from bench.workloads.operators import REFERENCE_CHUNK, ROWS, activations
 from impls import HollowSpec
 from impls.sde import ROUTE_METHODS, ROUTES, ou_process, training_batch
@@ -32,7 +25,7 @@ DATA_SEED = 0
 
 
 @dataclass(frozen=True)
-class SdePoint(PointBase):
+class SdePoint(base.PointBase):
     """The residual (eval) or a training step (train) by ``route`` at dimension ``d``."""
 
     backend: str
@@ -97,7 +90,8 @@ PRESETS = {
 
 def make_task(sweep, backend, point: SdePoint) -> Task:
     """The residual or training step to time; its check compares the residual it returns."""
-    spec, target, sde = model_spec(point.d), ou_process(point.d), backend_module(backend, "sde")
+    spec, target = model_spec(point.d), ou_process(point.d)
+    sde = base.backend_module(backend, "sde")
     drift, diffusion = (backend.build(spec, seed=seed) for seed in SEEDS.values())
     # t (batch,) uniform over the target's span, x (batch, d) ~ p_t
     t_np, x_np = training_batch(target, point.batch, np.random.default_rng(DATA_SEED))
@@ -125,7 +119,7 @@ def make_task(sweep, backend, point: SdePoint) -> Task:
     def check(out: Any, step) -> tuple[float, str]:
         ref = sweep.memo(
             ("sde-reference", point.d, point.batch),
-            lambda: reference(reference_backend(sweep, point), spec, target, t_np, x_np),
+            lambda: reference(base.reference_backend(sweep, point), spec, target, t_np, x_np),
         )
         got = backend.to_numpy(residual_of(out))[:ROWS].astype(np.float64)
         return float(np.abs(got - ref).max()), "max_abs"
@@ -140,7 +134,7 @@ def reference(backend, spec: HollowSpec, target, t_np, x_np) -> np.ndarray:
         backend.astype(backend.build(spec, seed=seed), "float64") for seed in SEEDS.values()
     )
     t, x = (backend.asarray(a[:ROWS].astype(np.float64)) for a in (t_np, x_np))
-    sde = backend_module(backend, "sde")
+    sde = base.backend_module(backend, "sde")
     r = sde.fp_residual(drift, diffusion, target, t, x, route="dense", chunk_size=REFERENCE_CHUNK)
     return backend.to_numpy(r).astype(np.float64)
 
@@ -155,7 +149,7 @@ def predict_bytes(spec: HollowSpec, point: SdePoint) -> int:
     return 2 * (spec.n_params * 4 * (1 + 2 * (train - 1)) + passes * act * train)
 
 
-class SdeWorkload(Workload):
+class SdeWorkload(base.Workload):
     name, point_type, presets = "sde", SdePoint, PRESETS
 
     def rows(self, settings, backend: str) -> list[tuple]:
@@ -166,11 +160,11 @@ class SdeWorkload(Workload):
         spec, target = model_spec(point.d), ou_process(point.d)
         info = {
             "workload": "sde",
-            **attrs(point, "method", "route"),
+            **base.attrs(point, "method", "route"),
             "model": "hollownet",
-            **attrs(point, "d", "batch", "mode"),
+            **base.attrs(point, "d", "batch", "mode"),
             "k": 2,  # the highest derivative order the residual takes (D_dim^2 g)
-            **spec_info(spec, nets=2),  # drift and diffusion
+            **base.spec_info(spec, nets=2),  # drift and diffusion
             "target": target.name,
             "t_span": list(target.t_span),
         }

@@ -122,15 +122,7 @@ def _function(net, t) -> Fn:
     shape checked (when traced: once per compilation)."""
     if hasattr(net, "spec"):
         return lambda y: net.evaluate(y, t)
-
-    def fun(y: jax.Array) -> jax.Array:
-        out = net(y)
-        if not isinstance(out, jax.Array):
-            raise TypeError(f"the model returned a {type(out).__name__}, not a jax.Array")
-        _checks.check_own_output(tuple(y.shape), tuple(out.shape))
-        return out
-
-    return fun
+    return _checks.checked_own_model(net, jax.Array, "jax.Array")
 
 
 def stochastic(

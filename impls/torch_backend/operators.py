@@ -146,15 +146,7 @@ def _prepare_own(net, x, k, method, opts) -> Fn:
         raise ValueError(f"x is on {x.device} but the model is on {params[0].device}")
     check_finite(x, "x")
     _checks.check_time(time_dependent=False, t_given=opts.get("t") is not None)
-
-    def fun(y: torch.Tensor) -> torch.Tensor:
-        out = net(y)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"the model returned a {type(out).__name__}, not a torch.Tensor")
-        _checks.check_own_output(tuple(y.shape), tuple(out.shape))
-        return out
-
-    return fun
+    return _checks.checked_own_model(net, torch.Tensor, "torch.Tensor")
 
 
 def _parameters(net) -> list[torch.Tensor]:

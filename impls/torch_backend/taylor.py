@@ -94,11 +94,11 @@ def chunk_rows(device: torch.device, rows: int) -> int:
     return max(1, min(CHUNK_ROWS, rows))
 
 
-# Rows from which the eager node runs each chunk's forward and its backward as regions compiled
-# by Inductor on a CPU (None: never). Eager, one kernel per op, the step took 1.3-1.45x the
-# torch.compile'd step at d = 32 and 512, batch 512 (bench/perf_check.py): the difference is the
-# passes over the 64-wide activations that Inductor fuses, not dispatch. Below this a
-# compilation (seconds, once per shape) would not pay back.
+# Rows from which the eager node runs its forward and its backward (one chunk) as regions
+# compiled by Inductor on a CPU (None: never). Op by op, the eager step took 1.16-1.48x the
+# torch.compile'd step at d = 32-1024, batch 512, and 1.04-1.11x with the regions
+# (reports/reference/cpu/i26): the difference is the passes over the 64-wide activations that
+# Inductor fuses, not dispatch. Below this a compilation (seconds, once per shape) would not pay.
 COMPILE_MIN_ROWS: int | None = 8192
 _compiled: dict = {}  # plain function -> its torch.compile'd form
 _eager_why: list[str] = []  # why compiling failed here; then every region runs eagerly
@@ -259,20 +259,8 @@ class _Chunked(torch.autograd.Function):
         dim = hd.shape[0]
         per = 2 if name in _FROM_Y else 3
         if c == dim:
-            return _region(
-                _backward,
-                xt.device,
-                xt.numel(),
-                name,
-                act,
-                layers,
-                hd,
-                xt,
-                tv,
-                g_f,
-                g_deriv,
-                (kept, per),
-            )
+            args = (name, act, layers, hd, xt, tv, g_f, g_deriv, (kept, per))
+            return _region(_backward, xt.device, xt.numel(), *args)
         grads = [torch.zeros_like(w) for w in weights]
         g_h, g_x = torch.empty_like(hd), torch.empty_like(xt)
         g_tv = None if tv is None else torch.zeros_like(tv)

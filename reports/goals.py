@@ -121,13 +121,17 @@ def _names_by_d(names: pd.Series, key: tuple) -> str:
     return ", ".join(f"d={d}: {v}" for d, v in over_d.items())
 
 
-def _fused_as_base(rows: pd.DataFrame) -> pd.DataFrame:
+def _as_base(rows: pd.DataFrame) -> pd.DataFrame:
     """A fused variant's points as its base variant's (FUSED_BASE), the method named
     "hollow_forward+triton": no Hutchinson step runs a fused tau, and the base variant's is the
-    same step without the kernel."""
-    fused = rows["variant"].isin(FUSED_BASE)
-    method = rows["method"].mask(fused, rows["method"] + "+" + rows["variant"])
-    return rows.assign(method=method, variant=rows["variant"].replace(FUSED_BASE))
+    same step without the kernel. Likewise torch's compiled train steps as eager's, named
+    "hollow_forward+compile": torch.compile cannot build a Hutchinson train step (AOTAutograd
+    refuses its double backward), so each side runs in the best variant it has."""
+    compiled_train = (rows["variant"] == "compile") & (rows["mode"] == "train")
+    moved = rows["variant"].isin(FUSED_BASE) | compiled_train
+    method = rows["method"].mask(moved, rows["method"] + "+" + rows["variant"])
+    variant = rows["variant"].mask(compiled_train, "eager").replace(FUSED_BASE)
+    return rows.assign(method=method, variant=variant)
 
 
 # (a) each hollow method's divergence over Hutchinson-1 on the FLOP-matched MLP. Train steps
@@ -140,17 +144,19 @@ goal_a = Goal(
     "FLOP-matched MLP, for every d from 8 to 4096, on a GPU, in both backends.",
     "Divergence workload: each hollow method's median time on the HollowNet over hutchinson "
     "(n_probes=1) on the FLOP-matched MLP, same backend, device, variant, mode and batch, one "
-    "column per d. The goal concerns train mode; eval rows show the operator alone. A train "
-    "step's 'step' says how it is defined: 'value_and' is the fair step, f and the divergence "
-    "from one pass (value_and_divergence), a loss on both, one backward; 'separate_forward' "
-    "(results from before it) took the loss's f from a second net(x), which adds the same cost to "
-    "both sides and pulls the ratio towards 1.",
+    "column per d; a fused variant (triton, pallas) and torch's compiled train step, which "
+    "have no Hutchinson twin, pair with their base variant's, the method named "
+    "'hollow_forward+triton', 'hollow_forward+compile'. The goal concerns train mode; eval "
+    "rows show the operator alone. A train step's 'step' says how it is defined: 'value_and' "
+    "is the fair step, f and the divergence from one pass (value_and_divergence), a loss on "
+    "both, one backward; 'separate_forward' (results from before it) took the loss's f from a "
+    "second net(x), which adds the same cost to both sides and pulls the ratio towards 1.",
     replace(EXACT_DIVERGENCE, by=("method",)),
     HUTCHINSON_1,
     (*KEYS, "step"),
     AT_MOST_ONE,
     "needs hollow divergence points and hutchinson-1 on the FLOP-matched MLP",
-    relabel=_fused_as_base,
+    relabel=_as_base,
 )
 # (b) the faster dense method over each hollow method, for d >= 128.
 goal_b = Goal(

@@ -138,6 +138,25 @@ def test_goal_a_pairs_a_fused_variant_with_its_base_variants_hutchinson(tmp_path
     assert len(table) == 3  # cudagraph's Hutchinson has no hollow partner
 
 
+def test_goal_a_pairs_a_compiled_train_step_with_the_eager_hutchinson(tmp_path):
+    # torch.compile cannot build Hutchinson's train step (double backward): a compiled hollow
+    # train step's twin is eager's, named apart; in eval, compile pairs with compile.
+    points = {
+        ("torch", "compile", "divergence", "hollow_forward", "hollownet", "train", 1, 8): 2.4,
+        ("torch", "eager", "divergence", "hollow_forward", "hollownet", "train", 1, 8): 3.0,
+        ("torch", "eager", "divergence", "hutchinson", "mlp_flop_matched", "train", 1, 8): 2.0,
+        ("torch", "compile", "divergence", "hollow_forward", "hollownet", "eval", 1, 8): 0.5,
+        ("torch", "compile", "divergence", "hutchinson", "mlp_flop_matched", "eval", 1, 8): 1.0,
+    }
+    table = goal_a(load(tmp_path, points))
+    compiled = one(table, method="hollow_forward+compile")
+    assert compiled["variant"] == "eager" and compiled["mode"] == "train"
+    assert compiled["d=8"] == pytest.approx(1.2)
+    assert one(table, method="hollow_forward", variant="eager")["d=8"] == pytest.approx(1.5)
+    assert one(table, method="hollow_forward", mode="eval")["d=8"] == pytest.approx(0.5)
+    assert len(table) == 3
+
+
 def test_goal_b_takes_the_faster_dense_method_against_d_over_4(frame):
     table = goal_b(frame)
     r = one(table, backend="torch", mode="eval")

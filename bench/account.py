@@ -41,6 +41,7 @@ from typing import NamedTuple
 
 from bench import perf_check
 from bench.harness import xla
+from bench.harness.telemetry import cpu_name
 from impls import load_backend
 
 CATEGORIES = ("GEMM", "elementwise", "copies/layout", "reductions", "other")
@@ -120,7 +121,7 @@ def header(backends: dict, regions: str) -> str:
     cpu.append("SIMD: " + " ".join(f for f in flags if f.startswith(("avx", "fma", "amx"))))
     return "\n".join(
         [
-            f"# bench.account: {perf_check.cpu_model()}, python {platform.python_version()}",
+            f"# bench.account: {cpu_name()}, python {platform.python_version()}",
             f"# {perf_check.versions(backends)}; torch eager k = 1 regions: {regions}",
             f"# XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load before: {perf_check.load()}",
             *(f"#   {line}" for line in cpu),
@@ -150,11 +151,7 @@ def measure(backend, fn, fn_args, calls: int) -> float:
     """Median seconds of ``calls`` unprofiled steps, after WARMUP."""
 
     def run():
-        out = fn(*fn_args)
-        if backend.name == "jax":
-            import jax
-
-            jax.block_until_ready(out)
+        backend.sync(fn(*fn_args))
 
     for _ in range(WARMUP):
         run()
@@ -553,9 +550,7 @@ def jax_tallies(comps: dict, entry: str, bench: Bench, thunks: dict[str, float])
 def thunk_seconds(backend, fn, fn_args, calls: int) -> dict[str, float]:
     """Seconds per step by HLO instruction, from XLA's thunk traces (empty where XLA traces
     none: CPU_THUNK_TRACES not in XLA_FLAGS when JAX started)."""
-    import jax
-
-    us, _ = backend.kernel_times(lambda: jax.block_until_ready(fn(*fn_args)), calls)
+    us, _ = backend.kernel_times(lambda: backend.sync(fn(*fn_args)), calls)
     return {name: v / 1e6 / calls for name, v in us.items()}
 
 

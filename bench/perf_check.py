@@ -24,12 +24,12 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
 from bench import peers
 from bench.harness import xla
+from bench.harness.telemetry import cpu_name
 from bench.workloads import operators
 from bench.workloads.operators import Point
 from impls import load_backend
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    print(f"# perf_check: {cpu_model()}, {os.cpu_count()} cpus, python {platform.python_version()}")
+    print(f"# perf_check: {cpu_name()}, {os.cpu_count()} cpus, python {platform.python_version()}")
     print(f"# {versions(backends)}; chunk rows {args.chunk_rows}; load before: {load()}")
     print(f"# XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     rows = []
@@ -134,12 +134,7 @@ def build(backend, point: Point):
     fn, fn_args, compile_s = prepare(backend, point)
 
     def run():
-        out = fn(*fn_args)
-        if backend.name == "jax":
-            import jax
-
-            jax.block_until_ready(out)
-        backend.sync(out)
+        backend.sync(fn(*fn_args))  # JAX: block_until_ready; torch on a GPU: synchronize
 
     run()  # warm-up
     run()
@@ -237,16 +232,6 @@ def _fallback(ms: dict, d: int, b: str, v: str, names) -> tuple[float, str, str]
             best, name = min(found)
             return best, mark, name
     return float("nan"), "?", ""
-
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def load() -> str:

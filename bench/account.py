@@ -3,7 +3,7 @@
     python -m bench.account --dims 32,128 --backends torch,jax --batch 512
     python -m bench.account --dims 32 --backends torch --no-regions   # the plain eager step
 
-The steps are exactly perf_check's (``perf_check._point`` and ``perf_check.prepare``):
+The steps are exactly perf_check's (``perf_check.step_point`` and ``perf_check.prepare``):
 ``hollow_forward`` on the HollowNet and Hutchinson-1 on the FLOP-matched MLP, torch eager and
 torch.compile, JAX jit. Each step's time splits into GEMMs, elementwise work (fused Inductor /
 XLA loops and plain aten elementwise ops), copies/layout, reductions and other, with the ops per
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in (v for v in own if v in args.variants.split(",")):
             for method in (*args.methods.split(","), "hutchinson"):
                 for d in (int(v) for v in args.dims.split(",")):
-                    point = perf_check._point(bname, method, d, args.batch, variant)
+                    point = perf_check.step_point(bname, method, d, args.batch, variant)
                     print(section(backend, point, args.calls), flush=True)
     print(f"\n# load after: {perf_check.load()}")
     return 0

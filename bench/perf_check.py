@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             variants = TORCH_VARIANTS if bname == "torch" else ("jit",)
             for variant in variants:
                 for method in methods(bname, args.methods, args.peers):
-                    point = _point(bname, method, d, args.batch, variant)
+                    point = step_point(bname, method, d, args.batch, variant)
                     try:
                         crash_check(point)
                         steps[(bname, variant, method)] = build(backend, point)
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"# {point.id}: {str(exc)[:120]}", file=sys.stderr)
             if bname == "torch" and args.plain_eager:
                 for method in args.methods.split(","):
-                    run, _ = build_plain(backend, _point(bname, method, d, args.batch, "eager"))
+                    run, _ = build_plain(backend, step_point(bname, method, d, args.batch, "eager"))
                     steps[(bname, PLAIN, method)] = run, None
         times = interleave(steps, args.rounds, args.budget_s)
         for (bname, variant, method), ms in times.items():
@@ -123,7 +123,9 @@ def methods(backend: str, ours: str, with_peers: bool) -> tuple[str, ...]:
     return (*ours.split(","), "hutchinson", *(peers.PEERS[backend] if with_peers else ()))
 
 
-def _point(backend: str, method: str, d: int, batch: int, variant: str) -> Point:
+def step_point(backend: str, method: str, d: int, batch: int, variant: str) -> Point:
+    """The divergence train point perf_check and bench.account time: Hutchinson on the
+    FLOP-matched MLP with one probe, ours and the peers on the HollowNet, batch ``batch``."""
     model = "mlp_flop_matched" if method == "hutchinson" else "hollownet"
     probes = 1 if method == "hutchinson" else None
     return Point("divergence", backend, "cpu", method, model, d, batch, 1, "train", probes, variant)
